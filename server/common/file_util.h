@@ -1,0 +1,49 @@
+// Small file-system helpers returning absl::Status instead of throwing.
+// ReadFileToString reads a whole (bounded) file; MappedFile memory-maps a file read-only and
+// unmaps it on destruction (movable, not copyable; the mapping is immutable so sharing the
+// pointer across threads is safe). WriteFileAtomically writes to a temp file, fsyncs and renames.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace deltaserve::common {
+
+// ReadFileToString returns the file's bytes; fails when larger than max_bytes.
+absl::StatusOr<std::string> ReadFileToString(const std::string& path,
+                                             size_t max_bytes = 256u << 20);
+
+// WriteFileAtomically writes data to path via path.tmp + fsync + rename.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& data);
+
+bool PathExists(const std::string& path);
+
+// JoinPath("a", "b") == "a/b".
+std::string JoinPath(const std::string& directory, const std::string& name);
+
+class MappedFile {
+ public:
+  static absl::StatusOr<MappedFile> Open(const std::string& path);
+  MappedFile() = default;
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  void Reset();
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace deltaserve::common

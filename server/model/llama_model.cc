@@ -1,0 +1,214 @@
+#include "server/model/llama_model.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/file_util.h"
+#include "server/common/status_macros.h"
+#include "server/common/torch_status.h"
+#include "server/model/rope.h"
+
+namespace deltaserve::model {
+namespace {
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor as_float = x.to(at::kFloat);
+  at::Tensor variance = as_float.pow(2).mean(-1, /*keepdim=*/true);
+  return (as_float * at::rsqrt(variance + eps)).to(x.scalar_type()) * weight;
+}
+
+at::Tensor Project(int64_t layer, Projection projection, const at::Tensor& input,
+                   const at::Tensor& weight, const at::Tensor& bias,
+                   const ProjectionDeltaHook* deltas) {
+  at::Tensor output = at::linear(input, weight, bias);
+  if (deltas != nullptr) deltas->AddDelta(layer, projection, input, output);
+  return output;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& model_dir,
+                                                             const ModelOptions& options) {
+  ASSIGN_OR_RETURN(ModelConfig config,
+                   ModelConfig::FromFile(common::JoinPath(model_dir, "config.json")));
+  // Fail early, with a clear message, where this libtorch cannot compute in the dtype.
+  RETURN_IF_ERROR(common::CatchTorchErrors(
+      absl::StrCat("computing in ", c10::toString(options.dtype), " on ", options.device.str()),
+      [&] {
+        at::Tensor probe = at::ones({2, 2}, at::TensorOptions().dtype(options.dtype).device(options.device));
+        at::Tensor result = at::linear(probe, probe) * at::rsqrt(probe.to(at::kFloat)).to(options.dtype);
+        (void)at::softmax(result.to(at::kFloat), -1);
+      }));
+  ASSIGN_OR_RETURN(LlamaWeights weights,
+                   LoadLlamaWeights(model_dir, config, options.dtype, options.device));
+  return std::make_unique<LlamaModel>(std::move(config), std::move(weights), options);
+}
+
+LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights, const ModelOptions& options)
+    : config_(std::move(config)), weights_(std::move(weights)), options_(options) {
+  std::vector<double> inverse = RopeInverseFrequencies(config_);
+  inverse_frequencies_ =
+      at::tensor(inverse, at::TensorOptions().dtype(at::kDouble)).to(options_.device);
+}
+
+int64_t LlamaModel::KvCacheBytesPerToken() const {
+  return config_.num_hidden_layers * 2 * config_.num_key_value_heads * config_.head_dim *
+         static_cast<int64_t>(c10::elementSize(options_.dtype));
+}
+
+int64_t LlamaModel::WeightBytes() const {
+  int64_t bytes = weights_.embed_tokens.nbytes() + weights_.final_norm.nbytes();
+  if (!config_.tie_word_embeddings) bytes += weights_.lm_head.nbytes();
+  for (const LayerWeights& w : weights_.layers) {
+    for (const at::Tensor* t : {&w.input_norm, &w.q_proj, &w.k_proj, &w.v_proj, &w.o_proj,
+                                &w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias,
+                                &w.post_attention_norm, &w.gate_proj, &w.up_proj, &w.down_proj,
+                                &w.gate_bias, &w.up_bias, &w.down_bias}) {
+      if (t->defined()) bytes += t->nbytes();
+    }
+  }
+  return bytes;
+}
+
+at::Tensor LlamaModel::AllocateKvCache(int64_t capacity) const {
+  return at::empty({config_.num_hidden_layers, 2, config_.num_key_value_heads, capacity,
+                    config_.head_dim},
+                   at::TensorOptions().dtype(options_.dtype).device(options_.device));
+}
+
+at::Tensor LlamaModel::Attend(int64_t layer, const SequenceSlice& sequence,
+                              const at::Tensor& query, const at::Tensor& key,
+                              const at::Tensor& value) const {
+  // query [n, heads, head_dim]; key/value [n, kv_heads, head_dim].
+  const int64_t n = sequence.length;
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t kv_heads = config_.num_key_value_heads;
+  const int64_t group = heads / kv_heads;
+  const int64_t head_dim = config_.head_dim;
+  at::Tensor keys, values;
+  if (sequence.kv_cache != nullptr) {
+    at::Tensor cache = sequence.kv_cache->select(0, layer);  // [2, kv_heads, capacity, head_dim]
+    cache.select(0, 0).narrow(1, sequence.start_position, n).copy_(key.transpose(0, 1));
+    cache.select(0, 1).narrow(1, sequence.start_position, n).copy_(value.transpose(0, 1));
+    const int64_t context = sequence.start_position + n;
+    keys = cache.select(0, 0).narrow(1, 0, context);
+    values = cache.select(0, 1).narrow(1, 0, context);
+  } else {
+    keys = key.transpose(0, 1);
+    values = value.transpose(0, 1);
+  }
+  const int64_t context = keys.size(1);
+  // Grouped-query attention without repeating K/V: the `group` query heads that share a KV head
+  // are stacked along the query axis of one batched matrix product.
+  at::Tensor grouped = query.transpose(0, 1).reshape({kv_heads, group * n, head_dim});
+  at::Tensor scores = at::matmul(grouped, keys.transpose(1, 2)).to(at::kFloat) *
+                      (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  if (n > 1) {
+    at::TensorOptions index_options = at::TensorOptions().dtype(at::kLong).device(query.device());
+    at::Tensor key_positions = at::arange(context, index_options);
+    at::Tensor query_positions = at::arange(n, index_options) + sequence.start_position;
+    at::Tensor future = key_positions.unsqueeze(0) > query_positions.unsqueeze(1);  // [n, ctx]
+    scores = scores.view({kv_heads, group, n, context})
+                 .masked_fill(future, -std::numeric_limits<float>::infinity())
+                 .view({kv_heads, group * n, context});
+  }
+  at::Tensor probabilities = at::softmax(scores, -1).to(values.scalar_type());
+  at::Tensor output = at::matmul(probabilities, values);  // [kv_heads, group*n, head_dim]
+  return output.view({heads, n, head_dim}).transpose(0, 1).reshape({n, heads * head_dim});
+}
+
+at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
+  const int64_t tokens = static_cast<int64_t>(batch.token_ids.size());
+  TORCH_CHECK(tokens > 0, "empty batch");
+  std::vector<int64_t> positions;
+  positions.reserve(tokens);
+  for (const SequenceSlice& sequence : batch.sequences) {
+    TORCH_CHECK(sequence.length > 0, "empty sequence slice");
+    TORCH_CHECK(sequence.kv_cache != nullptr || sequence.start_position == 0,
+                "a slice without KV cache must start at position 0");
+    TORCH_CHECK(sequence.kv_cache == nullptr ||
+                    sequence.kv_cache->size(3) >= sequence.start_position + sequence.length,
+                "KV cache too small for the slice");
+    for (int64_t i = 0; i < sequence.length; ++i) positions.push_back(sequence.start_position + i);
+  }
+  TORCH_CHECK(static_cast<int64_t>(positions.size()) == tokens,
+              "sequence slice lengths do not add up to the batch's tokens");
+  const at::TensorOptions long_options = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ids = at::tensor(batch.token_ids, long_options).to(options_.device);
+  at::Tensor position_tensor = at::tensor(positions, long_options).to(options_.device);
+  auto [cos, sin] = RotaryTables(inverse_frequencies_, position_tensor, options_.dtype);
+
+  const int64_t heads = config_.num_attention_heads;
+  const int64_t kv_heads = config_.num_key_value_heads;
+  const int64_t head_dim = config_.head_dim;
+  const double eps = config_.rms_norm_eps;
+  const ProjectionDeltaHook* deltas = batch.deltas;
+
+  at::Tensor hidden = at::embedding(weights_.embed_tokens, ids);
+  for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
+    const LayerWeights& w = weights_.layers[layer];
+    at::Tensor normed = RmsNorm(hidden, w.input_norm, eps);
+    at::Tensor query = Project(layer, Projection::kQuery, normed, w.q_proj, w.q_bias, deltas);
+    at::Tensor key = Project(layer, Projection::kKey, normed, w.k_proj, w.k_bias, deltas);
+    at::Tensor value = Project(layer, Projection::kValue, normed, w.v_proj, w.v_bias, deltas);
+    query = ApplyRotary(query.view({tokens, heads, head_dim}), cos, sin);
+    key = ApplyRotary(key.view({tokens, kv_heads, head_dim}), cos, sin);
+    value = value.view({tokens, kv_heads, head_dim});
+
+    std::vector<at::Tensor> outputs;
+    outputs.reserve(batch.sequences.size());
+    int64_t offset = 0;
+    for (const SequenceSlice& sequence : batch.sequences) {
+      outputs.push_back(Attend(layer, sequence, query.narrow(0, offset, sequence.length),
+                               key.narrow(0, offset, sequence.length),
+                               value.narrow(0, offset, sequence.length)));
+      offset += sequence.length;
+    }
+    at::Tensor attention = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+    hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);
+
+    normed = RmsNorm(hidden, w.post_attention_norm, eps);
+    at::Tensor gate = Project(layer, Projection::kGate, normed, w.gate_proj, w.gate_bias, deltas);
+    at::Tensor up = Project(layer, Projection::kUp, normed, w.up_proj, w.up_bias, deltas);
+    hidden = hidden + Project(layer, Projection::kDown, at::silu(gate) * up, w.down_proj,
+                              w.down_bias, deltas);
+  }
+  if (!batch.logit_rows.empty()) {
+    hidden = hidden.index_select(0, at::tensor(batch.logit_rows, long_options).to(options_.device));
+  }
+  hidden = RmsNorm(hidden, weights_.final_norm, eps);
+  return at::linear(hidden, weights_.lm_head).to(at::kFloat);
+}
+
+absl::StatusOr<at::Tensor> LlamaModel::Run(const ForwardBatch& batch) const {
+  at::Tensor logits;
+  RETURN_IF_ERROR(common::CatchTorchErrors("forward pass", [&] { logits = Forward(batch); }));
+  return logits;
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& text) {
+  if (text == "cpu") return at::Device(at::kCPU);
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--device ", text, ": this build of libtorch has no CUDA support or no GPU is visible"));
+    }
+    try {
+      return at::Device(text);
+    } catch (const std::exception&) {
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device \"", text, "\" is not one of cpu, cuda, cuda:N"));
+}
+
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& text) {
+  if (text == "float32" || text == "fp32" || text == "f32") return at::kFloat;
+  if (text == "float16" || text == "fp16" || text == "f16" || text == "half") return at::kHalf;
+  if (text == "bfloat16" || text == "bf16") return at::kBFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--dtype \"", text, "\" is not one of float32, float16, bfloat16"));
+}
+
+}  // namespace deltaserve::model

@@ -1,0 +1,98 @@
+// LlamaModel: the one implementation of the Llama-family forward pass (Llama, Mistral, Qwen2).
+//
+// Forward() runs a batch of token slices from several sequences: embeddings, projections and
+// the MLP run once over all tokens of the batch; attention runs per sequence against that
+// sequence's KV cache (or, without a cache, causally within the slice: the training and
+// full-recompute path). A ProjectionDeltaHook, when given, adds per-token low-rank deltas after
+// every base projection: that is where variants enter.
+//
+// Thread-safety: weights are immutable after Load(); Forward() is const and may run from
+// several threads, but each KV cache tensor must be used by one caller at a time. Forward()
+// throws c10::Error on misuse; Run() converts that into a Status. Autograd follows the
+// caller's mode (the engine runs under c10::InferenceMode; training does not).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "server/model/llama_weights.h"
+#include "server/model/model_config.h"
+
+namespace deltaserve::model {
+
+enum class Projection { kQuery, kKey, kValue, kOutput, kGate, kUp, kDown };
+
+// ProjectionDeltaHook: variants plug in here. AddDelta must add its delta for the tokens it
+// covers into `output` ([tokens, out_features]) given the projection's `input`.
+class ProjectionDeltaHook {
+ public:
+  virtual ~ProjectionDeltaHook() = default;
+  virtual void AddDelta(int64_t layer, Projection projection, const at::Tensor& input,
+                        at::Tensor& output) const = 0;
+};
+
+struct SequenceSlice {
+  // Tokens of this sequence already in its KV cache: the slice's first position.
+  int64_t start_position = 0;
+  // New tokens of this sequence in the batch (consecutive in ForwardBatch::token_ids).
+  int64_t length = 0;
+  // [layers, 2, kv_heads, capacity, head_dim] with capacity >= start_position + length, or
+  // nullptr: no cache, attention within the slice only (start_position must then be 0).
+  at::Tensor* kv_cache = nullptr;
+};
+
+struct ForwardBatch {
+  std::vector<int64_t> token_ids;
+  std::vector<SequenceSlice> sequences;
+  // Rows of token_ids whose logits are wanted; empty means every row.
+  std::vector<int64_t> logit_rows;
+  const ProjectionDeltaHook* deltas = nullptr;
+};
+
+struct ModelOptions {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+};
+
+class LlamaModel {
+ public:
+  // Load reads config.json and the weights from a Hugging Face model directory.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Load(const std::string& model_dir,
+                                                          const ModelOptions& options);
+  LlamaModel(ModelConfig config, LlamaWeights weights, const ModelOptions& options);
+
+  // Forward returns float32 logits [logit rows, vocab].
+  at::Tensor Forward(const ForwardBatch& batch) const;
+  absl::StatusOr<at::Tensor> Run(const ForwardBatch& batch) const;
+
+  // AllocateKvCache returns an uninitialised cache for `capacity` tokens of one sequence.
+  at::Tensor AllocateKvCache(int64_t capacity) const;
+  int64_t KvCacheBytesPerToken() const;
+  int64_t WeightBytes() const;
+
+  const ModelConfig& config() const { return config_; }
+  const LlamaWeights& weights() const { return weights_; }
+  at::ScalarType dtype() const { return options_.dtype; }
+  at::Device device() const { return options_.device; }
+
+ private:
+  at::Tensor Attend(int64_t layer, const SequenceSlice& sequence, const at::Tensor& query,
+                    const at::Tensor& key, const at::Tensor& value) const;
+
+  ModelConfig config_;
+  LlamaWeights weights_;
+  ModelOptions options_;
+  at::Tensor inverse_frequencies_;  // [head_dim/2] double, CPU
+};
+
+// ParseDevice accepts "cpu", "cuda", "cuda:N" and checks the device exists.
+absl::StatusOr<at::Device> ParseDevice(const std::string& text);
+// ParseDtype accepts float32, float16, bfloat16 (and fp32/fp16/bf16).
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& text);
+
+}  // namespace deltaserve::model

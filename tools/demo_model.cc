@@ -1,0 +1,199 @@
+#include "tools/demo_model.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "server/common/file_util.h"
+#include "server/model/llama_weights.h"
+#include "server/model/safetensors_tensor.h"
+#include "server/model/sentencepiece_bridge.h"
+
+namespace deltaserve::tools {
+namespace {
+
+// SplitMix64: a tiny, portable, fixed-seed generator, so the demo weights are identical on
+// every machine and libtorch version.
+class Random {
+ public:
+  explicit Random(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
+  double Normal() {
+    double u1 = Uniform(), u2 = Uniform();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  }
+  size_t Pick(size_t count) { return static_cast<size_t>(Next() % count); }
+
+ private:
+  uint64_t state_;
+};
+
+at::Tensor NormalTensor(Random& random, const std::vector<int64_t>& shape, double stddev) {
+  at::Tensor tensor = at::empty(shape, at::kFloat);
+  float* data = tensor.data_ptr<float>();
+  for (int64_t i = 0; i < tensor.numel(); ++i) data[i] = static_cast<float>(random.Normal() * stddev);
+  return tensor;
+}
+
+// A generated corpus: English-like sentences with a sprinkling of accented, CJK and emoji
+// text, so the tokenizer has multi-byte characters and byte-fallback pieces.
+std::string Corpus(uint64_t seed) {
+  static const char* kSubjects[] = {"the cat", "a small robot", "the old river", "my neighbour",
+                                    "the engineer", "a quiet student", "the red fox", "our team",
+                                    "the server", "a distant star", "the baker", "every model"};
+  static const char* kVerbs[] = {"reads", "builds", "follows", "watches", "paints", "carries",
+                                 "finds", "remembers", "answers", "serves", "measures", "loves"};
+  static const char* kObjects[] = {"a long letter", "the blue door", "seven apples",
+                                   "the morning news", "a broken clock", "the mountain path",
+                                   "an open window", "the last train", "a café au lait",
+                                   "the naïve plan", "über fast tokens", "a warm bowl of soup"};
+  static const char* kEndings[] = {"before dawn", "in the garden", "with great care",
+                                   "near the harbour", "after lunch", "under the bridge",
+                                   "on Tuesday", "for the first time", "in Tōkyō", "again"};
+  static const char* kRare[] = {"日本語のテキスト", "你好，世界", "emoji 🙂 and 🚀",
+                                "naïve façade", "Ελληνικά", "Привет"};
+  Random random(seed);
+  std::ostringstream text;
+  for (int line = 0; line < 4000; ++line) {
+    text << kSubjects[random.Pick(12)] << ' ' << kVerbs[random.Pick(12)] << ' '
+         << kObjects[random.Pick(12)] << ' ' << kEndings[random.Pick(10)];
+    if (random.Pick(7) == 0) text << ", " << random.Pick(1000) << " times";
+    text << ".";
+    if (random.Pick(40) == 0) text << ' ' << kRare[random.Pick(6)];
+    text << '\n';
+  }
+  return text.str();
+}
+
+absl::Status TrainTokenizer(const std::string& directory, int vocab_size, uint64_t seed) {
+  std::string corpus_path = common::JoinPath(directory, ".corpus.txt");
+  {
+    std::ofstream corpus(corpus_path);
+    corpus << Corpus(seed);
+    if (!corpus) return absl::InternalError("cannot write " + corpus_path);
+  }
+  std::ostringstream args;
+  args << "--input=" << corpus_path << " --model_prefix=" << common::JoinPath(directory, "tokenizer")
+       << " --vocab_size=" << vocab_size
+       << " --model_type=bpe --byte_fallback=true --character_coverage=0.995"
+       << " --hard_vocab_limit=false --num_threads=1 --unk_id=0 --bos_id=1 --eos_id=2"
+       << " --pad_id=-1 --minloglevel=2 --split_digits=true";
+  std::string error;
+  bool trained = model::sentencepiece_bridge::Train(args.str(), &error);
+  std::remove(corpus_path.c_str());
+  std::remove(common::JoinPath(directory, "tokenizer.vocab").c_str());
+  if (!trained) return absl::InternalError("SentencePiece training failed: " + error);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<model::ModelConfig> DemoModelConfig(const DemoModelOptions& options) {
+  model::ModelConfig config;
+  config.architecture = options.architecture;
+  if (options.size == "tiny") {
+    config.hidden_size = 64;
+    config.intermediate_size = 160;
+    config.num_hidden_layers = 2;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
+    config.max_position_embeddings = 512;
+  } else if (options.size == "small") {
+    config.hidden_size = 256;
+    config.intermediate_size = 688;
+    config.num_hidden_layers = 4;
+    config.num_attention_heads = 8;
+    config.num_key_value_heads = 4;
+    config.max_position_embeddings = 2048;
+  } else if (options.size == "medium") {
+    config.hidden_size = 512;
+    config.intermediate_size = 1536;
+    config.num_hidden_layers = 12;
+    config.num_attention_heads = 8;
+    config.num_key_value_heads = 4;
+    config.max_position_embeddings = 4096;
+  } else {
+    return absl::InvalidArgumentError("--size must be tiny, small or medium, not \"" +
+                                      options.size + "\"");
+  }
+  config.head_dim = config.hidden_size / config.num_attention_heads;
+  config.vocab_size = options.size == "tiny" ? 512 : options.size == "small" ? 2000 : 4000;
+  config.rms_norm_eps = 1e-5;
+  config.rope_theta = 10000.0;
+  config.rope_scaling = options.rope_scaling;
+  config.tie_word_embeddings = options.tie_word_embeddings;
+  config.attention_qkv_bias = options.architecture == "Qwen2ForCausalLM";
+  config.bos_token_ids = {1};
+  config.eos_token_ids = {2};
+  config.torch_dtype = options.dtype == at::kHalf       ? "float16"
+                       : options.dtype == at::kBFloat16 ? "bfloat16"
+                                                        : "float32";
+  return config;
+}
+
+absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions& options) {
+  absl::StatusOr<model::ModelConfig> maybe_config = DemoModelConfig(options);
+  if (!maybe_config.ok()) return maybe_config.status();
+  model::ModelConfig config = *maybe_config;
+  ::mkdir(directory.c_str(), 0755);
+  if (!common::PathExists(directory)) return absl::InternalError("cannot create " + directory);
+
+  std::string tokenizer_path = common::JoinPath(directory, "tokenizer.model");
+  if (!options.tokenizer_from.empty()) {
+    absl::StatusOr<std::string> bytes =
+        common::ReadFileToString(common::JoinPath(options.tokenizer_from, "tokenizer.model"));
+    if (!bytes.ok()) return bytes.status();
+    absl::Status written = common::WriteFileAtomically(tokenizer_path, *bytes);
+    if (!written.ok()) return written;
+  } else {
+    absl::Status trained = TrainTokenizer(directory, static_cast<int>(config.vocab_size), options.seed);
+    if (!trained.ok()) return trained;
+  }
+  std::string error;
+  auto processor = model::sentencepiece_bridge::Processor::Load(tokenizer_path, &error);
+  if (processor == nullptr) return absl::InternalError("cannot reload " + tokenizer_path + ": " + error);
+  config.vocab_size = processor->PieceSize();
+
+  Random random(options.seed);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [name, shape] : model::ExpectedTensorShapes(config)) {
+    at::Tensor tensor;
+    if (name.find("norm") != std::string::npos) {
+      tensor = at::ones(shape, at::kFloat) + NormalTensor(random, shape, 0.05);
+    } else if (name.find("bias") != std::string::npos) {
+      tensor = NormalTensor(random, shape, 0.1);
+    } else if (name == "model.embed_tokens.weight") {
+      tensor = NormalTensor(random, shape, 1.0);
+    } else if (name == "lm_head.weight") {
+      tensor = NormalTensor(random, shape, 3.0 / std::sqrt(static_cast<double>(shape[1])));
+    } else {
+      tensor = NormalTensor(random, shape, 1.0 / std::sqrt(static_cast<double>(shape[1])));
+    }
+    tensors.push_back({name, tensor.to(options.dtype)});
+  }
+  absl::Status status = model::WriteSafetensors(common::JoinPath(directory, "model.safetensors"),
+                                                tensors, {{"format", "pt"}});
+  if (!status.ok()) return status;
+  status = common::WriteFileAtomically(common::JoinPath(directory, "config.json"), config.ToJson());
+  if (!status.ok()) return status;
+  status = common::WriteFileAtomically(
+      common::JoinPath(directory, "tokenizer_config.json"),
+      "{\n  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n  \"bos_token\": \"<s>\",\n"
+      "  \"eos_token\": \"</s>\",\n  \"unk_token\": \"<unk>\",\n"
+      "  \"tokenizer_class\": \"LlamaTokenizer\"\n}\n");
+  if (!status.ok()) return status;
+  return common::WriteFileAtomically(common::JoinPath(directory, "generation_config.json"),
+                                     "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2\n}\n");
+}
+
+}  // namespace deltaserve::tools

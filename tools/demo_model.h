@@ -1,0 +1,39 @@
+// WriteDemoModel writes a small deterministic Llama-architecture model in the Hugging Face
+// layout (config.json, model.safetensors, tokenizer.model, tokenizer_config.json,
+// generation_config.json) to a directory. Weights come from a fixed-seed generator and the
+// SentencePiece tokenizer is trained on a generated corpus, so the same options always give
+// the same files. Used by the deltaserve-make-demo tool, the quickstart, tests and benchmarks.
+// Blocking; the directory is created if missing and its files are overwritten.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "server/model/model_config.h"
+
+namespace deltaserve::tools {
+
+struct DemoModelOptions {
+  // "tiny" (unit tests, ~100k parameters), "small" (~3M), "medium" (~40M, benchmarks).
+  std::string size = "tiny";
+  // Stored dtype of the weights: float32, float16 or bfloat16.
+  at::ScalarType dtype = at::kFloat;
+  // LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM (q/k/v biases).
+  std::string architecture = "LlamaForCausalLM";
+  bool tie_word_embeddings = false;
+  model::RopeScaling rope_scaling;
+  uint64_t seed = 1234;
+  // When set, copies this directory's tokenizer.model instead of training one (faster tests).
+  std::string tokenizer_from;
+};
+
+// DemoModelConfig returns the architecture WriteDemoModel uses for a size (vocab_size is a
+// placeholder until the tokenizer is trained).
+absl::StatusOr<model::ModelConfig> DemoModelConfig(const DemoModelOptions& options);
+
+absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions& options);
+
+}  // namespace deltaserve::tools
