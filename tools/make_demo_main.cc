@@ -2,10 +2,12 @@
 // Writes the embedded demo model (see demo_model.h).
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "server/common/flag_names.h"
 #include "server/model/llama_model.h"
 #include "tools/demo_model.h"
 
@@ -17,7 +19,9 @@ ABSL_FLAG(std::string, architecture, "LlamaForCausalLM",
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Writes deltaserve's deterministic demo model.");
-  absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> argument_storage;
+  std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, argument_storage);
+  absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
   deltaserve::tools::DemoModelOptions options;
   options.size = absl::GetFlag(FLAGS_size);
   options.architecture = absl::GetFlag(FLAGS_architecture);

@@ -1,0 +1,162 @@
+// deltactl: command-line client for deltaserve.
+//   deltactl generate --target host:port [--variant V] [--max-tokens N] [--temperature T]
+//                     [--seed S] [--stop S] "prompt"      streams the text to stdout
+//   deltactl score --target host:port "text"             prints per-token log-probabilities
+//   deltactl tokenize --target host:port "text"          prints token ids and pieces
+//   deltactl health --target host:port                   SERVING / NOT_SERVING (exit 0 / 1)
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "client/deltaserve_client.h"
+#include "server/common/flag_names.h"
+
+ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
+ABSL_FLAG(std::string, variant, "", "variant name (empty = base model)");
+ABSL_FLAG(int32_t, max_tokens, 0, "tokens to generate (0 = server default)");
+ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0 = greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "top-k (0 = off)");
+ABSL_FLAG(double, top_p, 1.0, "top-p (1 = off)");
+ABSL_FLAG(int64_t, seed, -1, "sampling seed (-1 = random)");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence");
+ABSL_FLAG(bool, logprobs, false, "print per-token log-probabilities to stderr");
+ABSL_FLAG(double, timeout, 0, "deadline in seconds (0 = none)");
+ABSL_FLAG(bool, stats, true, "print finish reason and usage to stderr after generate");
+
+namespace {
+
+using deltaserve::client::DeltaserveClient;
+namespace v1 = deltaserve::v1;
+
+const char* FinishName(v1::FinishReason reason) {
+  switch (reason) {
+    case v1::FINISH_REASON_STOP: return "stop";
+    case v1::FINISH_REASON_LENGTH: return "length";
+    case v1::FINISH_REASON_CANCELLED: return "cancelled";
+    case v1::FINISH_REASON_DEADLINE_EXCEEDED: return "deadline_exceeded";
+    case v1::FINISH_REASON_ERROR: return "error";
+    default: return "unspecified";
+  }
+}
+
+int Report(DeltaserveClient& client, const grpc::Status& status) {
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "deltactl: %s\n", deltaserve::client::DescribeError(client.target(), status).c_str());
+  return 1;
+}
+
+std::chrono::milliseconds Timeout() {
+  return std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1000));
+}
+
+int Generate(DeltaserveClient& client, const std::string& prompt) {
+  v1::GenerateRequest request;
+  request.set_variant(absl::GetFlag(FLAGS_variant));
+  request.set_prompt(prompt);
+  v1::SamplingParams* sampling = request.mutable_sampling();
+  sampling->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  sampling->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  sampling->set_top_k(absl::GetFlag(FLAGS_top_k));
+  sampling->set_top_p(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  if (absl::GetFlag(FLAGS_seed) >= 0) {
+    sampling->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+    sampling->set_has_seed(true);
+  }
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop)) sampling->add_stop(stop);
+  sampling->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  request.set_include_logprobs(absl::GetFlag(FLAGS_logprobs));
+  v1::GenerateResponse last;
+  grpc::Status status = client.Generate(
+      request,
+      [&last](const v1::GenerateResponse& response) {
+        std::fwrite(response.text().data(), 1, response.text().size(), stdout);
+        std::fflush(stdout);
+        for (int i = 0; i < response.logprobs_size(); ++i) {
+          std::fprintf(stderr, "[token %d logprob %.4f]\n", response.token_ids(i), response.logprobs(i));
+        }
+        last = response;
+      },
+      Timeout());
+  std::printf("\n");
+  if (status.ok() && absl::GetFlag(FLAGS_stats)) {
+    std::fprintf(stderr, "[finish: %s, prompt %d tokens, generated %d tokens, first token after %.3f s]\n",
+                 FinishName(last.finish_reason()), last.usage().prompt_tokens(),
+                 last.usage().completion_tokens(), last.usage().time_to_first_token_seconds());
+  }
+  return Report(client, status);
+}
+
+int Score(DeltaserveClient& client, const std::string& text) {
+  v1::ScoreRequest request;
+  request.set_variant(absl::GetFlag(FLAGS_variant));
+  request.set_text(text);
+  v1::ScoreResponse response;
+  grpc::Status status = client.Score(request, &response, Timeout());
+  if (status.ok()) {
+    for (int i = 0; i < response.token_ids_size(); ++i) {
+      if (i == 0) std::printf("%d\t-\n", response.token_ids(i));
+      else std::printf("%d\t%.6f\n", response.token_ids(i), response.token_logprobs(i - 1));
+    }
+    std::printf("total_logprob\t%.6f\n", response.total_logprob());
+  }
+  return Report(client, status);
+}
+
+int Tokenize(DeltaserveClient& client, const std::string& text) {
+  v1::TokenizeRequest request;
+  request.set_text(text);
+  request.set_add_special_tokens(true);
+  v1::TokenizeResponse response;
+  grpc::Status status = client.Tokenize(request, &response);
+  if (status.ok()) {
+    for (int i = 0; i < response.token_ids_size(); ++i) {
+      std::printf("%d\t\"%s\"\n", response.token_ids(i), response.tokens(i).c_str());
+    }
+  }
+  return Report(client, status);
+}
+
+int Health(DeltaserveClient& client) {
+  deltaserve::client::HealthStatus health;
+  grpc::Status status = client.Health("", &health);
+  if (!status.ok()) return Report(client, status);
+  bool serving = health == deltaserve::client::HealthStatus::kServing;
+  std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+  return serving ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "deltactl generate|score|tokenize|health --target host:port [flags] [text]");
+  std::vector<std::string> storage;
+  std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, storage);
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  if (positional.size() < 2) {
+    std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  const std::string command = positional[1];
+  std::string text;
+  for (size_t i = 2; i < positional.size(); ++i) {
+    if (!text.empty()) text += " ";
+    text += positional[i];
+  }
+  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target));
+  if (command == "health") return Health(*client);
+  if (text.empty() && command != "health") {
+    std::fprintf(stderr, "deltactl %s: give the text as the last argument\n", command.c_str());
+    return 2;
+  }
+  if (command == "generate") return Generate(*client, text);
+  if (command == "score") return Score(*client, text);
+  if (command == "tokenize") return Tokenize(*client, text);
+  std::fprintf(stderr, "deltactl: unknown command \"%s\" (generate, score, tokenize, health)\n", command.c_str());
+  return 2;
+}

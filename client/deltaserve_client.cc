@@ -1,0 +1,89 @@
+#include "client/deltaserve_client.h"
+
+namespace deltaserve::client {
+namespace {
+
+void ApplyTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
+  if (timeout.count() > 0) context.set_deadline(std::chrono::system_clock::now() + timeout);
+}
+
+}  // namespace
+
+std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target) {
+  return std::unique_ptr<DeltaserveClient>(new DeltaserveClient(target));
+}
+
+DeltaserveClient::DeltaserveClient(const std::string& target)
+    : target_(target),
+      channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+      generation_(deltaserve::v1::Generation::NewStub(channel_)),
+      health_(grpc::health::v1::Health::NewStub(channel_)) {}
+
+grpc::Status DeltaserveClient::Generate(
+    const deltaserve::v1::GenerateRequest& request,
+    const std::function<void(const deltaserve::v1::GenerateResponse&)>& on_response,
+    std::chrono::milliseconds timeout, const std::function<bool()>& cancel) {
+  grpc::ClientContext context;
+  ApplyTimeout(context, timeout);
+  std::unique_ptr<grpc::ClientReader<deltaserve::v1::GenerateResponse>> reader =
+      generation_->Generate(&context, request);
+  deltaserve::v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    on_response(response);
+    if (cancel && cancel()) {
+      context.TryCancel();
+      break;
+    }
+  }
+  return reader->Finish();
+}
+
+grpc::Status DeltaserveClient::Score(const deltaserve::v1::ScoreRequest& request,
+                                     deltaserve::v1::ScoreResponse* response,
+                                     std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  ApplyTimeout(context, timeout);
+  return generation_->Score(&context, request, response);
+}
+
+grpc::Status DeltaserveClient::Tokenize(const deltaserve::v1::TokenizeRequest& request,
+                                        deltaserve::v1::TokenizeResponse* response) {
+  grpc::ClientContext context;
+  return generation_->Tokenize(&context, request, response);
+}
+
+grpc::Status DeltaserveClient::Health(const std::string& service, HealthStatus* status) {
+  grpc::ClientContext context;
+  ApplyTimeout(context, std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status result = health_->Check(&context, request, &response);
+  *status = HealthStatus::kUnknown;
+  if (result.ok()) {
+    *status = response.status() == grpc::health::v1::HealthCheckResponse::SERVING
+                  ? HealthStatus::kServing
+                  : HealthStatus::kNotServing;
+  }
+  return result;
+}
+
+bool DeltaserveClient::WaitForReady(std::chrono::milliseconds timeout) {
+  return channel_->WaitForConnected(std::chrono::system_clock::now() + timeout);
+}
+
+std::string DescribeError(const std::string& target, const grpc::Status& status) {
+  std::string code;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return "cannot reach " + target + " (is deltaserve running there?): " + status.error_message();
+    case grpc::StatusCode::INVALID_ARGUMENT: code = "invalid request"; break;
+    case grpc::StatusCode::NOT_FOUND: code = "not found"; break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: code = "server busy"; break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED: code = "deadline exceeded"; break;
+    default: code = "error " + std::to_string(status.error_code()); break;
+  }
+  return code + ": " + status.error_message();
+}
+
+}  // namespace deltaserve::client

@@ -1,0 +1,55 @@
+// DeltaserveClient: a small synchronous C++ client for deltaserve's gRPC API (Generation and
+// gRPC health). One client per target; methods are thread-safe (gRPC stubs are).
+//   auto client = DeltaserveClient::Connect("127.0.0.1:50051");
+//   grpc::Status status = client->Generate(request, [](const GenerateResponse& r) { ... });
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "deltaserve/v1/generation.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace deltaserve::client {
+
+enum class HealthStatus { kUnknown, kServing, kNotServing };
+
+class DeltaserveClient {
+ public:
+  static std::unique_ptr<DeltaserveClient> Connect(const std::string& target);
+
+  // Generate calls on_response for every streamed message; a zero timeout means none.
+  // cancel, when set, is checked before each message and cancels the call when it returns true.
+  grpc::Status Generate(const deltaserve::v1::GenerateRequest& request,
+                        const std::function<void(const deltaserve::v1::GenerateResponse&)>& on_response,
+                        std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
+                        const std::function<bool()>& cancel = nullptr);
+  grpc::Status Score(const deltaserve::v1::ScoreRequest& request,
+                     deltaserve::v1::ScoreResponse* response,
+                     std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+  grpc::Status Tokenize(const deltaserve::v1::TokenizeRequest& request,
+                        deltaserve::v1::TokenizeResponse* response);
+  // Health asks grpc.health.v1 about `service` ("" = the whole server).
+  grpc::Status Health(const std::string& service, HealthStatus* status);
+  // WaitForReady blocks until the channel connects or the timeout passes.
+  bool WaitForReady(std::chrono::milliseconds timeout);
+
+  const std::string& target() const { return target_; }
+
+ private:
+  explicit DeltaserveClient(const std::string& target);
+  std::string target_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+// DescribeError turns a failed status into one line that says what to do, e.g. for a server
+// that is down: "cannot reach 127.0.0.1:50051 (is deltaserve running?): ...".
+std::string DescribeError(const std::string& target, const grpc::Status& status);
+
+}  // namespace deltaserve::client

@@ -1,0 +1,43 @@
+// GenerationService: deltaserve.v1.Generation over gRPC's callback API. Thin: it converts
+// protobuf to engine requests, resolves the variant name, maps the gRPC deadline, and streams
+// engine output back. Generate writes from OnWriteDone (one write in flight, the rest queued);
+// OnCancel (client cancel, deadline, disconnect) cancels the engine request, which frees its KV
+// blocks at the next iteration. Thread-safe; the engine, metrics and state must outlive it.
+#pragma once
+
+#include <string>
+
+#include "deltaserve/v1/generation.grpc.pb.h"
+#include "server/api/serving_state.h"
+#include "server/engine/engine.h"
+#include "server/telemetry/server_metrics.h"
+
+namespace deltaserve::api {
+
+class GenerationService final : public deltaserve::v1::Generation::CallbackService {
+ public:
+  // base_model_name: the name by which callers may address the base model (besides "").
+  GenerationService(engine::Engine* engine, telemetry::ServerMetrics* metrics,
+                    const ServingState* state, std::string base_model_name);
+
+  grpc::ServerWriteReactor<deltaserve::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context,
+      const deltaserve::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const deltaserve::v1::ScoreRequest* request,
+                                  deltaserve::v1::ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const deltaserve::v1::TokenizeRequest* request,
+                                     deltaserve::v1::TokenizeResponse* response) override;
+
+ private:
+  absl::Status CheckServing() const;
+  absl::Status ResolveVariant(const std::string& variant) const;
+
+  engine::Engine* engine_;
+  telemetry::ServerMetrics* metrics_;
+  const ServingState* state_;
+  std::string base_model_name_;
+};
+
+}  // namespace deltaserve::api

@@ -1,0 +1,409 @@
+#include "server/engine/engine.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
+#include "server/engine/kv_block_allocator.h"
+#include "server/engine/request_state.h"
+#include "server/engine/sampler.h"
+#include "server/engine/scheduler.h"
+
+namespace deltaserve::engine {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kDeadlineExceeded: return "deadline_exceeded";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+absl::Status EngineOptions::Validate() const {
+  auto positive = [](const char* name, int64_t value) -> absl::Status {
+    if (value > 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", value));
+  };
+  RETURN_IF_ERROR(positive("max_batch_tokens", max_batch_tokens));
+  RETURN_IF_ERROR(positive("max_running_requests", max_running_requests));
+  RETURN_IF_ERROR(positive("max_queued_requests", max_queued_requests));
+  RETURN_IF_ERROR(positive("kv_cache_bytes", kv_cache_bytes));
+  RETURN_IF_ERROR(positive("kv_block_tokens", kv_block_tokens));
+  RETURN_IF_ERROR(positive("default_max_tokens", default_max_tokens));
+  RETURN_IF_ERROR(positive("max_tokens_limit", max_tokens_limit));
+  if (default_max_tokens > max_tokens_limit) {
+    return absl::InvalidArgumentError("default_max_tokens must not exceed max_tokens_limit");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
+    const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
+    std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer) {
+  RETURN_IF_ERROR(options.Validate());
+  if (model == nullptr || tokenizer == nullptr) {
+    return absl::InvalidArgumentError("Engine::Create needs a model and a tokenizer");
+  }
+  const int64_t block_bytes = model->KvCacheBytesPerToken() * options.kv_block_tokens;
+  if (options.kv_cache_bytes / block_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-cache-bytes ", options.kv_cache_bytes, " holds no KV block (one block of ",
+        options.kv_block_tokens, " tokens takes ", block_bytes, " bytes)"));
+  }
+  return std::unique_ptr<Engine>(new Engine(options, std::move(model), std::move(tokenizer), observer));
+}
+
+Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
+               std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer)
+    : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
+      observer_(observer) {
+  const int64_t block_bytes = model_->KvCacheBytesPerToken() * options_.kv_block_tokens;
+  allocator_ = std::make_unique<KvBlockAllocator>(options_.kv_cache_bytes / block_bytes,
+                                                  options_.kv_block_tokens);
+  scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests}, allocator_.get());
+  {
+    absl::MutexLock lock(&mutex_);
+    snapshot_.kv_total_blocks = allocator_->total_blocks();
+  }
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() { Stop(); }
+
+void Engine::Stop() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::Status Engine::Validate(const EngineRequest& request) const {
+  const int64_t vocab = model_->config().vocab_size;
+  const int64_t context = model_->config().MaxContextLength();
+  const auto& ids = request.prompt_token_ids;
+  if (ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token id ", ids[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  if (static_cast<int64_t>(ids.size()) >= context) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt has ", ids.size(), " tokens; the model's context is ", context,
+        " tokens including generated ones"));
+  }
+  const int64_t kv_capacity = allocator_->total_blocks() * allocator_->block_tokens();
+  if (static_cast<int64_t>(ids.size()) + 1 > kv_capacity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt has ", ids.size(), " tokens but the server's KV cache holds only ",
+        kv_capacity, " tokens (--kv-cache-bytes)"));
+  }
+  const SamplingOptions& sampling = request.sampling;
+  if (sampling.max_tokens < 0 || sampling.max_tokens > options_.max_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens ", sampling.max_tokens,
+                                                   " is outside [0, ", options_.max_tokens_limit,
+                                                   "] (0 means the default, ",
+                                                   options_.default_max_tokens, ")"));
+  }
+  if (!(sampling.temperature >= 0.0f && sampling.temperature <= 100.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature ", sampling.temperature, " is outside [0, 100]"));
+  }
+  if (sampling.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", sampling.top_k, " is negative"));
+  }
+  if (!(sampling.top_p >= 0.0f && sampling.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p ", sampling.top_p, " is outside [0, 1]"));
+  }
+  if (static_cast<int64_t>(sampling.stop.size()) > options_.max_stop_strings) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", options_.max_stop_strings,
+                                                   " stop strings are allowed, got ",
+                                                   sampling.stop.size()));
+  }
+  for (const std::string& stop : sampling.stop) {
+    if (stop.empty() || static_cast<int64_t>(stop.size()) > options_.max_stop_string_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "each stop string must be 1 to ", options_.max_stop_string_bytes, " bytes"));
+    }
+  }
+  for (int32_t id : sampling.stop_token_ids) {
+    if (id < 0 || id >= vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<RequestSink> sink) {
+  RETURN_IF_ERROR(Validate(request));
+  auto state = std::make_unique<RequestState>();
+  state->tokens = request.prompt_token_ids;
+  state->prompt_tokens = static_cast<int64_t>(state->tokens.size());
+  int64_t wanted = request.sampling.max_tokens > 0 ? request.sampling.max_tokens
+                                                   : options_.default_max_tokens;
+  state->max_new_tokens =
+      std::min(wanted, model_->config().MaxContextLength() - state->prompt_tokens);
+  state->text = TextOutput(request.sampling.stop);
+  state->arrival = absl::Now();
+  state->sink = std::move(sink);
+  uint64_t seed = request.sampling.seed.has_value() ? *request.sampling.seed : std::random_device{}();
+  state->generator.seed(seed);
+  state->request = std::move(request);
+
+  absl::MutexLock lock(&mutex_);
+  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  int64_t queued = static_cast<int64_t>(incoming_.size()) + snapshot_.queued_requests;
+  if (queued >= options_.max_queued_requests) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request queue is full (", queued, " requests waiting, --max-queued-requests ",
+        options_.max_queued_requests, "); retry later"));
+  }
+  state->id = next_id_++;
+  uint64_t id = state->id;
+  incoming_.push_back(std::move(state));
+  ++snapshot_.active_requests;
+  return id;
+}
+
+void Engine::Cancel(uint64_t request_id) {
+  absl::MutexLock lock(&mutex_);
+  cancelled_.push_back(request_id);
+}
+
+EngineSnapshot Engine::Snapshot() const {
+  absl::MutexLock lock(&mutex_);
+  return snapshot_;
+}
+
+void Engine::PublishSnapshot() {
+  if (observer_ != nullptr) {
+    EngineState state;
+    state.running_requests = static_cast<int64_t>(scheduler_->running().size());
+    state.waiting_requests = static_cast<int64_t>(scheduler_->waiting().size());
+    state.kv_cache_usage_ratio = allocator_->UsageRatio();
+    observer_->OnState(state);
+  }
+  absl::MutexLock lock(&mutex_);
+  snapshot_.active_requests = static_cast<int64_t>(requests_.size() + incoming_.size());
+  snapshot_.queued_requests = static_cast<int64_t>(scheduler_->waiting().size());
+  snapshot_.running_requests = static_cast<int64_t>(scheduler_->running().size());
+  snapshot_.kv_used_blocks = allocator_->used_blocks();
+  snapshot_.kv_total_blocks = allocator_->total_blocks();
+  snapshot_.preemptions = scheduler_->preemptions();
+}
+
+void Engine::Finish(RequestState* request, FinishReason reason, absl::Status status,
+                    absl::Time now, GenerationOutput final_output) {
+  scheduler_->Remove(request);
+  RequestResult result;
+  result.reason = reason;
+  result.status = std::move(status);
+  result.final_output = std::move(final_output);
+  result.usage.prompt_tokens = request->prompt_tokens;
+  result.usage.completion_tokens = request->GeneratedTokens();
+  const bool scheduled = request->first_scheduled != absl::InfinitePast();
+  result.usage.queue_time_seconds =
+      absl::ToDoubleSeconds((scheduled ? request->first_scheduled : now) - request->arrival);
+  const bool has_token = request->first_token != absl::InfinitePast();
+  result.usage.time_to_first_token_seconds =
+      has_token ? absl::ToDoubleSeconds(request->first_token - request->arrival) : 0.0;
+  if (request->request.kind == RequestKind::kScore && reason == FinishReason::kStop) {
+    result.scored_token_ids = request->tokens;
+    result.token_logprobs = std::move(request->score_logprobs);
+  }
+  if (observer_ != nullptr) {
+    FinishedRequestStats stats;
+    stats.kind = request->request.kind;
+    stats.reason = reason;
+    stats.queue_seconds = result.usage.queue_time_seconds;
+    stats.time_to_first_token_seconds = has_token ? result.usage.time_to_first_token_seconds : -1;
+    stats.end_to_end_seconds = absl::ToDoubleSeconds(now - request->arrival);
+    stats.prompt_tokens = request->prompt_tokens;
+    stats.completion_tokens = request->GeneratedTokens();
+    observer_->OnRequestFinished(stats);
+  }
+  std::shared_ptr<RequestSink> sink = std::move(request->sink);
+  requests_.erase(request->id);  // destroys *request
+  if (sink != nullptr) sink->OnFinished(std::move(result));
+}
+
+void Engine::Loop() {
+  c10::InferenceMode inference_mode;
+  while (true) {
+    std::vector<std::unique_ptr<RequestState>> arrivals;
+    std::vector<uint64_t> cancels;
+    bool stopping = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      const bool busy = !requests_.empty();
+      auto has_news = [this, busy]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return busy || stopping_ || !incoming_.empty() || !cancelled_.empty();
+      };
+      mutex_.Await(absl::Condition(&has_news));
+      arrivals.swap(incoming_);
+      cancels.swap(cancelled_);
+      stopping = stopping_;
+    }
+    absl::Time now = absl::Now();
+    for (auto& arrival : arrivals) {
+      RequestState* request = arrival.get();
+      requests_[request->id] = std::move(arrival);
+      scheduler_->Enqueue(request);
+    }
+    if (stopping) {
+      std::vector<RequestState*> all;
+      for (auto& [id, request] : requests_) all.push_back(request.get());
+      for (RequestState* request : all) {
+        Finish(request, FinishReason::kCancelled,
+               absl::UnavailableError("the server is shutting down"), now);
+      }
+      PublishSnapshot();
+      return;
+    }
+    for (uint64_t id : cancels) {
+      auto it = requests_.find(id);
+      if (it != requests_.end()) Finish(it->second.get(), FinishReason::kCancelled, absl::OkStatus(), now);
+    }
+    std::vector<RequestState*> expired;
+    for (auto& [id, request] : requests_) {
+      if (now >= request->request.deadline) expired.push_back(request.get());
+    }
+    for (RequestState* request : expired) {
+      Finish(request, FinishReason::kDeadlineExceeded, absl::OkStatus(), now);
+    }
+
+    Schedule schedule = scheduler_->Next();
+    for (RequestState* request : schedule.out_of_memory) {
+      // Removed from the scheduler by Finish; its slice (if any) must not run.
+      schedule.slices.erase(std::remove_if(schedule.slices.begin(), schedule.slices.end(),
+                                           [request](const ScheduledSlice& slice) {
+                                             return slice.request == request;
+                                           }),
+                            schedule.slices.end());
+      Finish(request, FinishReason::kLength, absl::OkStatus(), now,
+             GenerationOutput{request->text.Flush(), {}, {}});
+    }
+    if (!schedule.slices.empty()) RunStep(schedule);
+    PublishSnapshot();
+  }
+}
+
+void Engine::RunStep(Schedule& schedule) {
+  const absl::Time started = absl::Now();
+  model::ForwardBatch batch;
+  int64_t row = 0;
+  for (ScheduledSlice& slice : schedule.slices) {
+    RequestState* request = slice.request;
+    if (request->first_scheduled == absl::InfinitePast()) {
+      request->first_scheduled = started;
+      if (observer_ != nullptr) observer_->OnPromptTokens(request->prompt_tokens);
+    }
+    const int64_t needed = slice.start + slice.length;
+    if (!request->kv_cache.defined() || request->kv_cache.size(3) < needed) {
+      const int64_t capacity = request->kv_blocks * allocator_->block_tokens();
+      at::Tensor grown = model_->AllocateKvCache(capacity);
+      if (request->kv_cache.defined() && request->computed > 0) {
+        grown.narrow(3, 0, request->computed)
+            .copy_(request->kv_cache.narrow(3, 0, request->computed));
+      }
+      request->kv_cache = std::move(grown);
+    }
+    for (int64_t i = 0; i < slice.length; ++i) {
+      batch.token_ids.push_back(request->tokens[slice.start + i]);
+    }
+    batch.sequences.push_back({slice.start, slice.length, &request->kv_cache});
+    const int64_t total = static_cast<int64_t>(request->tokens.size());
+    if (request->request.kind == RequestKind::kScore) {
+      for (int64_t i = 0; i < slice.length; ++i) {
+        if (slice.start + i + 1 < total) batch.logit_rows.push_back(row + i);
+      }
+    } else if (needed == total) {
+      batch.logit_rows.push_back(row + slice.length - 1);
+    }
+    row += slice.length;
+  }
+  // The model returns every row for an empty list; when no slice needs logits (a score
+  // request's last chunk holds only its final token) ask for one row and read none.
+  if (batch.logit_rows.empty()) batch.logit_rows.push_back(0);
+  absl::StatusOr<at::Tensor> logits = model_->Run(batch);
+  const absl::Time now = absl::Now();
+  if (!logits.ok()) {
+    for (ScheduledSlice& slice : schedule.slices) {
+      Finish(slice.request, FinishReason::kError, logits.status(), now);
+    }
+    return;
+  }
+  for (ScheduledSlice& slice : schedule.slices) slice.request->computed += slice.length;
+  HandleLogits(schedule, *logits, now);
+  if (observer_ != nullptr) {
+    StepStats stats;
+    stats.batch_tokens = schedule.TotalTokens();
+    stats.step_seconds = absl::ToDoubleSeconds(now - started);
+    observer_->OnStep(stats);
+  }
+}
+
+void Engine::HandleLogits(Schedule& schedule, const at::Tensor& logits_tensor, absl::Time now) {
+  at::Tensor logits = logits_tensor.to(at::kCPU).contiguous();
+  const int64_t vocab = model_->config().vocab_size;
+  int64_t row = 0;
+  for (ScheduledSlice& slice : schedule.slices) {
+    RequestState* request = slice.request;
+    const int64_t total = static_cast<int64_t>(request->tokens.size());
+    if (request->request.kind == RequestKind::kScore) {
+      for (int64_t i = 0; i < slice.length; ++i) {
+        const int64_t target_position = slice.start + i + 1;
+        if (target_position >= total) continue;
+        const float* values = logits.data_ptr<float>() + row * vocab;
+        request->score_logprobs.push_back(
+            LogProbability(values, vocab, request->tokens[target_position]));
+        ++row;
+      }
+      if (request->computed == total) Finish(request, FinishReason::kStop, absl::OkStatus(), now);
+      continue;
+    }
+    if (request->computed != total) continue;  // prefill chunk that did not reach the end
+    const float* values = logits.data_ptr<float>() + row * vocab;
+    ++row;
+    const SamplingOptions& sampling = request->request.sampling;
+    SampledToken sampled = SampleToken(values, vocab, sampling, request->generator);
+    request->tokens.push_back(sampled.token_id);
+    if (request->first_token == absl::InfinitePast()) {
+      request->first_token = now;
+    } else if (observer_ != nullptr) {
+      observer_->OnInterTokenLatency(absl::ToDoubleSeconds(now - request->last_token));
+    }
+    request->last_token = now;
+    if (observer_ != nullptr) observer_->OnGeneratedTokens(1);
+
+    GenerationOutput output;
+    output.token_ids.push_back(sampled.token_id);
+    if (sampling.logprobs) output.logprobs.push_back(sampled.logprob);
+    output.text = request->text.Append(tokenizer_->TokenBytes(sampled.token_id));
+    const bool stop_token =
+        (!sampling.ignore_eos && tokenizer_->IsEos(sampled.token_id)) ||
+        std::find(sampling.stop_token_ids.begin(), sampling.stop_token_ids.end(),
+                  sampled.token_id) != sampling.stop_token_ids.end();
+    if (stop_token || request->text.Stopped()) {
+      output.text += request->text.Flush();
+      Finish(request, FinishReason::kStop, absl::OkStatus(), now, std::move(output));
+    } else if (request->GeneratedTokens() >= request->max_new_tokens) {
+      output.text += request->text.Flush();
+      Finish(request, FinishReason::kLength, absl::OkStatus(), now, std::move(output));
+    } else {
+      request->sink->OnOutput(std::move(output));
+    }
+  }
+}
+
+}  // namespace deltaserve::engine

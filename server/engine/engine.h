@@ -1,0 +1,97 @@
+// Engine: runs requests against one model. One loop thread owns the model's KV caches and the
+// scheduler; each iteration it schedules a batch (continuous batching, chunked prefill),
+// runs one forward pass, samples, and hands output to each request's RequestSink.
+//
+// Submit() never blocks: it validates the request (INVALID_ARGUMENT with a message naming the
+// field), answers RESOURCE_EXHAUSTED at once when the queue is full and UNAVAILABLE after
+// Stop(), and otherwise queues it for the loop. Cancel() is asynchronous: the request finishes
+// (kCancelled) and its KV blocks are freed at the next iteration. Thread-safe.
+//   ASSIGN_OR_RETURN(auto engine, Engine::Create(options, model, tokenizer, &metrics));
+//   ASSIGN_OR_RETURN(uint64_t id, engine->Submit(std::move(request), sink));
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/engine/engine_observer.h"
+#include "server/engine/engine_options.h"
+#include "server/engine/request.h"
+#include "server/model/llama_model.h"
+#include "server/model/tokenizer.h"
+
+namespace deltaserve::engine {
+
+class KvBlockAllocator;
+class Scheduler;
+struct RequestState;
+struct Schedule;
+
+struct EngineSnapshot {
+  int64_t active_requests = 0;  // accepted and not finished
+  int64_t queued_requests = 0;  // accepted, not yet admitted to the running set
+  int64_t running_requests = 0;
+  int64_t kv_used_blocks = 0;
+  int64_t kv_total_blocks = 0;
+  int64_t preemptions = 0;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(
+      const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
+      std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer = nullptr);
+  ~Engine();
+
+  absl::StatusOr<uint64_t> Submit(EngineRequest request, std::shared_ptr<RequestSink> sink);
+  void Cancel(uint64_t request_id);
+  // Stop finishes every request still in the engine (kCancelled, UNAVAILABLE) and joins the
+  // loop thread. Idempotent.
+  void Stop();
+
+  EngineSnapshot Snapshot() const;
+  const model::Tokenizer& tokenizer() const { return *tokenizer_; }
+  const model::LlamaModel& model() const { return *model_; }
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
+         std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer);
+  absl::Status Validate(const EngineRequest& request) const;
+  void Loop();
+  void RunStep(Schedule& schedule);
+  void HandleLogits(Schedule& schedule, const at::Tensor& logits, absl::Time now);
+  void Finish(RequestState* request, FinishReason reason, absl::Status status, absl::Time now,
+              GenerationOutput final_output = {});
+  void PublishSnapshot();
+
+  const EngineOptions options_;
+  const std::shared_ptr<const model::LlamaModel> model_;
+  const std::shared_ptr<const model::Tokenizer> tokenizer_;
+  EngineObserver* const observer_;
+
+  mutable absl::Mutex mutex_;
+  // Submitted requests not yet picked up by the loop.
+  std::vector<std::unique_ptr<RequestState>> incoming_ ABSL_GUARDED_BY(mutex_);
+  std::vector<uint64_t> cancelled_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  EngineSnapshot snapshot_ ABSL_GUARDED_BY(mutex_);
+  // Accepted but not admitted (incoming + scheduler waiting); bounds the queue.
+  std::atomic<int64_t> queued_{0};
+  std::atomic<int64_t> active_{0};
+
+  // Loop-thread state.
+  std::unique_ptr<KvBlockAllocator> allocator_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unordered_map<uint64_t, std::unique_ptr<RequestState>> requests_;
+  std::thread thread_;
+};
+
+}  // namespace deltaserve::engine

@@ -1,0 +1,45 @@
+// EngineObserver: how the engine reports what it does (telemetry implements it with
+// Prometheus; tests may record). Called on the engine thread; must be cheap and non-blocking.
+#pragma once
+
+#include <cstdint>
+
+#include "server/engine/request.h"
+
+namespace deltaserve::engine {
+
+struct StepStats {
+  int64_t batch_tokens = 0;
+  double step_seconds = 0;
+};
+
+// Reported after every loop iteration, so gauges settle when the engine goes idle.
+struct EngineState {
+  int64_t running_requests = 0;
+  int64_t waiting_requests = 0;
+  double kv_cache_usage_ratio = 0;
+};
+
+struct FinishedRequestStats {
+  RequestKind kind = RequestKind::kGenerate;
+  FinishReason reason = FinishReason::kStop;
+  double queue_seconds = 0;
+  double time_to_first_token_seconds = -1;  // < 0 when no token was generated
+  double end_to_end_seconds = 0;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnStep(const StepStats& stats) {}
+  virtual void OnState(const EngineState& state) {}
+  virtual void OnPromptTokens(int64_t count) {}
+  // One call per generated token after a request's first.
+  virtual void OnInterTokenLatency(double seconds) {}
+  virtual void OnGeneratedTokens(int64_t count) {}
+  virtual void OnRequestFinished(const FinishedRequestStats& stats) {}
+};
+
+}  // namespace deltaserve::engine

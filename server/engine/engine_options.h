@@ -1,0 +1,29 @@
+// EngineOptions: the engine's limits, with their defaults. Validate() explains what is wrong.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace deltaserve::engine {
+
+struct EngineOptions {
+  // Tokens per forward pass (decode tokens plus prefill chunks).
+  int64_t max_batch_tokens = 2048;
+  int64_t max_running_requests = 64;
+  // Requests accepted but not yet running; beyond this Submit answers RESOURCE_EXHAUSTED.
+  int64_t max_queued_requests = 256;
+  // KV cache budget in bytes, accounted in blocks of kv_block_tokens tokens.
+  int64_t kv_cache_bytes = int64_t{1} << 30;
+  int64_t kv_block_tokens = 16;
+  // max_tokens when a request leaves it 0, and the largest max_tokens accepted.
+  int32_t default_max_tokens = 256;
+  int32_t max_tokens_limit = 4096;
+  // Limits on stop strings per request.
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_string_bytes = 256;
+
+  absl::Status Validate() const;
+};
+
+}  // namespace deltaserve::engine

@@ -1,0 +1,81 @@
+// The engine's request vocabulary: what callers submit (EngineRequest), what they receive
+// (GenerationOutput pieces and one RequestResult) and the RequestSink they receive it through.
+// Plain C++ structs: no gRPC or protobuf types (front ends convert).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace deltaserve::engine {
+
+enum class RequestKind { kGenerate, kScore };
+
+struct SamplingOptions {
+  // 0 = the engine's default_max_tokens.
+  int32_t max_tokens = 0;
+  // 0 = greedy.
+  float temperature = 0.0f;
+  // 0 = off.
+  int32_t top_k = 0;
+  // 0 or 1 = off.
+  float top_p = 1.0f;
+  // Same seed, same output, whatever else is in the batch. Unset: a fresh random seed.
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  // Report log p(token) under the unmodified model distribution for each generated token.
+  bool logprobs = false;
+};
+
+struct EngineRequest {
+  RequestKind kind = RequestKind::kGenerate;
+  std::string request_id;
+  std::vector<int32_t> prompt_token_ids;
+  SamplingOptions sampling;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+enum class FinishReason { kStop, kLength, kCancelled, kDeadlineExceeded, kError };
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerationOutput {
+  std::string text;  // always valid UTF-8
+  std::vector<int32_t> token_ids;
+  std::vector<float> logprobs;  // parallel to token_ids when requested
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double time_to_first_token_seconds = 0;
+  double queue_time_seconds = 0;
+};
+
+struct RequestResult {
+  FinishReason reason = FinishReason::kStop;
+  absl::Status status;  // non-OK only for kError (and shutdown)
+  // The last piece of output (may be empty).
+  GenerationOutput final_output;
+  Usage usage;
+  // Score requests: the scored ids and log p(token_i | tokens_<i) for i >= 1.
+  std::vector<int32_t> scored_token_ids;
+  std::vector<float> token_logprobs;
+};
+
+// RequestSink receives a request's output, on the engine thread: implementations must return
+// quickly and never block (queue the data and hand it to another thread). OnFinished is called
+// exactly once, last; the engine drops its reference afterwards.
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  virtual void OnOutput(GenerationOutput output) = 0;
+  virtual void OnFinished(RequestResult result) = 0;
+};
+
+}  // namespace deltaserve::engine

@@ -1,0 +1,52 @@
+// RequestState: everything the engine tracks about one admitted request. Owned by the engine
+// loop thread; the scheduler reads and updates the scheduling fields. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/time/time.h"
+#include "server/engine/request.h"
+#include "server/engine/text_output.h"
+
+namespace deltaserve::engine {
+
+struct RequestState {
+  uint64_t id = 0;
+  EngineRequest request;
+  std::shared_ptr<RequestSink> sink;
+
+  // Prompt followed by generated tokens. Tokens [0, computed) have their K/V in kv_cache;
+  // after a preemption computed drops to 0 and everything is recomputed.
+  std::vector<int32_t> tokens;
+  int64_t prompt_tokens = 0;
+  int64_t computed = 0;
+  int64_t max_new_tokens = 0;  // clamped to the context length
+
+  // KV blocks reserved in the KvBlockAllocator; kv_cache holds at least kv_blocks * block
+  // tokens of capacity once the engine has grown it.
+  int64_t kv_blocks = 0;
+  at::Tensor kv_cache;
+  // Order of (re)admission to the running set: larger is younger (preempted first).
+  uint64_t admission = 0;
+  bool running = false;
+
+  std::mt19937_64 generator;
+  TextOutput text{{}};
+  std::vector<float> score_logprobs;
+
+  absl::Time arrival;
+  absl::Time first_scheduled = absl::InfinitePast();
+  absl::Time first_token = absl::InfinitePast();
+  absl::Time last_token = absl::InfinitePast();
+
+  int64_t GeneratedTokens() const { return static_cast<int64_t>(tokens.size()) - prompt_tokens; }
+  // Tokens still to run through the model before the next sample (or the end of scoring).
+  int64_t PendingTokens() const { return static_cast<int64_t>(tokens.size()) - computed; }
+};
+
+}  // namespace deltaserve::engine

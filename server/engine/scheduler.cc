@@ -1,0 +1,130 @@
+#include "server/engine/scheduler.h"
+
+#include <algorithm>
+
+namespace deltaserve::engine {
+
+int64_t Schedule::TotalTokens() const {
+  int64_t total = 0;
+  for (const ScheduledSlice& slice : slices) total += slice.length;
+  return total;
+}
+
+bool Scheduler::Reserve(RequestState* request, int64_t tokens) {
+  int64_t needed = allocator_->BlocksFor(tokens) - request->kv_blocks;
+  if (needed <= 0) return true;
+  if (!allocator_->TryReserve(needed)) return false;
+  request->kv_blocks += needed;
+  return true;
+}
+
+void Scheduler::Preempt(RequestState* request) {
+  allocator_->Release(request->kv_blocks);
+  request->kv_blocks = 0;
+  request->kv_cache = at::Tensor();
+  request->computed = 0;
+  request->running = false;
+  running_.erase(std::find(running_.begin(), running_.end(), request));
+  waiting_.push_front(request);
+  ++preemptions_;
+}
+
+void Scheduler::Remove(RequestState* request) {
+  allocator_->Release(request->kv_blocks);
+  request->kv_blocks = 0;
+  request->kv_cache = at::Tensor();
+  auto running = std::find(running_.begin(), running_.end(), request);
+  if (running != running_.end()) running_.erase(running);
+  auto waiting = std::find(waiting_.begin(), waiting_.end(), request);
+  if (waiting != waiting_.end()) waiting_.erase(waiting);
+  request->running = false;
+}
+
+Schedule Scheduler::Next() {
+  Schedule schedule;
+  int64_t budget = options_.max_batch_tokens;
+  std::vector<RequestState*> scheduled;
+
+  // 1. Decoding requests: one token each, oldest first; preempt the youngest for blocks.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    RequestState* request = running_[i];
+    if (request->PendingTokens() != 1) {
+      ++i;
+      continue;
+    }
+    bool reserved = Reserve(request, request->computed + 1);
+    while (!reserved) {
+      RequestState* victim = running_.back();
+      if (victim == request) break;
+      if (std::find(scheduled.begin(), scheduled.end(), victim) != scheduled.end()) break;
+      Preempt(victim);
+      reserved = Reserve(request, request->computed + 1);
+    }
+    if (!reserved) {
+      if (running_.size() == 1) {
+        schedule.out_of_memory.push_back(request);
+        ++i;
+      } else {
+        Preempt(request);  // the youngest itself: wait and recompute later
+      }
+      continue;
+    }
+    schedule.slices.push_back({request, request->computed, 1});
+    scheduled.push_back(request);
+    --budget;
+    ++i;
+  }
+
+  // 2. Running requests still prefilling: chunks under the remaining budget and free blocks.
+  for (RequestState* request : running_) {
+    if (budget <= 0) break;
+    if (request->PendingTokens() <= 1) continue;
+    int64_t length = std::min(request->PendingTokens(), budget);
+    while (length > 0 && !Reserve(request, request->computed + length)) {
+      // Shrink to what the free blocks allow.
+      int64_t capacity = (request->kv_blocks + allocator_->FreeBlocks()) * allocator_->block_tokens();
+      length = std::min(length - 1, capacity - request->computed);
+    }
+    if (length <= 0) continue;
+    schedule.slices.push_back({request, request->computed, length});
+    budget -= length;
+  }
+
+  // 3. Admit waiting requests in order while there is room.
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
+    RequestState* request = waiting_.front();
+    int64_t length = std::min(request->PendingTokens(), budget);
+    int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
+    length = std::min(length, capacity);
+    if (length <= 0) {
+      if (running_.empty()) {
+        // Nothing will ever free blocks for it.
+        waiting_.pop_front();
+        schedule.out_of_memory.push_back(request);
+        continue;
+      }
+      break;
+    }
+    Reserve(request, length);
+    waiting_.pop_front();
+    request->running = true;
+    request->admission = next_admission_++;
+    running_.push_back(request);
+    schedule.slices.push_back({request, request->computed, length});
+    budget -= length;
+  }
+
+  // Prefilling requests can together hold every block while none can finish: free the
+  // youngest so the others progress (or give up on a request that cannot fit even alone).
+  if (schedule.slices.empty() && schedule.out_of_memory.empty() && !running_.empty()) {
+    if (running_.size() == 1) {
+      schedule.out_of_memory.push_back(running_.front());
+    } else {
+      Preempt(running_.back());
+    }
+  }
+  return schedule;
+}
+
+}  // namespace deltaserve::engine

@@ -1,0 +1,165 @@
+// deltaserve: flags, wiring and the signal loop. Nothing else lives here.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_builder.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/common/flag_names.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/api/generation_service.h"
+#include "server/api/serving_state.h"
+#include "server/common/log.h"
+#include "server/engine/engine.h"
+#include "server/model/llama_model.h"
+#include "server/model/tokenizer_loader.h"
+#include "server/telemetry/metrics_http_server.h"
+#include "server/telemetry/server_metrics.h"
+
+ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory (config.json, safetensors, tokenizer)");
+ABSL_FLAG(std::string, model_name, "", "name of the base model in the API (default: the directory's name)");
+ABSL_FLAG(std::string, data_dir, "deltaserve-data", "directory where the server keeps its state");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve gRPC on");
+ABSL_FLAG(int, port, 50051, "gRPC port (0 = pick a free one and print it)");
+ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0 = pick a free one, -1 = off)");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
+ABSL_FLAG(int, threads, 0, "intra-op CPU threads for libtorch (0 = libtorch's default)");
+ABSL_FLAG(int64_t, max_batch_tokens, 2048, "tokens per forward pass (decode + prefill chunks)");
+ABSL_FLAG(int64_t, max_running_requests, 64, "requests in the running batch at most");
+ABSL_FLAG(int64_t, max_queued_requests, 256, "waiting requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30, "KV cache budget in bytes");
+ABSL_FLAG(int64_t, kv_block_tokens, 16, "tokens per KV cache block");
+ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens when a request leaves it 0");
+ABSL_FLAG(int32_t, max_tokens_limit, 4096, "largest max_tokens a request may ask for");
+ABSL_FLAG(double, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight requests may finish");
+
+namespace {
+
+using deltaserve::common::Log;
+
+int Fail(const absl::Status& status) {
+  Log(absl::StrCat("fatal: ", status.ToString()));
+  return 1;
+}
+
+std::string BaseName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("deltaserve --model-dir DIR [flags]: serves a base model and its variants over gRPC");
+  std::vector<std::string> argument_storage;
+  std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, argument_storage);
+  absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+
+  // Signals are taken by sigwait below, never by a handler; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+  if (model_dir.empty()) return Fail(absl::InvalidArgumentError("--model-dir is required"));
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  ::mkdir(data_dir.c_str(), 0750);
+  struct stat data_info;
+  if (::stat(data_dir.c_str(), &data_info) != 0 || !S_ISDIR(data_info.st_mode)) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--data-dir ", data_dir, " is not a usable directory")));
+  }
+  if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
+
+  auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
+      std::make_shared<prometheus::Registry>());
+  std::unique_ptr<deltaserve::telemetry::MetricsHttpServer> metrics_server;
+  int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port >= 0) {
+    auto started = deltaserve::telemetry::MetricsHttpServer::Start(
+        absl::GetFlag(FLAGS_metrics_host), metrics_port, metrics->registry());
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+    metrics_port = metrics_server->port();
+  }
+
+  auto device = deltaserve::model::ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) return Fail(device.status());
+  auto dtype = deltaserve::model::ParseDtype(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) return Fail(dtype.status());
+  absl::Time load_started = absl::Now();
+  auto model = deltaserve::model::LlamaModel::Load(model_dir, {*dtype, *device});
+  if (!model.ok()) return Fail(model.status());
+  auto tokenizer = deltaserve::model::LoadTokenizer(model_dir, (*model)->config());
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  std::shared_ptr<const deltaserve::model::LlamaModel> shared_model = std::move(*model);
+  Log(absl::StrCat("loaded ", shared_model->config().architecture, " from ", model_dir, " (",
+                   shared_model->WeightBytes() >> 20, " MiB of weights, ", absl::GetFlag(FLAGS_dtype),
+                   " on ", device->str(), ") in ", absl::FormatDuration(absl::Now() - load_started)));
+
+  deltaserve::engine::EngineOptions engine_options;
+  engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  engine_options.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
+  engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  engine_options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
+  engine_options.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  engine_options.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
+  auto engine = deltaserve::engine::Engine::Create(engine_options, shared_model,
+                                                   std::move(*tokenizer), metrics.get());
+  if (!engine.ok()) return Fail(engine.status());
+
+  deltaserve::api::ServingState serving_state;
+  std::string model_name = absl::GetFlag(FLAGS_model_name);
+  if (model_name.empty()) model_name = BaseName(model_dir);
+  deltaserve::api::GenerationService generation(engine->get(), metrics.get(), &serving_state, model_name);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&generation);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
+  }
+  server->GetHealthCheckService()->SetServingStatus(true);
+  // Tests and scripts read this line to find the ports.
+  std::printf("deltaserve: serving model \"%s\" on %s:%d, metrics on port %d\n", model_name.c_str(),
+              absl::GetFlag(FLAGS_host).c_str(), port, metrics_port);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log(absl::StrCat("received signal ", signal_number, ": draining"));
+  serving_state.StartDraining();
+  server->GetHealthCheckService()->SetServingStatus(false);
+  const absl::Time grace_end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  while ((*engine)->Snapshot().active_requests > 0 && absl::Now() < grace_end) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const int64_t unfinished = (*engine)->Snapshot().active_requests;
+  if (unfinished > 0) Log(absl::StrCat("grace period over; cancelling ", unfinished, " requests"));
+  (*engine)->Stop();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  Log("stopped");
+  return 0;
+}

@@ -1,0 +1,102 @@
+#include "server/telemetry/server_metrics.h"
+
+namespace deltaserve::telemetry {
+namespace {
+
+using prometheus::Histogram;
+
+Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+}
+
+Histogram& MakeHistogram(prometheus::Registry& registry, const std::string& name,
+                         const std::string& help, Histogram::BucketBoundaries buckets) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add({}, buckets);
+}
+
+}  // namespace
+
+ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry)
+    : registry_(std::move(registry)),
+      rpcs_(prometheus::BuildCounter()
+                .Name("deltaserve_requests_total")
+                .Help("Finished RPCs by method and gRPC status code")
+                .Register(*registry_)),
+      finished_(prometheus::BuildCounter()
+                    .Name("deltaserve_request_finish_total")
+                    .Help("Engine requests finished, by kind and finish reason")
+                    .Register(*registry_)),
+      prompt_tokens_(prometheus::BuildCounter()
+                         .Name("deltaserve_prompt_tokens_total")
+                         .Help("Prompt tokens of requests that started running")
+                         .Register(*registry_)
+                         .Add({})),
+      generated_tokens_(prometheus::BuildCounter()
+                            .Name("deltaserve_generated_tokens_total")
+                            .Help("Tokens generated")
+                            .Register(*registry_)
+                            .Add({})),
+      time_to_first_token_(MakeHistogram(*registry_, "deltaserve_time_to_first_token_seconds",
+                                         "Seconds from arrival to the first generated token",
+                                         LatencyBuckets())),
+      inter_token_latency_(MakeHistogram(*registry_, "deltaserve_inter_token_latency_seconds",
+                                         "Seconds between consecutive tokens of a request",
+                                         LatencyBuckets())),
+      end_to_end_latency_(MakeHistogram(*registry_, "deltaserve_request_duration_seconds",
+                                        "Seconds from arrival to finish of engine requests",
+                                        LatencyBuckets())),
+      queue_time_(MakeHistogram(*registry_, "deltaserve_request_queue_seconds",
+                                "Seconds a request waited before its first forward pass",
+                                LatencyBuckets())),
+      batch_tokens_(MakeHistogram(*registry_, "deltaserve_batch_tokens",
+                                  "Tokens in one forward pass (decode plus prefill)",
+                                  {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192})),
+      step_duration_(MakeHistogram(*registry_, "deltaserve_step_duration_seconds",
+                                   "Seconds per engine iteration (one forward pass)",
+                                   LatencyBuckets())),
+      running_(prometheus::BuildGauge()
+                   .Name("deltaserve_requests_running")
+                   .Help("Requests in the running batch")
+                   .Register(*registry_)
+                   .Add({})),
+      waiting_(prometheus::BuildGauge()
+                   .Name("deltaserve_requests_waiting")
+                   .Help("Requests accepted and waiting to run")
+                   .Register(*registry_)
+                   .Add({})),
+      kv_cache_usage_(prometheus::BuildGauge()
+                          .Name("deltaserve_kv_cache_usage_ratio")
+                          .Help("Fraction of KV cache blocks in use (0 to 1)")
+                          .Register(*registry_)
+                          .Add({})) {}
+
+void ServerMetrics::RecordRpc(const std::string& method, const std::string& code) {
+  rpcs_.Add({{"method", method}, {"code", code}}).Increment();
+}
+
+void ServerMetrics::OnStep(const engine::StepStats& stats) {
+  batch_tokens_.Observe(static_cast<double>(stats.batch_tokens));
+  step_duration_.Observe(stats.step_seconds);
+}
+
+void ServerMetrics::OnState(const engine::EngineState& state) {
+  running_.Set(static_cast<double>(state.running_requests));
+  waiting_.Set(static_cast<double>(state.waiting_requests));
+  kv_cache_usage_.Set(state.kv_cache_usage_ratio);
+}
+
+void ServerMetrics::OnPromptTokens(int64_t count) { prompt_tokens_.Increment(static_cast<double>(count)); }
+void ServerMetrics::OnInterTokenLatency(double seconds) { inter_token_latency_.Observe(seconds); }
+void ServerMetrics::OnGeneratedTokens(int64_t count) {
+  generated_tokens_.Increment(static_cast<double>(count));
+}
+
+void ServerMetrics::OnRequestFinished(const engine::FinishedRequestStats& stats) {
+  const char* kind = stats.kind == engine::RequestKind::kScore ? "score" : "generate";
+  finished_.Add({{"kind", kind}, {"reason", engine::FinishReasonName(stats.reason)}}).Increment();
+  queue_time_.Observe(stats.queue_seconds);
+  end_to_end_latency_.Observe(stats.end_to_end_seconds);
+  if (stats.time_to_first_token_seconds >= 0) time_to_first_token_.Observe(stats.time_to_first_token_seconds);
+}
+
+}  // namespace deltaserve::telemetry
