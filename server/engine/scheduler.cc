@@ -44,6 +44,7 @@ Schedule Scheduler::Next() {
   Schedule schedule;
   int64_t budget = options_.max_batch_tokens;
   std::vector<RequestState*> scheduled;
+  const int64_t preemptions_before = preemptions_;
 
   // 1. Decoding requests: one token each, oldest first; preempt the youngest for blocks.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
@@ -90,8 +91,9 @@ Schedule Scheduler::Next() {
     budget -= length;
   }
 
-  // 3. Admit waiting requests in order while there is room.
-  while (!waiting_.empty() && budget > 0 &&
+  // 3. Admit waiting requests in order while there is room; not in a step that had to preempt
+  // (the freed blocks would only be fought over again).
+  while (preemptions_ == preemptions_before && !waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
     RequestState* request = waiting_.front();
     int64_t length = std::min(request->PendingTokens(), budget);

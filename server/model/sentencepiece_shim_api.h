@@ -5,6 +5,11 @@
 // other's copies and the process aborts at start-up. The shim module (sentencepiece_shim.cc)
 // links libsentencepiece and is loaded with dlopen(RTLD_LOCAL | RTLD_DEEPBIND), so it binds to
 // its own protobuf and nothing else sees it. Only virtual calls cross the boundary.
+//
+// Caveat of DEEPBIND: the shim binds libstdc++'s own std::cerr, so a process whose executable
+// copy-relocates std::cerr (any that names it directly, e.g. through gtest) must not run code
+// that makes SentencePiece log — the trainer does. deltaserve's binaries use no iostreams;
+// tests write demo models through the deltaserve-make-demo binary.
 // std-only on purpose (see sentencepiece_bridge.h).
 #pragma once
 

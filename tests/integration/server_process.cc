@@ -1,0 +1,129 @@
+#include "tests/integration/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+namespace deltaserve::testing {
+
+bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::string>& extra_flags) {
+  char data_dir[] = "/tmp/deltaserve-data-XXXXXX";
+  if (::mkdtemp(data_dir) == nullptr) return false;
+  log_path_ = std::string(data_dir) + "/server.log";
+  std::vector<std::string> args = {DELTASERVE_SERVER_BINARY, "--model-dir", model_dir,
+                                   "--port", "0", "--metrics-port", "0", "--data-dir", data_dir,
+                                   "--shutdown-grace-seconds", "20"};
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+  int out[2];
+  if (::pipe(out) != 0) return false;
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    int log = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(log, STDERR_FILENO);
+    ::close(out[0]);
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    std::_Exit(127);
+  }
+  ::close(out[1]);
+  std::string output;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const std::regex ready(R"(on ([0-9.]+:[0-9]+), metrics on port ([0-9]+))");
+  std::smatch match;
+  while (std::chrono::steady_clock::now() < give_up) {
+    pollfd readable{out[0], POLLIN, 0};
+    if (::poll(&readable, 1, 200) <= 0) continue;
+    char buffer[512];
+    ssize_t n = ::read(out[0], buffer, sizeof(buffer));
+    if (n <= 0) break;
+    output.append(buffer, static_cast<size_t>(n));
+    if (std::regex_search(output, match, ready)) {
+      target_ = match[1];
+      metrics_port_ = std::stoi(match[2]);
+      ::close(out[0]);
+      return true;
+    }
+  }
+  ::close(out[0]);
+  std::fprintf(stderr, "server did not start; stdout: %s\nlog:\n%s\n", output.c_str(), Log().c_str());
+  return false;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+void ServerProcess::Signal(int signal_number) {
+  if (pid_ > 0) ::kill(pid_, signal_number);
+}
+
+int ServerProcess::WaitForExit(int timeout_seconds) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
+  while (std::chrono::steady_clock::now() < give_up) {
+    int status = 0;
+    pid_t done = ::waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+std::string ServerProcess::Log() const {
+  std::ifstream file(log_path_);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string response;
+  char buffer[8192];
+  while (true) {
+    pollfd readable{fd, POLLIN, 0};
+    if (::poll(&readable, 1, 5000) <= 0) break;
+    ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    response.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+}  // namespace deltaserve::testing

@@ -1,0 +1,310 @@
+// Integration: the real deltaserve binary on a loopback port, driven over real gRPC and HTTP.
+// Every test bounds its traffic (count and time) and talks only to 127.0.0.1.
+#include <signal.h>
+
+#include <atomic>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "client/deltaserve_client.h"
+#include "tests/integration/reflection.grpc.pb.h"
+#include "tests/integration/server_process.h"
+#include "tests/support/test_models.h"
+
+namespace deltaserve::testing {
+namespace {
+
+namespace v1 = deltaserve::v1;
+using client::DeltaserveClient;
+
+v1::GenerateRequest Generate(const std::string& prompt, int max_tokens) {
+  v1::GenerateRequest request;
+  request.set_prompt(prompt);
+  request.mutable_sampling()->set_max_tokens(max_tokens);
+  request.mutable_sampling()->set_ignore_eos(true);
+  return request;
+}
+
+struct Stream {
+  grpc::Status status;
+  std::vector<v1::GenerateResponse> responses;
+  std::string text;
+  std::vector<int32_t> tokens;
+};
+
+Stream RunStream(DeltaserveClient& client, const v1::GenerateRequest& request,
+           std::chrono::milliseconds timeout = std::chrono::seconds(120),
+           const std::function<bool()>& cancel = nullptr) {
+  Stream stream;
+  stream.status = client.Generate(
+      request,
+      [&stream](const v1::GenerateResponse& response) {
+        stream.responses.push_back(response);
+        stream.text += response.text();
+        stream.tokens.insert(stream.tokens.end(), response.token_ids().begin(), response.token_ids().end());
+      },
+      timeout, cancel);
+  return stream;
+}
+
+// Value of the first sample line `name{...} value` or `name value` in a scrape, or -1.
+double Sample(const std::string& scrape, const std::string& name_and_labels) {
+  std::istringstream lines(scrape);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(name_and_labels + " ", 0) == 0) return std::stod(line.substr(name_and_labels.size() + 1));
+  }
+  return -1;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new ServerProcess();
+    ASSERT_TRUE(server_->Start(TinyModelDir()));
+    client_ = DeltaserveClient::Connect(server_->target()).release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    delete server_;
+  }
+  static ServerProcess* server_;
+  static DeltaserveClient* client_;
+};
+
+ServerProcess* ServerTest::server_ = nullptr;
+DeltaserveClient* ServerTest::client_ = nullptr;
+
+TEST_F(ServerTest, HealthIsServing) {
+  client::HealthStatus health;
+  ASSERT_TRUE(client_->Health("", &health).ok());
+  EXPECT_EQ(health, client::HealthStatus::kServing);
+}
+
+TEST_F(ServerTest, StreamsAGeneration) {
+  Stream stream = RunStream(*client_, Generate("the cat reads", 20));
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  ASSERT_GE(stream.responses.size(), 2u);  // streamed, not one reply
+  const v1::GenerateResponse& last = stream.responses.back();
+  EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.usage().completion_tokens(), 20);
+  EXPECT_GT(last.usage().prompt_tokens(), 1);
+  EXPECT_GT(last.usage().time_to_first_token_seconds(), 0);
+  EXPECT_EQ(stream.tokens.size(), 20u);
+  for (size_t i = 0; i + 1 < stream.responses.size(); ++i) {
+    EXPECT_EQ(stream.responses[i].finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+  }
+  // Greedy decoding is deterministic; the same request gives the same stream.
+  Stream again = RunStream(*client_, Generate("the cat reads", 20));
+  EXPECT_EQ(again.tokens, stream.tokens);
+  EXPECT_EQ(again.text, stream.text);
+}
+
+TEST_F(ServerTest, SixteenConcurrentStreams) {
+  Stream solo = RunStream(*client_, Generate("our team builds", 24));
+  ASSERT_TRUE(solo.status.ok());
+  std::vector<Stream> streams(16);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&, i] {
+      v1::GenerateRequest request = Generate(i % 2 == 0 ? "our team builds" : "a distant star", 24);
+      if (i % 4 == 1) {
+        request.mutable_sampling()->set_temperature(0.8f);
+        request.mutable_sampling()->set_seed(1000 + i);
+        request.mutable_sampling()->set_has_seed(true);
+      }
+      streams[i] = RunStream(*client_, request);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE(streams[i].status.ok()) << i << ": " << streams[i].status.error_message();
+    EXPECT_EQ(streams[i].tokens.size(), 24u);
+    if (i % 2 == 0) EXPECT_EQ(streams[i].tokens, solo.tokens) << i;  // batching changes nothing
+  }
+}
+
+TEST_F(ServerTest, CancellationFreesTheKvCache) {
+  int seen = 0;
+  Stream stream = RunStream(*client_, Generate("the server serves", 4000), std::chrono::seconds(60),
+                      [&seen] { return ++seen >= 3; });
+  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_LT(stream.tokens.size(), 4000u);
+  double usage = -1;
+  for (int i = 0; i < 100; ++i) {
+    std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
+    usage = Sample(scrape, "deltaserve_kv_cache_usage_ratio");
+    if (usage == 0 && Sample(scrape, "deltaserve_requests_running") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(usage, 0.0);
+}
+
+TEST_F(ServerTest, DeadlineExceeded) {
+  // The tiny model's whole context takes longer than 30 ms to generate.
+  Stream stream = RunStream(*client_, Generate("the cat", 4000), std::chrono::milliseconds(30));
+  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(ServerTest, InvalidInputsAreExplained) {
+  auto expect = [&](const v1::GenerateRequest& request, grpc::StatusCode code, const std::string& fragment) {
+    Stream stream = RunStream(*client_, request);
+    EXPECT_EQ(stream.status.error_code(), code) << stream.status.error_message();
+    EXPECT_NE(stream.status.error_message().find(fragment), std::string::npos)
+        << stream.status.error_message();
+    EXPECT_TRUE(stream.responses.empty());
+  };
+  expect(Generate("", 5), grpc::StatusCode::INVALID_ARGUMENT, "empty");
+  expect(v1::GenerateRequest(), grpc::StatusCode::INVALID_ARGUMENT, "neither");
+  v1::GenerateRequest unknown = Generate("x", 5);
+  unknown.set_variant("acme/no-such-adapter");
+  expect(unknown, grpc::StatusCode::NOT_FOUND, "acme/no-such-adapter");
+  v1::GenerateRequest out_of_vocabulary;
+  out_of_vocabulary.mutable_prompt_token_ids()->add_ids(1);
+  out_of_vocabulary.mutable_prompt_token_ids()->add_ids(1 << 30);
+  expect(out_of_vocabulary, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  expect(Generate("x", 100000), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
+  v1::GenerateRequest too_long;
+  for (int i = 0; i < 600; ++i) too_long.mutable_prompt_token_ids()->add_ids(5);
+  expect(too_long, grpc::StatusCode::INVALID_ARGUMENT, "context");
+  v1::GenerateRequest bad_top_p = Generate("x", 5);
+  bad_top_p.mutable_sampling()->set_top_p(2.0f);
+  expect(bad_top_p, grpc::StatusCode::INVALID_ARGUMENT, "top_p");
+
+  v1::ScoreRequest empty_score;
+  v1::ScoreResponse score_response;
+  grpc::Status status = client_->Score(empty_score, &score_response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServerTest, ScoreAndTokenize) {
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text("the cat reads");
+  tokenize.set_add_special_tokens(true);
+  v1::TokenizeResponse tokens;
+  ASSERT_TRUE(client_->Tokenize(tokenize, &tokens).ok());
+  ASSERT_GT(tokens.token_ids_size(), 2);
+  EXPECT_EQ(tokens.token_ids(0), 1);  // BOS
+  v1::ScoreRequest score;
+  score.set_text("the cat reads");
+  v1::ScoreResponse scored;
+  ASSERT_TRUE(client_->Score(score, &scored).ok());
+  ASSERT_EQ(scored.token_ids_size(), tokens.token_ids_size());
+  ASSERT_EQ(scored.token_logprobs_size(), scored.token_ids_size() - 1);
+  double sum = 0;
+  for (float logprob : scored.token_logprobs()) {
+    EXPECT_LE(logprob, 0.0f);
+    sum += logprob;
+  }
+  EXPECT_NEAR(scored.total_logprob(), sum, 1e-3);
+}
+
+TEST_F(ServerTest, MetricsScrapeShowsTheFamilies) {
+  ASSERT_TRUE(RunStream(*client_, Generate("the baker", 8)).status.ok());
+  std::string scrape;
+  for (int i = 0; i < 50; ++i) {
+    scrape = HttpGet(server_->metrics_port(), "/metrics");
+    if (Sample(scrape, "deltaserve_requests_running") == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (const char* family :
+       {"deltaserve_requests_total", "deltaserve_time_to_first_token_seconds",
+        "deltaserve_inter_token_latency_seconds", "deltaserve_request_duration_seconds",
+        "deltaserve_request_queue_seconds", "deltaserve_prompt_tokens_total",
+        "deltaserve_generated_tokens_total", "deltaserve_requests_running",
+        "deltaserve_requests_waiting", "deltaserve_batch_tokens", "deltaserve_kv_cache_usage_ratio"}) {
+    EXPECT_NE(scrape.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
+  }
+  EXPECT_GE(Sample(scrape, "deltaserve_requests_total{code=\"OK\",method=\"Generate\"}"), 1);
+  EXPECT_GE(Sample(scrape, "deltaserve_generated_tokens_total"), 8);
+  EXPECT_GE(Sample(scrape, "deltaserve_time_to_first_token_seconds_count"), 1);
+  EXPECT_GE(Sample(scrape, "deltaserve_inter_token_latency_seconds_count"), 7);
+  EXPECT_GE(Sample(scrape, "deltaserve_batch_tokens_count"), 8);
+  double usage = Sample(scrape, "deltaserve_kv_cache_usage_ratio");
+  EXPECT_GE(usage, 0);
+  EXPECT_LE(usage, 1);
+  EXPECT_EQ(Sample(scrape, "deltaserve_requests_running"), 0);
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/nothing"), scrape);
+}
+
+TEST_F(ServerTest, ReflectionListsTheServices) {
+  auto channel = grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials());
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("*");
+  ASSERT_TRUE(stream->Write(request));
+  stream->WritesDone();
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::set<std::string> names;
+  for (const auto& service : response.list_services_response().service()) names.insert(service.name());
+  EXPECT_TRUE(names.count("deltaserve.v1.Generation"));
+  EXPECT_TRUE(names.count("grpc.health.v1.Health"));
+  while (stream->Read(&response)) {
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--max-running-requests", "1", "--max-queued-requests", "1"}));
+  auto client = DeltaserveClient::Connect(server.target());
+  std::vector<Stream> streams(6);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] { streams[i] = RunStream(*client, Generate("the cat", 150)); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  int exhausted = 0, ok = 0;
+  for (const Stream& stream : streams) {
+    if (stream.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_NE(stream.status.error_message().find("queue is full"), std::string::npos);
+    } else if (stream.status.ok()) {
+      ++ok;
+      EXPECT_EQ(stream.tokens.size(), 150u);
+    }
+  }
+  EXPECT_GE(exhausted, 1);
+  EXPECT_GE(ok, 2);
+  EXPECT_EQ(exhausted + ok, 6);
+}
+
+TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir()));
+  auto client = DeltaserveClient::Connect(server.target());
+  std::atomic<int> started{0};
+  std::vector<Stream> streams(3);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      streams[i] = RunStream(*client, Generate("the red fox", 120), std::chrono::seconds(60), [&started] {
+        started.fetch_add(1);
+        return false;
+      });
+    });
+  }
+  while (started.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  server.Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  Stream late = RunStream(*client, Generate("too late", 5), std::chrono::seconds(10));
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE) << late.status.error_message();
+  for (std::thread& thread : threads) thread.join();
+  for (const Stream& stream : streams) {
+    ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+    EXPECT_EQ(stream.tokens.size(), 120u);
+    EXPECT_EQ(stream.responses.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_EQ(server.WaitForExit(30), 0) << server.Log();
+}
+
+}  // namespace
+}  // namespace deltaserve::testing

@@ -1,0 +1,321 @@
+// The engine on the tiny demo model: outputs are independent of what else is batched (greedy
+// and seeded, with chunked prefill and with preemption), scores match the model's own
+// log-softmax computed directly, and limits, stops, cancellation and deadlines behave.
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "server/engine/engine.h"
+#include "server/model/llama_model.h"
+#include "server/model/tokenizer_loader.h"
+#include "tests/support/test_models.h"
+
+namespace deltaserve::engine {
+namespace {
+
+class RecordingSink : public RequestSink {
+ public:
+  void OnOutput(GenerationOutput output) override {
+    absl::MutexLock lock(&mutex_);
+    Append(output);
+    ++outputs_;
+  }
+  void OnFinished(RequestResult result) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      Append(result.final_output);
+      result_ = std::move(result);
+    }
+    done_.Notify();
+  }
+  const RequestResult& Wait() {
+    EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    return result_;
+  }
+  bool WaitForFirstOutput() {
+    absl::MutexLock lock(&mutex_);
+    return mutex_.AwaitWithTimeout(
+        absl::Condition(+[](int* outputs) { return *outputs > 0; }, &outputs_), absl::Seconds(30));
+  }
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::string text;
+
+ private:
+  void Append(const GenerationOutput& output) {
+    tokens.insert(tokens.end(), output.token_ids.begin(), output.token_ids.end());
+    logprobs.insert(logprobs.end(), output.logprobs.begin(), output.logprobs.end());
+    text += output.text;
+  }
+  absl::Mutex mutex_;
+  int outputs_ = 0;
+  RequestResult result_;
+  absl::Notification done_;
+};
+
+class EngineTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    auto model = model::LlamaModel::Load(testing::TinyModelDir(), {});
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::shared_ptr<const model::LlamaModel>(std::move(*model));
+    auto tokenizer = model::LoadTokenizer(testing::TinyModelDir(), model_->config());
+    ASSERT_TRUE(tokenizer.ok());
+    tokenizer_ = std::shared_ptr<const model::Tokenizer>(std::move(*tokenizer));
+  }
+
+  std::unique_ptr<Engine> MakeEngine(EngineOptions options = {}) {
+    auto engine = Engine::Create(options, model_, tokenizer_);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return std::move(*engine);
+  }
+
+  static EngineRequest Request(const std::string& prompt, int max_tokens,
+                               std::optional<uint64_t> seed = std::nullopt) {
+    EngineRequest request;
+    request.prompt_token_ids = *tokenizer_->EncodePrompt(prompt);
+    request.sampling.max_tokens = max_tokens;
+    request.sampling.ignore_eos = true;
+    if (seed.has_value()) {
+      request.sampling.seed = seed;
+      request.sampling.temperature = 0.9f;
+      request.sampling.top_p = 0.95f;
+    }
+    return request;
+  }
+
+  static std::shared_ptr<RecordingSink> RunRequest(Engine& engine, EngineRequest request) {
+    auto sink = std::make_shared<RecordingSink>();
+    auto id = engine.Submit(std::move(request), sink);
+    EXPECT_TRUE(id.ok()) << id.status();
+    sink->Wait();
+    return sink;
+  }
+
+  static std::shared_ptr<const model::LlamaModel> model_;
+  static std::shared_ptr<const model::Tokenizer> tokenizer_;
+};
+
+std::shared_ptr<const model::LlamaModel> EngineTest::model_;
+std::shared_ptr<const model::Tokenizer> EngineTest::tokenizer_;
+
+// The engine publishes its snapshot after each iteration, just after the sinks heard from it.
+bool SnapshotSettles(const Engine& engine, const std::function<bool(const EngineSnapshot&)>& predicate) {
+  for (int i = 0; i < 400; ++i) {
+    if (predicate(engine.Snapshot())) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
+}
+
+std::vector<EngineRequest> MixedRequests() {
+  return {EngineTest::Request("the cat reads", 12), EngineTest::Request("a", 20, 11),
+          EngineTest::Request("the old river follows the mountain path near the harbour", 9),
+          EngineTest::Request("seven apples", 15, 12), EngineTest::Request("our team builds", 18, 13)};
+}
+
+// Runs every request alone, then all at once under `options`, and compares token by token.
+void ExpectBatchInvariance(Engine& alone_engine, Engine& batch_engine) {
+  std::vector<std::vector<int32_t>> alone;
+  for (EngineRequest& request : MixedRequests()) {
+    alone.push_back(EngineTest::RunRequest(alone_engine, std::move(request))->tokens);
+  }
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (EngineRequest& request : MixedRequests()) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(batch_engine.Submit(std::move(request), sinks.back()).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    const RequestResult& result = sinks[i]->Wait();
+    EXPECT_EQ(result.reason, FinishReason::kLength);
+    EXPECT_EQ(sinks[i]->tokens, alone[i]) << "request " << i;
+  }
+}
+
+TEST_F(EngineTest, OutputIsIndependentOfTheBatch) {
+  auto alone = MakeEngine();
+  EngineOptions options;
+  options.max_batch_tokens = 7;  // forces chunked prefill interleaved with decoding
+  auto batched = MakeEngine(options);
+  ExpectBatchInvariance(*alone, *batched);
+}
+
+TEST_F(EngineTest, PreemptionAndRecomputeKeepOutputsIdentical) {
+  auto alone = MakeEngine();
+  EngineOptions options;
+  options.kv_block_tokens = 4;
+  options.kv_cache_bytes = 14 * 4 * model_->KvCacheBytesPerToken();  // 14 blocks: too few for all
+  auto tight = MakeEngine(options);
+  ExpectBatchInvariance(*alone, *tight);
+  EXPECT_TRUE(SnapshotSettles(*tight, [](const EngineSnapshot& snapshot) {
+    return snapshot.kv_used_blocks == 0 && snapshot.active_requests == 0;
+  }));
+  EXPECT_GT(tight->Snapshot().preemptions, 0);
+}
+
+TEST_F(EngineTest, ScoreMatchesTheModelsLogSoftmax) {
+  c10::InferenceMode guard;
+  auto engine = MakeEngine();
+  EngineRequest request = Request("the red fox watches the last train", 0);
+  request.kind = RequestKind::kScore;
+  std::vector<int32_t> ids = request.prompt_token_ids;
+  auto sink = RunRequest(*engine, std::move(request));
+  const RequestResult& result = sink->Wait();
+  ASSERT_EQ(result.token_logprobs.size(), ids.size() - 1);
+  model::ForwardBatch batch;
+  batch.token_ids.assign(ids.begin(), ids.end());
+  batch.sequences.push_back({0, static_cast<int64_t>(ids.size()), nullptr});
+  at::Tensor expected = at::log_softmax(model_->Forward(batch), -1);
+  for (size_t i = 1; i < ids.size(); ++i) {
+    EXPECT_NEAR(result.token_logprobs[i - 1], expected[i - 1][ids[i]].item<float>(), 1e-4) << i;
+  }
+}
+
+TEST_F(EngineTest, LogprobsMatchScoring) {
+  auto engine = MakeEngine();
+  EngineRequest request = Request("the baker", 3);
+  request.sampling.logprobs = true;
+  std::vector<int32_t> prompt = request.prompt_token_ids;
+  auto generated = RunRequest(*engine, std::move(request));
+  ASSERT_EQ(generated->logprobs.size(), 3u);
+  EngineRequest score;
+  score.kind = RequestKind::kScore;
+  score.prompt_token_ids = prompt;
+  score.prompt_token_ids.insert(score.prompt_token_ids.end(), generated->tokens.begin(),
+                                generated->tokens.end());
+  auto scored = RunRequest(*engine, std::move(score));
+  const auto& logprobs = scored->Wait().token_logprobs;
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(generated->logprobs[i], logprobs[prompt.size() - 1 + i], 1e-4);
+  }
+}
+
+TEST_F(EngineTest, StopStringsCutTheText) {
+  auto engine = MakeEngine();
+  auto full = RunRequest(*engine, Request("the engineer", 40));
+  const std::string& text = full->text;
+  // Pick a two-byte ASCII piece after the start as the stop string.
+  size_t at = std::string::npos;
+  for (size_t i = 3; i + 1 < text.size(); ++i) {
+    if (static_cast<unsigned char>(text[i]) < 0x80 && static_cast<unsigned char>(text[i + 1]) < 0x80 &&
+        text[i] != ' ') {
+      at = i;
+      break;
+    }
+  }
+  ASSERT_NE(at, std::string::npos) << "no ASCII in: " << text;
+  const std::string stop = text.substr(at, 2);
+  EngineRequest request = Request("the engineer", 40);
+  request.sampling.stop = {stop};
+  auto stopped = RunRequest(*engine, std::move(request));
+  EXPECT_EQ(stopped->Wait().reason, FinishReason::kStop);
+  EXPECT_EQ(stopped->text, text.substr(0, text.find(stop)));
+}
+
+TEST_F(EngineTest, StopTokenIdsAndMaxTokens) {
+  auto engine = MakeEngine();
+  auto full = RunRequest(*engine, Request("a quiet student", 10));
+  EXPECT_EQ(full->tokens.size(), 10u);
+  EXPECT_EQ(full->Wait().usage.completion_tokens, 10);
+  EngineRequest request = Request("a quiet student", 10);
+  request.sampling.stop_token_ids = {full->tokens[4]};
+  auto stopped = RunRequest(*engine, std::move(request));
+  EXPECT_EQ(stopped->Wait().reason, FinishReason::kStop);
+  const auto first = std::find(full->tokens.begin(), full->tokens.end(), full->tokens[4]);
+  EXPECT_EQ(stopped->tokens, std::vector<int32_t>(full->tokens.begin(), first + 1));
+}
+
+TEST_F(EngineTest, CancellationFreesTheCache) {
+  auto engine = MakeEngine();
+  auto sink = std::make_shared<RecordingSink>();
+  auto id = engine->Submit(Request("the server serves", 4000), sink);
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(sink->WaitForFirstOutput());
+  EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
+    return snapshot.kv_used_blocks > 0;
+  }));
+  engine->Cancel(*id);
+  EXPECT_EQ(sink->Wait().reason, FinishReason::kCancelled);
+  EXPECT_LT(sink->tokens.size(), 4000u);
+  EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
+    return snapshot.kv_used_blocks == 0 && snapshot.active_requests == 0;
+  }));
+}
+
+TEST_F(EngineTest, DeadlineEndsTheRequest) {
+  auto engine = MakeEngine();
+  EngineRequest request = Request("the cat", 4000);
+  request.deadline = absl::Now() + absl::Milliseconds(20);
+  auto sink = RunRequest(*engine, std::move(request));
+  EXPECT_EQ(sink->Wait().reason, FinishReason::kDeadlineExceeded);
+  EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
+    return snapshot.kv_used_blocks == 0;
+  }));
+}
+
+TEST_F(EngineTest, FullQueueIsRejectedAtOnce) {
+  EngineOptions options;
+  options.max_running_requests = 1;
+  options.max_queued_requests = 2;
+  auto engine = MakeEngine(options);
+  std::vector<std::shared_ptr<RecordingSink>> accepted;
+  int rejected = 0;
+  for (int i = 0; i < 8; ++i) {
+    auto sink = std::make_shared<RecordingSink>();
+    absl::StatusOr<uint64_t> id = engine->Submit(Request("the cat", 200), sink);
+    if (id.ok()) {
+      accepted.push_back(sink);
+    } else {
+      EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted) << id.status();
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_LE(accepted.size(), 3u);
+  for (auto& sink : accepted) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
+}
+
+TEST_F(EngineTest, InvalidRequestsAreExplained) {
+  auto engine = MakeEngine();
+  auto expect_invalid = [&](EngineRequest request, const std::string& fragment) {
+    absl::StatusOr<uint64_t> id = engine->Submit(std::move(request), std::make_shared<RecordingSink>());
+    ASSERT_FALSE(id.ok());
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(id.status().message().find(fragment), std::string::npos) << id.status();
+  };
+  EngineRequest empty;
+  expect_invalid(empty, "empty");
+  EngineRequest out_of_vocabulary = Request("x", 5);
+  out_of_vocabulary.prompt_token_ids.push_back(static_cast<int32_t>(model_->config().vocab_size));
+  expect_invalid(out_of_vocabulary, "outside the vocabulary");
+  EngineRequest too_long = Request("x", 5);
+  too_long.prompt_token_ids.assign(model_->config().max_position_embeddings, 5);
+  expect_invalid(too_long, "context");
+  EngineRequest too_many = Request("x", 5);
+  too_many.sampling.max_tokens = 1 << 20;
+  expect_invalid(too_many, "max_tokens");
+  EngineRequest bad_temperature = Request("x", 5);
+  bad_temperature.sampling.temperature = -1;
+  expect_invalid(bad_temperature, "temperature");
+  EngineRequest bad_top_p = Request("x", 5);
+  bad_top_p.sampling.top_p = 1.5f;
+  expect_invalid(bad_top_p, "top_p");
+  EngineRequest bad_stop = Request("x", 5);
+  bad_stop.sampling.stop = {""};
+  expect_invalid(bad_stop, "stop string");
+}
+
+TEST_F(EngineTest, ContextLimitEndsWithLength) {
+  auto engine = MakeEngine();
+  EngineRequest request = Request("x", 4000);
+  request.prompt_token_ids.assign(model_->config().max_position_embeddings - 3, 5);
+  auto sink = RunRequest(*engine, std::move(request));
+  EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
+  EXPECT_EQ(sink->tokens.size(), 3u);
+}
+
+}  // namespace
+}  // namespace deltaserve::engine
