@@ -1,0 +1,146 @@
+// deltaserve-bench-engine --model-dir DIR [--decode-tokens N]
+// Engine-level benchmark (libtorch only, no gRPC): measures, in one run,
+//  - the machine's memory read bandwidth (summing a large tensor, best of several passes),
+//  - batch-1 decode seconds per token, and the floor weight_bytes / bandwidth, as a ratio,
+//  - decode throughput with 1, 4, 16 and 64 concurrent requests, as ratios to 1.
+// Prints ratios because this machine's absolute timings drift.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/synchronization/notification.h"
+#include "server/common/flag_names.h"
+#include "server/engine/engine.h"
+#include "server/model/llama_model.h"
+#include "server/model/tokenizer_loader.h"
+
+ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
+ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace deltaserve;
+
+double Seconds(Clock::duration duration) { return std::chrono::duration<double>(duration).count(); }
+
+double ReadBandwidthBytesPerSecond(const at::Device& device) {
+  at::Tensor buffer = at::ones({int64_t{128} << 20}, at::TensorOptions().dtype(at::kFloat).device(device));
+  double best = 1e30;
+  for (int pass = 0; pass < 6; ++pass) {
+    auto started = Clock::now();
+    float sum = buffer.sum().item<float>();
+    best = std::min(best, Seconds(Clock::now() - started));
+    if (sum < 0) std::printf("impossible\n");
+  }
+  return static_cast<double>(buffer.nbytes()) / best;
+}
+
+class CountingSink : public engine::RequestSink {
+ public:
+  void OnOutput(engine::GenerationOutput output) override {
+    if (tokens_ == 0) first_token_ = Clock::now();
+    tokens_ += static_cast<int64_t>(output.token_ids.size());
+  }
+  void OnFinished(engine::RequestResult result) override {
+    tokens_ += static_cast<int64_t>(result.final_output.token_ids.size());
+    finished_ = Clock::now();
+    done_.Notify();
+  }
+  void Wait() { done_.WaitForNotification(); }
+  int64_t tokens_ = 0;
+  Clock::time_point first_token_, finished_;
+
+ private:
+  absl::Notification done_;
+};
+
+engine::EngineRequest Request(const model::Tokenizer& tokenizer, int index, int tokens) {
+  engine::EngineRequest request;
+  request.prompt_token_ids =
+      *tokenizer.EncodePrompt("the engineer measures the last train near the harbour " + std::to_string(index));
+  request.sampling.max_tokens = tokens;
+  request.sampling.ignore_eos = true;
+  return request;
+}
+
+// Runs `count` identical-length requests at once; returns generated tokens per second.
+double Throughput(engine::Engine& engine, int count, int tokens) {
+  std::vector<std::shared_ptr<CountingSink>> sinks;
+  auto started = Clock::now();
+  for (int i = 0; i < count; ++i) {
+    sinks.push_back(std::make_shared<CountingSink>());
+    if (!engine.Submit(Request(engine.tokenizer(), i, tokens), sinks.back()).ok()) return 0;
+  }
+  int64_t total = 0;
+  for (auto& sink : sinks) {
+    sink->Wait();
+    total += sink->tokens_;
+  }
+  return static_cast<double>(total) / Seconds(Clock::now() - started);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> storage;
+  std::vector<char*> arguments = common::NormalizeFlagNames(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  auto device = model::ParseDevice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) {
+    std::fprintf(stderr, "%s\n", device.status().ToString().c_str());
+    return 1;
+  }
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {at::kFloat, *device});
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  std::shared_ptr<const model::LlamaModel> llama = std::move(*loaded);
+  auto tokenizer = model::LoadTokenizer(absl::GetFlag(FLAGS_model_dir), llama->config());
+  if (!tokenizer.ok()) return 1;
+  engine::EngineOptions options;
+  options.max_running_requests = 64;
+  auto engine = engine::Engine::Create(options, llama, std::move(*tokenizer));
+  if (!engine.ok()) return 1;
+  const int tokens = absl::GetFlag(FLAGS_decode_tokens);
+
+  const double bandwidth = ReadBandwidthBytesPerSecond(*device);
+  Throughput(**engine, 1, 16);  // warm-up
+  // Batch-1 decode: time between the first and the last token of one request.
+  auto sink = std::make_shared<CountingSink>();
+  if (!(*engine)->Submit(Request((*engine)->tokenizer(), 0, tokens), sink).ok()) return 1;
+  sink->Wait();
+  const double per_token = Seconds(sink->finished_ - sink->first_token_) / (sink->tokens_ - 1);
+  const double floor = static_cast<double>(llama->WeightBytes()) / bandwidth;
+  std::printf("model: %s, %.1f MiB of float32 weights\n", absl::GetFlag(FLAGS_model_dir).c_str(),
+              llama->WeightBytes() / 1048576.0);
+  std::printf("memory read bandwidth: %.2f GB/s\n", bandwidth / 1e9);
+  std::printf("batch-1 decode: %.3f ms/token; bandwidth floor %.3f ms/token; floor/measured = %.2f\n",
+              per_token * 1e3, floor * 1e3, floor / per_token);
+
+  std::vector<int> counts;
+  std::string list = absl::GetFlag(FLAGS_concurrency);
+  for (size_t start = 0; start < list.size();) {
+    size_t comma = list.find(',', start);
+    counts.push_back(std::stoi(list.substr(start, comma - start)));
+    start = comma == std::string::npos ? list.size() : comma + 1;
+  }
+  double base = 0;
+  std::printf("concurrency  tokens/s  ratio_to_1\n");
+  for (int count : counts) {
+    double throughput = Throughput(**engine, count, tokens);
+    if (base == 0) base = throughput;
+    std::printf("%11d  %8.1f  %10.2f\n", count, throughput, throughput / base);
+  }
+  return 0;
+}
