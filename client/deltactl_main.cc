@@ -83,6 +83,7 @@ int Generate(DeltaserveClient& client, const std::string& prompt) {
       },
       Timeout());
   std::printf("\n");
+  std::fflush(stdout);
   if (status.ok() && absl::GetFlag(FLAGS_stats)) {
     std::fprintf(stderr, "[finish: %s, prompt %d tokens, generated %d tokens, first token after %.3f s]\n",
                  FinishName(last.finish_reason()), last.usage().prompt_tokens(),

@@ -3,6 +3,7 @@
 // bit-identical. Also the model loader's shape and completeness checks and sharded checkpoints.
 #include <cstring>
 #include <fstream>
+#include <random>
 
 #include <gtest/gtest.h>
 
@@ -122,6 +123,36 @@ TEST(SafetensorsTest, WriterOutputReadsBackBitIdentical) {
                                {{"note", "hello"}})
                   .ok());
   EXPECT_EQ(*common::ReadFileToString(path), *common::ReadFileToString(again));
+}
+
+TEST(SafetensorsTest, MutatedFilesNeverCrash) {
+  std::string header =
+      R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
+      R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}})";
+  const std::string valid = FileBytes(header, std::string(22, '\x3f'));
+  std::mt19937 random(12345);
+  for (int iteration = 0; iteration < 3000; ++iteration) {
+    std::string bytes = valid;
+    const int edits = 1 + static_cast<int>(random() % 4);
+    for (int edit = 0; edit < edits; ++edit) {
+      switch (random() % 3) {
+        case 0: bytes[random() % bytes.size()] = static_cast<char>(random()); break;
+        case 1: bytes.resize(random() % bytes.size()); break;
+        case 2: bytes.insert(8 + random() % (bytes.size() - 7), 1, "{}[]\":,0123456789-"[random() % 19]); break;
+      }
+      if (bytes.size() < 9) break;
+    }
+    auto file = Parse(bytes);
+    if (!file.ok()) {
+      EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument);
+      continue;
+    }
+    const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data());
+    for (const auto& [name, tensor] : file->tensors()) {
+      EXPECT_GE(tensor.data, begin);
+      EXPECT_LE(tensor.data + tensor.byte_size, begin + bytes.size()) << name;
+    }
+  }
 }
 
 class LoaderTest : public ::testing::Test {
