@@ -22,17 +22,25 @@ absl::Status ErrnoStatus(const std::string& what, const std::string& path) {
   return absl::InternalError(message);
 }
 
-}  // namespace
-
-absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+// OpenForReading opens `path` read-only and stats it; the caller closes the descriptor.
+absl::StatusOr<int> OpenForReading(const std::string& path, struct stat* info) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus("cannot open", path);
-  struct stat info;
-  if (::fstat(fd, &info) != 0) {
+  if (::fstat(fd, info) != 0) {
     absl::Status status = ErrnoStatus("cannot stat", path);
     ::close(fd);
     return status;
   }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  struct stat info;
+  absl::StatusOr<int> opened = OpenForReading(path, &info);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   if (S_ISDIR(info.st_mode)) {
     ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, expected a file"));
@@ -95,14 +103,10 @@ std::string JoinPath(const std::string& directory, const std::string& name) {
 }
 
 absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("cannot open", path);
   struct stat info;
-  if (::fstat(fd, &info) != 0) {
-    absl::Status status = ErrnoStatus("cannot stat", path);
-    ::close(fd);
-    return status;
-  }
+  absl::StatusOr<int> opened = OpenForReading(path, &info);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   MappedFile file;
   file.path_ = path;
   file.size_ = static_cast<size_t>(info.st_size);

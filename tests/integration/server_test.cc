@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "client/deltaserve_client.h"
-#include "tests/integration/reflection.grpc.pb.h"
+#include "tests/integration/reflection.grpc.pb.h"  // generated under build/proto
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
 
