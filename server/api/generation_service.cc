@@ -211,16 +211,20 @@ class ScoreSink final : public engine::RequestSink {
   telemetry::ServerMetrics* metrics_;
 };
 
-absl::StatusOr<std::vector<int32_t>> PromptIds(const engine::Engine& engine, bool has_text,
-                                               const std::string& text,
-                                               const v1::PromptTokenIds* ids, const char* field) {
-  if (has_text) {
-    if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
-    return engine.tokenizer().EncodePrompt(text);
+// InputIds resolves the "text or token ids, exactly one" input of Generate and Score.
+absl::StatusOr<std::vector<int32_t>> InputIds(const engine::Engine& engine, const std::string& text,
+                                              const google::protobuf::RepeatedField<int32_t>& ids,
+                                              const char* text_field, const char* ids_field) {
+  if (!text.empty() && !ids.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set either ", text_field, " or ", ids_field, ", not both"));
   }
-  if (ids != nullptr) return std::vector<int32_t>(ids->ids().begin(), ids->ids().end());
-  return absl::InvalidArgumentError(
-      absl::StrCat("set either ", field, " or its token ids; the request has neither"));
+  if (!ids.empty()) return std::vector<int32_t>(ids.begin(), ids.end());
+  if (text.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the input is empty: set ", text_field, " or ", ids_field));
+  }
+  return engine.tokenizer().EncodePrompt(text);
 }
 
 }  // namespace
@@ -250,10 +254,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kGenerate;
     ASSIGN_OR_RETURN(result.prompt_token_ids,
-                     PromptIds(*engine_, request->input_case() == v1::GenerateRequest::kPrompt,
-                               request->prompt(),
-                               request->has_prompt_token_ids() ? &request->prompt_token_ids() : nullptr,
-                               "prompt"));
+                     InputIds(*engine_, request->prompt(), request->prompt_token_ids(), "prompt",
+                              "prompt_token_ids"));
     const v1::SamplingParams& sampling = request->sampling();
     result.sampling.max_tokens = sampling.max_tokens();
     result.sampling.temperature = sampling.temperature();
@@ -270,6 +272,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     if (result.request_id.size() > 128 || !model::IsValidUtf8(result.request_id)) {
       return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes");
     }
+    if (result.request_id.empty()) result.request_id = absl::StrCat("req-", next_request_number_++);
     return result;
   }();
   call->Start(std::move(converted));
@@ -286,9 +289,7 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kScore;
     ASSIGN_OR_RETURN(result.prompt_token_ids,
-                     PromptIds(*engine_, request->input_case() == v1::ScoreRequest::kText,
-                               request->text(),
-                               request->has_token_ids() ? &request->token_ids() : nullptr, "text"));
+                     InputIds(*engine_, request->text(), request->token_ids(), "text", "token_ids"));
     result.deadline = DeadlineOf(context);
     return result;
   }();

@@ -5,6 +5,7 @@
 // blocks at the next iteration. Thread-safe; the engine, metrics and state must outlive it.
 #pragma once
 
+#include <atomic>
 #include <string>
 
 #include "deltaserve/v1/generation.grpc.pb.h"
@@ -38,6 +39,8 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
   std::string base_model_name_;
+  // Numbers request ids for callers that send none.
+  std::atomic<uint64_t> next_request_number_{1};
 };
 
 }  // namespace deltaserve::api

@@ -26,19 +26,20 @@ const char* FinishReasonName(FinishReason reason) {
 }
 
 absl::Status EngineOptions::Validate() const {
-  auto positive = [](const char* name, int64_t value) -> absl::Status {
+  // Named as the server's flags, which set these one to one.
+  auto positive = [](const char* flag, int64_t value) -> absl::Status {
     if (value > 0) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(name, " must be positive, got ", value));
+    return absl::InvalidArgumentError(absl::StrCat(flag, " must be positive, got ", value));
   };
-  RETURN_IF_ERROR(positive("max_batch_tokens", max_batch_tokens));
-  RETURN_IF_ERROR(positive("max_running_requests", max_running_requests));
-  RETURN_IF_ERROR(positive("max_queued_requests", max_queued_requests));
-  RETURN_IF_ERROR(positive("kv_cache_bytes", kv_cache_bytes));
-  RETURN_IF_ERROR(positive("kv_block_tokens", kv_block_tokens));
-  RETURN_IF_ERROR(positive("default_max_tokens", default_max_tokens));
-  RETURN_IF_ERROR(positive("max_tokens_limit", max_tokens_limit));
+  RETURN_IF_ERROR(positive("--max-batch-tokens", max_batch_tokens));
+  RETURN_IF_ERROR(positive("--max-running-requests", max_running_requests));
+  RETURN_IF_ERROR(positive("--max-queued-requests", max_queued_requests));
+  RETURN_IF_ERROR(positive("--kv-cache-bytes", kv_cache_bytes));
+  RETURN_IF_ERROR(positive("--kv-block-tokens", kv_block_tokens));
+  RETURN_IF_ERROR(positive("--default-max-tokens", default_max_tokens));
+  RETURN_IF_ERROR(positive("--max-tokens-limit", max_tokens_limit));
   if (default_max_tokens > max_tokens_limit) {
-    return absl::InvalidArgumentError("default_max_tokens must not exceed max_tokens_limit");
+    return absl::InvalidArgumentError("--default-max-tokens must not exceed --max-tokens-limit");
   }
   return absl::OkStatus();
 }

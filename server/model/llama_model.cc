@@ -33,13 +33,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
   ASSIGN_OR_RETURN(ModelConfig config,
                    ModelConfig::FromFile(common::JoinPath(model_dir, "config.json")));
   // Fail early, with a clear message, where this libtorch cannot compute in the dtype.
-  RETURN_IF_ERROR(common::CatchTorchErrors(
-      absl::StrCat("computing in ", c10::toString(options.dtype), " on ", options.device.str()),
-      [&] {
-        at::Tensor probe = at::ones({2, 2}, at::TensorOptions().dtype(options.dtype).device(options.device));
-        at::Tensor result = at::linear(probe, probe) * at::rsqrt(probe.to(at::kFloat)).to(options.dtype);
-        (void)at::softmax(result.to(at::kFloat), -1);
-      }));
+  absl::Status probe = common::CatchTorchErrors("probe", [&] {
+    at::Tensor ones = at::ones({2, 2}, at::TensorOptions().dtype(options.dtype).device(options.device));
+    at::Tensor result = at::linear(ones, ones) * at::rsqrt(ones.to(at::kFloat)).to(options.dtype);
+    (void)at::softmax(result.to(at::kFloat), -1);
+  });
+  if (!probe.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--dtype ", c10::toString(options.dtype), " cannot be computed on ", options.device.str(),
+        " by this libtorch (", probe.message(), "); choose another --dtype (float32 or bfloat16 on CPU)"));
+  }
   ASSIGN_OR_RETURN(LlamaWeights weights,
                    LoadLlamaWeights(model_dir, config, options.dtype, options.device));
   return std::make_unique<LlamaModel>(std::move(config), std::move(weights), options);

@@ -95,13 +95,17 @@ TEST_F(ServerTest, StreamsAGeneration) {
   EXPECT_GT(last.usage().prompt_tokens(), 1);
   EXPECT_GT(last.usage().time_to_first_token_seconds(), 0);
   EXPECT_EQ(stream.tokens.size(), 20u);
+  EXPECT_EQ(stream.responses[0].request_id().rfind("req-", 0), 0u);  // assigned by the server
   for (size_t i = 0; i + 1 < stream.responses.size(); ++i) {
     EXPECT_EQ(stream.responses[i].finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
   }
   // Greedy decoding is deterministic; the same request gives the same stream.
-  Stream again = RunStream(*client_, Generate("the cat reads", 20));
+  v1::GenerateRequest same = Generate("the cat reads", 20);
+  same.set_request_id("caller-42");
+  Stream again = RunStream(*client_, same);
   EXPECT_EQ(again.tokens, stream.tokens);
   EXPECT_EQ(again.text, stream.text);
+  for (const auto& response : again.responses) EXPECT_EQ(response.request_id(), "caller-42");
 }
 
 TEST_F(ServerTest, SixteenConcurrentStreams) {
@@ -158,18 +162,21 @@ TEST_F(ServerTest, InvalidInputsAreExplained) {
         << stream.status.error_message();
     EXPECT_TRUE(stream.responses.empty());
   };
-  expect(Generate("", 5), grpc::StatusCode::INVALID_ARGUMENT, "empty");
-  expect(v1::GenerateRequest(), grpc::StatusCode::INVALID_ARGUMENT, "neither");
+  expect(Generate("", 5), grpc::StatusCode::INVALID_ARGUMENT, "the input is empty");
+  expect(v1::GenerateRequest(), grpc::StatusCode::INVALID_ARGUMENT, "set prompt or prompt_token_ids");
+  v1::GenerateRequest both = Generate("x", 5);
+  both.add_prompt_token_ids(1);
+  expect(both, grpc::StatusCode::INVALID_ARGUMENT, "not both");
   v1::GenerateRequest unknown = Generate("x", 5);
   unknown.set_variant("acme/no-such-adapter");
   expect(unknown, grpc::StatusCode::NOT_FOUND, "acme/no-such-adapter");
   v1::GenerateRequest out_of_vocabulary;
-  out_of_vocabulary.mutable_prompt_token_ids()->add_ids(1);
-  out_of_vocabulary.mutable_prompt_token_ids()->add_ids(1 << 30);
+  out_of_vocabulary.add_prompt_token_ids(1);
+  out_of_vocabulary.add_prompt_token_ids(1 << 30);
   expect(out_of_vocabulary, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
   expect(Generate("x", 100000), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
   v1::GenerateRequest too_long;
-  for (int i = 0; i < 600; ++i) too_long.mutable_prompt_token_ids()->add_ids(5);
+  for (int i = 0; i < 600; ++i) too_long.add_prompt_token_ids(5);
   expect(too_long, grpc::StatusCode::INVALID_ARGUMENT, "context");
   v1::GenerateRequest bad_top_p = Generate("x", 5);
   bad_top_p.mutable_sampling()->set_top_p(2.0f);
