@@ -18,10 +18,30 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return (as_float * at::rsqrt(variance + eps)).to(x.scalar_type()) * weight;
 }
 
+// Rows up to which Linear uses one matrix-vector product per row: OpenBLAS's GEMM packs the
+// whole weight matrix on every call, which for a few rows costs several times what streaming
+// the weights through GEMV does (measured with a 3072x512 weight: GEMV 4.5x faster for one row,
+// four GEMVs 2x faster than one 4-row GEMM).
+constexpr int64_t kMatrixVectorRows = 4;
+
+// Linear is at::linear (y = x W^T + b for x [rows, in]) with the small-batch path above.
+at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  const int64_t rows = input.size(0);
+  if (rows > kMatrixVectorRows || input.device().type() != at::kCPU) {
+    return at::linear(input, weight, bias);
+  }
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(rows);
+  for (int64_t row = 0; row < rows; ++row) {
+    outputs.push_back(bias.defined() ? at::addmv(bias, weight, input[row]) : at::mv(weight, input[row]));
+  }
+  return rows == 1 ? outputs[0].unsqueeze(0) : at::stack(outputs);
+}
+
 at::Tensor Project(int64_t layer, Projection projection, const at::Tensor& input,
                    const at::Tensor& weight, const at::Tensor& bias,
                    const ProjectionDeltaHook* deltas) {
-  at::Tensor output = at::linear(input, weight, bias);
+  at::Tensor output = Linear(input, weight, bias);
   if (deltas != nullptr) deltas->AddDelta(layer, projection, input, output);
   return output;
 }
@@ -148,15 +168,28 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   const double eps = config_.rms_norm_eps;
   const ProjectionDeltaHook* deltas = batch.deltas;
 
+  const int64_t q_width = heads * head_dim;
+  const int64_t kv_width = kv_heads * head_dim;
+  const int64_t intermediate = config_.intermediate_size;
   at::Tensor hidden = at::embedding(weights_.embed_tokens, ids);
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
     at::Tensor normed = RmsNorm(hidden, w.input_norm, eps);
-    at::Tensor query = Project(layer, Projection::kQuery, normed, w.q_proj, w.q_bias, deltas);
-    at::Tensor key = Project(layer, Projection::kKey, normed, w.k_proj, w.k_bias, deltas);
-    at::Tensor value = Project(layer, Projection::kValue, normed, w.v_proj, w.v_bias, deltas);
-    query = ApplyRotary(query.view({tokens, heads, head_dim}), cos, sin);
-    key = ApplyRotary(key.view({tokens, kv_heads, head_dim}), cos, sin);
+    // One product for q, k and v; deltas are added in place into their column ranges.
+    at::Tensor qkv = Linear(normed, w.qkv_proj, w.qkv_bias);
+    at::Tensor value = qkv.narrow(1, q_width + kv_width, kv_width);
+    if (deltas != nullptr) {
+      at::Tensor query_part = qkv.narrow(1, 0, q_width);
+      at::Tensor key_part = qkv.narrow(1, q_width, kv_width);
+      deltas->AddDelta(layer, Projection::kQuery, normed, query_part);
+      deltas->AddDelta(layer, Projection::kKey, normed, key_part);
+      deltas->AddDelta(layer, Projection::kValue, normed, value);
+    }
+    // q and k are adjacent columns: rotate all their heads in one call.
+    at::Tensor rotated = ApplyRotary(
+        qkv.narrow(1, 0, q_width + kv_width).view({tokens, heads + kv_heads, head_dim}), cos, sin);
+    at::Tensor query = rotated.narrow(1, 0, heads);
+    at::Tensor key = rotated.narrow(1, heads, kv_heads);
     value = value.view({tokens, kv_heads, head_dim});
 
     std::vector<at::Tensor> outputs;
@@ -172,8 +205,13 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);
 
     normed = RmsNorm(hidden, w.post_attention_norm, eps);
-    at::Tensor gate = Project(layer, Projection::kGate, normed, w.gate_proj, w.gate_bias, deltas);
-    at::Tensor up = Project(layer, Projection::kUp, normed, w.up_proj, w.up_bias, deltas);
+    at::Tensor gate_up = Linear(normed, w.gate_up_proj, w.gate_up_bias);
+    at::Tensor gate = gate_up.narrow(1, 0, intermediate);
+    at::Tensor up = gate_up.narrow(1, intermediate, intermediate);
+    if (deltas != nullptr) {
+      deltas->AddDelta(layer, Projection::kGate, normed, gate);
+      deltas->AddDelta(layer, Projection::kUp, normed, up);
+    }
     hidden = hidden + Project(layer, Projection::kDown, at::silu(gate) * up, w.down_proj,
                               w.down_bias, deltas);
   }
@@ -181,7 +219,7 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     hidden = hidden.index_select(0, at::tensor(batch.logit_rows, long_options).to(options_.device));
   }
   hidden = RmsNorm(hidden, weights_.final_norm, eps);
-  return at::linear(hidden, weights_.lm_head).to(at::kFloat);
+  return Linear(hidden, weights_.lm_head, at::Tensor()).to(at::kFloat);
 }
 
 absl::StatusOr<at::Tensor> LlamaModel::Run(const ForwardBatch& batch) const {

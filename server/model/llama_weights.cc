@@ -65,6 +65,28 @@ absl::Status OpenShards(const std::string& model_dir,
   return absl::OkStatus();
 }
 
+// Stacks `parts` into one tensor along dimension 0 and rebinds each part to its view of it.
+at::Tensor Stack(std::initializer_list<at::Tensor*> parts) {
+  if (!(*parts.begin())->defined()) return at::Tensor();
+  std::vector<at::Tensor> tensors;
+  for (at::Tensor* part : parts) tensors.push_back(*part);
+  at::Tensor stacked = at::cat(tensors, 0);
+  int64_t offset = 0;
+  for (at::Tensor* part : parts) {
+    const int64_t rows = part->size(0);
+    *part = stacked.narrow(0, offset, rows);
+    offset += rows;
+  }
+  return stacked;
+}
+
+void FuseProjections(LayerWeights& w) {
+  w.qkv_proj = Stack({&w.q_proj, &w.k_proj, &w.v_proj});
+  w.qkv_bias = Stack({&w.q_bias, &w.k_bias, &w.v_bias});
+  w.gate_up_proj = Stack({&w.gate_proj, &w.up_proj});
+  w.gate_up_bias = Stack({&w.gate_bias, &w.up_bias});
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
@@ -156,6 +178,7 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const std::string& model_dir,
     w.gate_bias = take(LayerName(layer, "mlp.gate_proj.bias"));
     w.up_bias = take(LayerName(layer, "mlp.up_proj.bias"));
     w.down_bias = take(LayerName(layer, "mlp.down_proj.bias"));
+    FuseProjections(w);
     weights.layers.push_back(std::move(w));
   }
   weights.final_norm = take("model.norm.weight");

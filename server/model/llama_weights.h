@@ -22,6 +22,10 @@ struct LayerWeights {
   at::Tensor post_attention_norm;   // [hidden]
   at::Tensor gate_proj, up_proj, down_proj;
   at::Tensor gate_bias, up_bias, down_bias;
+  // q/k/v and gate/up stacked along the output dimension, so each group is one matrix product.
+  // q_proj, k_proj, v_proj (and gate_proj, up_proj, and their biases) are views into these.
+  at::Tensor qkv_proj, qkv_bias;
+  at::Tensor gate_up_proj, gate_up_bias;
 };
 
 struct LlamaWeights {
