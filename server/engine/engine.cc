@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
+#include "server/common/torch_status.h"
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
 #include "server/engine/sampler.h"
@@ -294,7 +296,24 @@ void Engine::Loop() {
       Finish(request, FinishReason::kLength, absl::OkStatus(), now,
              GenerationOutput{request->text.Flush(), {}, {}});
     }
-    if (!schedule.slices.empty()) RunStep(schedule);
+    if (!schedule.slices.empty()) {
+      // The forward pass reports its own errors; anything else libtorch throws in a step (a
+      // KV allocation failing on a full device, say) fails the step's requests, not the server.
+      std::vector<uint64_t> ids;
+      for (const ScheduledSlice& slice : schedule.slices) ids.push_back(slice.request->id);
+      absl::Status step = common::CatchTorchErrors("engine step", [&] { RunStep(schedule); });
+      if (!step.ok()) {
+        const bool memory = absl::StrContains(step.message(), "out of memory") ||
+                            absl::StrContains(step.message(), "allocate");
+        if (memory) step = absl::ResourceExhaustedError(step.message());
+        for (uint64_t id : ids) {
+          auto it = requests_.find(id);
+          if (it != requests_.end()) {
+            Finish(it->second.get(), FinishReason::kError, step, absl::Now());
+          }
+        }
+      }
+    }
     PublishSnapshot();
   }
 }
