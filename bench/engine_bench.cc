@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "server/common/flag_names.h"
 #include "server/engine/engine.h"
@@ -128,16 +129,10 @@ int main(int argc, char** argv) {
   std::printf("batch-1 decode: %.3f ms/token; bandwidth floor %.3f ms/token; floor/measured = %.2f\n",
               per_token * 1e3, floor * 1e3, floor / per_token);
 
-  std::vector<int> counts;
-  std::string list = absl::GetFlag(FLAGS_concurrency);
-  for (size_t start = 0; start < list.size();) {
-    size_t comma = list.find(',', start);
-    counts.push_back(std::stoi(list.substr(start, comma - start)));
-    start = comma == std::string::npos ? list.size() : comma + 1;
-  }
   double base = 0;
   std::printf("concurrency  tokens/s  ratio_to_1\n");
-  for (int count : counts) {
+  for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_concurrency), ',')) {
+    const int count = std::stoi(std::string(item));
     double throughput = Throughput(**engine, count, tokens);
     if (base == 0) base = throughput;
     std::printf("%11d  %8.1f  %10.2f\n", count, throughput, throughput / base);

@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_split.h"
 #include "client/deltaserve_client.h"
 #include "server/common/flag_names.h"
 
@@ -98,11 +99,8 @@ int main(int argc, char** argv) {
   }
   std::printf("streams  tokens/s  ratio  ttft_p50_ms  ttft_p90_ms  ttft_p99_ms  itl_p50_ms  itl_p90_ms  itl_p99_ms  errors\n");
   double base = 0;
-  std::string list = absl::GetFlag(FLAGS_streams);
-  for (size_t start = 0; start < list.size();) {
-    size_t comma = list.find(',', start);
-    int streams = std::stoi(list.substr(start, comma - start));
-    start = comma == std::string::npos ? list.size() : comma + 1;
+  for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_streams), ',')) {
+    const int streams = std::stoi(std::string(item));
     Level level = RunLevel(*client, streams);
     if (base == 0) base = level.tokens_per_second;
     std::printf("%7d  %8.1f  %5.2f  %11.1f  %11.1f  %11.1f  %10.2f  %10.2f  %10.2f  %6d\n", streams,

@@ -10,7 +10,6 @@
 //   ASSIGN_OR_RETURN(uint64_t id, engine->Submit(std::move(request), sink));
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -82,10 +81,8 @@ class Engine {
   std::vector<uint64_t> cancelled_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  // What the loop last published; Submit bounds the queue with incoming_ + queued_requests.
   EngineSnapshot snapshot_ ABSL_GUARDED_BY(mutex_);
-  // Accepted but not admitted (incoming + scheduler waiting); bounds the queue.
-  std::atomic<int64_t> queued_{0};
-  std::atomic<int64_t> active_{0};
 
   // Loop-thread state.
   std::unique_ptr<KvBlockAllocator> allocator_;
