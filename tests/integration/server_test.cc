@@ -1,6 +1,10 @@
 // Integration: the real deltaserve binary on a loopback port, driven over real gRPC and HTTP.
 // Every test bounds its traffic (count and time) and talks only to 127.0.0.1.
 #include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
 
 #include <atomic>
 #include <regex>
@@ -257,6 +261,51 @@ TEST_F(ServerTest, ReflectionListsTheServices) {
   while (stream->Read(&response)) {
   }
   EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Runs deltactl with `arguments`; returns its exit code and fills stdout/stderr.
+int RunDeltactl(const std::string& arguments, std::string* out, std::string* err) {
+  const std::string directory = MakeTempDir("deltactl");
+  const std::string command = std::string(DELTACTL_BINARY) + " " + arguments + " > " + directory +
+                              "/out 2> " + directory + "/err";
+  int status = std::system(command.c_str());
+  auto read = [&](const char* name) {
+    std::ifstream file(directory + "/" + name);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+  };
+  *out = read("out");
+  *err = read("err");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST_F(ServerTest, DeltactlStreamsScoresAndReportsHealth) {
+  std::string out, err;
+  ASSERT_EQ(RunDeltactl("health --target " + server_->target(), &out, &err), 0) << err;
+  EXPECT_EQ(out, "SERVING\n");
+  ASSERT_EQ(RunDeltactl("generate --target " + server_->target() + " --max-tokens 12 --ignore-eos 'the cat reads'",
+                        &out, &err),
+            0)
+      << err;
+  Stream direct = RunStream(*client_, Generate("the cat reads", 12));
+  ASSERT_TRUE(direct.status.ok());
+  EXPECT_EQ(out, direct.text + "\n");  // the streamed text, exactly
+  EXPECT_NE(err.find("generated 12 tokens"), std::string::npos) << err;
+  ASSERT_EQ(RunDeltactl("score --target " + server_->target() + " 'the cat reads'", &out, &err), 0) << err;
+  EXPECT_NE(out.find("total_logprob"), std::string::npos);
+  ASSERT_EQ(RunDeltactl("tokenize --target " + server_->target() + " 'the cat'", &out, &err), 0) << err;
+  EXPECT_EQ(out.rfind("1\t", 0), 0u) << out;  // BOS first
+  EXPECT_EQ(RunDeltactl("generate --target " + server_->target() + " --variant nope 'x'", &out, &err), 1);
+  EXPECT_NE(err.find("not found"), std::string::npos) << err;
+}
+
+TEST(DeltactlTest, ServerDownIsAClearError) {
+  std::string out, err;
+  EXPECT_EQ(RunDeltactl("generate --target 127.0.0.1:1 --timeout 5 'hello'", &out, &err), 1);
+  EXPECT_NE(err.find("cannot reach 127.0.0.1:1 (is deltaserve running there?)"), std::string::npos) << err;
+  EXPECT_EQ(RunDeltactl("health --target 127.0.0.1:1", &out, &err), 1);
+  EXPECT_NE(err.find("cannot reach"), std::string::npos) << err;
 }
 
 TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {

@@ -78,6 +78,29 @@ TEST(ByteLevelBpeTest, IgnoreMergesTakesWholeWords) {
   EXPECT_EQ(*(*tokenizer)->Encode("hello"), std::vector<int32_t>({11}));
 }
 
+// Llama 3's pre-tokenizer: a Split with its regex (digits in groups of at most three), then
+// ByteLevel without its own regex. Merge "3 4" has the best rank, so without the split
+// "12345" would become [12, 34, 5]; split into "123" and "45" it becomes [123, 45].
+constexpr char kLlama3Json[] = R"({
+  "added_tokens": [],
+  "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+     "behavior": "Isolated", "invert": false},
+    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]},
+  "model": {"type": "BPE", "ignore_merges": true,
+    "vocab": {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4, "12": 5, "123": 6, "34": 7, "45": 8,
+              "I": 9, "'": 10, "M": 11, "'M": 12},
+    "merges": ["3 4", "1 2", "12 3", "4 5", "' M"]}
+})";
+
+TEST(ByteLevelBpeTest, Llama3PreTokenizerSplitsDigitsInThrees) {
+  auto tokenizer = ByteLevelBpeTokenizer::Create(kLlama3Json);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  EXPECT_EQ(*(*tokenizer)->Encode("12345"), std::vector<int32_t>({6, 8}));
+  // (?i:...) matches the contraction case-insensitively: "I'M" -> "I", "'M".
+  EXPECT_EQ(*(*tokenizer)->Encode("I'M"), std::vector<int32_t>({9, 12}));
+}
+
 TEST(TokenizerLoaderTest, ByteLevelBosComesFromThePostProcessor) {
   std::string directory = testing::MakeTempDir("bpe");
   ASSERT_TRUE(common::WriteFileAtomically(common::JoinPath(directory, "tokenizer.json"), kBpeJson).ok());
