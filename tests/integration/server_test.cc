@@ -328,8 +328,10 @@ TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
       EXPECT_EQ(stream.tokens.size(), 150u);
     }
   }
+  // One running and one queued at most: when all six arrive before the first is admitted, the
+  // first alone fills the queue, so a single success is legitimate.
   EXPECT_GE(exhausted, 1);
-  EXPECT_GE(ok, 2);
+  EXPECT_GE(ok, 1);
   EXPECT_EQ(exhausted + ok, 6);
 }
 
