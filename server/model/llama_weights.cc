@@ -80,14 +80,14 @@ at::Tensor Stack(std::initializer_list<at::Tensor*> parts) {
   return stacked;
 }
 
+}  // namespace
+
 void FuseProjections(LayerWeights& w) {
   w.qkv_proj = Stack({&w.q_proj, &w.k_proj, &w.v_proj});
   w.qkv_bias = Stack({&w.q_bias, &w.k_bias, &w.v_bias});
   w.gate_up_proj = Stack({&w.gate_proj, &w.up_proj});
   w.gate_up_bias = Stack({&w.gate_bias, &w.up_bias});
 }
-
-}  // namespace
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
     const ModelConfig& config) {

@@ -39,6 +39,10 @@ struct LlamaWeights {
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
     const ModelConfig& config);
 
+// FuseProjections (re)builds qkv_proj / gate_up_proj (and biases) from the per-projection
+// tensors and rebinds those to views of them. Call it after replacing per-projection tensors.
+void FuseProjections(LayerWeights& layer);
+
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const std::string& model_dir,
                                               const ModelConfig& config, at::ScalarType dtype,
                                               const at::Device& device);

@@ -1,0 +1,266 @@
+// PEFT adapters and the mixed-variant data path. Adapters here are written by hand (tensors +
+// adapter_config.json) so the reader is checked against scales computed in the test; the
+// mixed batch is checked against models whose weights were merged as W + scale * B A.
+#include <cmath>
+#include <fstream>
+
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include "server/common/file_util.h"
+#include "server/deltas/peft_adapter.h"
+#include "server/deltas/segmented_delta_hook.h"
+#include "server/model/llama_model.h"
+#include "server/model/safetensors_tensor.h"
+#include "tests/support/test_models.h"
+
+namespace deltaserve::deltas {
+namespace {
+
+using model::Projection;
+
+// One module's raw factors as written to disk, with the scale the test expects.
+struct RawModule {
+  int64_t layer;
+  Projection projection;
+  at::Tensor a, b;
+  double expected_scale;
+};
+
+std::string WriteAdapter(const std::string& config_json, const std::vector<RawModule>& modules) {
+  std::string directory = testing::MakeTempDir("adapter");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const RawModule& module : modules) {
+    tensors.push_back({"base_model.model." + ModuleName(module.layer, module.projection) + ".lora_A.weight", module.a});
+    tensors.push_back({"base_model.model." + ModuleName(module.layer, module.projection) + ".lora_B.weight", module.b});
+  }
+  EXPECT_TRUE(model::WriteSafetensors(common::JoinPath(directory, "adapter_model.safetensors"), tensors).ok());
+  EXPECT_TRUE(common::WriteFileAtomically(common::JoinPath(directory, "adapter_config.json"), config_json).ok());
+  return directory;
+}
+
+RawModule Random(const model::ModelConfig& config, int64_t layer, Projection projection, int64_t rank,
+                 double expected_scale) {
+  auto [out, in] = ProjectionShape(config, projection);
+  return {layer, projection, at::randn({rank, in}) * 0.3, at::randn({out, rank}) * 0.3, expected_scale};
+}
+
+at::Tensor& WeightOf(model::LayerWeights& layer, Projection projection) {
+  switch (projection) {
+    case Projection::kQuery: return layer.q_proj;
+    case Projection::kKey: return layer.k_proj;
+    case Projection::kValue: return layer.v_proj;
+    case Projection::kOutput: return layer.o_proj;
+    case Projection::kGate: return layer.gate_proj;
+    case Projection::kUp: return layer.up_proj;
+    case Projection::kDown: return layer.down_proj;
+  }
+  return layer.q_proj;
+}
+
+class DeltasTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto loaded = model::LlamaModel::Load(testing::TinyModelDir(), {});
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    base_ = loaded->release();
+  }
+  static void TearDownTestSuite() { delete base_; }
+  const model::ModelConfig& config() const { return base_->config(); }
+
+  // A model whose weights are the base's plus scale * B A of every module, computed here.
+  std::unique_ptr<model::LlamaModel> Merged(const std::vector<RawModule>& modules) const {
+    model::LlamaWeights weights = base_->weights();
+    for (const RawModule& module : modules) {
+      at::Tensor& weight = WeightOf(weights.layers[module.layer], module.projection);
+      weight = weight + module.expected_scale * at::matmul(module.b, module.a);
+    }
+    for (model::LayerWeights& layer : weights.layers) model::FuseProjections(layer);
+    return std::make_unique<model::LlamaModel>(config(), weights, model::ModelOptions{});
+  }
+
+  static model::LlamaModel* base_;
+};
+
+model::LlamaModel* DeltasTest::base_ = nullptr;
+
+TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
+  c10::InferenceMode guard;
+  at::manual_seed(5);
+  // Plain LoRA on q and v: scale 16 / 8.
+  std::vector<RawModule> plain = {Random(config(), 0, Projection::kQuery, 8, 2.0),
+                                  Random(config(), 1, Projection::kValue, 8, 2.0)};
+  std::string plain_dir = WriteAdapter(
+      R"({"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],"bias":"none"})", plain);
+  // rsLoRA with a regex target: scale 8 / sqrt(4).
+  std::vector<RawModule> rslora = {Random(config(), 0, Projection::kOutput, 4, 4.0),
+                                   Random(config(), 1, Projection::kGate, 4, 4.0),
+                                   Random(config(), 1, Projection::kDown, 4, 4.0)};
+  std::string rslora_dir = WriteAdapter(
+      R"json({"r":4,"lora_alpha":8,"use_rslora":true,"target_modules":"model\\.layers\\.\\d+\\.(self_attn\\.o_proj|mlp\\.(gate|down)_proj)"})json",
+      rslora);
+  // rank_pattern / alpha_pattern: r 6 (alpha 3) except down_proj rank 2 and layer 1's k_proj alpha 12.
+  std::vector<RawModule> patterned = {Random(config(), 0, Projection::kKey, 6, 3.0 / 6),
+                                      Random(config(), 1, Projection::kKey, 6, 12.0 / 6),
+                                      Random(config(), 0, Projection::kDown, 2, 3.0 / 2),
+                                      Random(config(), 1, Projection::kUp, 6, 3.0 / 6)};
+  std::string patterned_dir = WriteAdapter(
+      R"({"r":6,"lora_alpha":3,"target_modules":["k_proj","down_proj","up_proj"],
+          "rank_pattern":{"down_proj":2},"alpha_pattern":{"layers.1.self_attn.k_proj":12}})",
+      patterned);
+
+  std::vector<DeltaSet> adapters;
+  for (const std::string& directory : {plain_dir, rslora_dir, patterned_dir}) {
+    auto adapter = ReadPeftAdapter(directory, config(), at::kFloat, at::kCPU);
+    ASSERT_TRUE(adapter.ok()) << adapter.status();
+    adapters.push_back(std::move(adapter->deltas));
+  }
+  EXPECT_EQ(adapters[2].RankSummary(), "k_proj:6 up_proj:6 down_proj:2");
+
+  // One batch: base, plain, rsLoRA, patterned, plain again; different lengths.
+  const std::vector<std::vector<int64_t>> sequences = {
+      {1, 5, 9, 200}, {1, 300, 20, 11, 7, 3}, {1, 42}, {1, 8, 16, 32, 64, 128, 256}, {1, 400, 401}};
+  const std::vector<const DeltaSet*> variants = {nullptr, &adapters[0], &adapters[1], &adapters[2], &adapters[0]};
+  const std::vector<const std::vector<RawModule>*> raw = {nullptr, &plain, &rslora, &patterned, &plain};
+  model::ForwardBatch batch;
+  std::vector<DeltaSegment> segments;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    segments.push_back({static_cast<int64_t>(batch.token_ids.size()), static_cast<int64_t>(sequences[i].size()), variants[i]});
+    batch.token_ids.insert(batch.token_ids.end(), sequences[i].begin(), sequences[i].end());
+    batch.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
+  }
+  SegmentedDeltaHook hook(segments);
+  batch.deltas = &hook;
+  at::Tensor logits = base_->Forward(batch);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    std::unique_ptr<model::LlamaModel> merged = Merged(raw[i] == nullptr ? std::vector<RawModule>{} : *raw[i]);
+    model::ForwardBatch alone;
+    alone.token_ids = sequences[i];
+    alone.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
+    at::Tensor expected = merged->Forward(alone);
+    at::Tensor actual = logits.narrow(0, segments[i].start, segments[i].length);
+    EXPECT_TRUE(at::allclose(actual, expected, 1e-4, 1e-4))
+        << "sequence " << i << " max difference " << (actual - expected).abs().max().item<float>();
+    if (raw[i] != nullptr) {
+      model::ForwardBatch plain_base = alone;
+      EXPECT_FALSE(at::allclose(base_->Forward(plain_base), expected, 1e-3, 1e-3)) << "adapter " << i << " has no effect";
+    }
+  }
+}
+
+TEST_F(DeltasTest, WriteReadRoundTripIsBitIdentical) {
+  at::manual_seed(9);
+  DeltaSet deltas(config().num_hidden_layers);
+  std::vector<RawModule> modules = {Random(config(), 0, Projection::kQuery, 8, 0.75),
+                                    Random(config(), 1, Projection::kDown, 3, 2.5),
+                                    Random(config(), 1, Projection::kValue, 8, 2.0)};
+  for (const RawModule& module : modules) deltas.Add(module.layer, module.projection, {module.a, module.b, module.expected_scale});
+  PeftAdapterConfig config_in;
+  config_in.r = 8;
+  config_in.lora_alpha = 16;
+  config_in.base_model_name_or_path = "demo";
+  std::string first = testing::MakeTempDir("written");
+  ASSERT_TRUE(WritePeftAdapter(first, config_in, deltas).ok());
+  auto read = ReadPeftAdapter(first, config(), at::kFloat, at::kCPU);
+  ASSERT_TRUE(read.ok()) << read.status();
+  for (const RawModule& module : modules) {
+    const auto& factors = read->deltas.Factors(module.layer, module.projection);
+    ASSERT_EQ(factors.size(), 1u);
+    EXPECT_TRUE(at::equal(factors[0].a, module.a));
+    EXPECT_TRUE(at::equal(factors[0].b, module.b));
+    EXPECT_DOUBLE_EQ(factors[0].scale, module.expected_scale);
+  }
+  std::string second = testing::MakeTempDir("rewritten");
+  ASSERT_TRUE(WritePeftAdapter(second, read->config, read->deltas).ok());
+  for (const char* file : {"adapter_model.safetensors", "adapter_config.json"}) {
+    EXPECT_EQ(*common::ReadFileToString(common::JoinPath(first, file)),
+              *common::ReadFileToString(common::JoinPath(second, file)))
+        << file;
+  }
+}
+
+TEST_F(DeltasTest, StackedFactorsAreWrittenAsOneEquivalentFactor) {
+  at::manual_seed(11);
+  DeltaSet deltas(config().num_hidden_layers);
+  RawModule first = Random(config(), 0, Projection::kUp, 4, 0.5);
+  RawModule second = Random(config(), 0, Projection::kUp, 2, 3.0);
+  deltas.Add(0, Projection::kUp, {first.a, first.b, first.expected_scale});
+  deltas.Add(0, Projection::kUp, {second.a, second.b, second.expected_scale});
+  std::string directory = testing::MakeTempDir("stacked");
+  ASSERT_TRUE(WritePeftAdapter(directory, PeftAdapterConfig{}, deltas).ok());
+  auto read = ReadPeftAdapter(directory, config(), at::kFloat, at::kCPU);
+  ASSERT_TRUE(read.ok()) << read.status();
+  at::Tensor expected = first.expected_scale * at::matmul(first.b, first.a) +
+                        second.expected_scale * at::matmul(second.b, second.a);
+  EXPECT_EQ(read->deltas.Factors(0, Projection::kUp)[0].rank(), 6);
+  EXPECT_TRUE(at::allclose(read->deltas.Merged(0, Projection::kUp), expected, 1e-5, 1e-5));
+}
+
+TEST_F(DeltasTest, MalformedAdaptersAreRejectedWithTheReason) {
+  auto expect_error = [&](const std::string& directory, const std::string& fragment) {
+    auto adapter = ReadPeftAdapter(directory, config(), at::kFloat, at::kCPU);
+    ASSERT_FALSE(adapter.ok()) << fragment;
+    EXPECT_NE(adapter.status().message().find(fragment), std::string::npos) << adapter.status();
+  };
+  const std::string good_config = R"({"r":4,"lora_alpha":8,"target_modules":["q_proj"]})";
+  RawModule q = Random(config(), 0, Projection::kQuery, 4, 2);
+
+  RawModule wrong_rank = Random(config(), 0, Projection::kQuery, 5, 2);
+  expect_error(WriteAdapter(good_config, {wrong_rank}),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight has shape [5, 64], expected [4, 64]");
+  expect_error(WriteAdapter(good_config, {Random(config(), 0, Projection::kValue, 4, 2)}),
+               "which adapter_config.json's target_modules does not include");
+  expect_error(WriteAdapter(good_config, {Random(config(), 7, Projection::kQuery, 4, 2)}),
+               "is for layer 7 but the base model has 2 layers");
+  expect_error(WriteAdapter("{not json", {q}), "adapter_config.json: not a JSON object");
+  expect_error(WriteAdapter(R"({"r":4,"target_modules":["q_proj"],"bias":"all"})", {q}), "bias \"all\"");
+  expect_error(WriteAdapter(R"({"r":4,"target_modules":["q_proj"],"use_dora":true})", {q}), "DoRA");
+  expect_error(WriteAdapter(R"({"r":0,"target_modules":["q_proj"]})", {q}), "\"r\" must be a positive integer");
+
+  // Only lora_A of a module.
+  std::string half = testing::MakeTempDir("half");
+  ASSERT_TRUE(model::WriteSafetensors(common::JoinPath(half, "adapter_model.safetensors"),
+                                      {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", q.a}})
+                  .ok());
+  ASSERT_TRUE(common::WriteFileAtomically(common::JoinPath(half, "adapter_config.json"), good_config).ok());
+  expect_error(half, "lora_B.weight is missing");
+
+  // A foreign tensor.
+  std::string foreign = testing::MakeTempDir("foreign");
+  ASSERT_TRUE(model::WriteSafetensors(common::JoinPath(foreign, "adapter_model.safetensors"),
+                                      {{"base_model.model.lm_head.lora_A.weight", q.a}})
+                  .ok());
+  ASSERT_TRUE(common::WriteFileAtomically(common::JoinPath(foreign, "adapter_config.json"), good_config).ok());
+  expect_error(foreign, "base_model.model.lm_head.lora_A.weight is not a LoRA factor");
+
+  // Pickle only.
+  std::string pickle = testing::MakeTempDir("pickle");
+  std::ofstream(common::JoinPath(pickle, "adapter_model.bin")) << "\x80\x02}q\x00.";
+  ASSERT_TRUE(common::WriteFileAtomically(common::JoinPath(pickle, "adapter_config.json"), good_config).ok());
+  expect_error(pickle, "pickle file and is never loaded");
+}
+
+TEST(PeftConfigTest, TargetsAndPatternsFollowPeft) {
+  auto config = PeftAdapterConfig::FromJson(
+      R"({"r":8,"lora_alpha":16,"target_modules":["q_proj","mlp.down_proj"],
+          "rank_pattern":{"layers.3.self_attn.q_proj":2,"q_proj":4},"alpha_pattern":{"down_proj":1}})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->Targets("model.layers.0.self_attn.q_proj"));
+  EXPECT_TRUE(config->Targets("model.layers.5.mlp.down_proj"));
+  EXPECT_FALSE(config->Targets("model.layers.0.self_attn.k_proj"));
+  EXPECT_FALSE(config->Targets("model.layers.0.self_attn.xq_proj"));
+  EXPECT_EQ(config->RankFor("model.layers.3.self_attn.q_proj"), 2);  // first matching key wins
+  EXPECT_EQ(config->RankFor("model.layers.4.self_attn.q_proj"), 4);
+  EXPECT_EQ(config->RankFor("model.layers.4.mlp.down_proj"), 8);
+  EXPECT_DOUBLE_EQ(config->ScaleFor("model.layers.4.mlp.down_proj"), 1.0 / 8);
+  EXPECT_DOUBLE_EQ(config->ScaleFor("model.layers.4.self_attn.q_proj"), 16.0 / 4);
+  auto regex = PeftAdapterConfig::FromJson(R"json({"r":4,"target_modules":".*\\.(q|v)_proj","use_rslora":true,"lora_alpha":6})json");
+  ASSERT_TRUE(regex.ok());
+  EXPECT_TRUE(regex->Targets("model.layers.1.self_attn.v_proj"));
+  EXPECT_FALSE(regex->Targets("model.layers.1.self_attn.o_proj"));
+  EXPECT_DOUBLE_EQ(regex->ScaleFor("model.layers.1.self_attn.v_proj"), 3.0);
+  EXPECT_FALSE(PeftAdapterConfig::FromJson(R"json({"r":4,"target_modules":"(unclosed"})json").ok());
+}
+
+}  // namespace
+}  // namespace deltaserve::deltas
