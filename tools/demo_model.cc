@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "server/common/file_util.h"
+#include "server/deltas/peft_adapter.h"
 #include "server/model/llama_weights.h"
 #include "server/model/safetensors_tensor.h"
 #include "server/model/sentencepiece_bridge.h"
@@ -194,6 +195,39 @@ absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions
   if (!status.ok()) return status;
   return common::WriteFileAtomically(common::JoinPath(directory, "generation_config.json"),
                                      "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2\n}\n");
+}
+
+absl::Status WriteDemoAdapters(const std::string& model_directory, const std::string& adapters_directory,
+                               int count, int rank, uint64_t base_seed) {
+  if (count < 0 || rank <= 0) return absl::InvalidArgumentError("--adapters must be >= 0 and --rank > 0");
+  absl::StatusOr<model::ModelConfig> config =
+      model::ModelConfig::FromFile(common::JoinPath(model_directory, "config.json"));
+  if (!config.ok()) return config.status();
+  ::mkdir(adapters_directory.c_str(), 0755);
+  for (int index = 0; index < count; ++index) {
+    Random random(base_seed + index);
+    deltas::DeltaSet set(config->num_hidden_layers);
+    for (int64_t layer = 0; layer < config->num_hidden_layers; ++layer) {
+      for (int projection = 0; projection < deltas::kProjectionCount; ++projection) {
+        const auto kind = static_cast<model::Projection>(projection);
+        const auto [out, in] = deltas::ProjectionShape(*config, kind);
+        // Small enough that adapters change the output without swamping the base.
+        set.Add(layer, kind,
+                {NormalTensor(random, {rank, in}, 1.0 / std::sqrt(static_cast<double>(in))),
+                 NormalTensor(random, {out, rank}, 0.5 / std::sqrt(static_cast<double>(rank))), 2.0});
+      }
+    }
+    deltas::PeftAdapterConfig adapter_config;
+    adapter_config.r = rank;
+    adapter_config.lora_alpha = 2.0 * rank;
+    adapter_config.base_model_name_or_path = model_directory;
+    char name[32];
+    std::snprintf(name, sizeof(name), "demo-%03d", index);
+    absl::Status status =
+        deltas::WritePeftAdapter(common::JoinPath(adapters_directory, name), adapter_config, set);
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::tools

@@ -36,4 +36,10 @@ absl::StatusOr<model::ModelConfig> DemoModelConfig(const DemoModelOptions& optio
 
 absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions& options);
 
+// WriteDemoAdapters writes `count` deterministic random PEFT LoRA adapters of rank `rank` for
+// the model in `model_directory`, targeting q/k/v/o/gate/up/down, into
+// adapters_directory/demo-NNN (NNN from 000). Adapter i uses seed base_seed + i.
+absl::Status WriteDemoAdapters(const std::string& model_directory, const std::string& adapters_directory,
+                               int count, int rank, uint64_t base_seed = 777);
+
 }  // namespace deltaserve::tools

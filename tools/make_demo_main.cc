@@ -14,6 +14,9 @@
 ABSL_FLAG(std::string, out, "", "directory to write the model to (required)");
 ABSL_FLAG(std::string, size, "tiny", "tiny, small or medium");
 ABSL_FLAG(std::string, dtype, "float32", "stored weight dtype: float32, float16, bfloat16");
+ABSL_FLAG(int, adapters, 0, "also write this many random PEFT LoRA adapters for the model");
+ABSL_FLAG(int, rank, 16, "rank of the demo adapters");
+ABSL_FLAG(std::string, adapters_dir, "", "where to write the adapters (default: OUT/adapters)");
 ABSL_FLAG(std::string, architecture, "LlamaForCausalLM",
           "LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM");
 
@@ -42,5 +45,16 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("wrote %s demo model to %s\n", options.size.c_str(), out.c_str());
+  const int adapters = absl::GetFlag(FLAGS_adapters);
+  if (adapters > 0) {
+    std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);
+    if (adapters_dir.empty()) adapters_dir = out + "/adapters";
+    status = deltaserve::tools::WriteDemoAdapters(out, adapters_dir, adapters, absl::GetFlag(FLAGS_rank));
+    if (!status.ok()) {
+      std::fprintf(stderr, "deltaserve-make-demo: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    std::printf("wrote %d rank-%d demo adapters to %s\n", adapters, absl::GetFlag(FLAGS_rank), adapters_dir.c_str());
+  }
   return 0;
 }

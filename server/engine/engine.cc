@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
+#include "server/deltas/segmented_delta_hook.h"
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
 #include "server/engine/sampler.h"
@@ -321,6 +322,7 @@ void Engine::Loop() {
 void Engine::RunStep(Schedule& schedule) {
   const absl::Time started = absl::Now();
   model::ForwardBatch batch;
+  std::vector<deltas::DeltaSegment> segments;
   int64_t row = 0;
   for (ScheduledSlice& slice : schedule.slices) {
     RequestState* request = slice.request;
@@ -342,6 +344,7 @@ void Engine::RunStep(Schedule& schedule) {
       batch.token_ids.push_back(request->tokens[slice.start + i]);
     }
     batch.sequences.push_back({slice.start, slice.length, &request->kv_cache});
+    segments.push_back({row, slice.length, request->request.deltas.get()});
     const int64_t total = static_cast<int64_t>(request->tokens.size());
     if (request->request.kind == RequestKind::kScore) {
       for (int64_t i = 0; i < slice.length; ++i) {
@@ -355,6 +358,9 @@ void Engine::RunStep(Schedule& schedule) {
   // The model returns every row for an empty list; when no slice needs logits (a score
   // request's last chunk holds only its final token) ask for one row and read none.
   if (batch.logit_rows.empty()) batch.logit_rows.push_back(0);
+  // One data path for every variant: base products over all rows, then each segment's deltas.
+  deltas::SegmentedDeltaHook hook(std::move(segments));
+  if (!hook.empty()) batch.deltas = &hook;
   absl::StatusOr<at::Tensor> logits = model_->Run(batch);
   const absl::Time now = absl::Now();
   if (!logits.ok()) {

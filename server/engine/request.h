@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "server/deltas/delta_set.h"
 
 namespace deltaserve::engine {
 
@@ -36,6 +38,9 @@ struct SamplingOptions {
 struct EngineRequest {
   RequestKind kind = RequestKind::kGenerate;
   std::string request_id;
+  // The variant's deltas, on the model's device in its dtype; null for the base model. Shared:
+  // the engine holds it until the request finishes.
+  std::shared_ptr<const deltas::DeltaSet> deltas;
   std::vector<int32_t> prompt_token_ids;
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();

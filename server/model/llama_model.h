@@ -25,8 +25,6 @@
 
 namespace deltaserve::model {
 
-enum class Projection { kQuery, kKey, kValue, kOutput, kGate, kUp, kDown };
-
 // ProjectionDeltaHook: variants plug in here. AddDelta must add its delta for the tokens it
 // covers into `output` ([tokens, out_features]) given the projection's `input`, in place:
 // `output` may be a view into a fused projection (q/k/v, gate/up) that the model reads later.

@@ -82,6 +82,19 @@ at::Tensor Stack(std::initializer_list<at::Tensor*> parts) {
 
 }  // namespace
 
+at::Tensor& ProjectionWeight(LayerWeights& layer, Projection projection) {
+  switch (projection) {
+    case Projection::kQuery: return layer.q_proj;
+    case Projection::kKey: return layer.k_proj;
+    case Projection::kValue: return layer.v_proj;
+    case Projection::kOutput: return layer.o_proj;
+    case Projection::kGate: return layer.gate_proj;
+    case Projection::kUp: return layer.up_proj;
+    case Projection::kDown: return layer.down_proj;
+  }
+  return layer.q_proj;
+}
+
 void FuseProjections(LayerWeights& w) {
   w.qkv_proj = Stack({&w.q_proj, &w.k_proj, &w.v_proj});
   w.qkv_bias = Stack({&w.q_bias, &w.k_bias, &w.v_bias});

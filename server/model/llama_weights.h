@@ -15,6 +15,9 @@
 
 namespace deltaserve::model {
 
+// The seven projections of a layer that variants may change.
+enum class Projection { kQuery, kKey, kValue, kOutput, kGate, kUp, kDown };
+
 struct LayerWeights {
   at::Tensor input_norm;            // [hidden]
   at::Tensor q_proj, k_proj, v_proj, o_proj;  // [out, in]
@@ -38,6 +41,10 @@ struct LlamaWeights {
 // ExpectedTensorShapes lists every Hugging Face tensor name the config requires, with shape.
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
     const ModelConfig& config);
+
+// ProjectionWeight returns the [out, in] weight of one projection (a view into the fused tensor
+// after loading; assign a new tensor and call FuseProjections to change it).
+at::Tensor& ProjectionWeight(LayerWeights& layer, Projection projection);
 
 // FuseProjections (re)builds qkv_proj / gate_up_proj (and biases) from the per-projection
 // tensors and rebinds those to views of them. Call it after replacing per-projection tensors.

@@ -45,19 +45,6 @@ RawModule Random(const model::ModelConfig& config, int64_t layer, Projection pro
   return {layer, projection, at::randn({rank, in}) * 0.3, at::randn({out, rank}) * 0.3, expected_scale};
 }
 
-at::Tensor& WeightOf(model::LayerWeights& layer, Projection projection) {
-  switch (projection) {
-    case Projection::kQuery: return layer.q_proj;
-    case Projection::kKey: return layer.k_proj;
-    case Projection::kValue: return layer.v_proj;
-    case Projection::kOutput: return layer.o_proj;
-    case Projection::kGate: return layer.gate_proj;
-    case Projection::kUp: return layer.up_proj;
-    case Projection::kDown: return layer.down_proj;
-  }
-  return layer.q_proj;
-}
-
 class DeltasTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -72,7 +59,7 @@ class DeltasTest : public ::testing::Test {
   std::unique_ptr<model::LlamaModel> Merged(const std::vector<RawModule>& modules) const {
     model::LlamaWeights weights = base_->weights();
     for (const RawModule& module : modules) {
-      at::Tensor& weight = WeightOf(weights.layers[module.layer], module.projection);
+      at::Tensor& weight = model::ProjectionWeight(weights.layers[module.layer], module.projection);
       weight = weight + module.expected_scale * at::matmul(module.b, module.a);
     }
     for (model::LayerWeights& layer : weights.layers) model::FuseProjections(layer);

@@ -8,10 +8,12 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
 #include "tests/support/test_models.h"
+#include "tools/demo_model.h"
 
 namespace deltaserve::engine {
 namespace {
@@ -154,6 +156,59 @@ TEST_F(EngineTest, PreemptionAndRecomputeKeepOutputsIdentical) {
     return snapshot.kv_used_blocks == 0 && snapshot.active_requests == 0;
   }));
   EXPECT_GT(tight->Snapshot().preemptions, 0);
+}
+
+TEST_F(EngineTest, AdaptersMixInOneBatchAndMatchMergedWeights) {
+  std::string adapters_dir = testing::MakeTempDir("engine-adapters");
+  ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 2, 4).ok());
+  std::vector<std::shared_ptr<const deltas::DeltaSet>> adapters;
+  for (const char* name : {"demo-000", "demo-001"}) {
+    auto adapter = deltas::ReadPeftAdapter(adapters_dir + "/" + name, model_->config(), at::kFloat, at::kCPU);
+    ASSERT_TRUE(adapter.ok()) << adapter.status();
+    adapters.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
+  }
+  auto make_requests = [&] {
+    std::vector<EngineRequest> requests = {Request("the cat reads", 12), Request("the cat reads", 12),
+                                           Request("a distant star", 10, 21), Request("our team builds", 14)};
+    requests[1].deltas = adapters[0];
+    requests[2].deltas = adapters[1];
+    requests[3].deltas = adapters[0];
+    return requests;
+  };
+  auto engine = MakeEngine();
+  std::vector<std::vector<int32_t>> alone;
+  for (EngineRequest& request : make_requests()) alone.push_back(RunRequest(*engine, std::move(request))->tokens);
+  EXPECT_NE(alone[0], alone[1]) << "the adapter changes nothing";
+
+  EngineOptions options;
+  options.max_batch_tokens = 5;  // chunked prefill mixed with decoding of other variants
+  auto batched = MakeEngine(options);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (EngineRequest& request : make_requests()) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(batched->Submit(std::move(request), sinks.back()).ok());
+  }
+  for (size_t i = 0; i < sinks.size(); ++i) {
+    sinks[i]->Wait();
+    EXPECT_EQ(sinks[i]->tokens, alone[i]) << "request " << i;
+  }
+
+  // The same request on a model with adapter 0 merged into its weights.
+  model::LlamaWeights weights = model_->weights();
+  for (int64_t layer = 0; layer < model_->config().num_hidden_layers; ++layer) {
+    for (int projection = 0; projection < deltas::kProjectionCount; ++projection) {
+      const auto kind = static_cast<model::Projection>(projection);
+      at::Tensor delta = adapters[0]->Merged(layer, kind);
+      at::Tensor& weight = model::ProjectionWeight(weights.layers[layer], kind);
+      if (delta.defined()) weight = weight + delta;
+    }
+    model::FuseProjections(weights.layers[layer]);
+  }
+  auto merged_model = std::make_shared<const model::LlamaModel>(model_->config(), weights, model::ModelOptions{});
+  auto merged_engine = Engine::Create(EngineOptions{}, merged_model, tokenizer_);
+  ASSERT_TRUE(merged_engine.ok());
+  EXPECT_EQ(RunRequest(**merged_engine, Request("the cat reads", 12))->tokens, alone[1]);
+  EXPECT_EQ(RunRequest(**merged_engine, Request("our team builds", 14))->tokens, alone[3]);
 }
 
 TEST_F(EngineTest, ScoreMatchesTheModelsLogSoftmax) {
