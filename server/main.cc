@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 #include <thread>
+#include <vector>
 
 #include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -22,6 +23,7 @@
 #include "server/api/generation_service.h"
 #include "server/api/serving_state.h"
 #include "server/common/log.h"
+#include "server/control/variant_catalog.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
@@ -45,6 +47,8 @@ ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30, "KV cache budget in bytes")
 ABSL_FLAG(int64_t, kv_block_tokens, 16, "tokens per KV cache block");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens when a request leaves it 0");
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "largest max_tokens a request may ask for");
+ABSL_FLAG(std::vector<std::string>, adapter_dir, {},
+          "directories whose PEFT adapters (DIR/NAME, DIR/NAMESPACE/NAME) are registered at start-up");
 ABSL_FLAG(double, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight requests may finish");
 
 namespace {
@@ -125,10 +129,18 @@ int main(int argc, char** argv) {
                                                    std::move(*tokenizer), metrics.get());
   if (!engine.ok()) return Fail(engine.status());
 
+  deltaserve::control::VariantCatalog catalog;
+  for (const std::string& directory : absl::GetFlag(FLAGS_adapter_dir)) {
+    auto registered = deltaserve::control::RegisterAdapterDirectory(directory, *shared_model, catalog);
+    if (!registered.ok()) return Fail(registered.status());
+    Log(absl::StrCat("registered ", *registered, " adapters from ", directory));
+  }
+
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
-  deltaserve::api::GenerationService generation(engine->get(), metrics.get(), &serving_state, model_name);
+  deltaserve::api::GenerationService generation(engine->get(), &catalog, metrics.get(), &serving_state,
+                                                model_name);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -229,17 +229,25 @@ absl::StatusOr<std::vector<int32_t>> InputIds(const engine::Engine& engine, cons
 
 }  // namespace
 
-GenerationService::GenerationService(engine::Engine* engine, telemetry::ServerMetrics* metrics,
-                                     const ServingState* state, std::string base_model_name)
-    : engine_(engine), metrics_(metrics), state_(state), base_model_name_(std::move(base_model_name)) {}
+GenerationService::GenerationService(engine::Engine* engine, const control::VariantCatalog* catalog,
+                                     telemetry::ServerMetrics* metrics, const ServingState* state,
+                                     std::string base_model_name)
+    : engine_(engine),
+      catalog_(catalog),
+      metrics_(metrics),
+      state_(state),
+      base_model_name_(std::move(base_model_name)) {}
 
 absl::Status GenerationService::CheckServing() const {
   if (state_->draining()) return absl::UnavailableError("the server is shutting down");
   return absl::OkStatus();
 }
 
-absl::Status GenerationService::ResolveVariant(const std::string& variant) const {
-  if (variant.empty() || variant == base_model_name_) return absl::OkStatus();
+absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> GenerationService::ResolveVariant(
+    const std::string& variant) const {
+  if (variant.empty() || variant == base_model_name_) return nullptr;
+  std::shared_ptr<const control::Variant> found = catalog_->Find(variant);
+  if (found != nullptr) return found->deltas;
   return absl::NotFoundError(absl::StrCat("variant \"", variant,
                                           "\" does not exist (the base model is \"",
                                           base_model_name_, "\" or an empty variant)"));
@@ -250,9 +258,9 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
   auto call = std::make_shared<GenerateCall>(engine_, metrics_);
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
     RETURN_IF_ERROR(CheckServing());
-    RETURN_IF_ERROR(ResolveVariant(request->variant()));
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kGenerate;
+    ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
     ASSIGN_OR_RETURN(result.prompt_token_ids,
                      InputIds(*engine_, request->prompt(), request->prompt_token_ids(), "prompt",
                               "prompt_token_ids"));
@@ -285,9 +293,9 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
     RETURN_IF_ERROR(CheckServing());
-    RETURN_IF_ERROR(ResolveVariant(request->variant()));
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kScore;
+    ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
     ASSIGN_OR_RETURN(result.prompt_token_ids,
                      InputIds(*engine_, request->text(), request->token_ids(), "text", "token_ids"));
     result.deadline = DeadlineOf(context);

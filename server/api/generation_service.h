@@ -10,6 +10,7 @@
 
 #include "deltaserve/v1/generation.grpc.pb.h"
 #include "server/api/serving_state.h"
+#include "server/control/variant_catalog.h"
 #include "server/engine/engine.h"
 #include "server/telemetry/server_metrics.h"
 
@@ -18,8 +19,9 @@ namespace deltaserve::api {
 class GenerationService final : public deltaserve::v1::Generation::CallbackService {
  public:
   // base_model_name: the name by which callers may address the base model (besides "").
-  GenerationService(engine::Engine* engine, telemetry::ServerMetrics* metrics,
-                    const ServingState* state, std::string base_model_name);
+  GenerationService(engine::Engine* engine, const control::VariantCatalog* catalog,
+                    telemetry::ServerMetrics* metrics, const ServingState* state,
+                    std::string base_model_name);
 
   grpc::ServerWriteReactor<deltaserve::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -33,9 +35,11 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
 
  private:
   absl::Status CheckServing() const;
-  absl::Status ResolveVariant(const std::string& variant) const;
+  // ResolveVariant returns the variant's deltas (null for the base model) or NOT_FOUND.
+  absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> ResolveVariant(const std::string& variant) const;
 
   engine::Engine* engine_;
+  const control::VariantCatalog* catalog_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
   std::string base_model_name_;

@@ -48,7 +48,13 @@ bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::s
   std::smatch match;
   while (std::chrono::steady_clock::now() < give_up) {
     pollfd readable{out[0], POLLIN, 0};
-    if (::poll(&readable, 1, 200) <= 0) continue;
+    if (::poll(&readable, 1, 200) <= 0) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;  // exited before serving
+        break;
+      }
+      continue;
+    }
     char buffer[512];
     ssize_t n = ::read(out[0], buffer, sizeof(buffer));
     if (n <= 0) break;

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include <atomic>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "tests/integration/reflection.grpc.pb.h"  // generated under build/proto
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
+#include "tools/demo_model.h"
 
 namespace deltaserve::testing {
 namespace {
@@ -306,6 +308,86 @@ TEST(DeltactlTest, ServerDownIsAClearError) {
   EXPECT_NE(err.find("cannot reach 127.0.0.1:1 (is deltaserve running there?)"), std::string::npos) << err;
   EXPECT_EQ(RunDeltactl("health --target 127.0.0.1:1", &out, &err), 1);
   EXPECT_NE(err.find("cannot reach"), std::string::npos) << err;
+}
+
+// A server with 8 demo adapters registered from --adapter-dir (two in a namespace).
+class AdapterServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string adapters = MakeTempDir("adapter-dir");
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 6, 4).ok());
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters + "/acme", 2, 8, 99).ok());
+    server_ = new ServerProcess();
+    ASSERT_TRUE(server_->Start(TinyModelDir(), {"--adapter-dir", adapters}));
+    client_ = DeltaserveClient::Connect(server_->target()).release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    delete server_;
+  }
+  static v1::GenerateRequest ForVariant(const std::string& variant, const std::string& prompt) {
+    v1::GenerateRequest request = Generate(prompt, 16);
+    request.set_variant(variant);
+    return request;
+  }
+  static ServerProcess* server_;
+  static DeltaserveClient* client_;
+};
+
+ServerProcess* AdapterServerTest::server_ = nullptr;
+DeltaserveClient* AdapterServerTest::client_ = nullptr;
+
+const std::vector<std::string> kVariants = {"",         "demo-000", "demo-001", "demo-002",
+                                            "demo-003", "demo-004", "demo-005", "acme/demo-000",
+                                            "acme/demo-001"};
+
+TEST_F(AdapterServerTest, ThirtyTwoStreamsOverEightAdaptersAndTheBase) {
+  // Solo runs first: each variant on one prompt.
+  std::map<std::string, std::vector<int32_t>> solo;
+  for (const std::string& variant : kVariants) {
+    Stream stream = RunStream(*client_, ForVariant(variant, "the cat reads"));
+    ASSERT_TRUE(stream.status.ok()) << variant << ": " << stream.status.error_message();
+    solo[variant] = stream.tokens;
+  }
+  for (size_t i = 1; i < kVariants.size(); ++i) {
+    EXPECT_NE(solo[kVariants[i]], solo[""]) << kVariants[i] << " generates like the base";
+  }
+  std::vector<Stream> streams(32);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      streams[i] = RunStream(*client_, ForVariant(kVariants[i % kVariants.size()], "the cat reads"));
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < 32; ++i) {
+    ASSERT_TRUE(streams[i].status.ok()) << streams[i].status.error_message();
+    EXPECT_EQ(streams[i].tokens, solo[kVariants[i % kVariants.size()]]) << "stream " << i;
+  }
+}
+
+TEST_F(AdapterServerTest, ScoreTakesTheVariantAndUnknownOnesAreNotFound) {
+  v1::ScoreRequest base_request;
+  base_request.set_text("the cat reads a letter");
+  v1::ScoreRequest adapter_request = base_request;
+  adapter_request.set_variant("acme/demo-001");
+  v1::ScoreResponse base, adapted;
+  ASSERT_TRUE(client_->Score(base_request, &base).ok());
+  ASSERT_TRUE(client_->Score(adapter_request, &adapted).ok());
+  EXPECT_NE(base.total_logprob(), adapted.total_logprob());
+  Stream missing = RunStream(*client_, ForVariant("acme/demo-777", "x"));
+  EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(missing.status.error_message().find("acme/demo-777"), std::string::npos);
+}
+
+TEST(AdapterStartupTest, ABrokenAdapterStopsStartupWithItsName) {
+  const std::string adapters = MakeTempDir("broken-adapters");
+  ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 1, 4).ok());
+  std::ofstream(adapters + "/demo-000/adapter_config.json") << "{\"r\": 4, \"target_modules\": [\"q_proj\"]}";
+  ServerProcess server;
+  EXPECT_FALSE(server.Start(TinyModelDir(), {"--adapter-dir", adapters}));
+  EXPECT_NE(server.Log().find("adapter \"demo-000\""), std::string::npos) << server.Log();
+  EXPECT_NE(server.Log().find("target_modules does not include"), std::string::npos) << server.Log();
 }
 
 TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
