@@ -5,6 +5,7 @@
 //  - decode throughput with 1, 4, 16 and 64 concurrent requests, as ratios to 1.
 // Prints ratios because this machine's absolute timings drift.
 #include <algorithm>
+#include <map>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "server/common/flag_names.h"
+#include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
@@ -26,6 +28,9 @@ ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo mod
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
 ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
+ABSL_FLAG(std::string, adapters_dir, "", "PEFT adapters (demo-000, demo-001, ...) for the mixed-adapter run");
+ABSL_FLAG(std::string, adapter_counts, "1,8,32", "numbers of distinct adapters K to spread requests over");
+ABSL_FLAG(int, adapter_requests, 32, "concurrent requests in the mixed-adapter run");
 
 namespace {
 
@@ -65,13 +70,45 @@ class CountingSink : public engine::RequestSink {
   absl::Notification done_;
 };
 
-engine::EngineRequest Request(const model::Tokenizer& tokenizer, int index, int tokens) {
+engine::EngineRequest Request(const model::Tokenizer& tokenizer, int index, int tokens,
+                              std::shared_ptr<const deltas::DeltaSet> deltas = nullptr) {
   engine::EngineRequest request;
   request.prompt_token_ids =
       *tokenizer.EncodePrompt("the engineer measures the last train near the harbour " + std::to_string(index));
   request.sampling.max_tokens = tokens;
   request.sampling.ignore_eos = true;
+  request.deltas = std::move(deltas);
   return request;
+}
+
+// Runs requests[i] with variants[i] all at once (or, when one_adapter_at_a_time, one variant's
+// requests at a time, the way a server that cannot mix adapters in a batch would); returns
+// generated tokens per second over the whole run.
+double AdapterThroughput(engine::Engine& engine, const std::vector<std::shared_ptr<const deltas::DeltaSet>>& variants,
+                         int tokens, bool one_adapter_at_a_time) {
+  std::vector<std::vector<int>> groups;
+  if (one_adapter_at_a_time) {
+    std::map<const deltas::DeltaSet*, std::vector<int>> by_variant;
+    for (size_t i = 0; i < variants.size(); ++i) by_variant[variants[i].get()].push_back(static_cast<int>(i));
+    for (auto& [variant, indices] : by_variant) groups.push_back(indices);
+  } else {
+    groups.emplace_back();
+    for (size_t i = 0; i < variants.size(); ++i) groups.back().push_back(static_cast<int>(i));
+  }
+  int64_t total = 0;
+  auto started = Clock::now();
+  for (const std::vector<int>& group : groups) {
+    std::vector<std::shared_ptr<CountingSink>> sinks;
+    for (int i : group) {
+      sinks.push_back(std::make_shared<CountingSink>());
+      if (!engine.Submit(Request(engine.tokenizer(), i, tokens, variants[i]), sinks.back()).ok()) return 0;
+    }
+    for (auto& sink : sinks) {
+      sink->Wait();
+      total += sink->tokens_;
+    }
+  }
+  return static_cast<double>(total) / Seconds(Clock::now() - started);
 }
 
 // Runs `count` identical-length requests at once; returns generated tokens per second.
@@ -136,6 +173,35 @@ int main(int argc, char** argv) {
     double throughput = Throughput(**engine, count, tokens);
     if (base == 0) base = throughput;
     std::printf("%11d  %8.1f  %10.2f\n", count, throughput, throughput / base);
+  }
+
+  const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);
+  if (adapters_dir.empty()) return 0;
+  const int requests = absl::GetFlag(FLAGS_adapter_requests);
+  std::vector<std::shared_ptr<const deltas::DeltaSet>> loaded_adapters;
+  const double base_only = AdapterThroughput(
+      **engine, std::vector<std::shared_ptr<const deltas::DeltaSet>>(requests), tokens, false);
+  std::printf("\nmixed adapters, %d concurrent requests of %d tokens; base-only %.1f tokens/s\n", requests, tokens, base_only);
+  std::printf("adapters  rank_summary          mixed_tok/s  mixed/base  one_at_a_time/base  mixed/one_at_a_time\n");
+  for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_adapter_counts), ',')) {
+    const int count = std::stoi(std::string(item));
+    while (static_cast<int>(loaded_adapters.size()) < count) {
+      char name[32];
+      std::snprintf(name, sizeof(name), "/demo-%03d", static_cast<int>(loaded_adapters.size()));
+      auto adapter = deltas::ReadPeftAdapter(adapters_dir + name, llama->config(), llama->dtype(), llama->device());
+      if (!adapter.ok()) {
+        std::fprintf(stderr, "%s\n", adapter.status().ToString().c_str());
+        return 1;
+      }
+      loaded_adapters.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
+    }
+    std::vector<std::shared_ptr<const deltas::DeltaSet>> variants;
+    for (int i = 0; i < requests; ++i) variants.push_back(loaded_adapters[i % count]);
+    const double mixed = AdapterThroughput(**engine, variants, tokens, false);
+    const double one_at_a_time = AdapterThroughput(**engine, variants, tokens, true);
+    std::printf("%8d  %-20s  %11.1f  %10.2f  %18.2f  %19.2f\n", count,
+                loaded_adapters[0]->RankSummary().substr(0, 20).c_str(), mixed, mixed / base_only,
+                one_at_a_time / base_only, mixed / one_at_a_time);
   }
   return 0;
 }

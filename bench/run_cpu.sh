@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/build > /dev/null
 MODEL_DIR=build/bench-medium
 [ -f "$MODEL_DIR/config.json" ] || ./build/tools/deltaserve-make-demo --out "$MODEL_DIR" --size medium 2>/dev/null
-echo "== engine benchmark (medium demo model)"
-./build/bench/deltaserve-bench-engine --model-dir "$MODEL_DIR" --decode-tokens 128
+[ -d "$MODEL_DIR/adapters/demo-031" ] || ./build/tools/deltaserve-make-demo --out "$MODEL_DIR" --size medium \
+  --adapters 32 --rank 16 2>/dev/null
+echo "== engine benchmark (medium demo model; mixed rank-16 adapters, all resident)"
+./build/bench/deltaserve-bench-engine --model-dir "$MODEL_DIR" --decode-tokens 128 \
+  --adapters-dir "$MODEL_DIR/adapters" --adapter-counts 1,8,32 --adapter-requests 32
 echo "== gRPC load generator (medium demo model, real server on 127.0.0.1)"
 out=$(mktemp)
 ./build/server/deltaserve --model-dir "$MODEL_DIR" --port 0 --metrics-port -1 --data-dir build/bench-data \

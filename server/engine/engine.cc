@@ -321,6 +321,12 @@ void Engine::Loop() {
 
 void Engine::RunStep(Schedule& schedule) {
   const absl::Time started = absl::Now();
+  // Rows of one variant side by side: each variant's low-rank terms then run once per step, not
+  // once per request. (Row order does not change any row's result.)
+  std::stable_sort(schedule.slices.begin(), schedule.slices.end(),
+                   [](const ScheduledSlice& a, const ScheduledSlice& b) {
+                     return a.request->request.deltas.get() < b.request->request.deltas.get();
+                   });
   model::ForwardBatch batch;
   std::vector<deltas::DeltaSegment> segments;
   int64_t row = 0;
@@ -344,7 +350,12 @@ void Engine::RunStep(Schedule& schedule) {
       batch.token_ids.push_back(request->tokens[slice.start + i]);
     }
     batch.sequences.push_back({slice.start, slice.length, &request->kv_cache});
-    segments.push_back({row, slice.length, request->request.deltas.get()});
+    const deltas::DeltaSet* variant = request->request.deltas.get();
+    if (!segments.empty() && segments.back().deltas == variant) {
+      segments.back().length += slice.length;
+    } else {
+      segments.push_back({row, slice.length, variant});
+    }
     const int64_t total = static_cast<int64_t>(request->tokens.size());
     if (request->request.kind == RequestKind::kScore) {
       for (int64_t i = 0; i < slice.length; ++i) {
