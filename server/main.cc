@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
 
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
-      std::make_shared<prometheus::Registry>());
+      std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests));
   std::unique_ptr<deltaserve::telemetry::MetricsHttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {

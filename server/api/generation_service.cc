@@ -261,6 +261,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kGenerate;
     ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
+    if (result.deltas != nullptr) result.variant_name = request->variant();
     ASSIGN_OR_RETURN(result.prompt_token_ids,
                      InputIds(*engine_, request->prompt(), request->prompt_token_ids(), "prompt",
                               "prompt_token_ids"));
@@ -296,6 +297,7 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
     engine::EngineRequest result;
     result.kind = engine::RequestKind::kScore;
     ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
+    if (result.deltas != nullptr) result.variant_name = request->variant();
     ASSIGN_OR_RETURN(result.prompt_token_ids,
                      InputIds(*engine_, request->text(), request->token_ids(), "text", "token_ids"));
     result.deadline = DeadlineOf(context);

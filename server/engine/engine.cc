@@ -195,6 +195,17 @@ void Engine::PublishSnapshot() {
     state.running_requests = static_cast<int64_t>(scheduler_->running().size());
     state.waiting_requests = static_cast<int64_t>(scheduler_->waiting().size());
     state.kv_cache_usage_ratio = allocator_->UsageRatio();
+    auto names = [](auto begin, auto end) {
+      std::vector<std::string> result;
+      for (auto it = begin; it != end; ++it) {
+        if (!(*it)->request.variant_name.empty()) result.push_back((*it)->request.variant_name);
+      }
+      std::sort(result.begin(), result.end());
+      result.erase(std::unique(result.begin(), result.end()), result.end());
+      return result;
+    };
+    state.running_variants = names(scheduler_->running().begin(), scheduler_->running().end());
+    state.waiting_variants = names(scheduler_->waiting().begin(), scheduler_->waiting().end());
     observer_->OnState(state);
   }
   absl::MutexLock lock(&mutex_);

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "server/engine/request.h"
 
@@ -18,6 +20,9 @@ struct EngineState {
   int64_t running_requests = 0;
   int64_t waiting_requests = 0;
   double kv_cache_usage_ratio = 0;
+  // Distinct variant names (sorted) of running and of waiting requests; the base is not listed.
+  std::vector<std::string> running_variants;
+  std::vector<std::string> waiting_variants;
 };
 
 struct FinishedRequestStats {

@@ -41,6 +41,8 @@ struct EngineRequest {
   // The variant's deltas, on the model's device in its dtype; null for the base model. Shared:
   // the engine holds it until the request finishes.
   std::shared_ptr<const deltas::DeltaSet> deltas;
+  // The variant's name, for reporting which adapters are running or waiting; empty for the base.
+  std::string variant_name;
   std::vector<int32_t> prompt_token_ids;
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();

@@ -1,5 +1,7 @@
 #include "server/telemetry/server_metrics.h"
 
+#include "absl/strings/str_join.h"
+
 namespace deltaserve::telemetry {
 namespace {
 
@@ -16,7 +18,7 @@ Histogram& MakeHistogram(prometheus::Registry& registry, const std::string& name
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry)
+ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora)
     : registry_(std::move(registry)),
       rpcs_(prometheus::BuildCounter()
                 .Name("deltaserve_requests_total")
@@ -68,7 +70,15 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry)
                           .Name("deltaserve_kv_cache_usage_ratio")
                           .Help("Fraction of KV cache blocks in use (0 to 1)")
                           .Register(*registry_)
-                          .Add({})) {}
+                          .Add({})),
+      lora_requests_info_(prometheus::BuildGauge()
+                              .Name("deltaserve_lora_requests_info")
+                              .Help("Adapters of running and waiting requests (comma-separated "
+                                    "labels); value: Unix time of the last change")
+                              .Register(*registry_)),
+      max_lora_(std::to_string(max_lora)) {
+  OnState(engine::EngineState{});
+}
 
 void ServerMetrics::RecordRpc(const std::string& method, const std::string& code) {
   rpcs_.Add({{"method", method}, {"code", code}}).Increment();
@@ -83,6 +93,16 @@ void ServerMetrics::OnState(const engine::EngineState& state) {
   running_.Set(static_cast<double>(state.running_requests));
   waiting_.Set(static_cast<double>(state.waiting_requests));
   kv_cache_usage_.Set(state.kv_cache_usage_ratio);
+  std::string running = absl::StrJoin(state.running_variants, ",");
+  std::string waiting = absl::StrJoin(state.waiting_variants, ",");
+  if (lora_series_ != nullptr && running == lora_running_ && waiting == lora_waiting_) return;
+  if (lora_series_ != nullptr) lora_requests_info_.Remove(lora_series_);
+  lora_series_ = &lora_requests_info_.Add({{"running_lora_adapters", running},
+                                           {"waiting_lora_adapters", waiting},
+                                           {"max_lora", max_lora_}});
+  lora_series_->SetToCurrentTime();
+  lora_running_ = std::move(running);
+  lora_waiting_ = std::move(waiting);
 }
 
 void ServerMetrics::OnPromptTokens(int64_t count) { prompt_tokens_.Increment(static_cast<double>(count)); }

@@ -19,7 +19,8 @@ namespace deltaserve::telemetry {
 
 class ServerMetrics : public engine::EngineObserver {
  public:
-  explicit ServerMetrics(std::shared_ptr<prometheus::Registry> registry);
+  // max_lora: how many distinct adapters one batch may hold (reported on lora_requests_info).
+  ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora);
 
   // RecordRpc counts one finished RPC by method and gRPC status code name (e.g. "OK").
   void RecordRpc(const std::string& method, const std::string& code);
@@ -48,6 +49,13 @@ class ServerMetrics : public engine::EngineObserver {
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_cache_usage_;
+  // deltaserve_lora_requests_info: one series whose labels list the running and waiting
+  // adapters (the contract routers read, as vLLM's vllm:lora_requests_info); replaced when the
+  // lists change. Touched only from OnState (the engine thread).
+  prometheus::Family<prometheus::Gauge>& lora_requests_info_;
+  prometheus::Gauge* lora_series_ = nullptr;
+  std::string lora_running_, lora_waiting_;
+  const std::string max_lora_;
 };
 
 }  // namespace deltaserve::telemetry

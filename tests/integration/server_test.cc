@@ -229,7 +229,8 @@ TEST_F(ServerTest, MetricsScrapeShowsTheFamilies) {
         "deltaserve_inter_token_latency_seconds", "deltaserve_request_duration_seconds",
         "deltaserve_request_queue_seconds", "deltaserve_prompt_tokens_total",
         "deltaserve_generated_tokens_total", "deltaserve_requests_running",
-        "deltaserve_requests_waiting", "deltaserve_batch_tokens", "deltaserve_kv_cache_usage_ratio"}) {
+        "deltaserve_requests_waiting", "deltaserve_batch_tokens", "deltaserve_kv_cache_usage_ratio",
+        "deltaserve_lora_requests_info"}) {
     EXPECT_NE(scrape.find(std::string("# HELP ") + family + " "), std::string::npos) << family;
   }
   EXPECT_GE(Sample(scrape, "deltaserve_requests_total{code=\"OK\",method=\"Generate\"}"), 1);
@@ -325,8 +326,9 @@ class AdapterServerTest : public ::testing::Test {
     delete client_;
     delete server_;
   }
-  static v1::GenerateRequest ForVariant(const std::string& variant, const std::string& prompt) {
-    v1::GenerateRequest request = Generate(prompt, 16);
+  static v1::GenerateRequest ForVariant(const std::string& variant, const std::string& prompt,
+                                       int max_tokens = 16) {
+    v1::GenerateRequest request = Generate(prompt, max_tokens);
     request.set_variant(variant);
     return request;
   }
@@ -378,6 +380,29 @@ TEST_F(AdapterServerTest, ScoreTakesTheVariantAndUnknownOnesAreNotFound) {
   Stream missing = RunStream(*client_, ForVariant("acme/demo-777", "x"));
   EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(missing.status.error_message().find("acme/demo-777"), std::string::npos);
+}
+
+TEST_F(AdapterServerTest, LoraRequestsInfoListsRunningAdapters) {
+  const std::string running_series =
+      "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"demo-003\",waiting_lora_adapters=\"\"}";
+  double while_running = -1;
+  int seen = 0;
+  Stream stream = RunStream(*client_, ForVariant("demo-003", "the cat", 400), std::chrono::seconds(30), [&] {
+    if (++seen == 3) while_running = Sample(HttpGet(server_->metrics_port(), "/metrics"), running_series);
+    return seen >= 3;
+  });
+  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_GT(while_running, 1.7e9);  // a Unix timestamp
+  const std::string idle_series =
+      "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}";
+  std::string scrape;
+  for (int i = 0; i < 100; ++i) {
+    scrape = HttpGet(server_->metrics_port(), "/metrics");
+    if (Sample(scrape, idle_series) > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(Sample(scrape, idle_series), 1.7e9) << scrape;
+  EXPECT_EQ(scrape.find("running_lora_adapters=\"demo-003\""), std::string::npos);  // the old series is gone
 }
 
 TEST(AdapterStartupTest, ABrokenAdapterStopsStartupWithItsName) {
