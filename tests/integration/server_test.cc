@@ -218,10 +218,14 @@ TEST_F(ServerTest, ScoreAndTokenize) {
 
 TEST_F(ServerTest, MetricsScrapeShowsTheFamilies) {
   ASSERT_TRUE(RunStream(*client_, Generate("the baker", 8)).status.ok());
+  // The RPC is counted in OnDone, which gRPC may run just after the client has its status.
   std::string scrape;
-  for (int i = 0; i < 50; ++i) {
+  for (int i = 0; i < 100; ++i) {
     scrape = HttpGet(server_->metrics_port(), "/metrics");
-    if (Sample(scrape, "deltaserve_requests_running") == 0) break;
+    if (Sample(scrape, "deltaserve_requests_running") == 0 &&
+        Sample(scrape, "deltaserve_requests_total{code=\"OK\",method=\"Generate\"}") >= 1) {
+      break;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   for (const char* family :
