@@ -463,7 +463,15 @@ TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
   }
   while (started.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   server.Signal(SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Draining shows as NOT_SERVING (or, once the drain is over, as no server at all).
+  bool not_serving = false;
+  for (int i = 0; i < 250 && !not_serving; ++i) {
+    client::HealthStatus health;
+    grpc::Status status = client->Health("", &health);
+    not_serving = !status.ok() || health == client::HealthStatus::kNotServing;
+    if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(not_serving);
   Stream late = RunStream(*client, Generate("too late", 5), std::chrono::seconds(10));
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE) << late.status.error_message();
   for (std::thread& thread : threads) thread.join();
