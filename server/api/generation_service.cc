@@ -16,8 +16,8 @@ namespace {
 
 namespace v1 = deltaserve::v1;
 
-absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
-  auto deadline = context->deadline();
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  auto deadline = context.deadline();
   // gRPC reports "no deadline" as a time far in the future.
   if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
     return absl::InfiniteFuture();
@@ -253,18 +253,29 @@ absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> GenerationService::Resol
                                           base_model_name_, "\" or an empty variant)"));
 }
 
+absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
+    engine::RequestKind kind, const grpc::CallbackServerContext& context,
+    const std::string& variant, const std::string& text,
+    const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
+    const char* ids_field) const {
+  RETURN_IF_ERROR(CheckServing());
+  engine::EngineRequest result;
+  result.kind = kind;
+  ASSIGN_OR_RETURN(result.deltas, ResolveVariant(variant));
+  if (result.deltas != nullptr) result.variant_name = variant;
+  ASSIGN_OR_RETURN(result.prompt_token_ids, InputIds(*engine_, text, ids, text_field, ids_field));
+  result.deadline = DeadlineOf(context);
+  return result;
+}
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto call = std::make_shared<GenerateCall>(engine_, metrics_);
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
-    RETURN_IF_ERROR(CheckServing());
-    engine::EngineRequest result;
-    result.kind = engine::RequestKind::kGenerate;
-    ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
-    if (result.deltas != nullptr) result.variant_name = request->variant();
-    ASSIGN_OR_RETURN(result.prompt_token_ids,
-                     InputIds(*engine_, request->prompt(), request->prompt_token_ids(), "prompt",
-                              "prompt_token_ids"));
+    ASSIGN_OR_RETURN(engine::EngineRequest result,
+                     NewEngineRequest(engine::RequestKind::kGenerate, *context, request->variant(),
+                                      request->prompt(), request->prompt_token_ids(), "prompt",
+                                      "prompt_token_ids"));
     const v1::SamplingParams& sampling = request->sampling();
     result.sampling.max_tokens = sampling.max_tokens();
     result.sampling.temperature = sampling.temperature();
@@ -276,7 +287,6 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
                                           sampling.stop_token_ids().end());
     result.sampling.ignore_eos = sampling.ignore_eos();
     result.sampling.logprobs = request->include_logprobs();
-    result.deadline = DeadlineOf(context);
     result.request_id = request->request_id();
     if (result.request_id.size() > 128 || !model::IsValidUtf8(result.request_id)) {
       return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes");
@@ -292,17 +302,9 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                                                    const v1::ScoreRequest* request,
                                                    v1::ScoreResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
-    RETURN_IF_ERROR(CheckServing());
-    engine::EngineRequest result;
-    result.kind = engine::RequestKind::kScore;
-    ASSIGN_OR_RETURN(result.deltas, ResolveVariant(request->variant()));
-    if (result.deltas != nullptr) result.variant_name = request->variant();
-    ASSIGN_OR_RETURN(result.prompt_token_ids,
-                     InputIds(*engine_, request->text(), request->token_ids(), "text", "token_ids"));
-    result.deadline = DeadlineOf(context);
-    return result;
-  }();
+  absl::StatusOr<engine::EngineRequest> converted =
+      NewEngineRequest(engine::RequestKind::kScore, *context, request->variant(), request->text(),
+                       request->token_ids(), "text", "token_ids");
   absl::Status status = converted.status();
   if (status.ok()) {
     status = engine_->Submit(std::move(*converted),
@@ -310,8 +312,9 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                  .status();
   }
   if (!status.ok()) {
-    metrics_->RecordRpc("Score", absl::StatusCodeToString(status.code()));
-    reactor->Finish(ToGrpcStatus(status));
+    grpc::Status failed = ToGrpcStatus(status);
+    metrics_->RecordRpc("Score", GrpcCodeName(failed.error_code()));
+    reactor->Finish(failed);
   }
   return reactor;
 }

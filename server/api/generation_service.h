@@ -37,6 +37,13 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
   absl::Status CheckServing() const;
   // ResolveVariant returns the variant's deltas (null for the base model) or NOT_FOUND.
   absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> ResolveVariant(const std::string& variant) const;
+  // NewEngineRequest does what Generate and Score share: the serving check, the variant, the
+  // input (exactly one of text and ids) and the deadline.
+  absl::StatusOr<engine::EngineRequest> NewEngineRequest(
+      engine::RequestKind kind, const grpc::CallbackServerContext& context,
+      const std::string& variant, const std::string& text,
+      const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
+      const char* ids_field) const;
 
   engine::Engine* engine_;
   const control::VariantCatalog* catalog_;
