@@ -81,10 +81,12 @@ engine::EngineRequest Request(const model::Tokenizer& tokenizer, int index, int 
   return request;
 }
 
-// Runs requests[i] with variants[i] all at once (or, when one_adapter_at_a_time, one variant's
-// requests at a time, the way a server that cannot mix adapters in a batch would); returns
-// generated tokens per second over the whole run.
-double AdapterThroughput(engine::Engine& engine, const std::vector<std::shared_ptr<const deltas::DeltaSet>>& variants,
+using Variants = std::vector<std::shared_ptr<const deltas::DeltaSet>>;
+
+// Runs one request per entry of `variants` (null: the base model) all at once, or, when
+// one_adapter_at_a_time, one variant's requests at a time, the way a server that cannot mix
+// adapters in a batch would. Returns generated tokens per second over the whole run.
+double Throughput(engine::Engine& engine, const Variants& variants,
                          int tokens, bool one_adapter_at_a_time) {
   std::vector<std::vector<int>> groups;
   if (one_adapter_at_a_time) {
@@ -107,22 +109,6 @@ double AdapterThroughput(engine::Engine& engine, const std::vector<std::shared_p
       sink->Wait();
       total += sink->tokens_;
     }
-  }
-  return static_cast<double>(total) / Seconds(Clock::now() - started);
-}
-
-// Runs `count` identical-length requests at once; returns generated tokens per second.
-double Throughput(engine::Engine& engine, int count, int tokens) {
-  std::vector<std::shared_ptr<CountingSink>> sinks;
-  auto started = Clock::now();
-  for (int i = 0; i < count; ++i) {
-    sinks.push_back(std::make_shared<CountingSink>());
-    if (!engine.Submit(Request(engine.tokenizer(), i, tokens), sinks.back()).ok()) return 0;
-  }
-  int64_t total = 0;
-  for (auto& sink : sinks) {
-    sink->Wait();
-    total += sink->tokens_;
   }
   return static_cast<double>(total) / Seconds(Clock::now() - started);
 }
@@ -153,7 +139,7 @@ int main(int argc, char** argv) {
   const int tokens = absl::GetFlag(FLAGS_decode_tokens);
 
   const double bandwidth = ReadBandwidthBytesPerSecond(*device);
-  Throughput(**engine, 1, 16);  // warm-up
+  Throughput(**engine, Variants(1), 16, false);  // warm-up
   // Batch-1 decode: time between the first and the last token of one request.
   auto sink = std::make_shared<CountingSink>();
   if (!(*engine)->Submit(Request((*engine)->tokenizer(), 0, tokens), sink).ok()) return 1;
@@ -170,7 +156,7 @@ int main(int argc, char** argv) {
   std::printf("concurrency  tokens/s  ratio_to_1\n");
   for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_concurrency), ',')) {
     const int count = std::stoi(std::string(item));
-    double throughput = Throughput(**engine, count, tokens);
+    double throughput = Throughput(**engine, Variants(count), tokens, false);
     if (base == 0) base = throughput;
     std::printf("%11d  %8.1f  %10.2f\n", count, throughput, throughput / base);
   }
@@ -178,9 +164,8 @@ int main(int argc, char** argv) {
   const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);
   if (adapters_dir.empty()) return 0;
   const int requests = absl::GetFlag(FLAGS_adapter_requests);
-  std::vector<std::shared_ptr<const deltas::DeltaSet>> loaded_adapters;
-  const double base_only = AdapterThroughput(
-      **engine, std::vector<std::shared_ptr<const deltas::DeltaSet>>(requests), tokens, false);
+  Variants loaded_adapters;
+  const double base_only = Throughput(**engine, Variants(requests), tokens, false);
   std::printf("\nmixed adapters, %d concurrent requests of %d tokens; base-only %.1f tokens/s\n", requests, tokens, base_only);
   std::printf("adapters  rank_summary          mixed_tok/s  mixed/base  one_at_a_time/base  mixed/one_at_a_time\n");
   for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_adapter_counts), ',')) {
@@ -195,10 +180,10 @@ int main(int argc, char** argv) {
       }
       loaded_adapters.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
     }
-    std::vector<std::shared_ptr<const deltas::DeltaSet>> variants;
+    Variants variants;
     for (int i = 0; i < requests; ++i) variants.push_back(loaded_adapters[i % count]);
-    const double mixed = AdapterThroughput(**engine, variants, tokens, false);
-    const double one_at_a_time = AdapterThroughput(**engine, variants, tokens, true);
+    const double mixed = Throughput(**engine, variants, tokens, false);
+    const double one_at_a_time = Throughput(**engine, variants, tokens, true);
     std::printf("%8d  %-20s  %11.1f  %10.2f  %18.2f  %19.2f\n", count,
                 loaded_adapters[0]->RankSummary().substr(0, 20).c_str(), mixed, mixed / base_only,
                 one_at_a_time / base_only, mixed / one_at_a_time);
