@@ -1,12 +1,17 @@
-// deltaserve-bench-engine --model-dir DIR [--decode-tokens N]
+// deltaserve-bench-engine --model-dir DIR [--decode-tokens N] [--adapters-dir DIR]
 // Engine-level benchmark (libtorch only, no gRPC): measures, in one run,
 //  - the machine's memory read bandwidth (summing a large tensor, best of several passes),
 //  - batch-1 decode seconds per token, and the floor weight_bytes / bandwidth, as a ratio,
-//  - decode throughput with 1, 4, 16 and 64 concurrent requests, as ratios to 1.
+//  - decode throughput with 1, 4, 16 and 64 concurrent requests, as ratios to 1,
+//  - with --adapters-dir, throughput over K distinct adapters through the tiered adapter
+//    cache (device budget smaller than the larger K), as ratios to base-only and to serving
+//    one adapter at a time.
 // Prints ratios because this machine's absolute timings drift.
 #include <algorithm>
-#include <map>
+#include <atomic>
 #include <chrono>
+#include <map>
+#include <random>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -29,8 +34,11 @@ ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
 ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
 ABSL_FLAG(std::string, adapters_dir, "", "PEFT adapters (demo-000, demo-001, ...) for the mixed-adapter run");
-ABSL_FLAG(std::string, adapter_counts, "1,8,32", "numbers of distinct adapters K to spread requests over");
-ABSL_FLAG(int, adapter_requests, 32, "concurrent requests in the mixed-adapter run");
+ABSL_FLAG(std::string, adapter_counts, "1,8,32,128,512", "numbers of distinct adapters K to spread requests over");
+ABSL_FLAG(int, adapter_requests, 128, "requests per mixed-adapter run, all submitted at once");
+ABSL_FLAG(int, adapter_tokens, 32, "tokens generated per request in the mixed-adapter runs");
+ABSL_FLAG(int64_t, device_cache_adapters, 64, "device adapter cache budget, in adapters");
+ABSL_FLAG(int64_t, host_cache_adapters, 128, "host adapter cache budget, in adapters");
 
 namespace {
 
@@ -71,27 +79,28 @@ class CountingSink : public engine::RequestSink {
 };
 
 engine::EngineRequest Request(const model::Tokenizer& tokenizer, int index, int tokens,
-                              std::shared_ptr<const deltas::DeltaSet> deltas = nullptr) {
+                              uint64_t adapter_id = 0) {
   engine::EngineRequest request;
   request.prompt_token_ids =
       *tokenizer.EncodePrompt("the engineer measures the last train near the harbour " + std::to_string(index));
   request.sampling.max_tokens = tokens;
   request.sampling.ignore_eos = true;
-  request.deltas = std::move(deltas);
+  request.adapter_id = adapter_id;
   return request;
 }
 
-using Variants = std::vector<std::shared_ptr<const deltas::DeltaSet>>;
+// Adapter ids in the engine's cache, one per request (0: the base model).
+using Variants = std::vector<uint64_t>;
 
-// Runs one request per entry of `variants` (null: the base model) all at once, or, when
+// Runs one request per entry of `variants` all at once, or, when
 // one_adapter_at_a_time, one variant's requests at a time, the way a server that cannot mix
 // adapters in a batch would. Returns generated tokens per second over the whole run.
 double Throughput(engine::Engine& engine, const Variants& variants,
                          int tokens, bool one_adapter_at_a_time) {
   std::vector<std::vector<int>> groups;
   if (one_adapter_at_a_time) {
-    std::map<const deltas::DeltaSet*, std::vector<int>> by_variant;
-    for (size_t i = 0; i < variants.size(); ++i) by_variant[variants[i].get()].push_back(static_cast<int>(i));
+    std::map<uint64_t, std::vector<int>> by_variant;
+    for (size_t i = 0; i < variants.size(); ++i) by_variant[variants[i]].push_back(static_cast<int>(i));
     for (auto& [variant, indices] : by_variant) groups.push_back(indices);
   } else {
     groups.emplace_back();
@@ -111,6 +120,90 @@ double Throughput(engine::Engine& engine, const Variants& variants,
     }
   }
   return static_cast<double>(total) / Seconds(Clock::now() - started);
+}
+
+// Counts the adapter cache's loads and evictions.
+class CacheCounter : public engine::EngineObserver {
+ public:
+  void OnAdapterLoad(engine::AdapterTier from, double seconds) override { ++loads; }
+  void OnAdapterEviction(engine::AdapterTier from) override { ++evictions; }
+  std::atomic<int64_t> loads{0}, evictions{0};
+};
+
+std::string AdapterPath(const std::string& adapters_dir, int index) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "/demo-%03d", index);
+  return adapters_dir + name;
+}
+
+// Mixed-adapter serving through the tiered adapter cache, the way the server registers
+// adapters: for each K, --adapter-requests requests spread uniformly over K distinct adapters,
+// all submitted at once, against base-only and against one adapter at a time.
+int RunAdapterBenchmark(std::shared_ptr<const model::LlamaModel> llama, const std::string& adapters_dir) {
+  std::vector<int> counts;
+  for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_adapter_counts), ',')) {
+    counts.push_back(std::stoi(std::string(item)));
+  }
+  const int most = *std::max_element(counts.begin(), counts.end());
+  auto first = deltas::ReadPeftAdapter(AdapterPath(adapters_dir, 0), llama->config(), llama->dtype(), at::kCPU);
+  if (!first.ok()) {
+    std::fprintf(stderr, "%s\n", first.status().ToString().c_str());
+    return 1;
+  }
+  const int64_t adapter_bytes = first->deltas.Bytes();
+  engine::EngineOptions options;
+  options.max_running_requests = 64;
+  options.max_queued_requests = 4096;
+  options.adapter_cache_bytes = absl::GetFlag(FLAGS_device_cache_adapters) * adapter_bytes;
+  options.adapter_host_cache_bytes = absl::GetFlag(FLAGS_host_cache_adapters) * adapter_bytes;
+  CacheCounter counter;
+  auto tokenizer = model::LoadTokenizer(absl::GetFlag(FLAGS_model_dir), llama->config());
+  if (!tokenizer.ok()) return 1;
+  auto created = engine::Engine::Create(options, llama, std::move(*tokenizer), &counter);
+  if (!created.ok()) {
+    std::fprintf(stderr, "%s\n", created.status().ToString().c_str());
+    return 1;
+  }
+  engine::Engine& engine = **created;
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < most; ++i) {
+    auto adapter = deltas::ReadPeftAdapter(AdapterPath(adapters_dir, i), llama->config(), llama->dtype(), at::kCPU);
+    if (!adapter.ok()) {
+      std::fprintf(stderr, "%s (write more with deltaserve-make-demo --adapters N)\n",
+                   adapter.status().ToString().c_str());
+      return 1;
+    }
+    auto id = engine.adapters().Add(AdapterPath(adapters_dir, i),
+                                    std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
+    if (!id.ok()) return 1;
+    ids.push_back(*id);
+  }
+  const int requests = absl::GetFlag(FLAGS_adapter_requests);
+  const int tokens = absl::GetFlag(FLAGS_adapter_tokens);
+  const double base_only = Throughput(engine, Variants(requests), tokens, false);
+  std::printf("\nmixed adapters: %d requests of %d tokens, 64 running at most; adapters of %.1f MiB "
+              "(rank %ld); device cache %ld adapters, host cache %ld, the rest on disk\n",
+              requests, tokens, adapter_bytes / 1048576.0, static_cast<long>(first->deltas.MaxRank()),
+              static_cast<long>(absl::GetFlag(FLAGS_device_cache_adapters)),
+              static_cast<long>(absl::GetFlag(FLAGS_host_cache_adapters)));
+  std::printf("base-only: %.1f tokens/s\n", base_only);
+  std::printf("      K  mixed_tok/s  mixed/base  one_at_a_time/base  mixed/one_at_a_time  loads  evictions\n");
+  std::mt19937_64 random(7);
+  for (int count : counts) {
+    Variants variants;
+    for (int i = 0; i < requests; ++i) variants.push_back(ids[random() % count]);
+    const int64_t loads = counter.loads, evictions = counter.evictions;
+    const double mixed = Throughput(engine, variants, tokens, false);
+    const int64_t mixed_loads = counter.loads - loads, mixed_evictions = counter.evictions - evictions;
+    const double one_at_a_time = Throughput(engine, variants, tokens, true);
+    std::printf("%7d  %11.1f  %10.2f  %18.2f  %19.2f  %5ld  %9ld\n", count, mixed, mixed / base_only,
+                one_at_a_time / base_only, mixed / one_at_a_time, static_cast<long>(mixed_loads),
+                static_cast<long>(mixed_evictions));
+    std::fflush(stdout);
+  }
+  const double base_again = Throughput(engine, Variants(requests), tokens, false);
+  std::printf("base-only again: %.1f tokens/s (%.2f of the first: drift)\n", base_again, base_again / base_only);
+  return 0;
 }
 
 }  // namespace
@@ -163,30 +256,5 @@ int main(int argc, char** argv) {
 
   const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);
   if (adapters_dir.empty()) return 0;
-  const int requests = absl::GetFlag(FLAGS_adapter_requests);
-  Variants loaded_adapters;
-  const double base_only = Throughput(**engine, Variants(requests), tokens, false);
-  std::printf("\nmixed adapters, %d concurrent requests of %d tokens; base-only %.1f tokens/s\n", requests, tokens, base_only);
-  std::printf("adapters  rank_summary          mixed_tok/s  mixed/base  one_at_a_time/base  mixed/one_at_a_time\n");
-  for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_adapter_counts), ',')) {
-    const int count = std::stoi(std::string(item));
-    while (static_cast<int>(loaded_adapters.size()) < count) {
-      char name[32];
-      std::snprintf(name, sizeof(name), "/demo-%03d", static_cast<int>(loaded_adapters.size()));
-      auto adapter = deltas::ReadPeftAdapter(adapters_dir + name, llama->config(), llama->dtype(), llama->device());
-      if (!adapter.ok()) {
-        std::fprintf(stderr, "%s\n", adapter.status().ToString().c_str());
-        return 1;
-      }
-      loaded_adapters.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
-    }
-    Variants variants;
-    for (int i = 0; i < requests; ++i) variants.push_back(loaded_adapters[i % count]);
-    const double mixed = Throughput(**engine, variants, tokens, false);
-    const double one_at_a_time = Throughput(**engine, variants, tokens, true);
-    std::printf("%8d  %-20s  %11.1f  %10.2f  %18.2f  %19.2f\n", count,
-                loaded_adapters[0]->RankSummary().substr(0, 20).c_str(), mixed, mixed / base_only,
-                one_at_a_time / base_only, mixed / one_at_a_time);
-  }
-  return 0;
+  return RunAdapterBenchmark(llama, adapters_dir);
 }

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <memory>
 #include <string>
-#include <vector>
 #include <thread>
 #include <vector>
 
@@ -17,13 +16,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "server/common/flag_names.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/api/generation_service.h"
 #include "server/api/serving_state.h"
+#include "server/api/variants_service.h"
+#include "server/common/flag_names.h"
 #include "server/common/log.h"
-#include "server/control/variant_catalog.h"
+#include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
@@ -49,6 +49,13 @@ ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens when a request leaves it
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "largest max_tokens a request may ask for");
 ABSL_FLAG(std::vector<std::string>, adapter_dir, {},
           "directories whose PEFT adapters (DIR/NAME, DIR/NAMESPACE/NAME) are registered at start-up");
+ABSL_FLAG(std::vector<std::string>, adapter_root, {},
+          "directories under which RegisterAdapter may read adapters (repeatable; none = off)");
+ABSL_FLAG(int64_t, adapter_cache_bytes, int64_t{1} << 30,
+          "device memory for adapter deltas; least recently used idle adapters are evicted beyond it");
+ABSL_FLAG(int64_t, adapter_host_cache_bytes, int64_t{4} << 30,
+          "host memory for adapters evicted from the device; beyond it they are re-read from disk");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest adapter_model.safetensors UploadAdapter accepts");
 ABSL_FLAG(double, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight requests may finish");
 
 namespace {
@@ -125,13 +132,20 @@ int main(int argc, char** argv) {
   engine_options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
   engine_options.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   engine_options.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
+  engine_options.adapter_cache_bytes = absl::GetFlag(FLAGS_adapter_cache_bytes);
+  engine_options.adapter_host_cache_bytes = absl::GetFlag(FLAGS_adapter_host_cache_bytes);
   auto engine = deltaserve::engine::Engine::Create(engine_options, shared_model,
                                                    std::move(*tokenizer), metrics.get());
   if (!engine.ok()) return Fail(engine.status());
 
-  deltaserve::control::VariantCatalog catalog;
+  deltaserve::control::VariantRegistryOptions registry_options;
+  registry_options.data_dir = data_dir;
+  registry_options.adapter_roots = absl::GetFlag(FLAGS_adapter_root);
+  registry_options.upload_limits.max_weights_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  auto registry = deltaserve::control::VariantRegistry::Create(registry_options, engine->get());
+  if (!registry.ok()) return Fail(registry.status());
   for (const std::string& directory : absl::GetFlag(FLAGS_adapter_dir)) {
-    auto registered = deltaserve::control::RegisterAdapterDirectory(directory, *shared_model, catalog);
+    auto registered = (*registry)->RegisterDirectory(directory);
     if (!registered.ok()) return Fail(registered.status());
     Log(absl::StrCat("registered ", *registered, " adapters from ", directory));
   }
@@ -139,8 +153,9 @@ int main(int argc, char** argv) {
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
-  deltaserve::api::GenerationService generation(engine->get(), &catalog, metrics.get(), &serving_state,
-                                                model_name);
+  deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
+                                                &serving_state, model_name);
+  deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -149,6 +164,7 @@ int main(int argc, char** argv) {
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&generation);
+  builder.RegisterService(&variants);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));

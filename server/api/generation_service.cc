@@ -229,11 +229,11 @@ absl::StatusOr<std::vector<int32_t>> InputIds(const engine::Engine& engine, cons
 
 }  // namespace
 
-GenerationService::GenerationService(engine::Engine* engine, const control::VariantCatalog* catalog,
+GenerationService::GenerationService(engine::Engine* engine, const control::VariantRegistry* variants,
                                      telemetry::ServerMetrics* metrics, const ServingState* state,
                                      std::string base_model_name)
     : engine_(engine),
-      catalog_(catalog),
+      variants_(variants),
       metrics_(metrics),
       state_(state),
       base_model_name_(std::move(base_model_name)) {}
@@ -243,11 +243,11 @@ absl::Status GenerationService::CheckServing() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> GenerationService::ResolveVariant(
+absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationService::ResolveVariant(
     const std::string& variant) const {
   if (variant.empty() || variant == base_model_name_) return nullptr;
-  std::shared_ptr<const control::Variant> found = catalog_->Find(variant);
-  if (found != nullptr) return found->deltas;
+  std::shared_ptr<const control::Variant> found = variants_->Find(variant);
+  if (found != nullptr) return found;
   return absl::NotFoundError(absl::StrCat("variant \"", variant,
                                           "\" does not exist (the base model is \"",
                                           base_model_name_, "\" or an empty variant)"));
@@ -261,8 +261,11 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
   RETURN_IF_ERROR(CheckServing());
   engine::EngineRequest result;
   result.kind = kind;
-  ASSIGN_OR_RETURN(result.deltas, ResolveVariant(variant));
-  if (result.deltas != nullptr) result.variant_name = variant;
+  ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
+  if (found != nullptr) {
+    result.adapter_id = found->adapter_id;
+    result.variant_name = found->name;
+  }
   ASSIGN_OR_RETURN(result.prompt_token_ids, InputIds(*engine_, text, ids, text_field, ids_field));
   result.deadline = DeadlineOf(context);
   return result;

@@ -10,7 +10,7 @@
 
 #include "deltaserve/v1/generation.grpc.pb.h"
 #include "server/api/serving_state.h"
-#include "server/control/variant_catalog.h"
+#include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/telemetry/server_metrics.h"
 
@@ -19,7 +19,7 @@ namespace deltaserve::api {
 class GenerationService final : public deltaserve::v1::Generation::CallbackService {
  public:
   // base_model_name: the name by which callers may address the base model (besides "").
-  GenerationService(engine::Engine* engine, const control::VariantCatalog* catalog,
+  GenerationService(engine::Engine* engine, const control::VariantRegistry* variants,
                     telemetry::ServerMetrics* metrics, const ServingState* state,
                     std::string base_model_name);
 
@@ -35,8 +35,8 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
 
  private:
   absl::Status CheckServing() const;
-  // ResolveVariant returns the variant's deltas (null for the base model) or NOT_FOUND.
-  absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> ResolveVariant(const std::string& variant) const;
+  // ResolveVariant returns the variant (null for the base model) or NOT_FOUND.
+  absl::StatusOr<std::shared_ptr<const control::Variant>> ResolveVariant(const std::string& variant) const;
   // NewEngineRequest does what Generate and Score share: the serving check, the variant, the
   // input (exactly one of text and ids) and the deadline.
   absl::StatusOr<engine::EngineRequest> NewEngineRequest(
@@ -46,7 +46,7 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
       const char* ids_field) const;
 
   engine::Engine* engine_;
-  const control::VariantCatalog* catalog_;
+  const control::VariantRegistry* variants_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
   std::string base_model_name_;

@@ -1,11 +1,14 @@
 #include "server/common/file_util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -144,6 +147,87 @@ void MappedFile::Reset() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
   data_ = nullptr;
   size_ = 0;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+std::vector<std::string> Subdirectories(const std::string& directory) {
+  std::vector<std::string> names;
+  DIR* handle = ::opendir(directory.c_str());
+  if (handle == nullptr) return names;
+  while (dirent* entry = ::readdir(handle)) {
+    std::string name = entry->d_name;
+    if (name == "." || name == "..") continue;
+    if (IsDirectory(JoinPath(directory, name))) names.push_back(name);
+  }
+  ::closedir(handle);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+absl::Status MakeDirectories(const std::string& path) {
+  if (path.empty() || IsDirectory(path)) return absl::OkStatus();
+  size_t slash = path.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) {
+    absl::Status parent = MakeDirectories(path.substr(0, slash));
+    if (!parent.ok()) return parent;
+  }
+  if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) return ErrnoStatus("cannot create", path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> MakeTempDirectory(const std::string& parent, const std::string& prefix) {
+  std::string pattern = JoinPath(parent, prefix + "XXXXXX");
+  if (::mkdtemp(pattern.data()) == nullptr) return ErrnoStatus("cannot create a directory in", parent);
+  return pattern;
+}
+
+absl::Status RemoveRecursively(const std::string& path) {
+  struct stat info;
+  if (::lstat(path.c_str(), &info) != 0) {
+    return errno == ENOENT ? absl::OkStatus() : ErrnoStatus("cannot stat", path);
+  }
+  if (S_ISDIR(info.st_mode)) {
+    DIR* handle = ::opendir(path.c_str());
+    if (handle == nullptr) return ErrnoStatus("cannot open", path);
+    std::vector<std::string> names;
+    while (dirent* entry = ::readdir(handle)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..") names.push_back(name);
+    }
+    ::closedir(handle);
+    for (const std::string& name : names) {
+      absl::Status removed = RemoveRecursively(JoinPath(path, name));
+      if (!removed.ok()) return removed;
+    }
+    if (::rmdir(path.c_str()) != 0) return ErrnoStatus("cannot remove", path);
+    return absl::OkStatus();
+  }
+  if (::unlink(path.c_str()) != 0) return ErrnoStatus("cannot remove", path);
+  return absl::OkStatus();
+}
+
+absl::Status SyncPath(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot open", path);
+  int result = ::fsync(fd);
+  absl::Status status = result == 0 ? absl::OkStatus() : ErrnoStatus("cannot fsync", path);
+  ::close(fd);
+  return status;
+}
+
+absl::Status RenameDirectory(const std::string& from, const std::string& to) {
+  if (PathExists(to)) return absl::AlreadyExistsError(absl::StrCat(to, " already exists"));
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    if (errno == EEXIST || errno == ENOTEMPTY) {
+      return absl::AlreadyExistsError(absl::StrCat(to, " already exists"));
+    }
+    return ErrnoStatus(absl::StrCat("cannot rename ", from, " to"), to);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deltaserve::common

@@ -4,6 +4,8 @@
 // pointer across threads is safe). WriteFileAtomically writes to a temp file, fsyncs and renames.
 #pragma once
 
+#include <vector>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -21,6 +23,21 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path,
 absl::Status WriteFileAtomically(const std::string& path, const std::string& data);
 
 bool PathExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+// Subdirectories lists the names of the directories directly inside `directory`, sorted.
+std::vector<std::string> Subdirectories(const std::string& directory);
+
+// MakeDirectories creates `path` and its missing parents (mode 0750); OK when it exists.
+absl::Status MakeDirectories(const std::string& path);
+// MakeTempDirectory creates a fresh directory `parent`/`prefix`XXXXXX and returns its path.
+absl::StatusOr<std::string> MakeTempDirectory(const std::string& parent, const std::string& prefix);
+// RemoveRecursively deletes a file or a directory tree (symlinks are removed, not followed);
+// OK when nothing is there.
+absl::Status RemoveRecursively(const std::string& path);
+// SyncPath fsyncs a file or directory (directories: so that renames inside them are durable).
+absl::Status SyncPath(const std::string& path);
+// RenameDirectory moves `from` to `to` atomically; ALREADY_EXISTS when `to` exists.
+absl::Status RenameDirectory(const std::string& from, const std::string& to);
 
 // JoinPath("a", "b") == "a/b".
 std::string JoinPath(const std::string& directory, const std::string& name);

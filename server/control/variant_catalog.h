@@ -1,12 +1,13 @@
-// VariantCatalog: the variants the server can serve, by name. In memory for now (issue 4 makes
-// it persistent); every registered variant's deltas are resident on the model's device.
-// Names are [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed by "namespace/" with the same
-// rule. Thread-safe; Find returns a shared pointer, so a variant removed later stays valid for
-// requests already holding it.
-//   ASSIGN_OR_RETURN(int count, RegisterAdapterDirectory(dir, model, catalog));
+// VariantCatalog: the servable variants by name. In memory for now (issue 4 makes it
+// persistent with lineage). Names are [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed by
+// "namespace/" with the same rule. A variant's deltas live in the engine's AdapterCache under
+// its adapter_id. Thread-safe; Find returns a shared pointer, so a variant removed later stays
+// valid for whoever holds it.
+//   RETURN_IF_ERROR(catalog.Register(std::move(variant)));
 //   std::shared_ptr<const Variant> variant = catalog.Find("acme/support-bot");
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -17,17 +18,19 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/deltas/delta_set.h"
-#include "server/model/llama_model.h"
 
 namespace deltaserve::control {
 
 struct Variant {
   std::string name;
   std::string kind = "ADAPTER";
-  std::string path;  // where its artifact was read from
-  std::shared_ptr<const deltas::DeltaSet> deltas;
+  // Its PEFT directory; `owned` when it lies in the data dir (uploaded), so deleting the
+  // variant deletes the directory too.
+  std::string path;
+  bool owned = false;
+  uint64_t adapter_id = 0;  // in the engine's AdapterCache
   int64_t bytes = 0;
-  std::string rank_summary;
+  std::vector<deltas::ModuleRank> ranks;
   absl::Time created;
 };
 
@@ -37,21 +40,18 @@ class VariantCatalog {
   static absl::Status ValidateName(const std::string& name);
 
   // Register adds a variant; ALREADY_EXISTS when the name is taken.
-  absl::Status Register(Variant variant);
+  absl::Status Register(std::shared_ptr<const Variant> variant);
+  // Remove takes a variant out (NOT_FOUND when absent) and returns it.
+  absl::StatusOr<std::shared_ptr<const Variant>> Remove(const std::string& name);
   std::shared_ptr<const Variant> Find(const std::string& name) const;
-  std::vector<std::shared_ptr<const Variant>> List() const;
+  // List returns up to `limit` variants whose names start with `prefix` and sort after
+  // `after`, in name order.
+  std::vector<std::shared_ptr<const Variant>> List(const std::string& prefix,
+                                                   const std::string& after, size_t limit) const;
 
  private:
   mutable absl::Mutex mutex_;
   std::map<std::string, std::shared_ptr<const Variant>> variants_ ABSL_GUARDED_BY(mutex_);
 };
-
-// RegisterAdapterDirectory registers every PEFT adapter under `directory`: DIR/NAME and
-// DIR/NAMESPACE/NAME (directories holding adapter_config.json), loaded onto the model's
-// device in its dtype. Returns how many it registered; the first invalid adapter fails the
-// whole call with its reason.
-absl::StatusOr<int> RegisterAdapterDirectory(const std::string& directory,
-                                             const model::LlamaModel& model,
-                                             VariantCatalog& catalog);
 
 }  // namespace deltaserve::control

@@ -72,17 +72,30 @@ int64_t DeltaSet::MaxRank() const {
   return rank;
 }
 
-std::string DeltaSet::RankSummary() const {
-  std::map<int, int64_t> ranks;  // projection -> max total rank over layers
+std::vector<ModuleRank> DeltaSet::Ranks() const {
+  std::vector<ModuleRank> ranks(kProjectionCount);
   for (size_t i = 0; i < factors_.size(); ++i) {
     int64_t total = 0;
     for (const LowRankFactor& factor : factors_[i]) total += factor.rank();
-    if (total > 0) ranks[static_cast<int>(i % kProjectionCount)] = std::max(ranks[i % kProjectionCount], total);
+    ModuleRank& module = ranks[i % kProjectionCount];
+    if (total > 0) {
+      module.rank = std::max(module.rank, total);
+      ++module.layers;
+    }
   }
+  std::vector<ModuleRank> present;
+  for (int projection = 0; projection < kProjectionCount; ++projection) {
+    if (ranks[projection].layers == 0) continue;
+    ranks[projection].module = ProjectionName(static_cast<Projection>(projection));
+    present.push_back(ranks[projection]);
+  }
+  return present;
+}
+
+std::string DeltaSet::RankSummary() const {
   std::string summary;
-  for (const auto& [projection, rank] : ranks) {
-    absl::StrAppend(&summary, summary.empty() ? "" : " ", ProjectionName(static_cast<Projection>(projection)),
-                    ":", rank);
+  for (const ModuleRank& module : Ranks()) {
+    absl::StrAppend(&summary, summary.empty() ? "" : " ", module.module, ":", module.rank);
   }
   return summary;
 }

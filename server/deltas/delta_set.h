@@ -27,6 +27,14 @@ const char* ProjectionParent(model::Projection projection);
 std::pair<int64_t, int64_t> ProjectionShape(const model::ModelConfig& config,
                                             model::Projection projection);
 
+// The rank of one module kind in a DeltaSet: the largest total rank over layers, and how many
+// layers have factors for it.
+struct ModuleRank {
+  std::string module;  // "q_proj", ...
+  int64_t rank = 0;
+  int64_t layers = 0;
+};
+
 struct LowRankFactor {
   at::Tensor a;  // [rank, in_features]
   at::Tensor b;  // [out_features, rank]
@@ -46,6 +54,8 @@ class DeltaSet {
   int64_t Bytes() const;
   // MaxRank returns the largest rank of any factor (0 when empty).
   int64_t MaxRank() const;
+  // Ranks lists the module kinds that have factors, in projection order.
+  std::vector<ModuleRank> Ranks() const;
   // RankSummary describes ranks per module kind, e.g. "q_proj:16 v_proj:16 down_proj:8".
   std::string RankSummary() const;
   // To returns a copy whose tensors are on `device` in `dtype`.

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
+#include "server/deltas/peft_adapter.h"
 #include "server/deltas/segmented_delta_hook.h"
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
@@ -16,6 +17,29 @@
 #include "server/engine/scheduler.h"
 
 namespace deltaserve::engine {
+namespace {
+
+// AdapterGate admits a request once its adapter is on the device, holding the device deltas
+// (and the cache's running count) while the request runs.
+class AdapterGate final : public VariantGate {
+ public:
+  explicit AdapterGate(AdapterCache* cache) : cache_(cache) {}
+  bool Acquire(RequestState* request) override {
+    if (request->request.adapter_id == 0 || request->deltas != nullptr) return true;
+    request->deltas = cache_->AcquireResident(request->request.adapter_id);
+    return request->deltas != nullptr;
+  }
+  void Release(RequestState* request) override {
+    if (request->deltas == nullptr) return;
+    request->deltas.reset();
+    cache_->ReleaseRunning(request->request.adapter_id);
+  }
+
+ private:
+  AdapterCache* cache_;
+};
+
+}  // namespace
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
@@ -40,6 +64,10 @@ absl::Status EngineOptions::Validate() const {
   RETURN_IF_ERROR(positive("--kv-cache-bytes", kv_cache_bytes));
   RETURN_IF_ERROR(positive("--kv-block-tokens", kv_block_tokens));
   RETURN_IF_ERROR(positive("--default-max-tokens", default_max_tokens));
+  RETURN_IF_ERROR(positive("--adapter-cache-bytes", adapter_cache_bytes));
+  if (adapter_host_cache_bytes < 0) {
+    return absl::InvalidArgumentError("--adapter-host-cache-bytes must not be negative");
+  }
   RETURN_IF_ERROR(positive("--max-tokens-limit", max_tokens_limit));
   if (default_max_tokens > max_tokens_limit) {
     return absl::InvalidArgumentError("--default-max-tokens must not exceed --max-tokens-limit");
@@ -70,8 +98,29 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
   const int64_t block_bytes = model_->KvCacheBytesPerToken() * options_.kv_block_tokens;
   allocator_ = std::make_unique<KvBlockAllocator>(options_.kv_cache_bytes / block_bytes,
                                                   options_.kv_block_tokens);
+  AdapterCacheOptions cache_options;
+  cache_options.device_budget_bytes = options_.adapter_cache_bytes;
+  cache_options.host_budget_bytes = options_.adapter_host_cache_bytes;
+  cache_options.device = model_->device();
+  cache_options.dtype = model_->dtype();
+  cache_options.read = options_.read_adapter;
+  if (!cache_options.read) {
+    cache_options.read = [config = model_->config(), dtype = model_->dtype()](
+                             const std::string& path) -> absl::StatusOr<deltas::DeltaSet> {
+      ASSIGN_OR_RETURN(deltas::PeftAdapter adapter,
+                       deltas::ReadPeftAdapter(path, config, dtype, at::kCPU));
+      return std::move(adapter.deltas);
+    };
+  }
+  adapters_ = std::make_unique<AdapterCache>(std::move(cache_options), observer_);
+  adapters_->SetLoadListener([this] {
+    absl::MutexLock lock(&mutex_);
+    adapters_changed_ = true;
+  });
+  gate_ = std::make_unique<AdapterGate>(adapters_.get());
   scheduler_ = std::make_unique<Scheduler>(
-      SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests}, allocator_.get());
+      SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests}, allocator_.get(),
+      gate_.get());
   {
     absl::MutexLock lock(&mutex_);
     snapshot_.kv_total_blocks = allocator_->total_blocks();
@@ -172,6 +221,13 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
         "the request queue is full (", queued, " requests waiting, --max-queued-requests ",
         options_.max_queued_requests, "); retry later"));
   }
+  if (state->request.adapter_id != 0) {
+    absl::Status user = adapters_->AddUser(state->request.adapter_id);
+    if (!user.ok()) {
+      return absl::Status(user.code(), absl::StrCat("variant \"", state->request.variant_name,
+                                                    "\": ", user.message()));
+    }
+  }
   state->id = next_id_++;
   uint64_t id = state->id;
   incoming_.push_back(std::move(state));
@@ -190,8 +246,21 @@ EngineSnapshot Engine::Snapshot() const {
 }
 
 void Engine::PublishSnapshot() {
+  // Tell the loader what waiting requests need, oldest first.
+  std::vector<uint64_t> wanted;
+  for (const RequestState* request : scheduler_->waiting()) {
+    const uint64_t id = request->request.adapter_id;
+    if (id != 0 && std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
+  }
+  const std::vector<uint64_t> absent = adapters_->Want(std::move(wanted));
+  int64_t waiting_for_adapter = 0;
+  for (const RequestState* request : scheduler_->waiting()) {
+    const uint64_t id = request->request.adapter_id;
+    if (id != 0 && std::find(absent.begin(), absent.end(), id) != absent.end()) ++waiting_for_adapter;
+  }
   if (observer_ != nullptr) {
     EngineState state;
+    state.requests_waiting_for_adapter = waiting_for_adapter;
     state.running_requests = static_cast<int64_t>(scheduler_->running().size());
     state.waiting_requests = static_cast<int64_t>(scheduler_->waiting().size());
     state.kv_cache_usage_ratio = allocator_->UsageRatio();
@@ -215,11 +284,28 @@ void Engine::PublishSnapshot() {
   snapshot_.kv_used_blocks = allocator_->used_blocks();
   snapshot_.kv_total_blocks = allocator_->total_blocks();
   snapshot_.preemptions = scheduler_->preemptions();
+  snapshot_.waiting_for_adapter = waiting_for_adapter;
+}
+
+void Engine::FailRequestsOfFailedLoads(absl::Time now) {
+  for (const auto& [adapter_id, status] : adapters_->TakeLoadFailures()) {
+    std::vector<RequestState*> affected;
+    for (RequestState* request : scheduler_->waiting()) {
+      if (request->request.adapter_id == adapter_id) affected.push_back(request);
+    }
+    for (RequestState* request : affected) {
+      Finish(request, FinishReason::kError,
+             absl::Status(status.code(), absl::StrCat("variant \"", request->request.variant_name,
+                                                      "\" could not be loaded: ", status.message())),
+             now);
+    }
+  }
 }
 
 void Engine::Finish(RequestState* request, FinishReason reason, absl::Status status,
                     absl::Time now, GenerationOutput final_output) {
   scheduler_->Remove(request);
+  if (request->request.adapter_id != 0) adapters_->ReleaseUser(request->request.adapter_id);
   RequestResult result;
   result.reason = reason;
   result.status = std::move(status);
@@ -260,11 +346,17 @@ void Engine::Loop() {
     bool stopping = false;
     {
       absl::MutexLock lock(&mutex_);
-      const bool busy = !requests_.empty();
+      const bool busy = !requests_.empty() && !idle_;
       auto has_news = [this, busy]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return busy || stopping_ || !incoming_.empty() || !cancelled_.empty();
+        return busy || stopping_ || !incoming_.empty() || !cancelled_.empty() || adapters_changed_;
       };
-      mutex_.Await(absl::Condition(&has_news));
+      if (requests_.empty()) {
+        mutex_.Await(absl::Condition(&has_news));
+      } else {
+        // Requests wait for adapters: look again soon anyway, for their deadlines.
+        mutex_.AwaitWithTimeout(absl::Condition(&has_news), absl::Milliseconds(10));
+      }
+      adapters_changed_ = false;
       arrivals.swap(incoming_);
       cancels.swap(cancelled_);
       stopping = stopping_;
@@ -296,8 +388,10 @@ void Engine::Loop() {
     for (RequestState* request : expired) {
       Finish(request, FinishReason::kDeadlineExceeded, absl::OkStatus(), now);
     }
+    FailRequestsOfFailedLoads(now);
 
     Schedule schedule = scheduler_->Next();
+    idle_ = schedule.slices.empty() && schedule.out_of_memory.empty();
     for (RequestState* request : schedule.out_of_memory) {
       // Removed from the scheduler by Finish; its slice (if any) must not run.
       schedule.slices.erase(std::remove_if(schedule.slices.begin(), schedule.slices.end(),
@@ -336,7 +430,7 @@ void Engine::RunStep(Schedule& schedule) {
   // once per request. (Row order does not change any row's result.)
   std::stable_sort(schedule.slices.begin(), schedule.slices.end(),
                    [](const ScheduledSlice& a, const ScheduledSlice& b) {
-                     return a.request->request.deltas.get() < b.request->request.deltas.get();
+                     return a.request->deltas.get() < b.request->deltas.get();
                    });
   model::ForwardBatch batch;
   std::vector<deltas::DeltaSegment> segments;
@@ -361,7 +455,7 @@ void Engine::RunStep(Schedule& schedule) {
       batch.token_ids.push_back(request->tokens[slice.start + i]);
     }
     batch.sequences.push_back({slice.start, slice.length, &request->kv_cache});
-    const deltas::DeltaSet* variant = request->request.deltas.get();
+    const deltas::DeltaSet* variant = request->deltas.get();
     if (!segments.empty() && segments.back().deltas == variant) {
       segments.back().length += slice.length;
     } else {

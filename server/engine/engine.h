@@ -6,6 +6,10 @@
 // field), answers RESOURCE_EXHAUSTED at once when the queue is full and UNAVAILABLE after
 // Stop(), and otherwise queues it for the loop. Cancel() is asynchronous: the request finishes
 // (kCancelled) and its KV blocks are freed at the next iteration. Thread-safe.
+//
+// The engine owns the AdapterCache: callers register adapters there and submit requests naming
+// an adapter id. A request whose adapter is not on the device waits in the queue (others go
+// ahead) while the cache's loader brings it in; if the load fails, the request fails with why.
 //   ASSIGN_OR_RETURN(auto engine, Engine::Create(options, model, tokenizer, &metrics));
 //   ASSIGN_OR_RETURN(uint64_t id, engine->Submit(std::move(request), sink));
 #pragma once
@@ -19,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/engine/adapter_cache.h"
 #include "server/engine/engine_observer.h"
 #include "server/engine/engine_options.h"
 #include "server/engine/request.h"
@@ -29,6 +34,7 @@ namespace deltaserve::engine {
 
 class KvBlockAllocator;
 class Scheduler;
+class VariantGate;
 struct RequestState;
 struct Schedule;
 
@@ -39,6 +45,7 @@ struct EngineSnapshot {
   int64_t kv_used_blocks = 0;
   int64_t kv_total_blocks = 0;
   int64_t preemptions = 0;
+  int64_t waiting_for_adapter = 0;  // queued requests whose adapter is not on the device
 };
 
 class Engine {
@@ -58,6 +65,8 @@ class Engine {
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }
   const model::LlamaModel& model() const { return *model_; }
   const EngineOptions& options() const { return options_; }
+  AdapterCache& adapters() { return *adapters_; }
+  const AdapterCache& adapters() const { return *adapters_; }
 
  private:
   Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
@@ -69,6 +78,7 @@ class Engine {
   void Finish(RequestState* request, FinishReason reason, absl::Status status, absl::Time now,
               GenerationOutput final_output = {});
   void PublishSnapshot();
+  void FailRequestsOfFailedLoads(absl::Time now);
 
   const EngineOptions options_;
   const std::shared_ptr<const model::LlamaModel> model_;
@@ -83,10 +93,17 @@ class Engine {
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   // What the loop last published; Submit bounds the queue with incoming_ + queued_requests.
   EngineSnapshot snapshot_ ABSL_GUARDED_BY(mutex_);
+  // An adapter load finished since the loop last looked.
+  bool adapters_changed_ ABSL_GUARDED_BY(mutex_) = false;
+  // Declared after mutex_: destroyed first, its loader's listener locks mutex_.
+  std::unique_ptr<AdapterCache> adapters_;
 
   // Loop-thread state.
   std::unique_ptr<KvBlockAllocator> allocator_;
+  std::unique_ptr<VariantGate> gate_;
   std::unique_ptr<Scheduler> scheduler_;
+  // The last iteration scheduled nothing: wait for news instead of spinning.
+  bool idle_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<RequestState>> requests_;
   std::thread thread_;
 };

@@ -1,5 +1,6 @@
 // EngineObserver: how the engine reports what it does (telemetry implements it with
-// Prometheus; tests may record). Called on the engine thread; must be cheap and non-blocking.
+// Prometheus; tests may record). Called on the engine thread, and the OnAdapter* methods also
+// on the adapter loader and registration threads; must be thread-safe, cheap and non-blocking.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,17 @@
 #include "server/engine/request.h"
 
 namespace deltaserve::engine {
+
+// Where an adapter's deltas are: ready on the device, in host memory, or only on disk.
+enum class AdapterTier { kDevice = 0, kHost = 1, kDisk = 2 };
+inline constexpr int kAdapterTierCount = 3;
+const char* AdapterTierName(AdapterTier tier);  // "device", "host", "disk"
+
+// Adapters and their bytes per tier (indexed by AdapterTier).
+struct AdapterResidency {
+  int64_t count[kAdapterTierCount] = {0, 0, 0};
+  int64_t bytes[kAdapterTierCount] = {0, 0, 0};
+};
 
 struct StepStats {
   int64_t batch_tokens = 0;
@@ -20,6 +32,8 @@ struct EngineState {
   int64_t running_requests = 0;
   int64_t waiting_requests = 0;
   double kv_cache_usage_ratio = 0;
+  // Waiting requests whose adapter is not on the device yet.
+  int64_t requests_waiting_for_adapter = 0;
   // Distinct variant names (sorted) of running and of waiting requests; the base is not listed.
   std::vector<std::string> running_variants;
   std::vector<std::string> waiting_variants;
@@ -45,6 +59,12 @@ class EngineObserver {
   virtual void OnInterTokenLatency(double seconds) {}
   virtual void OnGeneratedTokens(int64_t count) {}
   virtual void OnRequestFinished(const FinishedRequestStats& stats) {}
+  // The adapter cache's tiers after a change.
+  virtual void OnAdapterResidency(const AdapterResidency& residency) {}
+  // An adapter reached the device from `from` (host or disk) in `seconds`.
+  virtual void OnAdapterLoad(AdapterTier from, double seconds) {}
+  // An adapter left `from` (device or host) to make room.
+  virtual void OnAdapterEviction(AdapterTier from) {}
 };
 
 }  // namespace deltaserve::engine

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "server/engine/adapter_cache.h"
 
 namespace deltaserve::engine {
 
@@ -19,6 +20,12 @@ struct EngineOptions {
   // max_tokens when a request leaves it 0, and the largest max_tokens accepted.
   int32_t default_max_tokens = 256;
   int32_t max_tokens_limit = 4096;
+  // Adapter cache budgets: deltas ready on the model's device, and evicted ones kept in host
+  // memory (beyond that they are re-read from disk).
+  int64_t adapter_cache_bytes = int64_t{1} << 30;
+  int64_t adapter_host_cache_bytes = int64_t{4} << 30;
+  // Reads an adapter directory into host memory; empty = deltas::ReadPeftAdapter. Tests replace it.
+  AdapterReader read_adapter;
   // Limits on stop strings per request.
   int32_t max_stop_strings = 16;
   int32_t max_stop_string_bytes = 256;

@@ -11,7 +11,6 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "server/deltas/delta_set.h"
 
 namespace deltaserve::engine {
 
@@ -38,9 +37,9 @@ struct SamplingOptions {
 struct EngineRequest {
   RequestKind kind = RequestKind::kGenerate;
   std::string request_id;
-  // The variant's deltas, on the model's device in its dtype; null for the base model. Shared:
-  // the engine holds it until the request finishes.
-  std::shared_ptr<const deltas::DeltaSet> deltas;
+  // The variant's adapter in the engine's AdapterCache; 0 for the base model. The request
+  // waits in the queue until the adapter is on the device.
+  uint64_t adapter_id = 0;
   // The variant's name, for reporting which adapters are running or waiting; empty for the base.
   std::string variant_name;
   std::vector<int32_t> prompt_token_ids;

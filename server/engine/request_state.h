@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/time/time.h"
+#include "server/deltas/delta_set.h"
 #include "server/engine/request.h"
 #include "server/engine/text_output.h"
 
@@ -19,6 +20,8 @@ struct RequestState {
   uint64_t id = 0;
   EngineRequest request;
   std::shared_ptr<RequestSink> sink;
+  // The adapter's device deltas while the request is in the running set (null for the base).
+  std::shared_ptr<const deltas::DeltaSet> deltas;
 
   // Prompt followed by generated tokens. Tokens [0, computed) have their K/V in kv_cache;
   // after a preemption computed drops to 0 and everything is recomputed.

@@ -24,6 +24,7 @@ void Scheduler::Preempt(RequestState* request) {
   request->kv_cache = at::Tensor();
   request->computed = 0;
   request->running = false;
+  if (gate_ != nullptr) gate_->Release(request);
   running_.erase(std::find(running_.begin(), running_.end(), request));
   waiting_.push_front(request);
   ++preemptions_;
@@ -34,7 +35,10 @@ void Scheduler::Remove(RequestState* request) {
   request->kv_blocks = 0;
   request->kv_cache = at::Tensor();
   auto running = std::find(running_.begin(), running_.end(), request);
-  if (running != running_.end()) running_.erase(running);
+  if (running != running_.end()) {
+    running_.erase(running);
+    if (gate_ != nullptr) gate_->Release(request);
+  }
   auto waiting = std::find(waiting_.begin(), waiting_.end(), request);
   if (waiting != waiting_.end()) waiting_.erase(waiting);
   request->running = false;
@@ -91,25 +95,31 @@ Schedule Scheduler::Next() {
     budget -= length;
   }
 
-  // 3. Admit waiting requests in order while there is room; not in a step that had to preempt
-  // (the freed blocks would only be fought over again).
-  while (preemptions_ == preemptions_before && !waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
-    RequestState* request = waiting_.front();
+  // 3. Admit waiting requests in order while there is room, skipping those whose variant is
+  // not ready; not in a step that had to preempt (the freed blocks would only be fought over
+  // again).
+  for (size_t next = 0; preemptions_ == preemptions_before && next < waiting_.size() &&
+                        budget > 0 &&
+                        static_cast<int64_t>(running_.size()) < options_.max_running_requests;) {
+    RequestState* request = waiting_[next];
     int64_t length = std::min(request->PendingTokens(), budget);
     int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
     length = std::min(length, capacity);
     if (length <= 0) {
       if (running_.empty()) {
         // Nothing will ever free blocks for it.
-        waiting_.pop_front();
+        waiting_.erase(waiting_.begin() + next);
         schedule.out_of_memory.push_back(request);
         continue;
       }
       break;
     }
+    if (gate_ != nullptr && !gate_->Acquire(request)) {
+      ++next;
+      continue;
+    }
     Reserve(request, length);
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + next);
     request->running = true;
     request->admission = next_admission_++;
     running_.push_back(request);

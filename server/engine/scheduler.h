@@ -5,7 +5,8 @@
 // reserved for every scheduled token. When a decoding request needs a block and none is free,
 // the youngest running request is preempted (its blocks freed; it is recomputed later) — a
 // request alone in the engine that outgrows the whole cache is reported for finishing instead.
-// Engine-thread only.
+// A waiting request is admitted only when its VariantGate says its variant is ready; requests
+// behind it that are ready go first. Engine-thread only.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,16 @@
 #include "server/engine/request_state.h"
 
 namespace deltaserve::engine {
+
+// VariantGate: whether a request's variant can run now. Acquire is asked before admission and
+// holds what the request needs until Release, which the scheduler calls when the request
+// leaves the running set (finished or preempted).
+class VariantGate {
+ public:
+  virtual ~VariantGate() = default;
+  virtual bool Acquire(RequestState* request) = 0;
+  virtual void Release(RequestState* request) = 0;
+};
 
 struct SchedulerOptions {
   int64_t max_batch_tokens = 2048;
@@ -37,8 +48,9 @@ struct Schedule {
 
 class Scheduler {
  public:
-  Scheduler(SchedulerOptions options, KvBlockAllocator* allocator)
-      : options_(options), allocator_(allocator) {}
+  // gate may be null: every variant is always ready.
+  Scheduler(SchedulerOptions options, KvBlockAllocator* allocator, VariantGate* gate = nullptr)
+      : options_(options), allocator_(allocator), gate_(gate) {}
 
   void Enqueue(RequestState* request) { waiting_.push_back(request); }
   // Remove takes a request out of the running or waiting set and frees its blocks.
@@ -55,6 +67,7 @@ class Scheduler {
 
   SchedulerOptions options_;
   KvBlockAllocator* allocator_;
+  VariantGate* gate_;
   std::vector<RequestState*> running_;  // ordered by admission (oldest first)
   std::deque<RequestState*> waiting_;   // FIFO; preempted requests go to the front
   uint64_t next_admission_ = 0;

@@ -71,12 +71,44 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                           .Help("Fraction of KV cache blocks in use (0 to 1)")
                           .Register(*registry_)
                           .Add({})),
+      waiting_for_adapter_(prometheus::BuildGauge()
+                               .Name("deltaserve_requests_waiting_for_adapter")
+                               .Help("Waiting requests whose adapter is not on the device yet")
+                               .Register(*registry_)
+                               .Add({})),
+      adapter_load_duration_(MakeHistogram(*registry_, "deltaserve_adapter_load_seconds",
+                                           "Seconds to bring an adapter to the device (from host "
+                                           "memory or disk)",
+                                           LatencyBuckets())),
       lora_requests_info_(prometheus::BuildGauge()
                               .Name("deltaserve_lora_requests_info")
                               .Help("Adapters of running and waiting requests (comma-separated "
                                     "labels); value: Unix time of the last change")
                               .Register(*registry_)),
       max_lora_(std::to_string(max_lora)) {
+  auto& resident = prometheus::BuildGauge()
+                       .Name("deltaserve_adapters_resident")
+                       .Help("Registered adapters by where their deltas are (device, host, disk)")
+                       .Register(*registry_);
+  auto& bytes = prometheus::BuildGauge()
+                    .Name("deltaserve_adapter_resident_bytes")
+                    .Help("Bytes of adapter deltas by tier (device, host, disk)")
+                    .Register(*registry_);
+  auto& loads = prometheus::BuildCounter()
+                    .Name("deltaserve_adapter_loads_total")
+                    .Help("Adapters brought to the device, by the tier they came from")
+                    .Register(*registry_);
+  auto& evictions = prometheus::BuildCounter()
+                        .Name("deltaserve_adapter_evictions_total")
+                        .Help("Adapters evicted to make room, by the tier they left")
+                        .Register(*registry_);
+  for (int tier = 0; tier < engine::kAdapterTierCount; ++tier) {
+    const std::string name = engine::AdapterTierName(static_cast<engine::AdapterTier>(tier));
+    adapters_resident_[tier] = &resident.Add({{"tier", name}});
+    adapter_bytes_[tier] = &bytes.Add({{"tier", name}});
+    adapter_loads_[tier] = &loads.Add({{"from", name}});
+    adapter_evictions_[tier] = &evictions.Add({{"from", name}});
+  }
   OnState(engine::EngineState{});
 }
 
@@ -93,6 +125,7 @@ void ServerMetrics::OnState(const engine::EngineState& state) {
   running_.Set(static_cast<double>(state.running_requests));
   waiting_.Set(static_cast<double>(state.waiting_requests));
   kv_cache_usage_.Set(state.kv_cache_usage_ratio);
+  waiting_for_adapter_.Set(static_cast<double>(state.requests_waiting_for_adapter));
   std::string running = absl::StrJoin(state.running_variants, ",");
   std::string waiting = absl::StrJoin(state.waiting_variants, ",");
   if (lora_series_ != nullptr && running == lora_running_ && waiting == lora_waiting_) return;
@@ -117,6 +150,22 @@ void ServerMetrics::OnRequestFinished(const engine::FinishedRequestStats& stats)
   queue_time_.Observe(stats.queue_seconds);
   end_to_end_latency_.Observe(stats.end_to_end_seconds);
   if (stats.time_to_first_token_seconds >= 0) time_to_first_token_.Observe(stats.time_to_first_token_seconds);
+}
+
+void ServerMetrics::OnAdapterResidency(const engine::AdapterResidency& residency) {
+  for (int tier = 0; tier < engine::kAdapterTierCount; ++tier) {
+    adapters_resident_[tier]->Set(static_cast<double>(residency.count[tier]));
+    adapter_bytes_[tier]->Set(static_cast<double>(residency.bytes[tier]));
+  }
+}
+
+void ServerMetrics::OnAdapterLoad(engine::AdapterTier from, double seconds) {
+  adapter_loads_[static_cast<int>(from)]->Increment();
+  adapter_load_duration_.Observe(seconds);
+}
+
+void ServerMetrics::OnAdapterEviction(engine::AdapterTier from) {
+  adapter_evictions_[static_cast<int>(from)]->Increment();
 }
 
 }  // namespace deltaserve::telemetry

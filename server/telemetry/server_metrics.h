@@ -31,6 +31,9 @@ class ServerMetrics : public engine::EngineObserver {
   void OnInterTokenLatency(double seconds) override;
   void OnGeneratedTokens(int64_t count) override;
   void OnRequestFinished(const engine::FinishedRequestStats& stats) override;
+  void OnAdapterResidency(const engine::AdapterResidency& residency) override;
+  void OnAdapterLoad(engine::AdapterTier from, double seconds) override;
+  void OnAdapterEviction(engine::AdapterTier from) override;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
 
@@ -49,6 +52,13 @@ class ServerMetrics : public engine::EngineObserver {
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_cache_usage_;
+  prometheus::Gauge& waiting_for_adapter_;
+  // Per tier (indexed by engine::AdapterTier); label tier="device"|"host"|"disk".
+  prometheus::Gauge* adapters_resident_[engine::kAdapterTierCount];
+  prometheus::Gauge* adapter_bytes_[engine::kAdapterTierCount];
+  prometheus::Counter* adapter_loads_[engine::kAdapterTierCount];      // label from=
+  prometheus::Counter* adapter_evictions_[engine::kAdapterTierCount];  // label from=
+  prometheus::Histogram& adapter_load_duration_;
   // deltaserve_lora_requests_info: one series whose labels list the running and waiting
   // adapters (the contract routers read, as vLLM's vllm:lora_requests_info); replaced when the
   // lists change. Touched only from OnState (the engine thread).

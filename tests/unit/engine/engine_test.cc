@@ -167,24 +167,33 @@ TEST_F(EngineTest, AdaptersMixInOneBatchAndMatchMergedWeights) {
     ASSERT_TRUE(adapter.ok()) << adapter.status();
     adapters.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
   }
-  auto make_requests = [&] {
+  // Registers both adapters with `engine`'s cache and names them in three of four requests.
+  auto make_requests = [&](Engine& engine) {
+    std::vector<uint64_t> ids;
+    for (const auto& adapter : adapters) {
+      auto id = engine.adapters().Add("", adapter);
+      EXPECT_TRUE(id.ok()) << id.status();
+      ids.push_back(id.value_or(0));
+    }
     std::vector<EngineRequest> requests = {Request("the cat reads", 12), Request("the cat reads", 12),
                                            Request("a distant star", 10, 21), Request("our team builds", 14)};
-    requests[1].deltas = adapters[0];
-    requests[2].deltas = adapters[1];
-    requests[3].deltas = adapters[0];
+    requests[1].adapter_id = ids[0];
+    requests[2].adapter_id = ids[1];
+    requests[3].adapter_id = ids[0];
     return requests;
   };
   auto engine = MakeEngine();
   std::vector<std::vector<int32_t>> alone;
-  for (EngineRequest& request : make_requests()) alone.push_back(RunRequest(*engine, std::move(request))->tokens);
+  for (EngineRequest& request : make_requests(*engine)) {
+    alone.push_back(RunRequest(*engine, std::move(request))->tokens);
+  }
   EXPECT_NE(alone[0], alone[1]) << "the adapter changes nothing";
 
   EngineOptions options;
   options.max_batch_tokens = 5;  // chunked prefill mixed with decoding of other variants
   auto batched = MakeEngine(options);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
-  for (EngineRequest& request : make_requests()) {
+  for (EngineRequest& request : make_requests(*batched)) {
     sinks.push_back(std::make_shared<RecordingSink>());
     ASSERT_TRUE(batched->Submit(std::move(request), sinks.back()).ok());
   }

@@ -1,0 +1,163 @@
+#include "server/api/variants_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/api/grpc_status.h"
+#include "server/common/status_macros.h"
+
+namespace deltaserve::api {
+namespace {
+
+namespace v1 = deltaserve::v1;
+
+constexpr int32_t kDefaultPageSize = 100;
+constexpr int32_t kMaxPageSize = 1000;
+constexpr absl::Duration kDefaultDrainTimeout = absl::Seconds(60);
+
+v1::Residency ToProto(engine::AdapterTier tier) {
+  switch (tier) {
+    case engine::AdapterTier::kDevice: return v1::DEVICE;
+    case engine::AdapterTier::kHost: return v1::HOST;
+    case engine::AdapterTier::kDisk: return v1::DISK;
+  }
+  return v1::RESIDENCY_UNSPECIFIED;
+}
+
+v1::VariantKind KindToProto(const std::string& kind) {
+  v1::VariantKind value;
+  return v1::VariantKind_Parse(kind, &value) ? value : v1::VARIANT_KIND_UNSPECIFIED;
+}
+
+void ToProto(const control::VariantStatus& status, v1::Variant* out) {
+  const control::Variant& variant = *status.variant;
+  out->set_name(variant.name);
+  out->set_kind(KindToProto(variant.kind));
+  for (const deltas::ModuleRank& module : variant.ranks) {
+    v1::ModuleRank* rank = out->add_ranks();
+    rank->set_module(module.module);
+    rank->set_rank(static_cast<int32_t>(module.rank));
+    rank->set_layers(static_cast<int32_t>(module.layers));
+  }
+  out->set_size_bytes(variant.bytes);
+  out->set_residency(ToProto(status.residency.tier));
+  out->set_pinned(status.residency.pinned);
+  const int64_t nanos = absl::ToUnixNanos(variant.created);
+  out->mutable_created()->set_seconds(nanos / 1000000000);
+  out->mutable_created()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  out->mutable_lineage();  // empty until jobs produce variants
+  out->set_active_requests(status.residency.users);
+  out->set_uploaded(variant.owned);
+}
+
+absl::Time DeadlineOr(const grpc::ServerContext& context, absl::Duration fallback) {
+  auto deadline = context.deadline();
+  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
+    return absl::Now() + fallback;
+  }
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace
+
+VariantsService::VariantsService(control::VariantRegistry* registry, telemetry::ServerMetrics* metrics,
+                                 const ServingState* state, std::string base_model_name)
+    : registry_(registry), metrics_(metrics), state_(state), base_model_name_(std::move(base_model_name)) {}
+
+grpc::Status VariantsService::Finish(const char* method, const absl::Status& status) {
+  grpc::Status converted = ToGrpcStatus(status);
+  metrics_->RecordRpc(method, GrpcCodeName(converted.error_code()));
+  return converted;
+}
+
+grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext*, const v1::RegisterAdapterRequest* request,
+                                              v1::Variant* response) {
+  absl::StatusOr<control::VariantStatus> status =
+      registry_->RegisterAdapter(request->name(), request->path());
+  if (status.ok()) ToProto(*status, response);
+  return Finish("RegisterAdapter", status.status());
+}
+
+absl::Status VariantsService::Upload(grpc::ServerReader<v1::UploadAdapterChunk>* reader,
+                                     v1::Variant* response) {
+  if (state_->draining()) return absl::UnavailableError("the server is shutting down");
+  v1::UploadAdapterChunk chunk;
+  if (!reader->Read(&chunk)) return absl::InvalidArgumentError("the upload is empty: send a header first");
+  if (!chunk.has_header()) {
+    return absl::InvalidArgumentError("the first message of an upload must be the header (name)");
+  }
+  const v1::UploadAdapterHeader& header = chunk.header();
+  if (!header.base_model().empty() && header.base_model() != base_model_name_) {
+    return absl::FailedPreconditionError(absl::StrCat("the adapter is for base model \"",
+                                                      header.base_model(), "\"; this server serves \"",
+                                                      base_model_name_, "\""));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<control::AdapterUpload> upload, registry_->BeginUpload(header.name()));
+  while (reader->Read(&chunk)) {
+    if (!chunk.has_file()) {
+      return absl::InvalidArgumentError("only the first message of an upload may be a header");
+    }
+    RETURN_IF_ERROR(upload->Append(chunk.file().file_name(), chunk.file().data()));
+  }
+  ASSIGN_OR_RETURN(control::VariantStatus status, registry_->CommitUpload(std::move(upload)));
+  ToProto(status, response);
+  return absl::OkStatus();
+}
+
+grpc::Status VariantsService::UploadAdapter(grpc::ServerContext* context,
+                                            grpc::ServerReader<v1::UploadAdapterChunk>* reader,
+                                            v1::Variant* response) {
+  absl::Status status = Upload(reader, response);
+  // A client that went away mid-stream ends Read early: its partial upload must not count.
+  if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the upload was cancelled");
+  return Finish("UploadAdapter", status);
+}
+
+grpc::Status VariantsService::GetVariant(grpc::ServerContext*, const v1::GetVariantRequest* request,
+                                         v1::Variant* response) {
+  absl::StatusOr<control::VariantStatus> status = registry_->Get(request->name());
+  if (status.ok()) ToProto(*status, response);
+  return Finish("GetVariant", status.status());
+}
+
+grpc::Status VariantsService::ListVariants(grpc::ServerContext*, const v1::ListVariantsRequest* request,
+                                           v1::ListVariantsResponse* response) {
+  if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
+    return Finish("ListVariants", absl::InvalidArgumentError(absl::StrCat(
+                                      "page_size ", request->page_size(), " is outside [0, ",
+                                      kMaxPageSize, "] (0 means ", kDefaultPageSize, ")")));
+  }
+  const size_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+  // One more than the page tells whether another page follows.
+  std::vector<control::VariantStatus> page =
+      registry_->List(request->prefix(), request->page_token(), page_size + 1);
+  const bool more = page.size() > page_size;
+  if (more) page.pop_back();
+  for (const control::VariantStatus& status : page) ToProto(status, response->add_variants());
+  if (more) response->set_next_page_token(page.back().variant->name);
+  return Finish("ListVariants", absl::OkStatus());
+}
+
+grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
+                                            const v1::DeleteVariantRequest* request,
+                                            v1::DeleteVariantResponse*) {
+  return Finish("DeleteVariant", registry_->Delete(request->name(), request->drain(),
+                                                   DeadlineOr(*context, kDefaultDrainTimeout)));
+}
+
+grpc::Status VariantsService::PinVariant(grpc::ServerContext*, const v1::PinVariantRequest* request,
+                                         v1::Variant* response) {
+  absl::StatusOr<control::VariantStatus> status = registry_->Pin(request->name());
+  if (status.ok()) ToProto(*status, response);
+  return Finish("PinVariant", status.status());
+}
+
+grpc::Status VariantsService::UnpinVariant(grpc::ServerContext*, const v1::UnpinVariantRequest* request,
+                                           v1::Variant* response) {
+  absl::StatusOr<control::VariantStatus> status = registry_->Unpin(request->name());
+  if (status.ok()) ToProto(*status, response);
+  return Finish("UnpinVariant", status.status());
+}
+
+}  // namespace deltaserve::api

@@ -1,0 +1,85 @@
+// VariantRegistry: the operations on variants that the Variants API offers, over the catalog
+// (names) and the engine's AdapterCache (deltas):
+//   - RegisterAdapter reads an adapter directory on the server, which must resolve inside one
+//     of the allowed roots (--adapter-root; "..", symlinks out of a root and anything outside
+//     are refused);
+//   - BeginUpload/CommitUpload stage an uploaded adapter in DATA_DIR/tmp, validate it against
+//     the base model, and rename it into DATA_DIR/adapters/NAME (uploaded adapters are
+//     registered again from there at start-up);
+//   - Delete refuses while requests use the variant, or with `drain` stops new requests and
+//     waits for running ones until the deadline; then it frees the adapter's memory and, for
+//     uploaded adapters, its files;
+//   - Pin/Unpin keep an adapter on the device.
+// Validation failures are INVALID_ARGUMENT with the reason (e.g. the offending tensor).
+// Thread-safe; Delete blocks until drained or the deadline, everything else reads files at
+// most. The engine must outlive the registry.
+//   ASSIGN_OR_RETURN(auto registry, VariantRegistry::Create(options, engine));
+//   ASSIGN_OR_RETURN(VariantStatus status, registry->RegisterAdapter("acme/bot", "bot"));
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/control/adapter_upload.h"
+#include "server/control/variant_catalog.h"
+#include "server/engine/engine.h"
+
+namespace deltaserve::control {
+
+struct VariantRegistryOptions {
+  // Holds adapters/ (uploaded adapters) and tmp/ (uploads in progress; cleared at start-up).
+  std::string data_dir;
+  // Directories RegisterAdapter may read from (--adapter-root); none = RegisterAdapter is off.
+  std::vector<std::string> adapter_roots;
+  UploadLimits upload_limits;
+};
+
+// A variant with where its adapter is now.
+struct VariantStatus {
+  std::shared_ptr<const Variant> variant;
+  engine::AdapterInfo residency;
+};
+
+class VariantRegistry {
+ public:
+  // Create prepares the data dir and registers the adapters uploaded earlier (an invalid one
+  // is logged and skipped).
+  static absl::StatusOr<std::unique_ptr<VariantRegistry>> Create(VariantRegistryOptions options,
+                                                                 engine::Engine* engine);
+
+  // RegisterDirectory registers every adapter under `directory` (--adapter-dir): DIR/NAME and
+  // DIR/NAMESPACE/NAME, directories holding adapter_config.json. Returns how many; the first
+  // invalid adapter fails the call with its reason.
+  absl::StatusOr<int> RegisterDirectory(const std::string& directory);
+  absl::StatusOr<VariantStatus> RegisterAdapter(const std::string& name, const std::string& path);
+  absl::StatusOr<std::unique_ptr<AdapterUpload>> BeginUpload(const std::string& name);
+  absl::StatusOr<VariantStatus> CommitUpload(std::unique_ptr<AdapterUpload> upload);
+
+  std::shared_ptr<const Variant> Find(const std::string& name) const { return catalog_.Find(name); }
+  absl::StatusOr<VariantStatus> Get(const std::string& name) const;
+  std::vector<VariantStatus> List(const std::string& prefix, const std::string& after,
+                                  size_t limit) const;
+  absl::Status Delete(const std::string& name, bool drain, absl::Time deadline);
+  absl::StatusOr<VariantStatus> Pin(const std::string& name);
+  absl::StatusOr<VariantStatus> Unpin(const std::string& name);
+
+ private:
+  VariantRegistry(VariantRegistryOptions options, engine::Engine* engine)
+      : options_(std::move(options)), engine_(engine) {}
+  // Register reads and validates the adapter at `path` and makes it servable as `name`.
+  absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned);
+  absl::StatusOr<int> RegisterTree(const std::string& directory, bool owned, bool skip_invalid);
+  VariantStatus StatusOf(std::shared_ptr<const Variant> variant) const;
+  absl::StatusOr<std::shared_ptr<const Variant>> FindOrNotFound(const std::string& name) const;
+  std::string AdaptersDir() const;
+  std::string TempDir() const;
+
+  const VariantRegistryOptions options_;
+  engine::Engine* const engine_;
+  VariantCatalog catalog_;
+};
+
+}  // namespace deltaserve::control
