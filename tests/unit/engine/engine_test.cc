@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <functional>
 
 #include "absl/synchronization/mutex.h"
@@ -218,6 +219,78 @@ TEST_F(EngineTest, AdaptersMixInOneBatchAndMatchMergedWeights) {
   ASSERT_TRUE(merged_engine.ok());
   EXPECT_EQ(RunRequest(**merged_engine, Request("the cat reads", 12))->tokens, alone[1]);
   EXPECT_EQ(RunRequest(**merged_engine, Request("our team builds", 14))->tokens, alone[3]);
+}
+
+TEST_F(EngineTest, RequestsForAColdAdapterWaitWhileOthersRunAndShareOneLoad) {
+  std::string adapters_dir = testing::MakeTempDir("engine-cold-adapter");
+  ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 1, 4).ok());
+  const std::string path = adapters_dir + "/demo-000";
+  std::atomic<int> reads{0};
+  absl::Notification release;
+  EngineOptions options;
+  options.read_adapter = [&](const std::string& directory) -> absl::StatusOr<deltas::DeltaSet> {
+    ++reads;
+    release.WaitForNotification();
+    auto adapter = deltas::ReadPeftAdapter(directory, model_->config(), at::kFloat, at::kCPU);
+    if (!adapter.ok()) return adapter.status();
+    return std::move(adapter->deltas);
+  };
+  auto engine = MakeEngine(options);
+  auto cold = engine->adapters().Add(path, nullptr);  // on disk only
+  ASSERT_TRUE(cold.ok()) << cold.status();
+
+  std::vector<std::shared_ptr<RecordingSink>> adapter_sinks;
+  for (int i = 0; i < 2; ++i) {
+    EngineRequest request = Request("the cat reads", 8);
+    request.adapter_id = *cold;
+    request.variant_name = "cold";
+    adapter_sinks.push_back(std::make_shared<RecordingSink>());
+    ASSERT_TRUE(engine->Submit(std::move(request), adapter_sinks.back()).ok());
+  }
+  EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
+    return snapshot.waiting_for_adapter == 2;
+  }));
+  // The base model is not held up by the load.
+  auto base = RunRequest(*engine, Request("the cat reads", 8));
+  EXPECT_EQ(base->Wait().reason, FinishReason::kLength);
+  EXPECT_EQ(engine->Snapshot().waiting_for_adapter, 2);
+  release.Notify();
+  for (auto& sink : adapter_sinks) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
+  EXPECT_EQ(reads, 1);
+  EXPECT_EQ(adapter_sinks[0]->tokens, adapter_sinks[1]->tokens);
+  EXPECT_NE(adapter_sinks[0]->tokens, base->tokens);
+
+  // The same output as with the adapter resident from the start.
+  auto warm_engine = MakeEngine();
+  auto adapter = deltas::ReadPeftAdapter(path, model_->config(), at::kFloat, at::kCPU);
+  ASSERT_TRUE(adapter.ok());
+  auto warm = warm_engine->adapters().Add(path, std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
+  ASSERT_TRUE(warm.ok());
+  EngineRequest request = Request("the cat reads", 8);
+  request.adapter_id = *warm;
+  EXPECT_EQ(RunRequest(*warm_engine, std::move(request))->tokens, adapter_sinks[0]->tokens);
+}
+
+TEST_F(EngineTest, AFailedAdapterLoadFailsItsRequestsWithTheReason) {
+  auto engine = MakeEngine();
+  auto missing = engine->adapters().Add(testing::MakeTempDir("engine-empty") + "/none", nullptr);
+  ASSERT_TRUE(missing.ok());
+  EngineRequest request = Request("the cat reads", 4);
+  request.adapter_id = *missing;
+  request.variant_name = "acme/gone";
+  auto sink = RunRequest(*engine, std::move(request));
+  const RequestResult& result = sink->Wait();
+  EXPECT_EQ(result.reason, FinishReason::kError);
+  EXPECT_NE(result.status.message().find("variant \"acme/gone\" could not be loaded"), std::string::npos)
+      << result.status;
+  EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
+    return snapshot.active_requests == 0;
+  }));
+  // Unknown adapter ids are refused at submission.
+  EngineRequest unknown = Request("the cat reads", 4);
+  unknown.adapter_id = 999;
+  EXPECT_EQ(engine->Submit(std::move(unknown), std::make_shared<RecordingSink>()).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(EngineTest, ScoreMatchesTheModelsLogSoftmax) {

@@ -1,0 +1,253 @@
+// AdapterCache on small synthetic adapters: the device budget holds three, eviction is LRU
+// among idle unpinned adapters, running and pinned adapters stay, a cold adapter is read once,
+// host overflow drops to disk and is re-read from there, deleting frees bytes (as the observer
+// sees them), and budgets and failed loads are reported.
+#include "server/engine/adapter_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <functional>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+
+namespace deltaserve::engine {
+namespace {
+
+constexpr int64_t kRank = 4;
+constexpr int64_t kFeatures = 16;
+// a [4, 16] + b [16, 4] in float32.
+constexpr int64_t kAdapterBytes = 2 * kRank * kFeatures * 4;
+
+std::shared_ptr<const deltas::DeltaSet> SmallAdapter(float value) {
+  auto set = std::make_shared<deltas::DeltaSet>(1);
+  set->Add(0, model::Projection::kQuery,
+           {at::full({kRank, kFeatures}, value), at::full({kFeatures, kRank}, value), 1.0});
+  return set;
+}
+
+bool WaitFor(const std::function<bool()>& condition) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return condition();
+}
+
+class RecordingObserver : public EngineObserver {
+ public:
+  void OnAdapterResidency(const AdapterResidency& residency) override {
+    absl::MutexLock lock(&mutex_);
+    residency_ = residency;
+  }
+  void OnAdapterLoad(AdapterTier from, double seconds) override { ++loads; }
+  void OnAdapterEviction(AdapterTier from) override { ++evictions; }
+  AdapterResidency residency() {
+    absl::MutexLock lock(&mutex_);
+    return residency_;
+  }
+  std::atomic<int> loads{0}, evictions{0};
+
+ private:
+  absl::Mutex mutex_;
+  AdapterResidency residency_;
+};
+
+class AdapterCacheTest : public ::testing::Test {
+ protected:
+  // A cache whose device holds three adapters and whose host holds `host_adapters`; its reader
+  // serves path "v<value>" as SmallAdapter(value), counting reads, and waits for
+  // release_reads_ when block_reads_ is set.
+  std::unique_ptr<AdapterCache> MakeCache(int64_t host_adapters = 8) {
+    AdapterCacheOptions options;
+    options.device_budget_bytes = 3 * kAdapterBytes;
+    options.host_budget_bytes = host_adapters * kAdapterBytes;
+    options.read = [this](const std::string& path) -> absl::StatusOr<deltas::DeltaSet> {
+      ++reads_;
+      if (block_reads_) release_reads_.WaitForNotification();
+      if (path.empty() || path[0] != 'v') return absl::NotFoundError("no such adapter: " + path);
+      return *SmallAdapter(std::stof(path.substr(1)));
+    };
+    return std::make_unique<AdapterCache>(options, &observer_);
+  }
+
+  static AdapterTier TierOf(const AdapterCache& cache, uint64_t id) { return cache.Info(id)->tier; }
+
+  // Asks for `id` and waits until it is on the device.
+  static bool Load(AdapterCache& cache, uint64_t id) {
+    cache.Want({id});
+    return WaitFor([&] { return TierOf(cache, id) == AdapterTier::kDevice; });
+  }
+
+  // Uses an adapter as one request would: on the device, held while running, then released.
+  static void Touch(AdapterCache& cache, uint64_t id) {
+    ASSERT_NE(cache.AcquireResident(id), nullptr);
+    cache.ReleaseRunning(id);
+  }
+
+  std::atomic<int> reads_{0};
+  std::atomic<bool> block_reads_{false};
+  absl::Notification release_reads_;
+  RecordingObserver observer_;
+};
+
+TEST_F(AdapterCacheTest, EvictsTheLeastRecentlyUsedIdleAdapter) {
+  auto cache = MakeCache();
+  uint64_t a = *cache->Add("v1", SmallAdapter(1));
+  uint64_t b = *cache->Add("v2", SmallAdapter(2));
+  uint64_t c = *cache->Add("v3", SmallAdapter(3));
+  uint64_t d = *cache->Add("v4", SmallAdapter(4));  // no room left on the device
+  EXPECT_EQ(TierOf(*cache, a), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, d), AdapterTier::kHost);
+  EXPECT_EQ(cache->AcquireResident(d), nullptr);
+
+  Touch(*cache, a);  // now b is the least recently used
+  ASSERT_TRUE(Load(*cache, d));
+  EXPECT_EQ(TierOf(*cache, b), AdapterTier::kHost);
+  EXPECT_EQ(TierOf(*cache, a), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, c), AdapterTier::kDevice);
+
+  Touch(*cache, a);
+  Touch(*cache, d);  // c is next
+  ASSERT_TRUE(Load(*cache, b));
+  EXPECT_EQ(TierOf(*cache, c), AdapterTier::kHost);
+  EXPECT_EQ(observer_.loads, 2);
+  EXPECT_EQ(observer_.evictions, 2);
+  EXPECT_EQ(reads_, 0) << "host-tier adapters need no disk read";
+
+  // The device deltas are the adapter's own values.
+  auto deltas = cache->AcquireResident(b);
+  ASSERT_NE(deltas, nullptr);
+  EXPECT_EQ(deltas->Factors(0, model::Projection::kQuery)[0].a[0][0].item<float>(), 2.0f);
+  cache->ReleaseRunning(b);
+}
+
+TEST_F(AdapterCacheTest, PinnedAndRunningAdaptersAreNeverEvicted) {
+  auto cache = MakeCache();
+  uint64_t a = *cache->Add("v1", SmallAdapter(1));
+  uint64_t b = *cache->Add("v2", SmallAdapter(2));
+  uint64_t c = *cache->Add("v3", SmallAdapter(3));
+  uint64_t d = *cache->Add("v4", SmallAdapter(4));
+  uint64_t e = *cache->Add("v5", SmallAdapter(5));
+  ASSERT_TRUE(cache->Pin(a).ok());  // a is the least recently used, but pinned
+  auto running = cache->AcquireResident(b);  // b runs
+  ASSERT_NE(running, nullptr);
+  ASSERT_TRUE(Load(*cache, d));
+  EXPECT_EQ(TierOf(*cache, c), AdapterTier::kHost) << "the only idle unpinned adapter goes";
+  EXPECT_EQ(TierOf(*cache, a), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, b), AdapterTier::kDevice);
+
+  // With d running too, nothing may make room for e.
+  ASSERT_NE(cache->AcquireResident(d), nullptr);
+  cache->Want({e});
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(TierOf(*cache, e), AdapterTier::kHost);
+  // When b's request finishes, b makes room.
+  running.reset();
+  cache->ReleaseRunning(b);
+  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, e) == AdapterTier::kDevice; }));
+  EXPECT_EQ(TierOf(*cache, b), AdapterTier::kHost);
+  EXPECT_EQ(TierOf(*cache, a), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, d), AdapterTier::kDevice);
+}
+
+TEST_F(AdapterCacheTest, PinningLoadsInTheBackgroundAndIsBoundedByTheBudget) {
+  auto cache = MakeCache();
+  std::vector<uint64_t> ids;
+  for (int i = 1; i <= 4; ++i) ids.push_back(*cache->Add("v" + std::to_string(i), SmallAdapter(i)));
+  ASSERT_EQ(TierOf(*cache, ids[3]), AdapterTier::kHost);
+  ASSERT_TRUE(cache->Pin(ids[3]).ok());
+  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, ids[3]) == AdapterTier::kDevice; }));
+  ASSERT_TRUE(cache->Pin(ids[2]).ok());
+  // A third pin would leave no room to load any other adapter.
+  absl::Status third = cache->Pin(ids[1]);
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
+  ASSERT_TRUE(cache->Unpin(ids[2]).ok());
+  EXPECT_TRUE(cache->Pin(ids[1]).ok());
+  EXPECT_TRUE(cache->Info(ids[1])->pinned);
+  EXPECT_FALSE(cache->Info(ids[2])->pinned);
+}
+
+TEST_F(AdapterCacheTest, ConcurrentRequestsForOneColdAdapterReadItOnce) {
+  auto cache = MakeCache(/*host_adapters=*/0);
+  block_reads_ = true;
+  uint64_t cold = *cache->Add("v7", nullptr);  // known only by its directory
+  EXPECT_EQ(TierOf(*cache, cold), AdapterTier::kDisk);
+  ASSERT_TRUE(cache->AddUser(cold).ok());
+  ASSERT_TRUE(cache->AddUser(cold).ok());
+  cache->Want({cold});
+  ASSERT_TRUE(WaitFor([&] { return cache->Info(cold)->loading; }));
+  cache->Want({cold, cold});  // the engine asking again while the load runs
+  absl::SleepFor(absl::Milliseconds(50));
+  release_reads_.Notify();
+  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, cold) == AdapterTier::kDevice; }));
+  EXPECT_EQ(reads_, 1);
+  EXPECT_EQ(cache->Info(cold)->users, 2);
+}
+
+TEST_F(AdapterCacheTest, HostOverflowDropsToDiskAndIsReadBackFromThere) {
+  auto cache = MakeCache(/*host_adapters=*/1);
+  std::vector<uint64_t> ids;
+  for (int i = 1; i <= 5; ++i) ids.push_back(*cache->Add("v" + std::to_string(i), SmallAdapter(i)));
+  // Three on the device; the host holds one: the older of the last two went to disk.
+  EXPECT_EQ(TierOf(*cache, ids[3]), AdapterTier::kDisk);
+  EXPECT_EQ(TierOf(*cache, ids[4]), AdapterTier::kHost);
+  AdapterResidency residency = cache->Residency();
+  EXPECT_EQ(residency.count[0], 3);
+  EXPECT_EQ(residency.count[1], 1);
+  EXPECT_EQ(residency.count[2], 1);
+  ASSERT_TRUE(Load(*cache, ids[3]));
+  EXPECT_EQ(reads_, 1);
+  auto deltas = cache->AcquireResident(ids[3]);
+  EXPECT_EQ(deltas->Factors(0, model::Projection::kQuery)[0].b[0][0].item<float>(), 4.0f);
+  cache->ReleaseRunning(ids[3]);
+}
+
+TEST_F(AdapterCacheTest, RemoveFreesBytesAndIsRefusedWhileInUse) {
+  auto cache = MakeCache();
+  uint64_t a = *cache->Add("v1", SmallAdapter(1));
+  uint64_t b = *cache->Add("v2", SmallAdapter(2));
+  EXPECT_EQ(observer_.residency().bytes[0], 2 * kAdapterBytes);
+  ASSERT_TRUE(cache->AddUser(a).ok());
+  absl::Status in_use = cache->Remove(a);
+  EXPECT_EQ(in_use.code(), absl::StatusCode::kFailedPrecondition) << in_use;
+  cache->ReleaseUser(a);
+  ASSERT_TRUE(cache->Remove(a).ok());
+  EXPECT_EQ(observer_.residency().bytes[0], kAdapterBytes);
+  EXPECT_EQ(observer_.residency().count[0], 1);
+  EXPECT_EQ(cache->AcquireResident(a), nullptr);
+  EXPECT_EQ(cache->AddUser(a).code(), absl::StatusCode::kNotFound);
+  // The freed room takes a new adapter without evicting b.
+  uint64_t c = *cache->Add("v3", SmallAdapter(3));
+  uint64_t d = *cache->Add("v4", SmallAdapter(4));
+  EXPECT_EQ(TierOf(*cache, b), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, c), AdapterTier::kDevice);
+  EXPECT_EQ(TierOf(*cache, d), AdapterTier::kDevice);
+}
+
+TEST_F(AdapterCacheTest, ReportsFailedLoadsAndOversizedAdapters) {
+  auto cache = MakeCache(/*host_adapters=*/0);
+  uint64_t broken = *cache->Add("missing", nullptr);
+  cache->Want({broken});
+  std::vector<std::pair<uint64_t, absl::Status>> failures;
+  ASSERT_TRUE(WaitFor([&] {
+    auto taken = cache->TakeLoadFailures();
+    failures.insert(failures.end(), taken.begin(), taken.end());
+    return !failures.empty();
+  }));
+  EXPECT_EQ(failures[0].first, broken);
+  EXPECT_NE(failures[0].second.message().find("no such adapter"), std::string::npos);
+  EXPECT_EQ(TierOf(*cache, broken), AdapterTier::kDisk);
+
+  auto big = std::make_shared<deltas::DeltaSet>(1);
+  big->Add(0, model::Projection::kQuery, {at::zeros({64, kFeatures}), at::zeros({kFeatures, 64}), 1.0});
+  absl::StatusOr<uint64_t> refused = cache->Add("big", big);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("--adapter-cache-bytes"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace deltaserve::engine
