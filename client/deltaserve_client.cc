@@ -1,5 +1,7 @@
 #include "client/deltaserve_client.h"
 
+#include <fstream>
+
 namespace deltaserve::client {
 namespace {
 
@@ -17,6 +19,7 @@ DeltaserveClient::DeltaserveClient(const std::string& target)
     : target_(target),
       channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
       generation_(deltaserve::v1::Generation::NewStub(channel_)),
+      variants_(deltaserve::v1::Variants::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
 grpc::Status DeltaserveClient::Generate(
@@ -81,9 +84,42 @@ std::string DescribeError(const std::string& target, const grpc::Status& status)
     case grpc::StatusCode::NOT_FOUND: code = "not found"; break;
     case grpc::StatusCode::RESOURCE_EXHAUSTED: code = "server busy"; break;
     case grpc::StatusCode::DEADLINE_EXCEEDED: code = "deadline exceeded"; break;
+    case grpc::StatusCode::ALREADY_EXISTS: code = "already exists"; break;
+    case grpc::StatusCode::PERMISSION_DENIED: code = "permission denied"; break;
+    case grpc::StatusCode::FAILED_PRECONDITION: code = "not now"; break;
     default: code = "error " + std::to_string(status.error_code()); break;
   }
   return code + ": " + status.error_message();
+}
+
+grpc::Status DeltaserveClient::UploadAdapter(const std::string& name, const std::string& directory,
+                                             deltaserve::v1::Variant* variant, size_t chunk_bytes) {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientWriter<deltaserve::v1::UploadAdapterChunk>> writer =
+      variants_->UploadAdapter(&context, variant);
+  deltaserve::v1::UploadAdapterChunk header;
+  header.mutable_header()->set_name(name);
+  bool open = writer->Write(header);
+  for (const char* file : {"adapter_config.json", "adapter_model.safetensors"}) {
+    std::ifstream input(directory + "/" + file, std::ios::binary);
+    if (!input) {
+      context.TryCancel();
+      writer->Finish().IgnoreError();
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "cannot read " + directory + "/" + file);
+    }
+    std::string buffer(chunk_bytes, '\0');
+    while (open && input) {
+      input.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      if (input.gcount() == 0) break;
+      deltaserve::v1::UploadAdapterChunk chunk;
+      chunk.mutable_file()->set_file_name(file);
+      chunk.mutable_file()->set_data(buffer.data(), static_cast<size_t>(input.gcount()));
+      open = writer->Write(chunk);
+    }
+  }
+  writer->WritesDone();
+  return writer->Finish();
 }
 
 }  // namespace deltaserve::client

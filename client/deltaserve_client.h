@@ -1,5 +1,6 @@
-// DeltaserveClient: a small synchronous C++ client for deltaserve's gRPC API (Generation and
-// gRPC health). One client per target; methods are thread-safe (gRPC stubs are).
+// DeltaserveClient: a small synchronous C++ client for deltaserve's gRPC API (Generation,
+// Variants and gRPC health). One client per target; methods are thread-safe (gRPC stubs are).
+// Variants calls go through variants() directly, except UploadAdapter, which streams files.
 //   auto client = DeltaserveClient::Connect("127.0.0.1:50051");
 //   grpc::Status status = client->Generate(request, [](const GenerateResponse& r) { ... });
 #pragma once
@@ -12,6 +13,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "deltaserve/v1/generation.grpc.pb.h"
+#include "deltaserve/v1/variants.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace deltaserve::client {
@@ -35,6 +37,11 @@ class DeltaserveClient {
                         deltaserve::v1::TokenizeResponse* response);
   // Health asks grpc.health.v1 about `service` ("" = the whole server).
   grpc::Status Health(const std::string& service, HealthStatus* status);
+  // UploadAdapter streams the PEFT adapter in `directory` (adapter_config.json and
+  // adapter_model.safetensors, in chunks of chunk_bytes) to be served as `name`.
+  grpc::Status UploadAdapter(const std::string& name, const std::string& directory,
+                             deltaserve::v1::Variant* variant, size_t chunk_bytes = 1 << 20);
+  deltaserve::v1::Variants::Stub& variants() { return *variants_; }
   // WaitForReady blocks until the channel connects or the timeout passes.
   bool WaitForReady(std::chrono::milliseconds timeout);
 
@@ -45,6 +52,7 @@ class DeltaserveClient {
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;
+  std::unique_ptr<deltaserve::v1::Variants::Stub> variants_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 

@@ -103,11 +103,13 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                         .Help("Adapters evicted to make room, by the tier they left")
                         .Register(*registry_);
   for (int tier = 0; tier < engine::kAdapterTierCount; ++tier) {
-    const std::string name = engine::AdapterTierName(static_cast<engine::AdapterTier>(tier));
+    const auto kind = static_cast<engine::AdapterTier>(tier);
+    const std::string name = engine::AdapterTierName(kind);
     adapters_resident_[tier] = &resident.Add({{"tier", name}});
     adapter_bytes_[tier] = &bytes.Add({{"tier", name}});
-    adapter_loads_[tier] = &loads.Add({{"from", name}});
-    adapter_evictions_[tier] = &evictions.Add({{"from", name}});
+    // Loads come from host or disk; evictions leave the device or the host.
+    adapter_loads_[tier] = kind == engine::AdapterTier::kDevice ? nullptr : &loads.Add({{"from", name}});
+    adapter_evictions_[tier] = kind == engine::AdapterTier::kDisk ? nullptr : &evictions.Add({{"from", name}});
   }
   OnState(engine::EngineState{});
 }
@@ -160,12 +162,12 @@ void ServerMetrics::OnAdapterResidency(const engine::AdapterResidency& residency
 }
 
 void ServerMetrics::OnAdapterLoad(engine::AdapterTier from, double seconds) {
-  adapter_loads_[static_cast<int>(from)]->Increment();
+  if (prometheus::Counter* counter = adapter_loads_[static_cast<int>(from)]) counter->Increment();
   adapter_load_duration_.Observe(seconds);
 }
 
 void ServerMetrics::OnAdapterEviction(engine::AdapterTier from) {
-  adapter_evictions_[static_cast<int>(from)]->Increment();
+  if (prometheus::Counter* counter = adapter_evictions_[static_cast<int>(from)]) counter->Increment();
 }
 
 }  // namespace deltaserve::telemetry

@@ -56,8 +56,9 @@ class ServerMetrics : public engine::EngineObserver {
   // Per tier (indexed by engine::AdapterTier); label tier="device"|"host"|"disk".
   prometheus::Gauge* adapters_resident_[engine::kAdapterTierCount];
   prometheus::Gauge* adapter_bytes_[engine::kAdapterTierCount];
-  prometheus::Counter* adapter_loads_[engine::kAdapterTierCount];      // label from=
-  prometheus::Counter* adapter_evictions_[engine::kAdapterTierCount];  // label from=
+  // Label from=; null where no such move exists (loads from the device, evictions from disk).
+  prometheus::Counter* adapter_loads_[engine::kAdapterTierCount];
+  prometheus::Counter* adapter_evictions_[engine::kAdapterTierCount];
   prometheus::Histogram& adapter_load_duration_;
   // deltaserve_lora_requests_info: one series whose labels list the running and waiting
   // adapters (the contract routers read, as vLLM's vllm:lora_requests_info); replaced when the

@@ -17,55 +17,13 @@
 
 #include "client/deltaserve_client.h"
 #include "tests/integration/reflection.grpc.pb.h"  // generated under build/proto
+#include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
 namespace {
-
-namespace v1 = deltaserve::v1;
-using client::DeltaserveClient;
-
-v1::GenerateRequest Generate(const std::string& prompt, int max_tokens) {
-  v1::GenerateRequest request;
-  request.set_prompt(prompt);
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_ignore_eos(true);
-  return request;
-}
-
-struct Stream {
-  grpc::Status status;
-  std::vector<v1::GenerateResponse> responses;
-  std::string text;
-  std::vector<int32_t> tokens;
-};
-
-Stream RunStream(DeltaserveClient& client, const v1::GenerateRequest& request,
-           std::chrono::milliseconds timeout = std::chrono::seconds(120),
-           const std::function<bool()>& cancel = nullptr) {
-  Stream stream;
-  stream.status = client.Generate(
-      request,
-      [&stream](const v1::GenerateResponse& response) {
-        stream.responses.push_back(response);
-        stream.text += response.text();
-        stream.tokens.insert(stream.tokens.end(), response.token_ids().begin(), response.token_ids().end());
-      },
-      timeout, cancel);
-  return stream;
-}
-
-// Value of the first sample line `name{...} value` or `name value` in a scrape, or -1.
-double Sample(const std::string& scrape, const std::string& name_and_labels) {
-  std::istringstream lines(scrape);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.rfind(name_and_labels + " ", 0) == 0) return std::stod(line.substr(name_and_labels.size() + 1));
-  }
-  return -1;
-}
 
 class ServerTest : public ::testing::Test {
  protected:
@@ -134,7 +92,9 @@ TEST_F(ServerTest, SixteenConcurrentStreams) {
   for (int i = 0; i < 16; ++i) {
     ASSERT_TRUE(streams[i].status.ok()) << i << ": " << streams[i].status.error_message();
     EXPECT_EQ(streams[i].tokens.size(), 24u);
-    if (i % 2 == 0) EXPECT_EQ(streams[i].tokens, solo.tokens) << i;  // batching changes nothing
+    if (i % 2 == 0) {
+      EXPECT_EQ(streams[i].tokens, solo.tokens) << i;  // batching changes nothing
+    }
   }
 }
 
@@ -268,23 +228,6 @@ TEST_F(ServerTest, ReflectionListsTheServices) {
   while (stream->Read(&response)) {
   }
   EXPECT_TRUE(stream->Finish().ok());
-}
-
-// Runs deltactl with `arguments`; returns its exit code and fills stdout/stderr.
-int RunDeltactl(const std::string& arguments, std::string* out, std::string* err) {
-  const std::string directory = MakeTempDir("deltactl");
-  const std::string command = std::string(DELTACTL_BINARY) + " " + arguments + " > " + directory +
-                              "/out 2> " + directory + "/err";
-  int status = std::system(command.c_str());
-  auto read = [&](const char* name) {
-    std::ifstream file(directory + "/" + name);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-  };
-  *out = read("out");
-  *err = read("err");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 TEST_F(ServerTest, DeltactlStreamsScoresAndReportsHealth) {

@@ -1,0 +1,124 @@
+#include "client/deltactl_variants.h"
+
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+ABSL_FLAG(std::string, prefix, "", "variants list: only names starting with this (e.g. acme/)");
+ABSL_FLAG(bool, drain, false, "variants delete: stop new requests and wait for running ones");
+
+namespace deltaserve::client {
+namespace {
+
+namespace v1 = deltaserve::v1;
+
+std::string Ranks(const v1::Variant& variant) {
+  std::vector<std::string> parts;
+  for (const v1::ModuleRank& rank : variant.ranks()) parts.push_back(absl::StrCat(rank.module(), ":", rank.rank()));
+  return parts.empty() ? "-" : absl::StrJoin(parts, ",");
+}
+
+const char* ResidencyName(v1::Residency residency) {
+  switch (residency) {
+    case v1::DEVICE: return "device";
+    case v1::HOST: return "host";
+    case v1::DISK: return "disk";
+    default: return "unknown";
+  }
+}
+
+void PrintLine(const v1::Variant& variant) {
+  std::printf("%-40s %-8s %-6s %-6s %10.2f  %4ld  %s\n", variant.name().c_str(),
+              v1::VariantKind_Name(variant.kind()).c_str(), ResidencyName(variant.residency()),
+              variant.pinned() ? "yes" : "no", variant.size_bytes() / 1048576.0,
+              static_cast<long>(variant.active_requests()), Ranks(variant).c_str());
+}
+
+void PrintDetail(const v1::Variant& variant) {
+  std::printf("name:      %s\nkind:      %s\nresidency: %s%s\nsize:      %ld bytes\nranks:     %s\n"
+              "requests:  %ld active\nsource:    %s\ncreated:   %ld (Unix seconds)\n",
+              variant.name().c_str(), v1::VariantKind_Name(variant.kind()).c_str(),
+              ResidencyName(variant.residency()), variant.pinned() ? " (pinned)" : "",
+              static_cast<long>(variant.size_bytes()), Ranks(variant).c_str(),
+              static_cast<long>(variant.active_requests()), variant.uploaded() ? "uploaded" : "server path",
+              static_cast<long>(variant.created().seconds()));
+}
+
+int Report(DeltaserveClient& client, const grpc::Status& status) {
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "deltactl: %s\n", DescribeError(client.target(), status).c_str());
+  return 1;
+}
+
+int List(DeltaserveClient& client) {
+  v1::ListVariantsRequest request;
+  request.set_prefix(absl::GetFlag(FLAGS_prefix));
+  std::printf("%-40s %-8s %-6s %-6s %10s  %4s  %s\n", "NAME", "KIND", "WHERE", "PINNED", "SIZE_MIB",
+              "REQS", "RANKS");
+  do {
+    grpc::ClientContext context;
+    v1::ListVariantsResponse response;
+    grpc::Status status = client.variants().ListVariants(&context, request, &response);
+    if (!status.ok()) return Report(client, status);
+    for (const v1::Variant& variant : response.variants()) PrintLine(variant);
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return 0;
+}
+
+}  // namespace
+
+int RunVariantsCommand(DeltaserveClient& client, const std::vector<std::string>& arguments) {
+  const std::string command = arguments.empty() ? "" : arguments[0];
+  auto usage = [](const char* text) {
+    std::fprintf(stderr, "usage: deltactl variants %s\n", text);
+    return 2;
+  };
+  if (command == "list") return List(client);
+  if (arguments.size() < 2) {
+    return usage("list|get|register|upload|delete|pin|unpin NAME [PATH]");
+  }
+  const std::string& name = arguments[1];
+  grpc::ClientContext context;
+  v1::Variant variant;
+  grpc::Status status;
+  if (command == "get") {
+    v1::GetVariantRequest request;
+    request.set_name(name);
+    status = client.variants().GetVariant(&context, request, &variant);
+  } else if (command == "register" || command == "upload") {
+    if (arguments.size() != 3) return usage(command == "register" ? "register NAME PATH" : "upload NAME DIR");
+    if (command == "upload") {
+      status = client.UploadAdapter(name, arguments[2], &variant);
+    } else {
+      v1::RegisterAdapterRequest request;
+      request.set_name(name);
+      request.set_path(arguments[2]);
+      status = client.variants().RegisterAdapter(&context, request, &variant);
+    }
+  } else if (command == "delete") {
+    v1::DeleteVariantRequest request;
+    request.set_name(name);
+    request.set_drain(absl::GetFlag(FLAGS_drain));
+    v1::DeleteVariantResponse response;
+    status = client.variants().DeleteVariant(&context, request, &response);
+    if (status.ok()) std::printf("deleted %s\n", name.c_str());
+    return Report(client, status);
+  } else if (command == "pin") {
+    v1::PinVariantRequest request;
+    request.set_name(name);
+    status = client.variants().PinVariant(&context, request, &variant);
+  } else if (command == "unpin") {
+    v1::UnpinVariantRequest request;
+    request.set_name(name);
+    status = client.variants().UnpinVariant(&context, request, &variant);
+  } else {
+    return usage("list|get|register|upload|delete|pin|unpin NAME [PATH]");
+  }
+  if (status.ok()) PrintDetail(variant);
+  return Report(client, status);
+}
+
+}  // namespace deltaserve::client
