@@ -394,7 +394,9 @@ void AdapterCache::LoaderLoop() {
         loaded.device = std::move(*device);
         loaded.tier = AdapterTier::kDevice;
         loaded.last_used = ++clock_;
-        device_used_ += bytes;
+        // An adapter added without its deltas learns its size on its first load.
+        loaded.bytes = loaded.device->Bytes();
+        device_used_ += loaded.bytes;
         if (observer_ != nullptr) observer_->OnAdapterLoad(from, seconds);
       } else {
         loaded.failed = true;

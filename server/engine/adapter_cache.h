@@ -68,7 +68,9 @@ class AdapterCache {
   // Add registers an adapter read from directory `path` ("" = it cannot be re-read, so it never
   // drops to disk) whose deltas `host` are on the CPU in the cache's dtype. It goes to the
   // device if there is free room, else to host memory. INVALID_ARGUMENT when it can never fit
-  // the device budget next to the pinned adapters. Returns its id (never 0).
+  // the device budget next to the pinned adapters. `host` may be null: the adapter then starts
+  // on disk and its size is known (and checked against nothing) only after its first load.
+  // Returns its id (never 0).
   absl::StatusOr<uint64_t> Add(const std::string& path, std::shared_ptr<const deltas::DeltaSet> host);
   // Remove forgets an adapter and frees its memory: FAILED_PRECONDITION while requests use it.
   absl::Status Remove(uint64_t id);
