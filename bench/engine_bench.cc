@@ -180,6 +180,7 @@ int RunAdapterBenchmark(std::shared_ptr<const model::LlamaModel> llama, const st
   }
   const int requests = absl::GetFlag(FLAGS_adapter_requests);
   const int tokens = absl::GetFlag(FLAGS_adapter_tokens);
+  Throughput(engine, Variants(requests), tokens, false);  // warm-up: first allocations
   std::printf("\nmixed adapters: %d requests of %d tokens, 64 running at most; adapters of %.1f MiB "
               "(rank %ld); device cache %ld adapters, host cache %ld, the rest on disk\n",
               requests, tokens, adapter_bytes / 1048576.0, static_cast<long>(first->deltas.MaxRank()),

@@ -10,8 +10,9 @@
 
 namespace deltaserve::testing {
 
-v1::GenerateRequest Generate(const std::string& prompt, int max_tokens) {
+v1::GenerateRequest Generate(const std::string& prompt, int max_tokens, const std::string& variant) {
   v1::GenerateRequest request;
+  request.set_variant(variant);
   request.set_prompt(prompt);
   request.mutable_sampling()->set_max_tokens(max_tokens);
   request.mutable_sampling()->set_ignore_eos(true);

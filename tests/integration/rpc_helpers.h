@@ -14,8 +14,8 @@ namespace deltaserve::testing {
 namespace v1 = deltaserve::v1;
 using client::DeltaserveClient;
 
-// A greedy request for max_tokens tokens that ignores end-of-sequence.
-v1::GenerateRequest Generate(const std::string& prompt, int max_tokens);
+// A greedy request for max_tokens tokens that ignores end-of-sequence ("" = the base model).
+v1::GenerateRequest Generate(const std::string& prompt, int max_tokens, const std::string& variant = "");
 
 struct Stream {
   grpc::Status status;

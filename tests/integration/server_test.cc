@@ -273,12 +273,6 @@ class AdapterServerTest : public ::testing::Test {
     delete client_;
     delete server_;
   }
-  static v1::GenerateRequest ForVariant(const std::string& variant, const std::string& prompt,
-                                       int max_tokens = 16) {
-    v1::GenerateRequest request = Generate(prompt, max_tokens);
-    request.set_variant(variant);
-    return request;
-  }
   static ServerProcess* server_;
   static DeltaserveClient* client_;
 };
@@ -294,7 +288,7 @@ TEST_F(AdapterServerTest, ThirtyTwoStreamsOverEightAdaptersAndTheBase) {
   // Solo runs first: each variant on one prompt.
   std::map<std::string, std::vector<int32_t>> solo;
   for (const std::string& variant : kVariants) {
-    Stream stream = RunStream(*client_, ForVariant(variant, "the cat reads"));
+    Stream stream = RunStream(*client_, Generate("the cat reads", 16, variant));
     ASSERT_TRUE(stream.status.ok()) << variant << ": " << stream.status.error_message();
     solo[variant] = stream.tokens;
   }
@@ -305,7 +299,7 @@ TEST_F(AdapterServerTest, ThirtyTwoStreamsOverEightAdaptersAndTheBase) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 32; ++i) {
     threads.emplace_back([&, i] {
-      streams[i] = RunStream(*client_, ForVariant(kVariants[i % kVariants.size()], "the cat reads"));
+      streams[i] = RunStream(*client_, Generate("the cat reads", 16, kVariants[i % kVariants.size()]));
     });
   }
   for (std::thread& thread : threads) thread.join();
@@ -324,7 +318,7 @@ TEST_F(AdapterServerTest, ScoreTakesTheVariantAndUnknownOnesAreNotFound) {
   ASSERT_TRUE(client_->Score(base_request, &base).ok());
   ASSERT_TRUE(client_->Score(adapter_request, &adapted).ok());
   EXPECT_NE(base.total_logprob(), adapted.total_logprob());
-  Stream missing = RunStream(*client_, ForVariant("acme/demo-777", "x"));
+  Stream missing = RunStream(*client_, Generate("x", 16, "acme/demo-777"));
   EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_NE(missing.status.error_message().find("acme/demo-777"), std::string::npos);
 }
@@ -334,7 +328,7 @@ TEST_F(AdapterServerTest, LoraRequestsInfoListsRunningAdapters) {
       "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"demo-003\",waiting_lora_adapters=\"\"}";
   double while_running = -1;
   int seen = 0;
-  Stream stream = RunStream(*client_, ForVariant("demo-003", "the cat", 400), std::chrono::seconds(30), [&] {
+  Stream stream = RunStream(*client_, Generate("the cat", 400, "demo-003"), std::chrono::seconds(30), [&] {
     if (++seen == 3) while_running = Sample(HttpGet(server_->metrics_port(), "/metrics"), running_series);
     return seen >= 3;
   });

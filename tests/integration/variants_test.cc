@@ -65,9 +65,7 @@ class VariantsServerTest : public ::testing::Test {
     return client_->variants().DeleteVariant(&context, request, &response);
   }
   static Stream Run(const std::string& variant, int max_tokens = 8) {
-    v1::GenerateRequest request = Generate("the cat reads", max_tokens);
-    request.set_variant(variant);
-    return RunStream(*client_, request);
+    return RunStream(*client_, Generate("the cat reads", max_tokens, variant));
   }
   static std::string Scrape() { return HttpGet(server_->metrics_port(), "/metrics"); }
 
@@ -194,11 +192,7 @@ TEST_F(VariantsServerTest, DeleteIsRefusedWhileInUseAndDrainWaitsForRunningReque
   ASSERT_TRUE(Register("busy", "demo-003").ok());
   grpc::Status refused;
   int seen = 0;
-  Stream cancelled = RunStream(*client_, [] {
-    v1::GenerateRequest request = Generate("the cat", 2000);
-    request.set_variant("busy");
-    return request;
-  }(), std::chrono::seconds(60), [&] {
+  Stream cancelled = RunStream(*client_, Generate("the cat", 2000, "busy"), std::chrono::seconds(60), [&] {
     if (++seen == 2) refused = Delete("busy", /*drain=*/false);
     return seen >= 2;
   });
@@ -221,11 +215,7 @@ TEST_F(VariantsServerTest, DeleteIsRefusedWhileInUseAndDrainWaitsForRunningReque
   grpc::Status drained, late;
   std::thread deleter;
   int tokens_seen = 0;
-  Stream finished = RunStream(*client_, [] {
-    v1::GenerateRequest request = Generate("the cat", 60);
-    request.set_variant("draining");
-    return request;
-  }(), std::chrono::seconds(60), [&] {
+  Stream finished = RunStream(*client_, Generate("the cat", 60, "draining"), std::chrono::seconds(60), [&] {
     if (++tokens_seen == 2) {
       deleter = std::thread([&] { drained = Delete("draining", /*drain=*/true); });
       for (int i = 0; i < 100 && Get("draining", &variant).ok(); ++i) {
@@ -349,9 +339,7 @@ TEST(VariantsRestartTest, UploadedAdaptersSurviveARestartAndRegisterIsOffWithout
     auto client = DeltaserveClient::Connect(server.target());
     v1::Variant variant;
     ASSERT_TRUE(client->UploadAdapter("keep/me", local + "/demo-000", &variant).ok());
-    v1::GenerateRequest request = Generate("the cat reads", 6);
-    request.set_variant("keep/me");
-    tokens = RunStream(*client, request).tokens;
+    tokens = RunStream(*client, Generate("the cat reads", 6, "keep/me")).tokens;
     ASSERT_EQ(tokens.size(), 6u);
     grpc::ClientContext context;
     v1::RegisterAdapterRequest registration;
@@ -364,9 +352,7 @@ TEST(VariantsRestartTest, UploadedAdaptersSurviveARestartAndRegisterIsOffWithout
   ServerProcess restarted;
   ASSERT_TRUE(restarted.Start(TinyModelDir(), {"--data-dir", data_dir}));
   auto client = DeltaserveClient::Connect(restarted.target());
-  v1::GenerateRequest request = Generate("the cat reads", 6);
-  request.set_variant("keep/me");
-  Stream stream = RunStream(*client, request);
+  Stream stream = RunStream(*client, Generate("the cat reads", 6, "keep/me"));
   ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
   EXPECT_EQ(stream.tokens, tokens);
 }
