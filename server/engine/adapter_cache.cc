@@ -151,6 +151,8 @@ absl::Status AdapterCache::Pin(uint64_t id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return absl::NotFoundError("the adapter is not in the cache");
   Entry& entry = it->second;
+  entry.failed = false;  // pinning again retries a failed load
+  ++changes_;
   if (entry.pinned) return absl::OkStatus();
   const int64_t room_needed = pinned_bytes_ + entry.bytes + MaxUnpinnedBytesLocked(id);
   if (room_needed > options_.device_budget_bytes) {
@@ -243,6 +245,13 @@ std::vector<uint64_t> AdapterCache::Want(std::vector<uint64_t> ids) {
     if (it == entries_.end() || it->second.tier != AdapterTier::kDevice) absent.push_back(id);
   }
   if (ids != wanted_) {
+    // An adapter whose load failed is tried again once it is newly wanted (the requests that
+    // wanted it before were failed with the reason).
+    for (uint64_t id : ids) {
+      if (std::find(wanted_.begin(), wanted_.end(), id) != wanted_.end()) continue;
+      auto it = entries_.find(id);
+      if (it != entries_.end()) it->second.failed = false;
+    }
     wanted_ = std::move(ids);
     ++changes_;
   }
@@ -253,11 +262,6 @@ std::vector<std::pair<uint64_t, absl::Status>> AdapterCache::TakeLoadFailures() 
   absl::MutexLock lock(&mutex_);
   std::vector<std::pair<uint64_t, absl::Status>> failures;
   failures.swap(failures_);
-  for (const auto& [id, status] : failures) {
-    auto it = entries_.find(id);
-    if (it != entries_.end()) it->second.failed = false;
-  }
-  if (!failures.empty()) ++changes_;
   return failures;
 }
 

@@ -92,8 +92,9 @@ class AdapterCache {
   // Want replaces the list of adapters waiting requests need, most urgent first (resident
   // ones too: they are then evicted last). Returns those of `ids` not on the device.
   std::vector<uint64_t> Want(std::vector<uint64_t> ids);
-  // TakeLoadFailures returns the adapters whose load failed since the last call, with why; the
-  // loader does not retry them until they are wanted again after this call.
+  // TakeLoadFailures returns the adapters whose load failed since the last call, with why. The
+  // loader retries a failed adapter only when a later Want newly lists it (or Pin asks again),
+  // so a broken adapter costs one attempt per burst of requests, not a retry loop.
   std::vector<std::pair<uint64_t, absl::Status>> TakeLoadFailures();
   // SetLoadListener: called on the loader thread, with no lock held, after every load (done or
   // failed). Set it before the first Want.
@@ -108,7 +109,7 @@ class AdapterCache {
     std::shared_ptr<const deltas::DeltaSet> host;    // set iff tier == kHost
     bool pinned = false;
     bool loading = false;  // the loader is bringing it to the device (its bytes are reserved)
-    bool failed = false;   // the last load failed; not retried until wanted again
+    bool failed = false;   // the last load failed; not retried until newly wanted or pinned
     int64_t users = 0;
     int64_t running = 0;
     uint64_t last_used = 0;  // LRU clock

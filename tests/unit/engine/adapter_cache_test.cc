@@ -241,6 +241,15 @@ TEST_F(AdapterCacheTest, ReportsFailedLoadsAndOversizedAdapters) {
   EXPECT_EQ(failures[0].first, broken);
   EXPECT_NE(failures[0].second.message().find("no such adapter"), std::string::npos);
   EXPECT_EQ(TierOf(*cache, broken), AdapterTier::kDisk);
+  // Not retried in a loop while still wanted; retried once newly wanted again.
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(reads_, 1);
+  cache->Want({});
+  cache->Want({broken});
+  ASSERT_TRUE(WaitFor([&] { return reads_ == 2 && !cache->Info(broken)->loading; }));
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(reads_, 2);
+  EXPECT_EQ(cache->TakeLoadFailures().size(), 1u);
 
   auto big = std::make_shared<deltas::DeltaSet>(1);
   big->Add(0, model::Projection::kQuery, {at::zeros({64, kFeatures}), at::zeros({kFeatures, 64}), 1.0});
