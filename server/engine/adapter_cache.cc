@@ -229,6 +229,11 @@ std::shared_ptr<const deltas::DeltaSet> AdapterCache::AcquireResident(uint64_t i
   return it->second.device;
 }
 
+bool AdapterCache::BlockedForRoom() const {
+  absl::MutexLock lock(&mutex_);
+  return blocked_for_room_;
+}
+
 void AdapterCache::ReleaseRunning(uint64_t id) {
   absl::MutexLock lock(&mutex_);
   auto it = entries_.find(id);
@@ -346,8 +351,10 @@ uint64_t AdapterCache::NextLoadLocked() {
     const Entry& entry = it->second;
     if (entry.tier == AdapterTier::kDevice || entry.loading || entry.failed) continue;
     // The most urgent load goes first; if it cannot make room yet, nothing behind it jumps it.
-    return MakeDeviceRoomLocked(id, entry.bytes) ? id : 0;
+    blocked_for_room_ = !MakeDeviceRoomLocked(id, entry.bytes);
+    return blocked_for_room_ ? 0 : id;
   }
+  blocked_for_room_ = false;
   return 0;
 }
 

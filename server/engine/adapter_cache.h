@@ -88,6 +88,9 @@ class AdapterCache {
   // AcquireResident returns the device deltas and counts a running request (the adapter stays
   // until ReleaseRunning), or null when the adapter is not on the device.
   std::shared_ptr<const deltas::DeltaSet> AcquireResident(uint64_t id);
+  // BlockedForRoom: the most urgent load cannot start because running requests hold all the
+  // room it needs. The engine then admits no younger adapter request until it can.
+  bool BlockedForRoom() const;
   void ReleaseRunning(uint64_t id);
   // Want replaces the list of adapters waiting requests need, most urgent first (resident
   // ones too: they are then evicted last). Returns those of `ids` not on the device.
@@ -137,6 +140,7 @@ class AdapterCache {
   int64_t pinned_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<uint64_t> wanted_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mutex_);
+  bool blocked_for_room_ ABSL_GUARDED_BY(mutex_) = false;
   // Bumped on every change that may let the loader make progress.
   uint64_t changes_ ABSL_GUARDED_BY(mutex_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

@@ -20,14 +20,21 @@ namespace deltaserve::engine {
 namespace {
 
 // AdapterGate admits a request once its adapter is on the device, holding the device deltas
-// (and the cache's running count) while the request runs.
+// (and the cache's running count) while the request runs. Fairness: once an older request
+// waits for an adapter that cannot load until running requests let go of the device, younger
+// adapter requests wait too (the base still runs): otherwise they could keep every resident
+// adapter running, and the older request would starve.
 class AdapterGate final : public VariantGate {
  public:
   explicit AdapterGate(AdapterCache* cache) : cache_(cache) {}
+  void StartAdmission() override { older_request_blocked_ = false; }
   bool Acquire(RequestState* request) override {
     if (request->request.adapter_id == 0 || request->deltas != nullptr) return true;
+    if (older_request_blocked_) return false;
     request->deltas = cache_->AcquireResident(request->request.adapter_id);
-    return request->deltas != nullptr;
+    if (request->deltas != nullptr) return true;
+    if (!older_request_blocked_) older_request_blocked_ = cache_->BlockedForRoom();
+    return false;
   }
   void Release(RequestState* request) override {
     if (request->deltas == nullptr) return;
@@ -37,6 +44,7 @@ class AdapterGate final : public VariantGate {
 
  private:
   AdapterCache* cache_;
+  bool older_request_blocked_ = false;
 };
 
 }  // namespace

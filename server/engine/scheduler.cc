@@ -98,6 +98,7 @@ Schedule Scheduler::Next() {
   // 3. Admit waiting requests in order while there is room, skipping those whose variant is
   // not ready; not in a step that had to preempt (the freed blocks would only be fought over
   // again).
+  if (gate_ != nullptr) gate_->StartAdmission();
   for (size_t next = 0; preemptions_ == preemptions_before && next < waiting_.size() &&
                         budget > 0 &&
                         static_cast<int64_t>(running_.size()) < options_.max_running_requests;) {

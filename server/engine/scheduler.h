@@ -24,6 +24,8 @@ namespace deltaserve::engine {
 class VariantGate {
  public:
   virtual ~VariantGate() = default;
+  // StartAdmission begins one pass over the waiting requests (oldest first).
+  virtual void StartAdmission() {}
   virtual bool Acquire(RequestState* request) = 0;
   virtual void Release(RequestState* request) = 0;
 };

@@ -271,6 +271,70 @@ TEST_F(EngineTest, RequestsForAColdAdapterWaitWhileOthersRunAndShareOneLoad) {
   EXPECT_EQ(RunRequest(*warm_engine, std::move(request))->tokens, adapter_sinks[0]->tokens);
 }
 
+// Records the order in which requests produce their first output.
+class OrderSink : public RecordingSink {
+ public:
+  OrderSink(std::string name, std::vector<std::string>* order, absl::Mutex* mutex)
+      : name_(std::move(name)), order_(order), mutex_(mutex) {}
+  void OnOutput(GenerationOutput output) override {
+    {
+      absl::MutexLock lock(mutex_);
+      if (!started_) order_->push_back(name_);
+      started_ = true;
+    }
+    RecordingSink::OnOutput(std::move(output));
+  }
+
+ private:
+  std::string name_;
+  std::vector<std::string>* order_;
+  absl::Mutex* mutex_;
+  bool started_ = false;
+};
+
+TEST_F(EngineTest, AnAdapterWaitingForRoomIsNotOvertakenByYoungerRequests) {
+  std::string adapters_dir = testing::MakeTempDir("engine-fair-adapters");
+  ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 3, 4).ok());
+  EngineOptions options;
+  options.max_running_requests = 2;
+  std::vector<std::shared_ptr<const deltas::DeltaSet>> sets;
+  for (const char* name : {"demo-000", "demo-001", "demo-002"}) {
+    auto adapter = deltas::ReadPeftAdapter(adapters_dir + "/" + name, model_->config(), at::kFloat, at::kCPU);
+    ASSERT_TRUE(adapter.ok());
+    sets.push_back(std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas)));
+  }
+  options.adapter_cache_bytes = 2 * sets[0]->Bytes();  // room for two of the three
+  auto engine = MakeEngine(options);
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    ids.push_back(*engine->adapters().Add(adapters_dir + "/demo-00" + std::to_string(i), sets[i]));
+  }
+  const uint64_t a = ids[0], c = ids[1], b = ids[2];
+  ASSERT_EQ(engine->adapters().Info(b)->tier, AdapterTier::kHost);
+
+  absl::Mutex mutex;
+  std::vector<std::string> order;
+  auto submit = [&](const std::string& name, uint64_t adapter, int tokens) {
+    EngineRequest request = Request("the cat reads", tokens);
+    request.adapter_id = adapter;
+    auto sink = std::make_shared<OrderSink>(name, &order, &mutex);
+    EXPECT_TRUE(engine->Submit(std::move(request), sink).ok());
+    return sink;
+  };
+  auto a1 = submit("a1", a, 200);
+  auto c1 = submit("c1", c, 40);
+  ASSERT_TRUE(a1->WaitForFirstOutput());
+  ASSERT_TRUE(c1->WaitForFirstOutput());
+  auto b1 = submit("b1", b, 6);  // needs room that a1 and c1 hold
+  auto c2 = submit("c2", c, 6);  // its adapter is resident, but b1 came first
+  for (auto& sink : {a1, c1, b1, c2}) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
+  absl::MutexLock lock(&mutex);
+  const auto position = [&](const std::string& name) {
+    return std::find(order.begin(), order.end(), name) - order.begin();
+  };
+  EXPECT_LT(position("b1"), position("c2")) << "c2 overtook b1";
+}
+
 TEST_F(EngineTest, AFailedAdapterLoadFailsItsRequestsWithTheReason) {
   auto engine = MakeEngine();
   auto missing = engine->adapters().Add(testing::MakeTempDir("engine-empty") + "/none", nullptr);
