@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -256,15 +257,16 @@ EngineSnapshot Engine::Snapshot() const {
 void Engine::PublishSnapshot() {
   // Tell the loader what waiting requests need, oldest first.
   std::vector<uint64_t> wanted;
+  std::unordered_set<uint64_t> seen;
   for (const RequestState* request : scheduler_->waiting()) {
     const uint64_t id = request->request.adapter_id;
-    if (id != 0 && std::find(wanted.begin(), wanted.end(), id) == wanted.end()) wanted.push_back(id);
+    if (id != 0 && seen.insert(id).second) wanted.push_back(id);
   }
-  const std::vector<uint64_t> absent = adapters_->Want(std::move(wanted));
+  const std::vector<uint64_t> absent_list = adapters_->Want(std::move(wanted));
+  const std::unordered_set<uint64_t> absent(absent_list.begin(), absent_list.end());
   int64_t waiting_for_adapter = 0;
   for (const RequestState* request : scheduler_->waiting()) {
-    const uint64_t id = request->request.adapter_id;
-    if (id != 0 && std::find(absent.begin(), absent.end(), id) != absent.end()) ++waiting_for_adapter;
+    if (absent.count(request->request.adapter_id) > 0) ++waiting_for_adapter;
   }
   if (observer_ != nullptr) {
     EngineState state;
