@@ -1,0 +1,49 @@
+// Low-rank merges of variants of one base (issue 4's `cat`/`linear` and `svd` methods), on
+// DeltaSets, a module at a time:
+//   - Concatenate: the exact weighted sum. For each module the result's factors are
+//     A' = [w1 s1 A1; w2 s2 A2; ...] and B' = [B1 B2 ...] with scale 1, so B'A' = sum wi si Bi Ai
+//     exactly (rank sum ri; no cross terms, unlike merging A and B separately).
+//   - Recompress: a module's delta B'A' re-compressed to `rank` by truncated SVD without forming
+//     the out x in matrix: QR of B' and of A'^T, SVD of the small core, then B = Qb U_k sqrt(S_k),
+//     A = sqrt(S_k) V_k^T Qa^T. The relative Frobenius error is sqrt(sum of dropped s^2 / sum s^2).
+// Pure functions, computed in float32 (SVD in float64) on the inputs' device; thread-compatible.
+//   ASSIGN_OR_RETURN(DeltaSet merged, Concatenate({{&a, 0.6}, {&b, 0.4}}));
+//   ASSIGN_OR_RETURN(RecompressedDeltas small, Recompress(merged, 16));
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/deltas/delta_set.h"
+
+namespace deltaserve::ops::merge {
+
+struct WeightedDeltas {
+  const deltas::DeltaSet* deltas = nullptr;
+  double weight = 1.0;
+};
+
+// Concatenate: INVALID_ARGUMENT when there are no inputs, or when inputs disagree on the
+// number of layers or a module's shape (the message names the module).
+absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& inputs);
+
+struct ModuleError {
+  int64_t layer = 0;
+  std::string module;           // "q_proj", ...
+  int64_t rank_before = 0;      // total rank of the module's factors
+  int64_t rank_after = 0;
+  double relative_error = 0.0;  // ||dW - dW_k||_F / ||dW||_F (0 for an all-zero delta)
+};
+
+struct RecompressedDeltas {
+  deltas::DeltaSet deltas;  // one factor per module, rank <= `rank`
+  std::vector<ModuleError> errors;
+};
+
+// Recompress: INVALID_ARGUMENT when rank < 1. Modules whose rank is already <= `rank` are
+// still combined into one factor (exactly, error 0 up to rounding).
+absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int64_t rank);
+
+}  // namespace deltaserve::ops::merge
