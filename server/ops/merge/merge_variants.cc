@@ -1,0 +1,133 @@
+#include "server/ops/merge/merge_variants.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
+#include "server/common/torch_status.h"
+
+namespace deltaserve::ops::merge {
+namespace {
+
+using model::Projection;
+
+bool IsExact(const std::string& method) { return method == "cat" || method == "linear"; }
+
+double LayerScale(const MergeRecipe& recipe, int64_t layer, int64_t layers) {
+  if (!recipe.lines_alpha.has_value()) return 1.0;
+  const double position = layers > 1 ? static_cast<double>(layer) / (layers - 1) : 0.0;
+  return *recipe.lines_alpha + recipe.lines_beta * position;
+}
+
+// LiNeS on a low-rank set: each factor's scale times its layer's factor.
+deltas::DeltaSet ScaledByLayer(const deltas::DeltaSet& input, const MergeRecipe& recipe) {
+  deltas::DeltaSet scaled(input.num_layers());
+  for (int64_t layer = 0; layer < input.num_layers(); ++layer) {
+    const double scale = LayerScale(recipe, layer, input.num_layers());
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      for (deltas::LowRankFactor factor : input.Factors(layer, static_cast<Projection>(p))) {
+        factor.scale *= scale;
+        scaled.Add(layer, static_cast<Projection>(p), std::move(factor));
+      }
+    }
+  }
+  return scaled;
+}
+
+// Truncated SVD of a dense [out, in] delta into one factor of rank <= `rank`.
+std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64_t rank, at::ScalarType dtype) {
+  auto [u, s, vh] = at::linalg_svd(dense.to(at::kDouble), /*full_matrices=*/false);
+  const int64_t kept = std::min<int64_t>(rank, s.size(0));
+  const double total = s.pow(2).sum().item<double>();
+  const double dropped = s.narrow(0, kept, s.size(0) - kept).pow(2).sum().item<double>();
+  at::Tensor root = s.narrow(0, 0, kept).sqrt();
+  at::Tensor b = u.narrow(1, 0, kept) * root.unsqueeze(0);
+  at::Tensor a = root.unsqueeze(1) * vh.narrow(0, 0, kept);
+  return {{a.to(dtype).contiguous(), b.to(dtype).contiguous(), 1.0},
+          total > 0 ? std::sqrt(dropped / total) : 0.0};
+}
+
+absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<WeightedDeltas>& inputs,
+                                                      const MergeRecipe& recipe) {
+  DenseMergeOptions options{recipe.method, recipe.density, recipe.gamma, recipe.lambda};
+  const int64_t layers = inputs[0].deltas->num_layers();
+  RecompressedDeltas result{deltas::DeltaSet(layers), {}};
+  std::vector<double> weights;
+  for (const WeightedDeltas& input : inputs) weights.push_back(input.weight);
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      const auto projection = static_cast<Projection>(p);
+      // Every input's dense delta for this module (zero where an input has none).
+      std::vector<at::Tensor> taus;
+      at::ScalarType dtype = at::kFloat;
+      bool any = false;
+      int64_t input_rank = 0;
+      for (const WeightedDeltas& input : inputs) {
+        for (const deltas::LowRankFactor& factor : input.deltas->Factors(layer, projection)) {
+          input_rank += factor.rank();
+        }
+        at::Tensor dense = input.deltas->Merged(layer, projection);
+        if (dense.defined()) {
+          any = true;
+          dtype = input.deltas->Factors(layer, projection)[0].a.scalar_type();
+        }
+        taus.push_back(dense);
+      }
+      if (!any) continue;
+      std::vector<int64_t> shape;
+      for (const at::Tensor& tau : taus) {
+        if (tau.defined()) shape = tau.sizes().vec();
+      }
+      for (size_t i = 0; i < taus.size(); ++i) {
+        if (!taus[i].defined()) {
+          taus[i] = at::zeros(shape, at::kFloat);
+        } else if (taus[i].sizes() != at::IntArrayRef(shape)) {
+          return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " ", deltas::ProjectionName(projection),
+                                                         ": input ", i, " has another shape: not the same base"));
+        }
+      }
+      const uint64_t module_seed = recipe.seed + static_cast<uint64_t>(layer * deltas::kProjectionCount + p);
+      ASSIGN_OR_RETURN(at::Tensor merged, MergeTensors(taus, weights, options, module_seed));
+      merged = merged * LayerScale(recipe, layer, layers);
+      auto [factor, error] = Compress(merged, recipe.rank, dtype);
+      ModuleError report{layer, deltas::ProjectionName(projection), input_rank, factor.rank(), error};
+      result.deltas.Add(layer, projection, std::move(factor));
+      result.errors.push_back(report);
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+absl::Status ValidateMergeRecipe(const MergeRecipe& recipe) {
+  if (IsExact(recipe.method)) return absl::OkStatus();
+  if (recipe.rank < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("rank must be at least 1 for method \"", recipe.method,
+                                                   "\", got ", recipe.rank));
+  }
+  if (recipe.method == "svd") return absl::OkStatus();
+  return ValidateDenseMerge(DenseMergeOptions{recipe.method, recipe.density, recipe.gamma, recipe.lambda});
+}
+
+absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
+                                                 const MergeRecipe& recipe) {
+  RETURN_IF_ERROR(ValidateMergeRecipe(recipe));
+  if (inputs.empty()) return absl::InvalidArgumentError("a merge needs at least one input");
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    if (inputs[i].deltas->num_layers() != inputs[0].deltas->num_layers()) {
+      return absl::InvalidArgumentError(absl::StrCat("input ", i, " has ", inputs[i].deltas->num_layers(),
+                                                     " layers, input 0 has ", inputs[0].deltas->num_layers(),
+                                                     ": not the same base"));
+    }
+  }
+  if (IsExact(recipe.method) || recipe.method == "svd") {
+    ASSIGN_OR_RETURN(deltas::DeltaSet combined, Concatenate(inputs));
+    if (recipe.lines_alpha.has_value()) combined = ScaledByLayer(combined, recipe);
+    if (IsExact(recipe.method)) return RecompressedDeltas{std::move(combined), {}};
+    return Recompress(combined, recipe.rank);
+  }
+  return DenseMergeVariants(inputs, recipe);
+}
+
+}  // namespace deltaserve::ops::merge

@@ -1,0 +1,39 @@
+// MergeVariants: one merge recipe over whole variants of one base, a module at a time (memory
+// bounded by one module's dense delta, never the whole model):
+//   - "cat" / "linear": the exact weighted sum by concatenation (rank = sum of input ranks;
+//     `rank` is ignored).
+//   - "svd": the exact weighted sum re-compressed to `rank` (QR + SVD of the small core).
+//   - the dense methods of dense_merge.h (task_arithmetic, ties, dare_*, breadcrumbs*,
+//     magnitude_prune): on each module's dense task vectors s_i B_i A_i, then truncated SVD to
+//     `rank`.
+// Optional LiNeS layer scaling multiplies layer l's merged delta by
+// lines_alpha + lines_beta * l / (L - 1). Errors per re-compressed module are reported.
+// Deterministic given the recipe (DARE draws from seed + module index). Thread-compatible.
+//   ASSIGN_OR_RETURN(RecompressedDeltas merged, MergeVariants({{&a, 0.5}, {&b, 0.5}}, recipe));
+#pragma once
+
+#include <optional>
+
+#include "server/ops/merge/dense_merge.h"
+#include "server/ops/merge/low_rank_merge.h"
+
+namespace deltaserve::ops::merge {
+
+struct MergeRecipe {
+  std::string method = "cat";
+  int64_t rank = 16;  // output rank for every method but cat/linear
+  double density = 1.0;
+  double gamma = 0.01;
+  double lambda = 1.0;
+  uint64_t seed = 0;
+  // LiNeS layer scaling; unset = none.
+  std::optional<double> lines_alpha;
+  double lines_beta = 0.0;
+};
+
+absl::Status ValidateMergeRecipe(const MergeRecipe& recipe);
+
+absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
+                                                 const MergeRecipe& recipe);
+
+}  // namespace deltaserve::ops::merge
