@@ -1,0 +1,218 @@
+#include "server/control/catalog_store.h"
+
+#include <sqlite3.h>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace deltaserve::control {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS variants (
+  name TEXT PRIMARY KEY,
+  owner_namespace TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL,
+  parents_json TEXT NOT NULL,
+  recipe_json TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  artifact_path TEXT NOT NULL,
+  artifact_sha256_json TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  rank_summary TEXT NOT NULL,
+  created_unix_nanos INTEGER NOT NULL,
+  evaluation_json TEXT NOT NULL
+);
+)sql";
+
+constexpr const char* kColumns =
+    "name, owner_namespace, kind, state, parents_json, recipe_json, job_id, artifact_path, "
+    "artifact_sha256_json, size_bytes, rank_summary, created_unix_nanos, evaluation_json";
+
+absl::Status SqliteError(sqlite3* database, const std::string& what) {
+  return absl::InternalError(absl::StrCat("catalog: ", what, ": ", sqlite3_errmsg(database)));
+}
+
+absl::Status Execute(sqlite3* database, const std::string& sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(database, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    absl::Status status = absl::InternalError(absl::StrCat("catalog: ", sql.substr(0, 60), ": ",
+                                                           error != nullptr ? error : "unknown error"));
+    sqlite3_free(error);
+    return status;
+  }
+  return absl::OkStatus();
+}
+
+// Statement: a prepared statement finalized on scope exit.
+class Statement {
+ public:
+  Statement(sqlite3* database, const std::string& sql) {
+    if (sqlite3_prepare_v2(database, sql.c_str(), -1, &statement_, nullptr) != SQLITE_OK) statement_ = nullptr;
+  }
+  ~Statement() { sqlite3_finalize(statement_); }
+  bool ok() const { return statement_ != nullptr; }
+  sqlite3_stmt* get() { return statement_; }
+  void Bind(int index, const std::string& value) {
+    sqlite3_bind_text(statement_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
+  }
+  void Bind(int index, int64_t value) { sqlite3_bind_int64(statement_, index, value); }
+  std::string Text(int column) {
+    const unsigned char* text = sqlite3_column_text(statement_, column);
+    return text == nullptr ? "" : reinterpret_cast<const char*>(text);
+  }
+  int64_t Integer(int column) { return sqlite3_column_int64(statement_, column); }
+
+ private:
+  sqlite3_stmt* statement_ = nullptr;
+};
+
+template <typename T>
+T ParseOr(const std::string& text, T fallback) {
+  nlohmann::json parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) return fallback;
+  try {
+    return parsed.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return fallback;
+  }
+}
+
+VariantRecord ReadRow(Statement& row) {
+  VariantRecord record;
+  record.name = row.Text(0);
+  record.owner_namespace = row.Text(1);
+  record.kind = row.Text(2);
+  record.state = row.Text(3);
+  record.parents = ParseOr<std::vector<std::string>>(row.Text(4), {});
+  record.recipe_json = row.Text(5);
+  record.job_id = row.Text(6);
+  record.artifact_path = row.Text(7);
+  record.artifact_sha256 = ParseOr<std::map<std::string, std::string>>(row.Text(8), {});
+  record.size_bytes = row.Integer(9);
+  record.rank_summary = row.Text(10);
+  record.created_unix_nanos = row.Integer(11);
+  record.evaluation_json = row.Text(12);
+  return record;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::string& path) {
+  sqlite3* database = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &database, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    absl::Status status = absl::InternalError(absl::StrCat("cannot open the catalog ", path, ": ",
+                                                           database ? sqlite3_errmsg(database) : "out of memory"));
+    sqlite3_close(database);
+    return status;
+  }
+  std::unique_ptr<CatalogStore> store(new CatalogStore(database));
+  sqlite3_busy_timeout(database, 5000);
+  absl::Status status = Execute(database, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+  if (status.ok()) {
+    Statement version(database, "PRAGMA user_version");
+    int current = 0;
+    if (version.ok() && sqlite3_step(version.get()) == SQLITE_ROW) current = static_cast<int>(version.Integer(0));
+    if (current > kSchemaVersion) {
+      return absl::FailedPreconditionError(absl::StrCat("the catalog ", path, " has schema version ", current,
+                                                        ", newer than this server's ", kSchemaVersion));
+    }
+  }
+  if (status.ok()) status = Execute(database, kSchema);
+  if (status.ok()) status = Execute(database, absl::StrCat("PRAGMA user_version=", kSchemaVersion));
+  if (!status.ok()) return status;
+  return store;
+}
+
+CatalogStore::~CatalogStore() {
+  absl::MutexLock lock(&mutex_);
+  sqlite3_close(database_);
+}
+
+absl::Status CatalogStore::InsertVariant(const VariantRecord& record) {
+  absl::MutexLock lock(&mutex_);
+  Statement insert(database_, absl::StrCat("INSERT INTO variants (", kColumns,
+                                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+  if (!insert.ok()) return SqliteError(database_, "preparing an insert");
+  insert.Bind(1, record.name);
+  insert.Bind(2, record.owner_namespace);
+  insert.Bind(3, record.kind);
+  insert.Bind(4, record.state);
+  insert.Bind(5, nlohmann::json(record.parents).dump());
+  insert.Bind(6, record.recipe_json);
+  insert.Bind(7, record.job_id);
+  insert.Bind(8, record.artifact_path);
+  insert.Bind(9, nlohmann::json(record.artifact_sha256).dump());
+  insert.Bind(10, record.size_bytes);
+  insert.Bind(11, record.rank_summary);
+  insert.Bind(12, record.created_unix_nanos);
+  insert.Bind(13, record.evaluation_json);
+  const int result = sqlite3_step(insert.get());
+  if (result == SQLITE_CONSTRAINT) {
+    return absl::AlreadyExistsError(absl::StrCat("variant \"", record.name, "\" already exists"));
+  }
+  if (result != SQLITE_DONE) return SqliteError(database_, "inserting a variant");
+  return absl::OkStatus();
+}
+
+absl::Status CatalogStore::UpdateColumn(const char* column, const std::string& name, const std::string& value) {
+  absl::MutexLock lock(&mutex_);
+  Statement update(database_, absl::StrCat("UPDATE variants SET ", column, " = ? WHERE name = ?"));
+  if (!update.ok()) return SqliteError(database_, "preparing an update");
+  update.Bind(1, value);
+  update.Bind(2, name);
+  if (sqlite3_step(update.get()) != SQLITE_DONE) return SqliteError(database_, "updating a variant");
+  if (sqlite3_changes(database_) == 0) {
+    return absl::NotFoundError(absl::StrCat("variant \"", name, "\" does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CatalogStore::SetVariantState(const std::string& name, const std::string& state) {
+  return UpdateColumn("state", name, state);
+}
+
+absl::Status CatalogStore::SetEvaluation(const std::string& name, const std::string& evaluation_json) {
+  return UpdateColumn("evaluation_json", name, evaluation_json);
+}
+
+absl::Status CatalogStore::DeleteVariant(const std::string& name) {
+  absl::MutexLock lock(&mutex_);
+  Statement remove(database_, "DELETE FROM variants WHERE name = ?");
+  if (!remove.ok()) return SqliteError(database_, "preparing a delete");
+  remove.Bind(1, name);
+  if (sqlite3_step(remove.get()) != SQLITE_DONE) return SqliteError(database_, "deleting a variant");
+  if (sqlite3_changes(database_) == 0) {
+    return absl::NotFoundError(absl::StrCat("variant \"", name, "\" does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VariantRecord> CatalogStore::GetVariant(const std::string& name) const {
+  absl::MutexLock lock(&mutex_);
+  Statement select(database_, absl::StrCat("SELECT ", kColumns, " FROM variants WHERE name = ?"));
+  if (!select.ok()) return SqliteError(database_, "preparing a query");
+  select.Bind(1, name);
+  const int result = sqlite3_step(select.get());
+  if (result == SQLITE_DONE) return absl::NotFoundError(absl::StrCat("variant \"", name, "\" does not exist"));
+  if (result != SQLITE_ROW) return SqliteError(database_, "reading a variant");
+  return ReadRow(select);
+}
+
+absl::StatusOr<std::vector<VariantRecord>> CatalogStore::ListVariants() const {
+  absl::MutexLock lock(&mutex_);
+  Statement select(database_, absl::StrCat("SELECT ", kColumns, " FROM variants ORDER BY name"));
+  if (!select.ok()) return SqliteError(database_, "preparing a query");
+  std::vector<VariantRecord> records;
+  int result;
+  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadRow(select));
+  if (result != SQLITE_DONE) return SqliteError(database_, "listing variants");
+  return records;
+}
+
+}  // namespace deltaserve::control
