@@ -46,9 +46,16 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   const int64_t nanos = absl::ToUnixNanos(variant.created);
   out->mutable_created()->set_seconds(nanos / 1000000000);
   out->mutable_created()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  out->mutable_lineage();  // empty until jobs produce variants
+  v1::Lineage* lineage = out->mutable_lineage();
+  for (const std::string& parent : variant.parents) lineage->add_parents(parent);
+  lineage->set_recipe_json(variant.recipe_json);
+  lineage->set_job_id(variant.job_id);
+  out->set_evaluation_json(variant.evaluation_json);
   out->set_active_requests(status.residency.users);
   out->set_uploaded(variant.owned);
+  out->set_state(variant.state == "READY" ? v1::READY : v1::BROKEN);
+  out->set_state_reason(variant.broken_reason);
+  if (variant.adapter_id == 0) out->set_residency(v1::DISK);
 }
 
 absl::Time DeadlineOr(const grpc::ServerContext& context, absl::Duration fallback) {

@@ -1,5 +1,5 @@
-// VariantCatalog: the servable variants by name. In memory for now (issue 4 makes it
-// persistent with lineage). Names are [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed by
+// VariantCatalog: the variants by name, in memory (VariantRegistry keeps the durable rows in
+// CatalogStore and loads them here at start-up). Names are [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed by
 // "namespace/" with the same rule. A variant's deltas live in the engine's AdapterCache under
 // its adapter_id. Thread-safe; Find returns a shared pointer, so a variant removed later stays
 // valid for whoever holds it.
@@ -32,6 +32,14 @@ struct Variant {
   int64_t bytes = 0;
   std::vector<deltas::ModuleRank> ranks;
   absl::Time created;
+  // READY (servable), or BROKEN (its files are gone or invalid; adapter_id is 0).
+  std::string state = "READY";
+  std::string broken_reason;
+  // Lineage and evaluation, as jobs record them.
+  std::vector<std::string> parents;
+  std::string recipe_json = "{}";
+  std::string job_id;
+  std::string evaluation_json = "{}";
 };
 
 class VariantCatalog {

@@ -7,6 +7,7 @@
 #include "server/common/file_util.h"
 #include "server/common/log.h"
 #include "server/common/path_safety.h"
+#include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 #include "server/deltas/peft_adapter.h"
 
@@ -28,10 +29,72 @@ absl::StatusOr<std::unique_ptr<VariantRegistry>> VariantRegistry::Create(
   RETURN_IF_ERROR(common::RemoveRecursively(registry->TempDir()));
   RETURN_IF_ERROR(common::MakeDirectories(registry->TempDir()));
   RETURN_IF_ERROR(common::MakeDirectories(registry->AdaptersDir()));
-  ASSIGN_OR_RETURN(int restored, registry->RegisterTree(registry->AdaptersDir(), /*owned=*/true,
-                                                         /*skip_invalid=*/true));
-  if (restored > 0) common::Log(absl::StrCat("registered ", restored, " uploaded adapters"));
+  ASSIGN_OR_RETURN(registry->store_,
+                   CatalogStore::Open(common::JoinPath(registry->options_.data_dir, "catalog.db")));
+  RETURN_IF_ERROR(registry->Restore());
   return registry;
+}
+
+bool VariantRegistry::IsOwned(const std::string& path) const {
+  const std::string prefix = AdaptersDir() + "/";
+  return path.compare(0, prefix.size(), prefix) == 0;
+}
+
+absl::Status VariantRegistry::Restore() {
+  ASSIGN_OR_RETURN(std::vector<VariantRecord> rows, store_->ListVariants());
+  int ready = 0, broken = 0;
+  for (const VariantRecord& row : rows) {
+    const bool owned = IsOwned(row.artifact_path);
+    if (row.state == "DELETING") {  // a delete cut off by a crash: finish it
+      if (owned) RETURN_IF_ERROR(common::RemoveRecursively(row.artifact_path));
+      RETURN_IF_ERROR(store_->DeleteVariant(row.name));
+      continue;
+    }
+    absl::StatusOr<VariantStatus> registered =
+        Register(row.name, row.artifact_path, owned, /*persist=*/false, &row);
+    if (registered.ok()) {
+      ++ready;
+      continue;
+    }
+    auto variant = std::make_shared<Variant>();
+    variant->name = row.name;
+    variant->kind = row.kind;
+    variant->path = row.artifact_path;
+    variant->owned = owned;
+    variant->bytes = row.size_bytes;
+    variant->created = absl::FromUnixNanos(row.created_unix_nanos);
+    variant->state = "BROKEN";
+    variant->broken_reason = std::string(registered.status().message());
+    variant->parents = row.parents;
+    variant->recipe_json = row.recipe_json;
+    variant->job_id = row.job_id;
+    variant->evaluation_json = row.evaluation_json;
+    RETURN_IF_ERROR(catalog_.Register(variant));
+    RETURN_IF_ERROR(store_->SetVariantState(row.name, "BROKEN"));
+    common::Log(absl::StrCat("variant \"", row.name, "\" is BROKEN: ", variant->broken_reason));
+    ++broken;
+  }
+  // Uploaded directories without a row never finished registering.
+  for (const std::string& top : common::Subdirectories(AdaptersDir())) {
+    const std::string path = common::JoinPath(AdaptersDir(), top);
+    std::vector<std::pair<std::string, std::string>> found;  // name, path
+    if (common::PathExists(common::JoinPath(path, kAdapterConfig))) {
+      found.push_back({top, path});
+    } else {
+      for (const std::string& inner : common::Subdirectories(path)) {
+        found.push_back({top + "/" + inner, common::JoinPath(path, inner)});
+      }
+    }
+    for (const auto& [name, directory] : found) {
+      if (catalog_.Find(name) != nullptr) continue;
+      common::Log(absl::StrCat("removing ", directory, ": an upload that never reached the catalog"));
+      RETURN_IF_ERROR(common::RemoveRecursively(directory));
+    }
+  }
+  if (ready + broken > 0) {
+    common::Log(absl::StrCat("catalog: ", ready, " variants restored, ", broken, " broken"));
+  }
+  return absl::OkStatus();
 }
 
 std::string VariantRegistry::AdaptersDir() const { return common::JoinPath(options_.data_dir, "adapters"); }
@@ -56,7 +119,8 @@ absl::StatusOr<std::shared_ptr<const Variant>> VariantRegistry::FindOrNotFound(
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
-                                                        const std::string& path, bool owned) {
+                                                        const std::string& path, bool owned,
+                                                        bool persist, const VariantRecord* row) {
   RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
   if (catalog_.Find(name) != nullptr) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
@@ -72,7 +136,30 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
   variant->owned = owned;
   variant->bytes = host->Bytes();
   variant->ranks = host->Ranks();
-  variant->created = absl::Now();
+  variant->created = row != nullptr ? absl::FromUnixNanos(row->created_unix_nanos) : absl::Now();
+  if (row != nullptr) {
+    variant->kind = row->kind;
+    variant->parents = row->parents;
+    variant->recipe_json = row->recipe_json;
+    variant->job_id = row->job_id;
+    variant->evaluation_json = row->evaluation_json;
+  }
+  VariantRecord record;
+  if (persist) {
+    record.name = name;
+    const size_t slash = name.find('/');
+    record.owner_namespace = slash == std::string::npos ? "" : name.substr(0, slash);
+    record.kind = variant->kind;
+    record.artifact_path = path;
+    for (const char* file : {kAdapterConfig, "adapter_model.safetensors"}) {
+      absl::StatusOr<std::string> digest = common::Sha256OfFile(common::JoinPath(path, file));
+      if (!digest.ok()) return WithName(name, digest.status());
+      record.artifact_sha256[file] = *digest;
+    }
+    record.size_bytes = variant->bytes;
+    record.rank_summary = host->RankSummary();
+    record.created_unix_nanos = absl::ToUnixNanos(variant->created);
+  }
   absl::StatusOr<uint64_t> id = engine_->adapters().Add(path, std::move(host));
   if (!id.ok()) return WithName(name, id.status());
   variant->adapter_id = *id;
@@ -81,11 +168,18 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
     engine_->adapters().Remove(*id).IgnoreError();
     return registered;
   }
+  if (persist) {
+    absl::Status stored = store_->InsertVariant(record);
+    if (!stored.ok()) {
+      catalog_.Remove(name).IgnoreError();
+      engine_->adapters().Remove(*id).IgnoreError();
+      return stored;
+    }
+  }
   return StatusOf(std::move(variant));
 }
 
-absl::StatusOr<int> VariantRegistry::RegisterTree(const std::string& directory, bool owned,
-                                                  bool skip_invalid) {
+absl::StatusOr<int> VariantRegistry::RegisterDirectory(const std::string& directory) {
   if (!common::IsDirectory(directory)) {
     return absl::NotFoundError(absl::StrCat(directory, " is not a directory"));
   }
@@ -103,21 +197,10 @@ absl::StatusOr<int> VariantRegistry::RegisterTree(const std::string& directory, 
       }
     }
   }
-  int registered = 0;
   for (const auto& [name, path] : found) {
-    absl::StatusOr<VariantStatus> status = Register(name, path, owned);
-    if (!status.ok() && !skip_invalid) return status.status();
-    if (!status.ok()) {
-      common::Log(absl::StrCat("skipping ", path, ": ", status.status().message()));
-      continue;
-    }
-    ++registered;
+    RETURN_IF_ERROR(Register(name, path, /*owned=*/false, /*persist=*/false).status());
   }
-  return registered;
-}
-
-absl::StatusOr<int> VariantRegistry::RegisterDirectory(const std::string& directory) {
-  return RegisterTree(directory, /*owned=*/false, /*skip_invalid=*/false);
+  return static_cast<int>(found.size());
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::RegisterAdapter(const std::string& name,
@@ -133,7 +216,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::RegisterAdapter(const std::string
   if (!common::IsDirectory(real)) {
     return absl::InvalidArgumentError(absl::StrCat("path \"", path, "\" is not a directory"));
   }
-  return Register(name, real, /*owned=*/false);
+  return Register(name, real, /*owned=*/false, /*persist=*/true);
 }
 
 absl::StatusOr<std::unique_ptr<AdapterUpload>> VariantRegistry::BeginUpload(const std::string& name) {
@@ -166,7 +249,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::CommitUpload(std::unique_ptr<Adap
   RETURN_IF_ERROR(moved);
   upload->Release();
   RETURN_IF_ERROR(common::SyncPath(parent));
-  absl::StatusOr<VariantStatus> registered = Register(name, final_path, /*owned=*/true);
+  absl::StatusOr<VariantStatus> registered = Register(name, final_path, /*owned=*/true, /*persist=*/true);
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }
@@ -185,6 +268,20 @@ std::vector<VariantStatus> VariantRegistry::List(const std::string& prefix, cons
 
 absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::Time deadline) {
   ASSIGN_OR_RETURN(std::shared_ptr<const Variant> variant, FindOrNotFound(name));
+  // Variants from --adapter-dir have no row; NOT_FOUND from the store is expected for them.
+  auto forget_row = [&]() -> absl::Status {
+    absl::Status deleted = store_->DeleteVariant(name);
+    return absl::IsNotFound(deleted) ? absl::OkStatus() : deleted;
+  };
+  auto set_row_state = [&](const char* state) -> absl::Status {
+    absl::Status set = store_->SetVariantState(name, state);
+    return absl::IsNotFound(set) ? absl::OkStatus() : set;
+  };
+  if (variant->adapter_id == 0) {  // BROKEN: nothing loaded
+    RETURN_IF_ERROR(catalog_.Remove(name).status());
+    if (variant->owned) RETURN_IF_ERROR(common::RemoveRecursively(variant->path));
+    return forget_row();
+  }
   engine::AdapterCache& cache = engine_->adapters();
   auto users = [&] {
     absl::StatusOr<engine::AdapterInfo> info = cache.Info(variant->adapter_id);
@@ -195,13 +292,16 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
         "variant \"", name, "\" is used by ", users(),
         " request(s); retry when they finish, or delete with drain to wait for them"));
   }
-  // From here new requests get NOT_FOUND; those already accepted finish on the adapter.
+  // From here new requests get NOT_FOUND; those already accepted finish on the adapter. A crash
+  // from here on finishes the delete at the next start-up.
+  RETURN_IF_ERROR(set_row_state("DELETING"));
   ASSIGN_OR_RETURN(variant, catalog_.Remove(name));
   while (true) {
     absl::Status removed = cache.Remove(variant->adapter_id);
     if (removed.ok() || absl::IsNotFound(removed)) break;
     if (!drain || absl::Now() >= deadline) {
       RETURN_IF_ERROR(catalog_.Register(variant));  // back as it was
+      RETURN_IF_ERROR(set_row_state("READY"));
       return drain ? absl::DeadlineExceededError(absl::StrCat(
                          "variant \"", name, "\" is still used by ", users(),
                          " request(s) at the deadline; it was not deleted"))
@@ -215,11 +315,15 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
     absl::Status files = common::RemoveRecursively(variant->path);
     if (!files.ok()) common::Log(absl::StrCat("deleted variant \"", name, "\" left files: ", files.message()));
   }
-  return absl::OkStatus();
+  return forget_row();
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Pin(const std::string& name) {
   ASSIGN_OR_RETURN(std::shared_ptr<const Variant> variant, FindOrNotFound(name));
+  if (variant->adapter_id == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("variant \"", name, "\" is ", variant->state, ": ",
+                                                      variant->broken_reason));
+  }
   absl::Status pinned = engine_->adapters().Pin(variant->adapter_id);
   if (!pinned.ok()) return WithName(name, pinned);
   return StatusOf(std::move(variant));

@@ -4,12 +4,16 @@
 //     of the allowed roots (--adapter-root; "..", symlinks out of a root and anything outside
 //     are refused);
 //   - BeginUpload/CommitUpload stage an uploaded adapter in DATA_DIR/tmp, validate it against
-//     the base model, and rename it into DATA_DIR/adapters/NAME (uploaded adapters are
-//     registered again from there at start-up);
+//     the base model, and rename it into DATA_DIR/adapters/NAME;
 //   - Delete refuses while requests use the variant, or with `drain` stops new requests and
 //     waits for running ones until the deadline; then it frees the adapter's memory and, for
 //     uploaded adapters, its files;
 //   - Pin/Unpin keep an adapter on the device.
+// Registered and uploaded variants are rows in the CatalogStore (DATA_DIR/catalog.db), written
+// after their files are in place, and loaded again at start-up: a variant whose files are gone
+// or invalid comes back BROKEN (listed with the reason, not servable); a delete interrupted by a
+// crash is completed; directories in DATA_DIR/adapters without a row (an upload cut off before
+// its row) are removed. Variants from --adapter-dir are not persisted: the flag brings them.
 // Validation failures are INVALID_ARGUMENT with the reason (e.g. the offending tensor).
 // Thread-safe; Delete blocks until drained or the deadline, everything else reads files at
 // most. The engine must outlive the registry.
@@ -24,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/control/adapter_upload.h"
+#include "server/control/catalog_store.h"
 #include "server/control/variant_catalog.h"
 #include "server/engine/engine.h"
 
@@ -45,8 +50,7 @@ struct VariantStatus {
 
 class VariantRegistry {
  public:
-  // Create prepares the data dir and registers the adapters uploaded earlier (an invalid one
-  // is logged and skipped).
+  // Create prepares the data dir, opens the catalog and restores its variants.
   static absl::StatusOr<std::unique_ptr<VariantRegistry>> Create(VariantRegistryOptions options,
                                                                  engine::Engine* engine);
 
@@ -69,9 +73,13 @@ class VariantRegistry {
  private:
   VariantRegistry(VariantRegistryOptions options, engine::Engine* engine)
       : options_(std::move(options)), engine_(engine) {}
-  // Register reads and validates the adapter at `path` and makes it servable as `name`.
-  absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned);
-  absl::StatusOr<int> RegisterTree(const std::string& directory, bool owned, bool skip_invalid);
+  // Register reads and validates the adapter at `path` and makes it servable as `name`. With
+  // `persist`, its catalog row is written last (undoing the registration if that fails);
+  // `row` carries lineage restored from the catalog.
+  absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned,
+                                         bool persist, const VariantRecord* row = nullptr);
+  absl::Status Restore();
+  bool IsOwned(const std::string& path) const;
   VariantStatus StatusOf(std::shared_ptr<const Variant> variant) const;
   absl::StatusOr<std::shared_ptr<const Variant>> FindOrNotFound(const std::string& name) const;
   std::string AdaptersDir() const;
@@ -79,6 +87,7 @@ class VariantRegistry {
 
   const VariantRegistryOptions options_;
   engine::Engine* const engine_;
+  std::unique_ptr<CatalogStore> store_;
   VariantCatalog catalog_;
 };
 

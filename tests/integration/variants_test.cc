@@ -3,6 +3,7 @@
 // refused while requests use a variant or drains them; the adapter cache, whose device budget
 // here holds three tiny adapters, evicts, pins and frees as its metrics show; lists page; and
 // deltactl drives all of it.
+#include <signal.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -12,6 +13,7 @@
 
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
+#include "server/common/file_util.h"
 #include "tests/support/test_models.h"
 #include "tools/demo_model.h"
 
@@ -355,6 +357,73 @@ TEST(VariantsRestartTest, UploadedAdaptersSurviveARestartAndRegisterIsOffWithout
   Stream stream = RunStream(*client, Generate("the cat reads", 6, "keep/me"));
   ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
   EXPECT_EQ(stream.tokens, tokens);
+}
+
+}  // namespace
+}  // namespace deltaserve::testing
+
+namespace deltaserve::testing {
+namespace {
+
+TEST(VariantsRestartTest, TheCatalogRestoresVariantsMarksBrokenOnesAndDropsStrayUploads) {
+  const std::string data_dir = MakeTempDir("catalog-data");
+  const std::string root = MakeTempDir("catalog-root");
+  ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), root, 2, 4, 40).ok());
+  int64_t created = 0;
+  {
+    ServerProcess server;
+    ASSERT_TRUE(server.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
+    auto client = DeltaserveClient::Connect(server.target());
+    grpc::ClientContext context;
+    v1::RegisterAdapterRequest request;
+    request.set_name("reg/one");
+    request.set_path("demo-000");
+    v1::Variant variant;
+    ASSERT_TRUE(client->variants().RegisterAdapter(&context, request, &variant).ok());
+    ASSERT_TRUE(client->UploadAdapter("up/two", root + "/demo-001", &variant).ok());
+    created = variant.created().seconds();
+  }
+  // The registered directory disappears, and an upload's directory without a row appears.
+  ASSERT_EQ(std::system(("rm -rf " + root + "/demo-000").c_str()), 0);
+  ASSERT_EQ(std::system(("mkdir -p " + data_dir + "/adapters/stray && cp -r " + root + "/demo-001 " +
+                         data_dir + "/adapters/stray/x").c_str()), 0);
+
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
+  auto client = DeltaserveClient::Connect(server.target());
+  auto get = [&](const std::string& name, v1::Variant* variant) {
+    grpc::ClientContext context;
+    v1::GetVariantRequest request;
+    request.set_name(name);
+    return client->variants().GetVariant(&context, request, variant);
+  };
+  v1::Variant broken, kept;
+  ASSERT_TRUE(get("reg/one", &broken).ok());
+  EXPECT_EQ(broken.state(), v1::BROKEN);
+  EXPECT_FALSE(broken.state_reason().empty());
+  Stream refused = RunStream(*client, Generate("the cat", 4, "reg/one"));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.status.error_message().find("BROKEN"), std::string::npos) << refused.status.error_message();
+  ASSERT_TRUE(get("up/two", &kept).ok());
+  EXPECT_EQ(kept.state(), v1::READY);
+  EXPECT_EQ(kept.created().seconds(), created);
+  EXPECT_TRUE(RunStream(*client, Generate("the cat", 4, "up/two")).status.ok());
+  EXPECT_EQ(get("stray/x", &kept).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_FALSE(common::PathExists(data_dir + "/adapters/stray/x")) << "the stray upload was removed";
+
+  // A broken variant can be deleted, and stays deleted.
+  grpc::ClientContext context;
+  v1::DeleteVariantRequest remove;
+  remove.set_name("reg/one");
+  v1::DeleteVariantResponse removed;
+  ASSERT_TRUE(client->variants().DeleteVariant(&context, remove, &removed).ok());
+  server.Signal(SIGTERM);
+  ASSERT_EQ(server.WaitForExit(30), 0);
+  ServerProcess again;
+  ASSERT_TRUE(again.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
+  client = DeltaserveClient::Connect(again.target());
+  EXPECT_EQ(get("reg/one", &broken).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(get("up/two", &kept).ok());
 }
 
 }  // namespace
