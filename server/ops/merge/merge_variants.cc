@@ -121,8 +121,14 @@ absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDelta
                                                      ": not the same base"));
     }
   }
-  if (IsExact(recipe.method) || recipe.method == "svd") {
-    ASSIGN_OR_RETURN(deltas::DeltaSet combined, Concatenate(inputs));
+  // task_arithmetic sparsifies nothing: it is lambda times the exact sum, so it takes the
+  // low-rank path (QR + a small SVD) instead of decomposing each dense module.
+  if (IsExact(recipe.method) || recipe.method == "svd" || recipe.method == "task_arithmetic") {
+    std::vector<WeightedDeltas> weighted = inputs;
+    if (recipe.method == "task_arithmetic") {
+      for (WeightedDeltas& input : weighted) input.weight *= recipe.lambda;
+    }
+    ASSIGN_OR_RETURN(deltas::DeltaSet combined, Concatenate(weighted));
     if (recipe.lines_alpha.has_value()) combined = ScaledByLayer(combined, recipe);
     if (IsExact(recipe.method)) return RecompressedDeltas{std::move(combined), {}};
     return Recompress(combined, recipe.rank);

@@ -2,7 +2,8 @@
 // bounded by one module's dense delta, never the whole model):
 //   - "cat" / "linear": the exact weighted sum by concatenation (rank = sum of input ranks;
 //     `rank` is ignored).
-//   - "svd": the exact weighted sum re-compressed to `rank` (QR + SVD of the small core).
+//   - "svd": the exact weighted sum re-compressed to `rank` (QR + SVD of the small core);
+//     "task_arithmetic" is the same with the weights times lambda.
 //   - the dense methods of dense_merge.h (task_arithmetic, ties, dare_*, breadcrumbs*,
 //     magnitude_prune): on each module's dense task vectors s_i B_i A_i, then truncated SVD to
 //     `rank`.
