@@ -83,10 +83,8 @@ absl::StatusOr<uint64_t> AdapterCache::Add(const std::string& path,
       entry.loading = true;  // reserve the room while the copy runs outside the lock
       device_used_ += bytes;
       to_device = true;
-    } else if (host != nullptr) {
-      entry.tier = AdapterTier::kHost;
-      entry.host = host;
-      host_used_ += bytes;
+    } else {
+      MoveLocked(entry, AdapterTier::kHost, host);
       MakeHostRoomLocked();
     }
     if (!to_device) {
@@ -99,18 +97,12 @@ absl::StatusOr<uint64_t> AdapterCache::Add(const std::string& path,
       Convert(host, options_.device, options_.dtype);
   absl::MutexLock lock(&mutex_);
   device_used_ -= bytes;
-  auto it = entries_.find(id);
-  if (it != entries_.end()) {
-    Entry& entry = it->second;
-    entry.loading = false;
+  if (Entry* entry = FindLocked(id)) {
+    entry->loading = false;
     if (device.ok()) {
-      entry.tier = AdapterTier::kDevice;
-      entry.device = *device;
-      device_used_ += bytes;
+      MoveLocked(*entry, AdapterTier::kDevice, *device);
     } else {
-      entry.tier = AdapterTier::kHost;
-      entry.host = host;
-      host_used_ += bytes;
+      MoveLocked(*entry, AdapterTier::kHost, host);
       MakeHostRoomLocked();
     }
   }
@@ -121,18 +113,16 @@ absl::StatusOr<uint64_t> AdapterCache::Add(const std::string& path,
 
 absl::Status AdapterCache::Remove(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError("the adapter is not in the cache");
-  Entry& entry = it->second;
-  if (entry.users > 0) {
+  Entry* entry = FindLocked(id);
+  if (entry == nullptr) return NotInCache();
+  if (entry->users > 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the adapter is used by ", entry.users, " request(s)"));
+        absl::StrCat("the adapter is used by ", entry->users, " request(s)"));
   }
-  if (entry.tier == AdapterTier::kDevice) device_used_ -= entry.bytes;
-  if (entry.tier == AdapterTier::kHost) host_used_ -= entry.bytes;
-  if (entry.pinned) pinned_bytes_ -= entry.bytes;
+  MoveLocked(*entry, AdapterTier::kDisk, nullptr);  // releases its bytes
+  if (entry->pinned) pinned_bytes_ -= entry->bytes;
   // A load in flight keeps its reservation until the loader sees the entry gone.
-  entries_.erase(it);
+  entries_.erase(id);
   ++changes_;
   PublishLocked();
   return absl::OkStatus();
@@ -148,9 +138,9 @@ int64_t AdapterCache::MaxUnpinnedBytesLocked(uint64_t except) const {
 
 absl::Status AdapterCache::Pin(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError("the adapter is not in the cache");
-  Entry& entry = it->second;
+  Entry* found = FindLocked(id);
+  if (found == nullptr) return NotInCache();
+  Entry& entry = *found;
   entry.failed = false;  // pinning again retries a failed load
   ++changes_;
   if (entry.pinned) return absl::OkStatus();
@@ -169,25 +159,28 @@ absl::Status AdapterCache::Pin(uint64_t id) {
 
 absl::Status AdapterCache::Unpin(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError("the adapter is not in the cache");
-  if (!it->second.pinned) return absl::OkStatus();
-  it->second.pinned = false;
-  pinned_bytes_ -= it->second.bytes;
+  Entry* entry = FindLocked(id);
+  if (entry == nullptr) return NotInCache();
+  if (!entry->pinned) return absl::OkStatus();
+  entry->pinned = false;
+  pinned_bytes_ -= entry->bytes;
   ++changes_;
   return absl::OkStatus();
 }
 
 absl::StatusOr<AdapterInfo> AdapterCache::Info(uint64_t id) const {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError("the adapter is not in the cache");
-  const Entry& entry = it->second;
-  return AdapterInfo{entry.tier, entry.bytes, entry.pinned, entry.loading, entry.users, entry.running};
+  const Entry* entry = FindLocked(id);
+  if (entry == nullptr) return NotInCache();
+  return AdapterInfo{entry->tier, entry->bytes, entry->pinned, entry->loading, entry->users, entry->running};
 }
 
 AdapterResidency AdapterCache::Residency() const {
   absl::MutexLock lock(&mutex_);
+  return ResidencyLocked();
+}
+
+AdapterResidency AdapterCache::ResidencyLocked() const {
   AdapterResidency residency;
   for (const auto& [id, entry] : entries_) {
     ++residency.count[static_cast<int>(entry.tier)];
@@ -197,36 +190,57 @@ AdapterResidency AdapterCache::Residency() const {
 }
 
 void AdapterCache::PublishLocked() {
-  if (observer_ == nullptr) return;
-  AdapterResidency residency;
-  for (const auto& [id, entry] : entries_) {
-    ++residency.count[static_cast<int>(entry.tier)];
-    residency.bytes[static_cast<int>(entry.tier)] += entry.bytes;
+  if (observer_ != nullptr) observer_->OnAdapterResidency(ResidencyLocked());
+}
+
+AdapterCache::Entry* AdapterCache::FindLocked(uint64_t id) {
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+const AdapterCache::Entry* AdapterCache::FindLocked(uint64_t id) const {
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+absl::Status AdapterCache::NotInCache() { return absl::NotFoundError("the adapter is not in the cache"); }
+
+void AdapterCache::MoveLocked(Entry& entry, AdapterTier tier, std::shared_ptr<const deltas::DeltaSet> deltas) {
+  if (entry.tier == AdapterTier::kDevice) device_used_ -= entry.bytes;
+  if (entry.tier == AdapterTier::kHost) host_used_ -= entry.bytes;
+  entry.device.reset();
+  entry.host.reset();
+  entry.tier = deltas == nullptr ? AdapterTier::kDisk : tier;
+  if (entry.tier == AdapterTier::kDevice) {
+    entry.device = std::move(deltas);
+    device_used_ += entry.bytes;
+  } else if (entry.tier == AdapterTier::kHost) {
+    entry.host = std::move(deltas);
+    host_used_ += entry.bytes;
   }
-  observer_->OnAdapterResidency(residency);
 }
 
 absl::Status AdapterCache::AddUser(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end()) return absl::NotFoundError("the variant was deleted");
-  ++it->second.users;
+  Entry* entry = FindLocked(id);
+  if (entry == nullptr) return absl::NotFoundError("the variant was deleted");
+  ++entry->users;
   return absl::OkStatus();
 }
 
 void AdapterCache::ReleaseUser(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it != entries_.end() && it->second.users > 0) --it->second.users;
+  Entry* entry = FindLocked(id);
+  if (entry != nullptr && entry->users > 0) --entry->users;
 }
 
 std::shared_ptr<const deltas::DeltaSet> AdapterCache::AcquireResident(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end() || it->second.tier != AdapterTier::kDevice) return nullptr;
-  ++it->second.running;
-  it->second.last_used = ++clock_;
-  return it->second.device;
+  Entry* entry = FindLocked(id);
+  if (entry == nullptr || entry->tier != AdapterTier::kDevice) return nullptr;
+  ++entry->running;
+  entry->last_used = ++clock_;
+  return entry->device;
 }
 
 bool AdapterCache::BlockedForRoom() const {
@@ -236,26 +250,25 @@ bool AdapterCache::BlockedForRoom() const {
 
 void AdapterCache::ReleaseRunning(uint64_t id) {
   absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(id);
-  if (it == entries_.end() || it->second.running == 0) return;
-  it->second.last_used = ++clock_;
-  if (--it->second.running == 0) ++changes_;  // it may now be evicted for a waiting load
+  Entry* entry = FindLocked(id);
+  if (entry == nullptr || entry->running == 0) return;
+  entry->last_used = ++clock_;
+  if (--entry->running == 0) ++changes_;  // it may now be evicted for a waiting load
 }
 
 std::vector<uint64_t> AdapterCache::Want(std::vector<uint64_t> ids) {
   absl::MutexLock lock(&mutex_);
   std::vector<uint64_t> absent;
   for (uint64_t id : ids) {
-    auto it = entries_.find(id);
-    if (it == entries_.end() || it->second.tier != AdapterTier::kDevice) absent.push_back(id);
+    const Entry* entry = FindLocked(id);
+    if (entry == nullptr || entry->tier != AdapterTier::kDevice) absent.push_back(id);
   }
   if (ids != wanted_) {
     // An adapter whose load failed is tried again once it is newly wanted (the requests that
     // wanted it before were failed with the reason).
     for (uint64_t id : ids) {
       if (std::find(wanted_.begin(), wanted_.end(), id) != wanted_.end()) continue;
-      auto it = entries_.find(id);
-      if (it != entries_.end()) it->second.failed = false;
+      if (Entry* entry = FindLocked(id)) entry->failed = false;
     }
     wanted_ = std::move(ids);
     ++changes_;
@@ -283,9 +296,7 @@ void AdapterCache::MakeHostRoomLocked() {
       if (victim == nullptr || entry.last_used < victim->last_used) victim = &entry;
     }
     if (victim == nullptr) return;  // what is left cannot be re-read from disk
-    victim->host.reset();
-    victim->tier = AdapterTier::kDisk;
-    host_used_ -= victim->bytes;
+    MoveLocked(*victim, AdapterTier::kDisk, nullptr);
     if (observer_ != nullptr) observer_->OnAdapterEviction(AdapterTier::kHost);
   }
 }
@@ -323,19 +334,11 @@ bool AdapterCache::MakeDeviceRoomLocked(uint64_t for_id, int64_t bytes) {
   }
   for (size_t i = 0; i < victims; ++i) {
     Entry& entry = *candidates[i].second;
-    std::shared_ptr<const deltas::DeltaSet> host = ToHost(std::move(entry.device));
-    entry.device.reset();
-    device_used_ -= entry.bytes;
-    if (host != nullptr) {
-      entry.tier = AdapterTier::kHost;
-      entry.host = std::move(host);
-      host_used_ += entry.bytes;
-    } else {
-      entry.tier = AdapterTier::kDisk;
-    }
+    MoveLocked(entry, AdapterTier::kHost, ToHost(entry.device));  // a failed copy: to disk
     if (observer_ != nullptr) observer_->OnAdapterEviction(AdapterTier::kDevice);
   }
   MakeHostRoomLocked();
+  PublishLocked();
   return true;
 }
 
@@ -346,12 +349,10 @@ uint64_t AdapterCache::NextLoadLocked() {
   }
   order.insert(order.end(), wanted_.begin(), wanted_.end());
   for (uint64_t id : order) {
-    auto it = entries_.find(id);
-    if (it == entries_.end()) continue;
-    const Entry& entry = it->second;
-    if (entry.tier == AdapterTier::kDevice || entry.loading || entry.failed) continue;
+    const Entry* entry = FindLocked(id);
+    if (entry == nullptr || entry->tier == AdapterTier::kDevice || entry->loading || entry->failed) continue;
     // The most urgent load goes first; if it cannot make room yet, nothing behind it jumps it.
-    blocked_for_room_ = !MakeDeviceRoomLocked(id, entry.bytes);
+    blocked_for_room_ = !MakeDeviceRoomLocked(id, entry->bytes);
     return blocked_for_room_ ? 0 : id;
   }
   blocked_for_room_ = false;
@@ -369,7 +370,6 @@ void AdapterCache::LoaderLoop() {
     if (stopping_) return;
     seen = changes_;
     const uint64_t id = NextLoadLocked();
-    PublishLocked();
     if (id == 0) continue;
 
     Entry& entry = entries_.at(id);
@@ -395,22 +395,16 @@ void AdapterCache::LoaderLoop() {
 
     mutex_.Lock();
     device_used_ -= bytes;
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {  // else removed meanwhile: drop what was loaded
-      Entry& loaded = it->second;
-      loaded.loading = false;
+    if (Entry* loaded = FindLocked(id)) {  // else removed meanwhile: drop what was loaded
+      loaded->loading = false;
       if (device.ok()) {
-        if (loaded.tier == AdapterTier::kHost) host_used_ -= bytes;
-        loaded.host.reset();
-        loaded.device = std::move(*device);
-        loaded.tier = AdapterTier::kDevice;
-        loaded.last_used = ++clock_;
-        // An adapter added without its deltas learns its size on its first load.
-        loaded.bytes = loaded.device->Bytes();
-        device_used_ += loaded.bytes;
+        // An adapter added without its deltas (on disk, no bytes counted) learns its size now.
+        if (loaded->tier == AdapterTier::kDisk) loaded->bytes = (*device)->Bytes();
+        MoveLocked(*loaded, AdapterTier::kDevice, std::move(*device));
+        loaded->last_used = ++clock_;
         if (observer_ != nullptr) observer_->OnAdapterLoad(from, seconds);
       } else {
-        loaded.failed = true;
+        loaded->failed = true;
         failures_.push_back({id, device.status()});
       }
     }

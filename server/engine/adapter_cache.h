@@ -123,6 +123,14 @@ class AdapterCache {
   uint64_t NextLoadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   bool MakeDeviceRoomLocked(uint64_t for_id, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MakeHostRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // MoveLocked puts an entry in `tier` holding `deltas` (null: on disk), keeping the per-tier
+  // byte counts; the caller makes host room afterwards where needed.
+  void MoveLocked(Entry& entry, AdapterTier tier, std::shared_ptr<const deltas::DeltaSet> deltas)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  Entry* FindLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  const Entry* FindLocked(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  static absl::Status NotInCache();
+  AdapterResidency ResidencyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t MaxUnpinnedBytesLocked(uint64_t except) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   std::shared_ptr<const deltas::DeltaSet> ToHost(std::shared_ptr<const deltas::DeltaSet> device) const;
