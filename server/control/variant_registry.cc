@@ -20,6 +20,37 @@ absl::Status WithName(const std::string& name, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat("adapter \"", name, "\": ", status.message()));
 }
 
+// AdapterDirectories finds the adapters under `directory`: DIR/NAME and DIR/NAMESPACE/NAME,
+// directories holding adapter_config.json, as (name, path) pairs in name order.
+std::vector<std::pair<std::string, std::string>> AdapterDirectories(const std::string& directory) {
+  std::vector<std::pair<std::string, std::string>> found;
+  for (const std::string& name : common::Subdirectories(directory)) {
+    const std::string path = common::JoinPath(directory, name);
+    if (common::PathExists(common::JoinPath(path, kAdapterConfig))) {
+      found.push_back({name, path});
+      continue;
+    }
+    for (const std::string& inner : common::Subdirectories(path)) {
+      const std::string inner_path = common::JoinPath(path, inner);
+      if (common::PathExists(common::JoinPath(inner_path, kAdapterConfig))) {
+        found.push_back({name + "/" + inner, inner_path});
+      }
+    }
+  }
+  return found;
+}
+
+// CopyLineage restores what a catalog row knows beyond the files: kind, created time, lineage
+// and evaluation.
+void CopyLineage(const VariantRecord& row, Variant& variant) {
+  variant.kind = row.kind;
+  variant.created = absl::FromUnixNanos(row.created_unix_nanos);
+  variant.parents = row.parents;
+  variant.recipe_json = row.recipe_json;
+  variant.job_id = row.job_id;
+  variant.evaluation_json = row.evaluation_json;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<VariantRegistry>> VariantRegistry::Create(
@@ -50,46 +81,32 @@ absl::Status VariantRegistry::Restore() {
       RETURN_IF_ERROR(store_->DeleteVariant(row.name));
       continue;
     }
-    absl::StatusOr<VariantStatus> registered =
-        Register(row.name, row.artifact_path, owned, /*persist=*/false, &row);
+    absl::StatusOr<VariantStatus> registered = [&]() -> absl::StatusOr<VariantStatus> {
+      ASSIGN_OR_RETURN(auto host, ReadNewAdapter(row.name, row.artifact_path));
+      return Register(row.name, row.artifact_path, owned, /*persist=*/false, std::move(host), &row);
+    }();
     if (registered.ok()) {
       ++ready;
       continue;
     }
     auto variant = std::make_shared<Variant>();
     variant->name = row.name;
-    variant->kind = row.kind;
     variant->path = row.artifact_path;
     variant->owned = owned;
     variant->bytes = row.size_bytes;
-    variant->created = absl::FromUnixNanos(row.created_unix_nanos);
+    CopyLineage(row, *variant);
     variant->state = "BROKEN";
     variant->broken_reason = std::string(registered.status().message());
-    variant->parents = row.parents;
-    variant->recipe_json = row.recipe_json;
-    variant->job_id = row.job_id;
-    variant->evaluation_json = row.evaluation_json;
     RETURN_IF_ERROR(catalog_.Register(variant));
     RETURN_IF_ERROR(store_->SetVariantState(row.name, "BROKEN"));
     common::Log(absl::StrCat("variant \"", row.name, "\" is BROKEN: ", variant->broken_reason));
     ++broken;
   }
   // Uploaded directories without a row never finished registering.
-  for (const std::string& top : common::Subdirectories(AdaptersDir())) {
-    const std::string path = common::JoinPath(AdaptersDir(), top);
-    std::vector<std::pair<std::string, std::string>> found;  // name, path
-    if (common::PathExists(common::JoinPath(path, kAdapterConfig))) {
-      found.push_back({top, path});
-    } else {
-      for (const std::string& inner : common::Subdirectories(path)) {
-        found.push_back({top + "/" + inner, common::JoinPath(path, inner)});
-      }
-    }
-    for (const auto& [name, directory] : found) {
-      if (catalog_.Find(name) != nullptr) continue;
-      common::Log(absl::StrCat("removing ", directory, ": an upload that never reached the catalog"));
-      RETURN_IF_ERROR(common::RemoveRecursively(directory));
-    }
+  for (const auto& [name, directory] : AdapterDirectories(AdaptersDir())) {
+    if (catalog_.Find(name) != nullptr) continue;
+    common::Log(absl::StrCat("removing ", directory, ": an upload that never reached the catalog"));
+    RETURN_IF_ERROR(common::RemoveRecursively(directory));
   }
   if (ready + broken > 0) {
     common::Log(absl::StrCat("catalog: ", ready, " variants restored, ", broken, " broken"));
@@ -118,9 +135,8 @@ absl::StatusOr<std::shared_ptr<const Variant>> VariantRegistry::FindOrNotFound(
   return variant;
 }
 
-absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
-                                                        const std::string& path, bool owned,
-                                                        bool persist, const VariantRecord* row) {
+absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> VariantRegistry::ReadNewAdapter(
+    const std::string& name, const std::string& path) const {
   RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
   if (catalog_.Find(name) != nullptr) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
@@ -129,21 +145,22 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
   absl::StatusOr<deltas::PeftAdapter> adapter =
       deltas::ReadPeftAdapter(path, model.config(), model.dtype(), at::kCPU);
   if (!adapter.ok()) return WithName(name, adapter.status());
-  auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas));
+  return std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas));
+}
+
+absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
+                                                        const std::string& path, bool owned,
+                                                        bool persist,
+                                                        std::shared_ptr<const deltas::DeltaSet> host,
+                                                        const VariantRecord* row) {
   auto variant = std::make_shared<Variant>();
   variant->name = name;
   variant->path = path;
   variant->owned = owned;
   variant->bytes = host->Bytes();
   variant->ranks = host->Ranks();
-  variant->created = row != nullptr ? absl::FromUnixNanos(row->created_unix_nanos) : absl::Now();
-  if (row != nullptr) {
-    variant->kind = row->kind;
-    variant->parents = row->parents;
-    variant->recipe_json = row->recipe_json;
-    variant->job_id = row->job_id;
-    variant->evaluation_json = row->evaluation_json;
-  }
+  variant->created = absl::Now();
+  if (row != nullptr) CopyLineage(*row, *variant);
   VariantRecord record;
   if (persist) {
     record.name = name;
@@ -183,22 +200,10 @@ absl::StatusOr<int> VariantRegistry::RegisterDirectory(const std::string& direct
   if (!common::IsDirectory(directory)) {
     return absl::NotFoundError(absl::StrCat(directory, " is not a directory"));
   }
-  std::vector<std::pair<std::string, std::string>> found;  // name, path
-  for (const std::string& name : common::Subdirectories(directory)) {
-    const std::string path = common::JoinPath(directory, name);
-    if (common::PathExists(common::JoinPath(path, kAdapterConfig))) {
-      found.push_back({name, path});
-      continue;
-    }
-    for (const std::string& inner : common::Subdirectories(path)) {
-      const std::string inner_path = common::JoinPath(path, inner);
-      if (common::PathExists(common::JoinPath(inner_path, kAdapterConfig))) {
-        found.push_back({name + "/" + inner, inner_path});
-      }
-    }
-  }
+  const std::vector<std::pair<std::string, std::string>> found = AdapterDirectories(directory);
   for (const auto& [name, path] : found) {
-    RETURN_IF_ERROR(Register(name, path, /*owned=*/false, /*persist=*/false).status());
+    ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, path));
+    RETURN_IF_ERROR(Register(name, path, /*owned=*/false, /*persist=*/false, std::move(host)).status());
   }
   return static_cast<int>(found.size());
 }
@@ -216,7 +221,8 @@ absl::StatusOr<VariantStatus> VariantRegistry::RegisterAdapter(const std::string
   if (!common::IsDirectory(real)) {
     return absl::InvalidArgumentError(absl::StrCat("path \"", path, "\" is not a directory"));
   }
-  return Register(name, real, /*owned=*/false, /*persist=*/true);
+  ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, real));
+  return Register(name, real, /*owned=*/false, /*persist=*/true, std::move(host));
 }
 
 absl::StatusOr<std::unique_ptr<AdapterUpload>> VariantRegistry::BeginUpload(const std::string& name) {
@@ -230,14 +236,9 @@ absl::StatusOr<std::unique_ptr<AdapterUpload>> VariantRegistry::BeginUpload(cons
 absl::StatusOr<VariantStatus> VariantRegistry::CommitUpload(std::unique_ptr<AdapterUpload> upload) {
   RETURN_IF_ERROR(upload->Finish());
   const std::string& name = upload->name();
-  if (catalog_.Find(name) != nullptr) {
-    return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
-  }
-  // Validate where it was staged: nothing invalid ever reaches adapters/.
-  const model::LlamaModel& model = engine_->model();
-  absl::StatusOr<deltas::PeftAdapter> check =
-      deltas::ReadPeftAdapter(upload->directory(), model.config(), model.dtype(), at::kCPU);
-  if (!check.ok()) return WithName(name, check.status());
+  // Read and validate where it was staged: nothing invalid ever reaches adapters/. The same
+  // deltas are registered after the move (no second read).
+  ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, upload->directory()));
 
   const std::string final_path = common::JoinPath(AdaptersDir(), name);
   const std::string parent = final_path.substr(0, final_path.rfind('/'));
@@ -249,7 +250,8 @@ absl::StatusOr<VariantStatus> VariantRegistry::CommitUpload(std::unique_ptr<Adap
   RETURN_IF_ERROR(moved);
   upload->Release();
   RETURN_IF_ERROR(common::SyncPath(parent));
-  absl::StatusOr<VariantStatus> registered = Register(name, final_path, /*owned=*/true, /*persist=*/true);
+  absl::StatusOr<VariantStatus> registered =
+      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(host));
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }

@@ -73,11 +73,16 @@ class VariantRegistry {
  private:
   VariantRegistry(VariantRegistryOptions options, engine::Engine* engine)
       : options_(std::move(options)), engine_(engine) {}
-  // Register reads and validates the adapter at `path` and makes it servable as `name`. With
-  // `persist`, its catalog row is written last (undoing the registration if that fails);
-  // `row` carries lineage restored from the catalog.
+  // ReadNewAdapter validates a new variant name (free, well-formed) and reads and validates
+  // the adapter at `path` against the base, into host memory.
+  absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> ReadNewAdapter(const std::string& name,
+                                                                       const std::string& path) const;
+  // Register makes `host` (read from `path`) servable as `name`. With `persist`, its catalog
+  // row is written last (undoing the registration if that fails); `row` carries lineage
+  // restored from the catalog.
   absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned,
-                                         bool persist, const VariantRecord* row = nullptr);
+                                         bool persist, std::shared_ptr<const deltas::DeltaSet> host,
+                                         const VariantRecord* row = nullptr);
   absl::Status Restore();
   bool IsOwned(const std::string& path) const;
   VariantStatus StatusOf(std::shared_ptr<const Variant> variant) const;
