@@ -1,12 +1,12 @@
 #include "server/api/generation_service.h"
 
-#include <chrono>
 #include <deque>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/api/deadline.h"
 #include "server/api/grpc_status.h"
 #include "server/common/status_macros.h"
 #include "server/model/utf8_stream.h"
@@ -15,15 +15,6 @@ namespace deltaserve::api {
 namespace {
 
 namespace v1 = deltaserve::v1;
-
-absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
-  auto deadline = context.deadline();
-  // gRPC reports "no deadline" as a time far in the future.
-  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
-    return absl::InfiniteFuture();
-  }
-  return absl::FromChrono(deadline);
-}
 
 v1::FinishReason ToProto(engine::FinishReason reason) {
   switch (reason) {

@@ -1,9 +1,8 @@
 #include "server/api/variants_service.h"
 
-#include <chrono>
-
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/api/deadline.h"
 #include "server/api/grpc_status.h"
 #include "server/common/status_macros.h"
 
@@ -55,15 +54,6 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   out->set_uploaded(variant.owned);
   out->set_state(variant.state == "READY" ? v1::READY : v1::BROKEN);
   out->set_state_reason(variant.broken_reason);
-  if (variant.adapter_id == 0) out->set_residency(v1::DISK);
-}
-
-absl::Time DeadlineOr(const grpc::ServerContext& context, absl::Duration fallback) {
-  auto deadline = context.deadline();
-  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
-    return absl::Now() + fallback;
-  }
-  return absl::FromChrono(deadline);
 }
 
 }  // namespace
@@ -149,8 +139,9 @@ grpc::Status VariantsService::ListVariants(grpc::ServerContext*, const v1::ListV
 grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
                                             const v1::DeleteVariantRequest* request,
                                             v1::DeleteVariantResponse*) {
-  return Finish("DeleteVariant", registry_->Delete(request->name(), request->drain(),
-                                                   DeadlineOr(*context, kDefaultDrainTimeout)));
+  absl::Time deadline = DeadlineOf(*context);
+  if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + kDefaultDrainTimeout;
+  return Finish("DeleteVariant", registry_->Delete(request->name(), request->drain(), deadline));
 }
 
 grpc::Status VariantsService::PinVariant(grpc::ServerContext*, const v1::PinVariantRequest* request,
