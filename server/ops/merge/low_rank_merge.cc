@@ -22,7 +22,7 @@ std::pair<at::Tensor, at::Tensor> Stack(const std::vector<deltas::LowRankFactor>
 
 }  // namespace
 
-absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& inputs) {
+absl::Status CheckInputs(const std::vector<WeightedDeltas>& inputs) {
   if (inputs.empty()) return absl::InvalidArgumentError("a merge needs at least one input");
   const int64_t layers = inputs[0].deltas->num_layers();
   for (size_t i = 1; i < inputs.size(); ++i) {
@@ -31,6 +31,26 @@ absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& 
                                                      " layers, input 0 has ", layers, ": not the same base"));
     }
   }
+  return absl::OkStatus();
+}
+
+std::pair<deltas::LowRankFactor, double> TruncatedFactor(const at::Tensor& u, const at::Tensor& s,
+                                                         const at::Tensor& vh, int64_t rank,
+                                                         at::ScalarType dtype) {
+  const int64_t kept = std::min<int64_t>(rank, s.size(0));
+  const double total = s.pow(2).sum().item<double>();
+  const double dropped = s.narrow(0, kept, s.size(0) - kept).pow(2).sum().item<double>();
+  at::Tensor root = s.narrow(0, 0, kept).sqrt();
+  at::Tensor b = u.narrow(1, 0, kept) * root.unsqueeze(0);
+  at::Tensor a = root.unsqueeze(1) * vh.narrow(0, 0, kept);
+  return {{a.to(dtype).contiguous(), b.to(dtype).contiguous(), 1.0},
+          total > 0 ? std::sqrt(dropped / total) : 0.0};
+}
+
+absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& inputs) {
+  absl::Status valid = CheckInputs(inputs);
+  if (!valid.ok()) return valid;
+  const int64_t layers = inputs[0].deltas->num_layers();
   deltas::DeltaSet merged(layers);
   absl::Status status = absl::OkStatus();
   absl::Status torch = common::CatchTorchErrors("concatenating deltas", [&] {
@@ -77,20 +97,9 @@ absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int
         auto [qb, rb] = at::linalg_qr(stacked_b.to(at::kDouble));
         auto [qa, ra] = at::linalg_qr(stacked_a.t().to(at::kDouble));
         auto [u, s, vh] = at::linalg_svd(at::matmul(rb, ra.t()), /*full_matrices=*/false);
-        const int64_t kept = std::min<int64_t>(rank, s.size(0));
-        const double total = s.pow(2).sum().item<double>();
-        const double dropped = s.narrow(0, kept, s.size(0) - kept).pow(2).sum().item<double>();
-        at::Tensor root = s.narrow(0, 0, kept).sqrt();
-        at::Tensor b = at::matmul(qb, u.narrow(1, 0, kept)) * root.unsqueeze(0);
-        at::Tensor a = root.unsqueeze(1) * at::matmul(vh.narrow(0, 0, kept), qa.t());
-        result.deltas.Add(layer, projection, {a.to(dtype).contiguous(), b.to(dtype).contiguous(), 1.0});
-        ModuleError error;
-        error.layer = layer;
-        error.module = deltas::ProjectionName(projection);
-        error.rank_before = stacked_a.size(0);
-        error.rank_after = kept;
-        error.relative_error = total > 0 ? std::sqrt(dropped / total) : 0.0;
-        result.errors.push_back(error);
+        auto [factor, error] = TruncatedFactor(at::matmul(qb, u), s, at::matmul(vh, qa.t()), rank, dtype);
+        result.errors.push_back({layer, deltas::ProjectionName(projection), stacked_a.size(0), factor.rank(), error});
+        result.deltas.Add(layer, projection, std::move(factor));
       }
     }
   });

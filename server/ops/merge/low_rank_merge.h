@@ -25,8 +25,12 @@ struct WeightedDeltas {
   double weight = 1.0;
 };
 
-// Concatenate: INVALID_ARGUMENT when there are no inputs, or when inputs disagree on the
-// number of layers or a module's shape (the message names the module).
+// CheckInputs: INVALID_ARGUMENT when there are no inputs or they disagree on the number of
+// layers (not variants of one base).
+absl::Status CheckInputs(const std::vector<WeightedDeltas>& inputs);
+
+// Concatenate: INVALID_ARGUMENT when CheckInputs fails or inputs disagree on a module's shape
+// (the message names the module).
 absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& inputs);
 
 struct ModuleError {
@@ -41,6 +45,13 @@ struct RecompressedDeltas {
   deltas::DeltaSet deltas;  // one factor per module, rank <= `rank`
   std::vector<ModuleError> errors;
 };
+
+// TruncatedFactor keeps the leading `rank` terms of U diag(s) Vh (s descending, float64) as one
+// factor B = U_k sqrt(s_k), A = sqrt(s_k) Vh_k in `dtype`, and returns it with the relative
+// Frobenius error of what was dropped, sqrt(sum dropped s^2 / sum s^2) (0 for all-zero s).
+std::pair<deltas::LowRankFactor, double> TruncatedFactor(const at::Tensor& u, const at::Tensor& s,
+                                                         const at::Tensor& vh, int64_t rank,
+                                                         at::ScalarType dtype);
 
 // Recompress: INVALID_ARGUMENT when rank < 1. Modules whose rank is already <= `rank` are
 // still combined into one factor (exactly, error 0 up to rounding).

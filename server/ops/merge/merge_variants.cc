@@ -37,14 +37,7 @@ deltas::DeltaSet ScaledByLayer(const deltas::DeltaSet& input, const MergeRecipe&
 // Truncated SVD of a dense [out, in] delta into one factor of rank <= `rank`.
 std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64_t rank, at::ScalarType dtype) {
   auto [u, s, vh] = at::linalg_svd(dense.to(at::kDouble), /*full_matrices=*/false);
-  const int64_t kept = std::min<int64_t>(rank, s.size(0));
-  const double total = s.pow(2).sum().item<double>();
-  const double dropped = s.narrow(0, kept, s.size(0) - kept).pow(2).sum().item<double>();
-  at::Tensor root = s.narrow(0, 0, kept).sqrt();
-  at::Tensor b = u.narrow(1, 0, kept) * root.unsqueeze(0);
-  at::Tensor a = root.unsqueeze(1) * vh.narrow(0, 0, kept);
-  return {{a.to(dtype).contiguous(), b.to(dtype).contiguous(), 1.0},
-          total > 0 ? std::sqrt(dropped / total) : 0.0};
+  return TruncatedFactor(u, s, vh, rank, dtype);
 }
 
 absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<WeightedDeltas>& inputs,
@@ -113,14 +106,7 @@ absl::Status ValidateMergeRecipe(const MergeRecipe& recipe) {
 absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
                                                  const MergeRecipe& recipe) {
   RETURN_IF_ERROR(ValidateMergeRecipe(recipe));
-  if (inputs.empty()) return absl::InvalidArgumentError("a merge needs at least one input");
-  for (size_t i = 1; i < inputs.size(); ++i) {
-    if (inputs[i].deltas->num_layers() != inputs[0].deltas->num_layers()) {
-      return absl::InvalidArgumentError(absl::StrCat("input ", i, " has ", inputs[i].deltas->num_layers(),
-                                                     " layers, input 0 has ", inputs[0].deltas->num_layers(),
-                                                     ": not the same base"));
-    }
-  }
+  RETURN_IF_ERROR(CheckInputs(inputs));
   // task_arithmetic sparsifies nothing: it is lambda times the exact sum, so it takes the
   // low-rank path (QR + a small SVD) instead of decomposing each dense module.
   if (IsExact(recipe.method) || recipe.method == "svd" || recipe.method == "task_arithmetic") {
