@@ -19,29 +19,17 @@
 #include "tests/integration/reflection.grpc.pb.h"  // generated under build/proto
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
+#include "tests/integration/shared_server.h"
 #include "tests/support/test_models.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
 namespace {
 
-class ServerTest : public ::testing::Test {
+class ServerTest : public SharedServerTest<ServerTest> {
  protected:
-  static void SetUpTestSuite() {
-    server_ = new ServerProcess();
-    ASSERT_TRUE(server_->Start(TinyModelDir()));
-    client_ = DeltaserveClient::Connect(server_->target()).release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    delete server_;
-  }
-  static ServerProcess* server_;
-  static DeltaserveClient* client_;
+  static void SetUpTestSuite() { StartServer(); }
 };
-
-ServerProcess* ServerTest::server_ = nullptr;
-DeltaserveClient* ServerTest::client_ = nullptr;
 
 TEST_F(ServerTest, HealthIsServing) {
   client::HealthStatus health;
@@ -259,26 +247,15 @@ TEST(DeltactlTest, ServerDownIsAClearError) {
 }
 
 // A server with 8 demo adapters registered from --adapter-dir (two in a namespace).
-class AdapterServerTest : public ::testing::Test {
+class AdapterServerTest : public SharedServerTest<AdapterServerTest> {
  protected:
   static void SetUpTestSuite() {
     const std::string adapters = MakeTempDir("adapter-dir");
     ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 6, 4).ok());
     ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters + "/acme", 2, 8, 99).ok());
-    server_ = new ServerProcess();
-    ASSERT_TRUE(server_->Start(TinyModelDir(), {"--adapter-dir", adapters}));
-    client_ = DeltaserveClient::Connect(server_->target()).release();
+    StartServer({"--adapter-dir", adapters});
   }
-  static void TearDownTestSuite() {
-    delete client_;
-    delete server_;
-  }
-  static ServerProcess* server_;
-  static DeltaserveClient* client_;
 };
-
-ServerProcess* AdapterServerTest::server_ = nullptr;
-DeltaserveClient* AdapterServerTest::client_ = nullptr;
 
 const std::vector<std::string> kVariants = {"",         "demo-000", "demo-001", "demo-002",
                                             "demo-003", "demo-004", "demo-005", "acme/demo-000",

@@ -13,6 +13,7 @@
 
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
+#include "tests/integration/shared_server.h"
 #include "server/common/file_util.h"
 #include "tests/support/test_models.h"
 #include "tools/demo_model.h"
@@ -22,7 +23,34 @@ namespace {
 
 constexpr int64_t kTinyRank4AdapterBytes = 35840;
 
-class VariantsServerTest : public ::testing::Test {
+grpc::Status RegisterAdapter(DeltaserveClient& client, const std::string& name, const std::string& path,
+                             v1::Variant* variant = nullptr) {
+  grpc::ClientContext context;
+  v1::RegisterAdapterRequest request;
+  request.set_name(name);
+  request.set_path(path);
+  v1::Variant ignored;
+  return client.variants().RegisterAdapter(&context, request, variant ? variant : &ignored);
+}
+
+grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant) {
+  grpc::ClientContext context;
+  v1::GetVariantRequest request;
+  request.set_name(name);
+  return client.variants().GetVariant(&context, request, variant);
+}
+
+grpc::Status DeleteVariant(DeltaserveClient& client, const std::string& name, bool drain) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::DeleteVariantRequest request;
+  request.set_name(name);
+  request.set_drain(drain);
+  v1::DeleteVariantResponse response;
+  return client.variants().DeleteVariant(&context, request, &response);
+}
+
+class VariantsServerTest : public SharedServerTest<VariantsServerTest> {
  protected:
   static void SetUpTestSuite() {
     root_ = new std::string(MakeTempDir("adapter-root"));
@@ -30,57 +58,27 @@ class VariantsServerTest : public ::testing::Test {
     outside_ = new std::string(MakeTempDir("outside-root"));
     ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), *outside_, 1, 4, 50).ok());
     ASSERT_EQ(::symlink((*outside_ + "/demo-000").c_str(), (*root_ + "/escape").c_str()), 0);
-    server_ = new ServerProcess();
-    ASSERT_TRUE(server_->Start(TinyModelDir(),
-                               {"--adapter-root", *root_, "--adapter-cache-bytes",
-                                std::to_string(3 * kTinyRank4AdapterBytes), "--max-upload-bytes",
-                                "1000000"}));
-    client_ = DeltaserveClient::Connect(server_->target()).release();
-  }
-  static void TearDownTestSuite() {
-    delete client_;
-    delete server_;
+    StartServer({"--adapter-root", *root_, "--adapter-cache-bytes", std::to_string(3 * kTinyRank4AdapterBytes),
+                 "--max-upload-bytes", "1000000"});
   }
 
+  // The RPC helpers on this suite's server.
   static grpc::Status Register(const std::string& name, const std::string& path,
                                v1::Variant* variant = nullptr) {
-    grpc::ClientContext context;
-    v1::RegisterAdapterRequest request;
-    request.set_name(name);
-    request.set_path(path);
-    v1::Variant ignored;
-    return client_->variants().RegisterAdapter(&context, request, variant ? variant : &ignored);
+    return RegisterAdapter(*client_, name, path, variant);
   }
   static grpc::Status Get(const std::string& name, v1::Variant* variant) {
-    grpc::ClientContext context;
-    v1::GetVariantRequest request;
-    request.set_name(name);
-    return client_->variants().GetVariant(&context, request, variant);
+    return GetVariant(*client_, name, variant);
   }
-  static grpc::Status Delete(const std::string& name, bool drain) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    v1::DeleteVariantRequest request;
-    request.set_name(name);
-    request.set_drain(drain);
-    v1::DeleteVariantResponse response;
-    return client_->variants().DeleteVariant(&context, request, &response);
-  }
+  static grpc::Status Delete(const std::string& name, bool drain) { return DeleteVariant(*client_, name, drain); }
   static Stream Run(const std::string& variant, int max_tokens = 8) {
     return RunStream(*client_, Generate("the cat reads", max_tokens, variant));
   }
   static std::string Scrape() { return HttpGet(server_->metrics_port(), "/metrics"); }
 
-  static std::string* root_;
-  static std::string* outside_;
-  static ServerProcess* server_;
-  static DeltaserveClient* client_;
+  static inline std::string* root_ = nullptr;
+  static inline std::string* outside_ = nullptr;
 };
-
-std::string* VariantsServerTest::root_ = nullptr;
-std::string* VariantsServerTest::outside_ = nullptr;
-ServerProcess* VariantsServerTest::server_ = nullptr;
-DeltaserveClient* VariantsServerTest::client_ = nullptr;
 
 TEST_F(VariantsServerTest, AnUploadedAdapterServesAtOnceLikeTheSameFilesRegistered) {
   const std::string local = MakeTempDir("upload-source");
@@ -343,11 +341,7 @@ TEST(VariantsRestartTest, UploadedAdaptersSurviveARestartAndRegisterIsOffWithout
     ASSERT_TRUE(client->UploadAdapter("keep/me", local + "/demo-000", &variant).ok());
     tokens = RunStream(*client, Generate("the cat reads", 6, "keep/me")).tokens;
     ASSERT_EQ(tokens.size(), 6u);
-    grpc::ClientContext context;
-    v1::RegisterAdapterRequest registration;
-    registration.set_name("x");
-    registration.set_path(local + "/demo-000");
-    grpc::Status off = client->variants().RegisterAdapter(&context, registration, &variant);
+    grpc::Status off = RegisterAdapter(*client, "x", local + "/demo-000");
     EXPECT_EQ(off.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
     EXPECT_NE(off.error_message().find("--adapter-root"), std::string::npos);
   }
@@ -359,12 +353,6 @@ TEST(VariantsRestartTest, UploadedAdaptersSurviveARestartAndRegisterIsOffWithout
   EXPECT_EQ(stream.tokens, tokens);
 }
 
-}  // namespace
-}  // namespace deltaserve::testing
-
-namespace deltaserve::testing {
-namespace {
-
 TEST(VariantsRestartTest, TheCatalogRestoresVariantsMarksBrokenOnesAndDropsStrayUploads) {
   const std::string data_dir = MakeTempDir("catalog-data");
   const std::string root = MakeTempDir("catalog-root");
@@ -374,12 +362,8 @@ TEST(VariantsRestartTest, TheCatalogRestoresVariantsMarksBrokenOnesAndDropsStray
     ServerProcess server;
     ASSERT_TRUE(server.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
     auto client = DeltaserveClient::Connect(server.target());
-    grpc::ClientContext context;
-    v1::RegisterAdapterRequest request;
-    request.set_name("reg/one");
-    request.set_path("demo-000");
     v1::Variant variant;
-    ASSERT_TRUE(client->variants().RegisterAdapter(&context, request, &variant).ok());
+    ASSERT_TRUE(RegisterAdapter(*client, "reg/one", "demo-000").ok());
     ASSERT_TRUE(client->UploadAdapter("up/two", root + "/demo-001", &variant).ok());
     created = variant.created().seconds();
   }
@@ -391,39 +375,29 @@ TEST(VariantsRestartTest, TheCatalogRestoresVariantsMarksBrokenOnesAndDropsStray
   ServerProcess server;
   ASSERT_TRUE(server.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
   auto client = DeltaserveClient::Connect(server.target());
-  auto get = [&](const std::string& name, v1::Variant* variant) {
-    grpc::ClientContext context;
-    v1::GetVariantRequest request;
-    request.set_name(name);
-    return client->variants().GetVariant(&context, request, variant);
-  };
   v1::Variant broken, kept;
-  ASSERT_TRUE(get("reg/one", &broken).ok());
+  ASSERT_TRUE(GetVariant(*client, "reg/one", &broken).ok());
   EXPECT_EQ(broken.state(), v1::BROKEN);
   EXPECT_FALSE(broken.state_reason().empty());
   Stream refused = RunStream(*client, Generate("the cat", 4, "reg/one"));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(refused.status.error_message().find("BROKEN"), std::string::npos) << refused.status.error_message();
-  ASSERT_TRUE(get("up/two", &kept).ok());
+  ASSERT_TRUE(GetVariant(*client, "up/two", &kept).ok());
   EXPECT_EQ(kept.state(), v1::READY);
   EXPECT_EQ(kept.created().seconds(), created);
   EXPECT_TRUE(RunStream(*client, Generate("the cat", 4, "up/two")).status.ok());
-  EXPECT_EQ(get("stray/x", &kept).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(GetVariant(*client, "stray/x", &kept).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_FALSE(common::PathExists(data_dir + "/adapters/stray/x")) << "the stray upload was removed";
 
   // A broken variant can be deleted, and stays deleted.
-  grpc::ClientContext context;
-  v1::DeleteVariantRequest remove;
-  remove.set_name("reg/one");
-  v1::DeleteVariantResponse removed;
-  ASSERT_TRUE(client->variants().DeleteVariant(&context, remove, &removed).ok());
+  ASSERT_TRUE(DeleteVariant(*client, "reg/one", /*drain=*/false).ok());
   server.Signal(SIGTERM);
   ASSERT_EQ(server.WaitForExit(30), 0);
   ServerProcess again;
   ASSERT_TRUE(again.Start(TinyModelDir(), {"--data-dir", data_dir, "--adapter-root", root}));
   client = DeltaserveClient::Connect(again.target());
-  EXPECT_EQ(get("reg/one", &broken).error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_TRUE(get("up/two", &kept).ok());
+  EXPECT_EQ(GetVariant(*client, "reg/one", &broken).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(GetVariant(*client, "up/two", &kept).ok());
 }
 
 }  // namespace
