@@ -13,6 +13,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "client/deltactl_report.h"
 #include "client/deltactl_variants.h"
 #include "client/deltaserve_client.h"
 #include "server/common/flag_names.h"
@@ -44,12 +45,6 @@ const char* FinishName(v1::FinishReason reason) {
     case v1::FINISH_REASON_ERROR: return "error";
     default: return "unspecified";
   }
-}
-
-int Report(DeltaserveClient& client, const grpc::Status& status) {
-  if (status.ok()) return 0;
-  std::fprintf(stderr, "deltactl: %s\n", deltaserve::client::DescribeError(client.target(), status).c_str());
-  return 1;
 }
 
 std::chrono::milliseconds Timeout() {
@@ -91,7 +86,7 @@ int Generate(DeltaserveClient& client, const std::string& prompt) {
                  FinishName(last.finish_reason()), last.usage().prompt_tokens(),
                  last.usage().completion_tokens(), last.usage().time_to_first_token_seconds());
   }
-  return Report(client, status);
+  return deltaserve::client::ReportStatus(client, status);
 }
 
 int Score(DeltaserveClient& client, const std::string& text) {
@@ -107,7 +102,7 @@ int Score(DeltaserveClient& client, const std::string& text) {
     }
     std::printf("total_logprob\t%.6f\n", response.total_logprob());
   }
-  return Report(client, status);
+  return deltaserve::client::ReportStatus(client, status);
 }
 
 int Tokenize(DeltaserveClient& client, const std::string& text) {
@@ -121,13 +116,13 @@ int Tokenize(DeltaserveClient& client, const std::string& text) {
       std::printf("%d\t\"%s\"\n", response.token_ids(i), response.tokens(i).c_str());
     }
   }
-  return Report(client, status);
+  return deltaserve::client::ReportStatus(client, status);
 }
 
 int Health(DeltaserveClient& client) {
   deltaserve::client::HealthStatus health;
   grpc::Status status = client.Health("", &health);
-  if (!status.ok()) return Report(client, status);
+  if (!status.ok()) return deltaserve::client::ReportStatus(client, status);
   bool serving = health == deltaserve::client::HealthStatus::kServing;
   std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
   return serving ? 0 : 1;

@@ -5,6 +5,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/deltactl_report.h"
 
 ABSL_FLAG(std::string, prefix, "", "variants list: only names starting with this (e.g. acme/)");
 ABSL_FLAG(bool, drain, false, "variants delete: stop new requests and wait for running ones");
@@ -46,12 +47,6 @@ void PrintDetail(const v1::Variant& variant) {
               static_cast<long>(variant.created().seconds()));
 }
 
-int Report(DeltaserveClient& client, const grpc::Status& status) {
-  if (status.ok()) return 0;
-  std::fprintf(stderr, "deltactl: %s\n", DescribeError(client.target(), status).c_str());
-  return 1;
-}
-
 int List(DeltaserveClient& client) {
   v1::ListVariantsRequest request;
   request.set_prefix(absl::GetFlag(FLAGS_prefix));
@@ -61,7 +56,7 @@ int List(DeltaserveClient& client) {
     grpc::ClientContext context;
     v1::ListVariantsResponse response;
     grpc::Status status = client.variants().ListVariants(&context, request, &response);
-    if (!status.ok()) return Report(client, status);
+    if (!status.ok()) return ReportStatus(client, status);
     for (const v1::Variant& variant : response.variants()) PrintLine(variant);
     request.set_page_token(response.next_page_token());
   } while (!request.page_token().empty());
@@ -105,7 +100,7 @@ int RunVariantsCommand(DeltaserveClient& client, const std::vector<std::string>&
     v1::DeleteVariantResponse response;
     status = client.variants().DeleteVariant(&context, request, &response);
     if (status.ok()) std::printf("deleted %s\n", name.c_str());
-    return Report(client, status);
+    return ReportStatus(client, status);
   } else if (command == "pin") {
     v1::PinVariantRequest request;
     request.set_name(name);
@@ -118,7 +113,7 @@ int RunVariantsCommand(DeltaserveClient& client, const std::vector<std::string>&
     return usage("list|get|register|upload|delete|pin|unpin NAME [PATH]");
   }
   if (status.ok()) PrintDetail(variant);
-  return Report(client, status);
+  return ReportStatus(client, status);
 }
 
 }  // namespace deltaserve::client
