@@ -238,11 +238,10 @@ absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationService::Resol
     const std::string& variant) const {
   if (variant.empty() || variant == base_model_name_) return nullptr;
   std::shared_ptr<const control::Variant> found = variants_->Find(variant);
-  if (found != nullptr && found->state != "READY") {
-    return absl::FailedPreconditionError(absl::StrCat("variant \"", variant, "\" is ", found->state, ": ",
-                                                      found->broken_reason));
+  if (found != nullptr) {
+    RETURN_IF_ERROR(control::CheckServable(*found));
+    return found;
   }
-  if (found != nullptr) return found;
   return absl::NotFoundError(absl::StrCat("variant \"", variant,
                                           "\" does not exist (the base model is \"",
                                           base_model_name_, "\" or an empty variant)"));

@@ -8,6 +8,12 @@
 
 namespace deltaserve::control {
 
+absl::Status CheckServable(const Variant& variant) {
+  if (variant.state == "READY") return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("variant \"", variant.name, "\" is ", variant.state, ": ", variant.broken_reason));
+}
+
 absl::Status VariantCatalog::ValidateName(const std::string& name) {
   static const std::regex kName("([a-z0-9][a-z0-9._-]{0,63}/)?[a-z0-9][a-z0-9._-]{0,63}");
   if (std::regex_match(name, kName)) return absl::OkStatus();

@@ -42,6 +42,10 @@ struct Variant {
   std::string evaluation_json = "{}";
 };
 
+// CheckServable: OK for a READY variant; FAILED_PRECONDITION naming its state and why
+// otherwise (a BROKEN variant has no adapter to serve).
+absl::Status CheckServable(const Variant& variant);
+
 class VariantCatalog {
  public:
   // ValidateName explains what is wrong with a variant name (INVALID_ARGUMENT).

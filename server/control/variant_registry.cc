@@ -322,10 +322,7 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
 
 absl::StatusOr<VariantStatus> VariantRegistry::Pin(const std::string& name) {
   ASSIGN_OR_RETURN(std::shared_ptr<const Variant> variant, FindOrNotFound(name));
-  if (variant->adapter_id == 0) {
-    return absl::FailedPreconditionError(absl::StrCat("variant \"", name, "\" is ", variant->state, ": ",
-                                                      variant->broken_reason));
-  }
+  RETURN_IF_ERROR(CheckServable(*variant));
   absl::Status pinned = engine_->adapters().Pin(variant->adapter_id);
   if (!pinned.ok()) return WithName(name, pinned);
   return StatusOf(std::move(variant));
