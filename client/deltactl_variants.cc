@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -45,6 +47,23 @@ void PrintDetail(const v1::Variant& variant) {
               static_cast<long>(variant.size_bytes()), Ranks(variant).c_str(),
               static_cast<long>(variant.active_requests()), variant.uploaded() ? "uploaded" : "server path",
               static_cast<long>(variant.created().seconds()));
+  if (!variant.base_model().empty()) std::printf("base:      %s\n", variant.base_model().c_str());
+  if (variant.state() == v1::BROKEN) std::printf("state:     BROKEN: %s\n", variant.state_reason().c_str());
+  const v1::Lineage& lineage = variant.lineage();
+  if (lineage.parents_size() > 0 || !lineage.job_id().empty()) {
+    std::printf("parents:   %s\njob:       %s\nrecipe:    %s\n", absl::StrJoin(lineage.parents(), ", ").c_str(),
+                lineage.job_id().empty() ? "-" : lineage.job_id().c_str(), lineage.recipe_json().c_str());
+  }
+  // The evaluation in brief: a merge's re-compression errors; other reports as they are.
+  nlohmann::json evaluation = nlohmann::json::parse(variant.evaluation_json(), nullptr, false);
+  if (evaluation.is_object() && evaluation.contains("max_relative_error") && evaluation.contains("modules")) {
+    std::printf("evaluation: %s merge, relative error max %.4g, mean %.4g over %zu re-compressed modules\n",
+                evaluation.value("exact", false) ? "exact" : "re-compressed",
+                evaluation["max_relative_error"].get<double>(), evaluation["mean_relative_error"].get<double>(),
+                evaluation["modules"].size());
+  } else if (!variant.evaluation_json().empty() && variant.evaluation_json() != "{}") {
+    std::printf("evaluation: %s\n", variant.evaluation_json().c_str());
+  }
 }
 
 int List(DeltaserveClient& client) {

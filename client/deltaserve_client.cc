@@ -20,6 +20,7 @@ DeltaserveClient::DeltaserveClient(const std::string& target)
       channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
       generation_(deltaserve::v1::Generation::NewStub(channel_)),
       variants_(deltaserve::v1::Variants::NewStub(channel_)),
+      jobs_(deltaserve::v1::Jobs::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
 grpc::Status DeltaserveClient::Generate(

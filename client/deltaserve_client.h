@@ -1,6 +1,7 @@
 // DeltaserveClient: a small synchronous C++ client for deltaserve's gRPC API (Generation,
 // Variants and gRPC health). One client per target; methods are thread-safe (gRPC stubs are).
-// Variants calls go through variants() directly, except UploadAdapter, which streams files.
+// Variants and Jobs calls go through variants() and jobs() directly, except UploadAdapter,
+// which streams files.
 //   auto client = DeltaserveClient::Connect("127.0.0.1:50051");
 //   grpc::Status status = client->Generate(request, [](const GenerateResponse& r) { ... });
 #pragma once
@@ -13,6 +14,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "deltaserve/v1/generation.grpc.pb.h"
+#include "deltaserve/v1/jobs.grpc.pb.h"
 #include "deltaserve/v1/variants.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -42,6 +44,7 @@ class DeltaserveClient {
   grpc::Status UploadAdapter(const std::string& name, const std::string& directory,
                              deltaserve::v1::Variant* variant, size_t chunk_bytes = 1 << 20);
   deltaserve::v1::Variants::Stub& variants() { return *variants_; }
+  deltaserve::v1::Jobs::Stub& jobs() { return *jobs_; }
   // WaitForReady blocks until the channel connects or the timeout passes.
   bool WaitForReady(std::chrono::milliseconds timeout);
 
@@ -53,6 +56,7 @@ class DeltaserveClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;
   std::unique_ptr<deltaserve::v1::Variants::Stub> variants_;
+  std::unique_ptr<deltaserve::v1::Jobs::Stub> jobs_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 

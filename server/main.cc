@@ -19,10 +19,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/api/generation_service.h"
+#include "server/api/jobs_service.h"
 #include "server/api/serving_state.h"
 #include "server/api/variants_service.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
+#include "server/control/job_runner.h"
+#include "server/control/merge_jobs.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
@@ -56,6 +59,12 @@ ABSL_FLAG(int64_t, adapter_cache_bytes, int64_t{1} << 30,
 ABSL_FLAG(int64_t, adapter_host_cache_bytes, int64_t{4} << 30,
           "host memory for adapters evicted from the device; beyond it they are re-read from disk");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest adapter_model.safetensors UploadAdapter accepts");
+ABSL_FLAG(int32_t, job_workers, 1, "jobs (merges, ...) that run at once, beside serving");
+ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
+          "memory all running jobs may use together (their estimates); a job that needs more is refused");
+ABSL_FLAG(int32_t, job_threads, 1, "intra-op CPU threads of each running job");
+ABSL_FLAG(int32_t, job_step_pause_ms, 0,
+          "pause between a job's steps, trading job speed for serving latency on a busy CPU");
 ABSL_FLAG(double, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight requests may finish");
 
 namespace {
@@ -150,12 +159,23 @@ int main(int argc, char** argv) {
     Log(absl::StrCat("registered ", *registered, " adapters from ", directory));
   }
 
+  deltaserve::control::JobRunnerOptions job_options;
+  job_options.workers = absl::GetFlag(FLAGS_job_workers);
+  job_options.memory_bytes = absl::GetFlag(FLAGS_job_memory_bytes);
+  job_options.threads_per_job = absl::GetFlag(FLAGS_job_threads);
+  job_options.step_pause = absl::Milliseconds(absl::GetFlag(FLAGS_job_step_pause_ms));
+  auto job_runner = deltaserve::control::JobRunner::Create(job_options, (*registry)->store());
+  if (!job_runner.ok()) return Fail(job_runner.status());
+  deltaserve::control::MergeJobs merges(registry->get(), job_runner->get());
+  if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);
+
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
   deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
                                                 &serving_state, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -165,6 +185,7 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&generation);
   builder.RegisterService(&variants);
+  builder.RegisterService(&jobs);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
@@ -186,6 +207,9 @@ int main(int argc, char** argv) {
   }
   const int64_t unfinished = (*engine)->Snapshot().active_requests;
   if (unfinished > 0) Log(absl::StrCat("grace period over; cancelling ", unfinished, " requests"));
+  // Running jobs stop at their next step and read FAILED ("interrupted"); queued ones run after
+  // the next start.
+  (*job_runner)->Stop();
   (*engine)->Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   Log("stopped");

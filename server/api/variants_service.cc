@@ -50,6 +50,7 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   lineage->set_recipe_json(variant.recipe_json);
   lineage->set_job_id(variant.job_id);
   out->set_evaluation_json(variant.evaluation_json);
+  out->set_base_model(variant.base_model);
   out->set_active_requests(status.residency.users);
   out->set_uploaded(variant.owned);
   out->set_state(variant.state == "READY" ? v1::READY : v1::BROKEN);

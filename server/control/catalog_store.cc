@@ -9,7 +9,7 @@
 namespace deltaserve::control {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS variants (
@@ -27,11 +27,33 @@ CREATE TABLE IF NOT EXISTS variants (
   created_unix_nanos INTEGER NOT NULL,
   evaluation_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+  number INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL,
+  progress REAL NOT NULL,
+  message TEXT NOT NULL,
+  error TEXT NOT NULL,
+  error_code TEXT NOT NULL,
+  output_variant TEXT NOT NULL,
+  spec_json TEXT NOT NULL,
+  idempotency_key TEXT NOT NULL,
+  memory_bytes INTEGER NOT NULL,
+  created_unix_nanos INTEGER NOT NULL,
+  started_unix_nanos INTEGER NOT NULL,
+  finished_unix_nanos INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)
+  WHERE idempotency_key != '';
 )sql";
 
 constexpr const char* kColumns =
     "name, owner_namespace, kind, state, parents_json, recipe_json, job_id, artifact_path, "
     "artifact_sha256_json, size_bytes, rank_summary, created_unix_nanos, evaluation_json";
+
+constexpr const char* kJobColumns =
+    "number, kind, state, progress, message, error, error_code, output_variant, spec_json, "
+    "idempotency_key, memory_bytes, created_unix_nanos, started_unix_nanos, finished_unix_nanos";
 
 absl::Status SqliteError(sqlite3* database, const std::string& what) {
   return absl::InternalError(absl::StrCat("catalog: ", what, ": ", sqlite3_errmsg(database)));
@@ -61,11 +83,13 @@ class Statement {
     sqlite3_bind_text(statement_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
   }
   void Bind(int index, int64_t value) { sqlite3_bind_int64(statement_, index, value); }
+  void Bind(int index, double value) { sqlite3_bind_double(statement_, index, value); }
   std::string Text(int column) {
     const unsigned char* text = sqlite3_column_text(statement_, column);
     return text == nullptr ? "" : reinterpret_cast<const char*>(text);
   }
   int64_t Integer(int column) { return sqlite3_column_int64(statement_, column); }
+  double Real(int column) { return sqlite3_column_double(statement_, column); }
 
  private:
   sqlite3_stmt* statement_ = nullptr;
@@ -97,6 +121,25 @@ VariantRecord ReadRow(Statement& row) {
   record.rank_summary = row.Text(10);
   record.created_unix_nanos = row.Integer(11);
   record.evaluation_json = row.Text(12);
+  return record;
+}
+
+JobRecord ReadJobRow(Statement& row) {
+  JobRecord record;
+  record.number = row.Integer(0);
+  record.kind = row.Text(1);
+  record.state = row.Text(2);
+  record.progress = row.Real(3);
+  record.message = row.Text(4);
+  record.error = row.Text(5);
+  record.error_code = row.Text(6);
+  record.output_variant = row.Text(7);
+  record.spec_json = row.Text(8);
+  record.idempotency_key = row.Text(9);
+  record.memory_bytes = row.Integer(10);
+  record.created_unix_nanos = row.Integer(11);
+  record.started_unix_nanos = row.Integer(12);
+  record.finished_unix_nanos = row.Integer(13);
   return record;
 }
 
@@ -212,6 +255,69 @@ absl::StatusOr<std::vector<VariantRecord>> CatalogStore::ListVariants() const {
   int result;
   while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadRow(select));
   if (result != SQLITE_DONE) return SqliteError(database_, "listing variants");
+  return records;
+}
+
+absl::Status CatalogStore::InsertJob(JobRecord& record) {
+  absl::MutexLock lock(&mutex_);
+  Statement insert(database_, absl::StrCat("INSERT INTO jobs (", kJobColumns,
+                                           ") VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+  if (!insert.ok()) return SqliteError(database_, "preparing an insert");
+  insert.Bind(1, record.kind);
+  insert.Bind(2, record.state);
+  insert.Bind(3, record.progress);
+  insert.Bind(4, record.message);
+  insert.Bind(5, record.error);
+  insert.Bind(6, record.error_code);
+  insert.Bind(7, record.output_variant);
+  insert.Bind(8, record.spec_json);
+  insert.Bind(9, record.idempotency_key);
+  insert.Bind(10, record.memory_bytes);
+  insert.Bind(11, record.created_unix_nanos);
+  insert.Bind(12, record.started_unix_nanos);
+  insert.Bind(13, record.finished_unix_nanos);
+  const int result = sqlite3_step(insert.get());
+  if (result == SQLITE_CONSTRAINT) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("idempotency key \"", record.idempotency_key, "\" belongs to another job"));
+  }
+  if (result != SQLITE_DONE) return SqliteError(database_, "inserting a job");
+  record.number = sqlite3_last_insert_rowid(database_);
+  return absl::OkStatus();
+}
+
+absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
+  absl::MutexLock lock(&mutex_);
+  Statement update(database_,
+                   "UPDATE jobs SET state = ?, progress = ?, message = ?, error = ?, error_code = ?, "
+                   "output_variant = ?, memory_bytes = ?, started_unix_nanos = ?, finished_unix_nanos = ? "
+                   "WHERE number = ?");
+  if (!update.ok()) return SqliteError(database_, "preparing an update");
+  update.Bind(1, record.state);
+  update.Bind(2, record.progress);
+  update.Bind(3, record.message);
+  update.Bind(4, record.error);
+  update.Bind(5, record.error_code);
+  update.Bind(6, record.output_variant);
+  update.Bind(7, record.memory_bytes);
+  update.Bind(8, record.started_unix_nanos);
+  update.Bind(9, record.finished_unix_nanos);
+  update.Bind(10, record.number);
+  if (sqlite3_step(update.get()) != SQLITE_DONE) return SqliteError(database_, "updating a job");
+  if (sqlite3_changes(database_) == 0) {
+    return absl::NotFoundError(absl::StrCat("job ", record.number, " does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<JobRecord>> CatalogStore::ListJobs() const {
+  absl::MutexLock lock(&mutex_);
+  Statement select(database_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY number"));
+  if (!select.ok()) return SqliteError(database_, "preparing a query");
+  std::vector<JobRecord> records;
+  int result;
+  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadJobRow(select));
+  if (result != SQLITE_DONE) return SqliteError(database_, "listing jobs");
   return records;
 }
 

@@ -2,8 +2,10 @@
 // synchronous=FULL so a committed row survives a crash). One row per variant: name, owner
 // namespace, kind, state (READY, DELETING, BROKEN, ...), parents, the recipe that produced it
 // (JSON), the job that did, the artifact directory with the sha256 of each file, size, rank
-// summary, created time and an evaluation report (JSON) that jobs fill. The schema is
-// versioned with PRAGMA user_version. Thread-safe (one connection behind a mutex); every call
+// summary, created time and an evaluation report (JSON) that jobs fill. One row per job: its
+// number, kind, state, progress, message, error, output variant, the spec it runs (JSON), its
+// idempotency key and times. The schema is versioned with PRAGMA user_version (1: variants;
+// 2: jobs added). Thread-safe (one connection behind a mutex); every call
 // is one short transaction.
 //   ASSIGN_OR_RETURN(auto store, CatalogStore::Open(JoinPath(data_dir, "catalog.db")));
 //   RETURN_IF_ERROR(store->InsertVariant(record));
@@ -39,6 +41,23 @@ struct VariantRecord {
   std::string evaluation_json = "{}";
 };
 
+struct JobRecord {
+  int64_t number = 0;  // assigned by InsertJob; the API's id is "job-<number>"
+  std::string kind;    // "MERGE", ...
+  std::string state = "QUEUED";  // QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+  double progress = 0.0;         // 0..1
+  std::string message;           // what it is doing now, or did last
+  std::string error;             // why it FAILED
+  std::string error_code;        // the canonical code of `error`, e.g. "RESOURCE_EXHAUSTED"
+  std::string output_variant;
+  std::string spec_json = "{}";  // what it runs, as its kind defines
+  std::string idempotency_key;   // "" = none
+  int64_t memory_bytes = 0;      // what it reserves of the job memory budget
+  int64_t created_unix_nanos = 0;
+  int64_t started_unix_nanos = 0;   // 0 until RUNNING
+  int64_t finished_unix_nanos = 0;  // 0 until it ends
+};
+
 class CatalogStore {
  public:
   static absl::StatusOr<std::unique_ptr<CatalogStore>> Open(const std::string& path);
@@ -55,6 +74,14 @@ class CatalogStore {
   absl::StatusOr<VariantRecord> GetVariant(const std::string& name) const;
   // ListVariants returns every row in name order.
   absl::StatusOr<std::vector<VariantRecord>> ListVariants() const;
+
+  // InsertJob stores a new job and sets its number; ALREADY_EXISTS when another job has its
+  // (non-empty) idempotency key.
+  absl::Status InsertJob(JobRecord& record);
+  // UpdateJob rewrites a job's row (all but number, kind, spec and key); NOT_FOUND if absent.
+  absl::Status UpdateJob(const JobRecord& record);
+  // ListJobs returns every job in number order.
+  absl::StatusOr<std::vector<JobRecord>> ListJobs() const;
 
  private:
   explicit CatalogStore(sqlite3* database) : database_(database) {}

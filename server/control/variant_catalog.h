@@ -31,6 +31,8 @@ struct Variant {
   uint64_t adapter_id = 0;  // in the engine's AdapterCache
   int64_t bytes = 0;
   std::vector<deltas::ModuleRank> ranks;
+  // The base its adapter_config.json names (base_model_name_or_path; "" when none).
+  std::string base_model;
   absl::Time created;
   // READY (servable), or BROKEN (its files are gone or invalid; adapter_id is 0).
   std::string state = "READY";

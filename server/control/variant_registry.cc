@@ -40,15 +40,17 @@ std::vector<std::pair<std::string, std::string>> AdapterDirectories(const std::s
   return found;
 }
 
-// CopyLineage restores what a catalog row knows beyond the files: kind, created time, lineage
-// and evaluation.
-void CopyLineage(const VariantRecord& row, Variant& variant) {
-  variant.kind = row.kind;
-  variant.created = absl::FromUnixNanos(row.created_unix_nanos);
-  variant.parents = row.parents;
-  variant.recipe_json = row.recipe_json;
-  variant.job_id = row.job_id;
-  variant.evaluation_json = row.evaluation_json;
+// LineageOf reads what a catalog row knows beyond the files.
+VariantLineage LineageOf(const VariantRecord& row) {
+  return VariantLineage{row.kind, row.parents, row.recipe_json, row.job_id, row.evaluation_json};
+}
+
+void CopyLineage(const VariantLineage& lineage, Variant& variant) {
+  variant.kind = lineage.kind;
+  variant.parents = lineage.parents;
+  variant.recipe_json = lineage.recipe_json;
+  variant.job_id = lineage.job_id;
+  variant.evaluation_json = lineage.evaluation_json;
 }
 
 }  // namespace
@@ -82,8 +84,9 @@ absl::Status VariantRegistry::Restore() {
       continue;
     }
     absl::StatusOr<VariantStatus> registered = [&]() -> absl::StatusOr<VariantStatus> {
-      ASSIGN_OR_RETURN(auto host, ReadNewAdapter(row.name, row.artifact_path));
-      return Register(row.name, row.artifact_path, owned, /*persist=*/false, std::move(host), &row);
+      ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(row.name, row.artifact_path));
+      return Register(row.name, row.artifact_path, owned, /*persist=*/false, std::move(adapter), LineageOf(row),
+                      absl::FromUnixNanos(row.created_unix_nanos));
     }();
     if (registered.ok()) {
       ++ready;
@@ -94,7 +97,8 @@ absl::Status VariantRegistry::Restore() {
     variant->path = row.artifact_path;
     variant->owned = owned;
     variant->bytes = row.size_bytes;
-    CopyLineage(row, *variant);
+    variant->created = absl::FromUnixNanos(row.created_unix_nanos);
+    CopyLineage(LineageOf(row), *variant);
     variant->state = "BROKEN";
     variant->broken_reason = std::string(registered.status().message());
     RETURN_IF_ERROR(catalog_.Register(variant));
@@ -135,8 +139,8 @@ absl::StatusOr<std::shared_ptr<const Variant>> VariantRegistry::FindOrNotFound(
   return variant;
 }
 
-absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> VariantRegistry::ReadNewAdapter(
-    const std::string& name, const std::string& path) const {
+absl::StatusOr<deltas::PeftAdapter> VariantRegistry::ReadNewAdapter(const std::string& name,
+                                                                     const std::string& path) const {
   RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
   if (catalog_.Find(name) != nullptr) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
@@ -145,28 +149,32 @@ absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> VariantRegistry::ReadNew
   absl::StatusOr<deltas::PeftAdapter> adapter =
       deltas::ReadPeftAdapter(path, model.config(), model.dtype(), at::kCPU);
   if (!adapter.ok()) return WithName(name, adapter.status());
-  return std::make_shared<const deltas::DeltaSet>(std::move(adapter->deltas));
+  return adapter;
 }
 
-absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
-                                                        const std::string& path, bool owned,
-                                                        bool persist,
-                                                        std::shared_ptr<const deltas::DeltaSet> host,
-                                                        const VariantRecord* row) {
+absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name, const std::string& path,
+                                                        bool owned, bool persist, deltas::PeftAdapter adapter,
+                                                        const VariantLineage& lineage, absl::Time created) {
+  auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
   auto variant = std::make_shared<Variant>();
   variant->name = name;
   variant->path = path;
   variant->owned = owned;
   variant->bytes = host->Bytes();
   variant->ranks = host->Ranks();
-  variant->created = absl::Now();
-  if (row != nullptr) CopyLineage(*row, *variant);
+  variant->base_model = adapter.config.base_model_name_or_path;
+  variant->created = created;
+  CopyLineage(lineage, *variant);
   VariantRecord record;
   if (persist) {
     record.name = name;
     const size_t slash = name.find('/');
     record.owner_namespace = slash == std::string::npos ? "" : name.substr(0, slash);
-    record.kind = variant->kind;
+    record.kind = lineage.kind;
+    record.parents = lineage.parents;
+    record.recipe_json = lineage.recipe_json;
+    record.job_id = lineage.job_id;
+    record.evaluation_json = lineage.evaluation_json;
     record.artifact_path = path;
     for (const char* file : {kAdapterConfig, "adapter_model.safetensors"}) {
       absl::StatusOr<std::string> digest = common::Sha256OfFile(common::JoinPath(path, file));
@@ -202,8 +210,9 @@ absl::StatusOr<int> VariantRegistry::RegisterDirectory(const std::string& direct
   }
   const std::vector<std::pair<std::string, std::string>> found = AdapterDirectories(directory);
   for (const auto& [name, path] : found) {
-    ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, path));
-    RETURN_IF_ERROR(Register(name, path, /*owned=*/false, /*persist=*/false, std::move(host)).status());
+    ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, path));
+    RETURN_IF_ERROR(
+        Register(name, path, /*owned=*/false, /*persist=*/false, std::move(adapter), {}, absl::Now()).status());
   }
   return static_cast<int>(found.size());
 }
@@ -221,8 +230,8 @@ absl::StatusOr<VariantStatus> VariantRegistry::RegisterAdapter(const std::string
   if (!common::IsDirectory(real)) {
     return absl::InvalidArgumentError(absl::StrCat("path \"", path, "\" is not a directory"));
   }
-  ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, real));
-  return Register(name, real, /*owned=*/false, /*persist=*/true, std::move(host));
+  ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, real));
+  return Register(name, real, /*owned=*/false, /*persist=*/true, std::move(adapter), {}, absl::Now());
 }
 
 absl::StatusOr<std::unique_ptr<AdapterUpload>> VariantRegistry::BeginUpload(const std::string& name) {
@@ -238,20 +247,39 @@ absl::StatusOr<VariantStatus> VariantRegistry::CommitUpload(std::unique_ptr<Adap
   const std::string& name = upload->name();
   // Read and validate where it was staged: nothing invalid ever reaches adapters/. The same
   // deltas are registered after the move (no second read).
-  ASSIGN_OR_RETURN(auto host, ReadNewAdapter(name, upload->directory()));
+  ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, upload->directory()));
+  ASSIGN_OR_RETURN(VariantStatus status, Adopt(name, upload->directory(), std::move(adapter), {}));
+  upload->Release();
+  return status;
+}
 
+absl::StatusOr<std::string> VariantRegistry::MakeStagingDirectory(const std::string& purpose) const {
+  return common::MakeTempDirectory(TempDir(), purpose);
+}
+
+absl::StatusOr<VariantStatus> VariantRegistry::Publish(const std::string& name, const std::string& staged,
+                                                       const VariantLineage& lineage) {
+  ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, staged));
+  return Adopt(name, staged, std::move(adapter), lineage);
+}
+
+absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, const std::string& staged,
+                                                     deltas::PeftAdapter adapter, const VariantLineage& lineage) {
   const std::string final_path = common::JoinPath(AdaptersDir(), name);
   const std::string parent = final_path.substr(0, final_path.rfind('/'));
   RETURN_IF_ERROR(common::MakeDirectories(parent));
-  absl::Status moved = common::RenameDirectory(upload->directory(), final_path);
+  absl::Status moved = common::RenameDirectory(staged, final_path);
   if (absl::IsAlreadyExists(moved)) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
   }
   RETURN_IF_ERROR(moved);
-  upload->Release();
-  RETURN_IF_ERROR(common::SyncPath(parent));
+  // From here the files are ours: a failure removes them (and a crash leaves a directory
+  // without a row, which the next start-up removes).
+  absl::Status synced = common::SyncPath(parent);
   absl::StatusOr<VariantStatus> registered =
-      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(host));
+      synced.ok() ? Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage,
+                             absl::Now())
+                  : absl::StatusOr<VariantStatus>(synced);
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }

@@ -8,7 +8,9 @@
 //   - Delete refuses while requests use the variant, or with `drain` stops new requests and
 //     waits for running ones until the deadline; then it frees the adapter's memory and, for
 //     uploaded adapters, its files;
-//   - Pin/Unpin keep an adapter on the device.
+//   - Pin/Unpin keep an adapter on the device;
+//   - MakeStagingDirectory/Publish let jobs write a new adapter in DATA_DIR/tmp and publish it
+//     like an upload, with its lineage (kind, parents, recipe, job, evaluation).
 // Registered and uploaded variants are rows in the CatalogStore (DATA_DIR/catalog.db), written
 // after their files are in place, and loaded again at start-up: a variant whose files are gone
 // or invalid comes back BROKEN (listed with the reason, not servable); a delete interrupted by a
@@ -30,6 +32,7 @@
 #include "server/control/adapter_upload.h"
 #include "server/control/catalog_store.h"
 #include "server/control/variant_catalog.h"
+#include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
 
 namespace deltaserve::control {
@@ -40,6 +43,15 @@ struct VariantRegistryOptions {
   // Directories RegisterAdapter may read from (--adapter-root); none = RegisterAdapter is off.
   std::vector<std::string> adapter_roots;
   UploadLimits upload_limits;
+};
+
+// Where a variant came from; jobs fill it for their outputs.
+struct VariantLineage {
+  std::string kind = "ADAPTER";
+  std::vector<std::string> parents;
+  std::string recipe_json = "{}";
+  std::string job_id;
+  std::string evaluation_json = "{}";
 };
 
 // A variant with where its adapter is now.
@@ -61,6 +73,19 @@ class VariantRegistry {
   absl::StatusOr<VariantStatus> RegisterAdapter(const std::string& name, const std::string& path);
   absl::StatusOr<std::unique_ptr<AdapterUpload>> BeginUpload(const std::string& name);
   absl::StatusOr<VariantStatus> CommitUpload(std::unique_ptr<AdapterUpload> upload);
+  // MakeStagingDirectory creates an empty directory DATA_DIR/tmp/PURPOSE-XXXXXX for a job's
+  // output (removed at the next start-up if never published).
+  absl::StatusOr<std::string> MakeStagingDirectory(const std::string& purpose) const;
+  // Publish validates the adapter in `staged` (a staging directory whose files are synced),
+  // moves it to DATA_DIR/adapters/NAME and registers it with `lineage`, its catalog row last.
+  // On failure the staged files are left to the caller.
+  absl::StatusOr<VariantStatus> Publish(const std::string& name, const std::string& staged,
+                                        const VariantLineage& lineage);
+
+  // The catalog's durable store (DATA_DIR/catalog.db), which the job runner shares.
+  CatalogStore* store() const { return store_.get(); }
+  // The engine's base model, which every variant's deltas fit.
+  const model::LlamaModel& model() const { return engine_->model(); }
 
   std::shared_ptr<const Variant> Find(const std::string& name) const { return catalog_.Find(name); }
   absl::StatusOr<VariantStatus> Get(const std::string& name) const;
@@ -75,14 +100,15 @@ class VariantRegistry {
       : options_(std::move(options)), engine_(engine) {}
   // ReadNewAdapter validates a new variant name (free, well-formed) and reads and validates
   // the adapter at `path` against the base, into host memory.
-  absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> ReadNewAdapter(const std::string& name,
-                                                                       const std::string& path) const;
-  // Register makes `host` (read from `path`) servable as `name`. With `persist`, its catalog
-  // row is written last (undoing the registration if that fails); `row` carries lineage
-  // restored from the catalog.
+  absl::StatusOr<deltas::PeftAdapter> ReadNewAdapter(const std::string& name, const std::string& path) const;
+  // Register makes `adapter` (read from `path`) servable as `name`, created at `created`. With
+  // `persist`, its catalog row is written last (undoing the registration if that fails).
   absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned,
-                                         bool persist, std::shared_ptr<const deltas::DeltaSet> host,
-                                         const VariantRecord* row = nullptr);
+                                         bool persist, deltas::PeftAdapter adapter,
+                                         const VariantLineage& lineage, absl::Time created);
+  // Adopt moves a validated adapter from `staged` to DATA_DIR/adapters/NAME and registers it.
+  absl::StatusOr<VariantStatus> Adopt(const std::string& name, const std::string& staged,
+                                      deltas::PeftAdapter adapter, const VariantLineage& lineage);
   absl::Status Restore();
   bool IsOwned(const std::string& path) const;
   VariantStatus StatusOf(std::shared_ptr<const Variant> variant) const;

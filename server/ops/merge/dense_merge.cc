@@ -66,6 +66,11 @@ at::Tensor Sparsified(const at::Tensor& tau, Sparsify sparsify, const DenseMerge
 
 }  // namespace
 
+bool IsDenseMergeMethod(const std::string& method) {
+  Method ignored;
+  return Lookup(method, &ignored);
+}
+
 absl::Status ValidateDenseMerge(const DenseMergeOptions& options) {
   Method method;
   if (!Lookup(options.method, &method)) {

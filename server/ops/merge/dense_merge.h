@@ -32,6 +32,9 @@ struct DenseMergeOptions {
   double lambda = 1.0;   // final scale
 };
 
+// IsDenseMergeMethod: one of the method names above.
+bool IsDenseMergeMethod(const std::string& method);
+
 // ValidateDenseMerge explains a bad method name or parameter (INVALID_ARGUMENT).
 absl::Status ValidateDenseMerge(const DenseMergeOptions& options);
 

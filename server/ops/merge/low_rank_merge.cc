@@ -82,12 +82,24 @@ absl::StatusOr<deltas::DeltaSet> Concatenate(const std::vector<WeightedDeltas>& 
   return merged;
 }
 
-absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int64_t rank) {
+int64_t ModuleCount(const deltas::DeltaSet& deltas) {
+  int64_t count = 0;
+  for (int64_t layer = 0; layer < deltas.num_layers(); ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      if (!deltas.Factors(layer, static_cast<Projection>(p)).empty()) ++count;
+    }
+  }
+  return count;
+}
+
+absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int64_t rank, const MergeStep& step) {
   if (rank < 1) return absl::InvalidArgumentError(absl::StrCat("rank must be at least 1, got ", rank));
   RecompressedDeltas result{deltas::DeltaSet(input.num_layers()), {}};
+  const int64_t total = ModuleCount(input);
+  absl::Status stopped = absl::OkStatus();
   absl::Status torch = common::CatchTorchErrors("re-compressing deltas", [&] {
-    for (int64_t layer = 0; layer < input.num_layers(); ++layer) {
-      for (int p = 0; p < deltas::kProjectionCount; ++p) {
+    for (int64_t layer = 0; layer < input.num_layers() && stopped.ok(); ++layer) {
+      for (int p = 0; p < deltas::kProjectionCount && stopped.ok(); ++p) {
         const auto projection = static_cast<Projection>(p);
         const auto& factors = input.Factors(layer, projection);
         if (factors.empty()) continue;
@@ -100,10 +112,12 @@ absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int
         auto [factor, error] = TruncatedFactor(at::matmul(qb, u), s, at::matmul(vh, qa.t()), rank, dtype);
         result.errors.push_back({layer, deltas::ProjectionName(projection), stacked_a.size(0), factor.rank(), error});
         result.deltas.Add(layer, projection, std::move(factor));
+        if (step) stopped = step(static_cast<int64_t>(result.errors.size()), total);
       }
     }
   });
   if (!torch.ok()) return torch;
+  if (!stopped.ok()) return stopped;
   return result;
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,8 +54,16 @@ std::pair<deltas::LowRankFactor, double> TruncatedFactor(const at::Tensor& u, co
                                                          const at::Tensor& vh, int64_t rank,
                                                          at::ScalarType dtype);
 
+// MergeStep is called after each module a merge finishes with (modules done, modules in all);
+// a non-OK status (a cancelled job) stops the merge, which returns that status.
+using MergeStep = std::function<absl::Status(int64_t done, int64_t total)>;
+
 // Recompress: INVALID_ARGUMENT when rank < 1. Modules whose rank is already <= `rank` are
 // still combined into one factor (exactly, error 0 up to rounding).
-absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int64_t rank);
+absl::StatusOr<RecompressedDeltas> Recompress(const deltas::DeltaSet& input, int64_t rank,
+                                              const MergeStep& step = nullptr);
+
+// ModuleCount counts the (layer, projection) modules that have factors.
+int64_t ModuleCount(const deltas::DeltaSet& deltas);
 
 }  // namespace deltaserve::ops::merge

@@ -1,5 +1,6 @@
 #include "server/ops/merge/merge_variants.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -10,8 +11,6 @@ namespace deltaserve::ops::merge {
 namespace {
 
 using model::Projection;
-
-bool IsExact(const std::string& method) { return method == "cat" || method == "linear"; }
 
 double LayerScale(const MergeRecipe& recipe, int64_t layer, int64_t layers) {
   if (!recipe.lines_alpha.has_value()) return 1.0;
@@ -40,10 +39,28 @@ std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64
   return TruncatedFactor(u, s, vh, rank, dtype);
 }
 
+// The modules any input has factors for.
+int64_t ModulesOfAny(const std::vector<WeightedDeltas>& inputs) {
+  int64_t count = 0;
+  const int64_t layers = inputs[0].deltas->num_layers();
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      for (const WeightedDeltas& input : inputs) {
+        if (!input.deltas->Factors(layer, static_cast<Projection>(p)).empty()) {
+          ++count;
+          break;
+        }
+      }
+    }
+  }
+  return count;
+}
+
 absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<WeightedDeltas>& inputs,
-                                                      const MergeRecipe& recipe) {
+                                                      const MergeRecipe& recipe, const MergeStep& step) {
   DenseMergeOptions options{recipe.method, recipe.density, recipe.gamma, recipe.lambda};
   const int64_t layers = inputs[0].deltas->num_layers();
+  const int64_t total = ModulesOfAny(inputs);
   RecompressedDeltas result{deltas::DeltaSet(layers), {}};
   std::vector<double> weights;
   for (const WeightedDeltas& input : inputs) weights.push_back(input.weight);
@@ -81,11 +98,15 @@ absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<Weighted
       }
       const uint64_t module_seed = recipe.seed + static_cast<uint64_t>(layer * deltas::kProjectionCount + p);
       ASSIGN_OR_RETURN(at::Tensor merged, MergeTensors(taus, weights, options, module_seed));
-      merged = merged * LayerScale(recipe, layer, layers);
-      auto [factor, error] = Compress(merged, recipe.rank, dtype);
+      std::pair<deltas::LowRankFactor, double> compressed;
+      RETURN_IF_ERROR(common::CatchTorchErrors("re-compressing a merged module", [&] {
+        compressed = Compress(merged * LayerScale(recipe, layer, layers), recipe.rank, dtype);
+      }));
+      auto& [factor, error] = compressed;
       ModuleError report{layer, deltas::ProjectionName(projection), input_rank, factor.rank(), error};
       result.deltas.Add(layer, projection, std::move(factor));
       result.errors.push_back(report);
+      if (step) RETURN_IF_ERROR(step(static_cast<int64_t>(result.errors.size()), total));
     }
   }
   return result;
@@ -93,8 +114,19 @@ absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<Weighted
 
 }  // namespace
 
+bool IsExactMerge(const std::string& method) { return method == "cat" || method == "linear"; }
+
 absl::Status ValidateMergeRecipe(const MergeRecipe& recipe) {
-  if (IsExact(recipe.method)) return absl::OkStatus();
+  if (!IsExactMerge(recipe.method) && recipe.method != "svd" && !IsDenseMergeMethod(recipe.method)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown merge method \"", recipe.method,
+        "\": use cat, linear, svd, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, "
+        "breadcrumbs_ties or magnitude_prune"));
+  }
+  if (recipe.lines_alpha.has_value() && !(std::isfinite(*recipe.lines_alpha) && std::isfinite(recipe.lines_beta))) {
+    return absl::InvalidArgumentError("lines_alpha and lines_beta must be finite");
+  }
+  if (IsExactMerge(recipe.method)) return absl::OkStatus();
   if (recipe.rank < 1) {
     return absl::InvalidArgumentError(absl::StrCat("rank must be at least 1 for method \"", recipe.method,
                                                    "\", got ", recipe.rank));
@@ -104,22 +136,44 @@ absl::Status ValidateMergeRecipe(const MergeRecipe& recipe) {
 }
 
 absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
-                                                 const MergeRecipe& recipe) {
+                                                 const MergeRecipe& recipe, const MergeStep& step) {
   RETURN_IF_ERROR(ValidateMergeRecipe(recipe));
   RETURN_IF_ERROR(CheckInputs(inputs));
   // task_arithmetic sparsifies nothing: it is lambda times the exact sum, so it takes the
   // low-rank path (QR + a small SVD) instead of decomposing each dense module.
-  if (IsExact(recipe.method) || recipe.method == "svd" || recipe.method == "task_arithmetic") {
+  if (IsExactMerge(recipe.method) || recipe.method == "svd" || recipe.method == "task_arithmetic") {
     std::vector<WeightedDeltas> weighted = inputs;
     if (recipe.method == "task_arithmetic") {
       for (WeightedDeltas& input : weighted) input.weight *= recipe.lambda;
     }
     ASSIGN_OR_RETURN(deltas::DeltaSet combined, Concatenate(weighted));
     if (recipe.lines_alpha.has_value()) combined = ScaledByLayer(combined, recipe);
-    if (IsExact(recipe.method)) return RecompressedDeltas{std::move(combined), {}};
-    return Recompress(combined, recipe.rank);
+    if (IsExactMerge(recipe.method)) return RecompressedDeltas{std::move(combined), {}};
+    return Recompress(combined, recipe.rank, step);
   }
-  return DenseMergeVariants(inputs, recipe);
+  return DenseMergeVariants(inputs, recipe, step);
+}
+
+int64_t EstimateMergeBytes(const model::ModelConfig& config, const MergeRecipe& recipe,
+                           const std::vector<int64_t>& input_float32_bytes, int64_t summed_input_rank) {
+  int64_t inputs = 0;
+  for (int64_t bytes : input_float32_bytes) inputs += bytes;
+  int64_t largest_module = 0, largest_side = 0, summed_sides = 0;
+  for (int p = 0; p < deltas::kProjectionCount; ++p) {
+    auto [out, in] = deltas::ProjectionShape(config, static_cast<Projection>(p));
+    largest_module = std::max(largest_module, out * in);
+    largest_side = std::max(largest_side, out + in);
+    summed_sides += out + in;
+  }
+  if (IsExactMerge(recipe.method)) return 3 * inputs;  // inputs, concatenation, scaled copies
+  const int64_t output = recipe.rank * config.num_hidden_layers * summed_sides * 4;
+  const int64_t count = static_cast<int64_t>(input_float32_bytes.size());
+  const bool low_rank = recipe.method == "svd" || recipe.method == "task_arithmetic";
+  // Low rank: the stacked factors and their float64 QR factors. Dense: each input's tau, the
+  // merged tensor and the method's masks, then the float64 SVD (input copy, U, Vh).
+  const int64_t working = low_rank ? 2 * inputs + largest_side * summed_input_rank * 8 * 3
+                                   : (count + 3) * largest_module * 4 + 3 * largest_module * 8;
+  return inputs + output + working;
 }
 
 }  // namespace deltaserve::ops::merge

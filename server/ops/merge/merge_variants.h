@@ -9,7 +9,8 @@
 //     `rank`.
 // Optional LiNeS layer scaling multiplies layer l's merged delta by
 // lines_alpha + lines_beta * l / (L - 1). Errors per re-compressed module are reported.
-// Deterministic given the recipe (DARE draws from seed + module index). Thread-compatible.
+// Deterministic given the recipe (DARE draws from seed + module index). `step` is called after
+// every module (progress; a non-OK status stops the merge). Thread-compatible.
 //   ASSIGN_OR_RETURN(RecompressedDeltas merged, MergeVariants({{&a, 0.5}, {&b, 0.5}}, recipe));
 #pragma once
 
@@ -34,7 +35,18 @@ struct MergeRecipe {
 
 absl::Status ValidateMergeRecipe(const MergeRecipe& recipe);
 
+// IsExactMerge: "cat" and "linear" keep every input factor (no re-compression).
+bool IsExactMerge(const std::string& method);
+
 absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
-                                                 const MergeRecipe& recipe);
+                                                 const MergeRecipe& recipe, const MergeStep& step = nullptr);
+
+// EstimateMergeBytes bounds the peak memory of MergeVariants on variants of a base with
+// `config`, given each input's size in float32 bytes and the sum over inputs of their largest
+// module rank: the inputs, the output, and the working set of the largest module (for dense
+// methods every input's dense delta, the merged one and a float64 SVD; for svd the float64 QR
+// of the stacked factors; for cat a copy of the inputs).
+int64_t EstimateMergeBytes(const model::ModelConfig& config, const MergeRecipe& recipe,
+                           const std::vector<int64_t>& input_float32_bytes, int64_t summed_input_rank);
 
 }  // namespace deltaserve::ops::merge

@@ -1,0 +1,214 @@
+#include "client/deltactl_jobs.h"
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "client/deltactl_report.h"
+
+ABSL_DECLARE_FLAG(int64_t, seed);
+ABSL_FLAG(std::string, method, "", "jobs merge: cat, linear, svd, task_arithmetic, ties, dare_linear, dare_ties, "
+                                   "breadcrumbs, breadcrumbs_ties or magnitude_prune");
+ABSL_FLAG(std::string, out, "", "jobs merge: the new variant's name");
+ABSL_FLAG(int32_t, rank, 0, "jobs merge: output rank (0 = the largest input rank; ignored by cat)");
+ABSL_FLAG(double, density, std::nan(""), "jobs merge: fraction of entries kept (default 1)");
+ABSL_FLAG(double, gamma, std::nan(""), "jobs merge: breadcrumbs' fraction of largest entries dropped (default 0.01)");
+ABSL_FLAG(double, lambda, std::nan(""), "jobs merge: scale of the merged delta (default 1)");
+ABSL_FLAG(double, lines_alpha, std::nan(""), "jobs merge: LiNeS scale of the first layer");
+ABSL_FLAG(double, lines_beta, std::nan(""), "jobs merge: LiNeS scale added by the last layer");
+ABSL_FLAG(std::string, idempotency_key, "", "jobs merge: a repeated request with this key returns the first job");
+ABSL_FLAG(std::string, recipe, "", "jobs merge: a MergeRequest as a JSON file");
+ABSL_FLAG(bool, wait, false, "jobs merge: follow the job until it ends");
+ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
+ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge)");
+
+namespace deltaserve::client {
+namespace {
+
+namespace v1 = deltaserve::v1;
+
+int Usage(const std::string& text) {
+  std::fprintf(stderr, "usage: deltactl jobs %s\n", text.c_str());
+  return 2;
+}
+
+std::string Percent(double progress) { return absl::StrCat(static_cast<int>(std::floor(progress * 100)), "%"); }
+
+std::string FormatTime(const google::protobuf::Timestamp& time) {
+  if (time.seconds() == 0 && time.nanos() == 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixSeconds(time.seconds()), absl::LocalTimeZone());
+}
+
+std::string KindName(v1::JobKind kind) {
+  return kind == v1::MERGE_JOB ? "merge" : "unknown";
+}
+
+void PrintProgress(const v1::Job& job) {
+  std::printf("%s %s %s %s\n", job.id().c_str(), v1::JobState_Name(job.state()).c_str(), Percent(job.progress()).c_str(),
+              job.state() == v1::FAILED ? (job.error_code() + ": " + job.error()).c_str() : job.message().c_str());
+  std::fflush(stdout);
+}
+
+void PrintDetail(const v1::Job& job) {
+  std::printf("id:       %s\nkind:     %s\nstate:    %s\nprogress: %s\nmessage:  %s\noutput:   %s\n"
+              "created:  %s\nstarted:  %s\nfinished: %s\n",
+              job.id().c_str(), KindName(job.kind()).c_str(), v1::JobState_Name(job.state()).c_str(),
+              Percent(job.progress()).c_str(), job.message().c_str(), job.output_variant().c_str(),
+              FormatTime(job.created()).c_str(), FormatTime(job.started()).c_str(), FormatTime(job.finished()).c_str());
+  if (!job.error().empty()) std::printf("error:    %s: %s\n", job.error_code().c_str(), job.error().c_str());
+  if (job.has_merge()) {
+    std::string request;
+    google::protobuf::util::JsonPrintOptions options;
+    options.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(job.merge(), &request, options);
+    std::printf("request:  %s\n", request.c_str());
+  }
+}
+
+// Follow watches a job to its end, printing each update; exit code 0 only for SUCCEEDED.
+int Follow(DeltaserveClient& client, const std::string& id) {
+  grpc::ClientContext context;
+  v1::WatchJobRequest request;
+  request.set_id(id);
+  std::unique_ptr<grpc::ClientReader<v1::Job>> reader = client.jobs().WatchJob(&context, request);
+  v1::Job job;
+  v1::JobState last = v1::JOB_STATE_UNSPECIFIED;
+  while (reader->Read(&job)) {
+    PrintProgress(job);
+    last = job.state();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return ReportStatus(client, status);
+  return last == v1::SUCCEEDED ? 0 : 1;
+}
+
+// ParseInput reads "NAME:WEIGHT" or "NAME" (weight 1). Names never contain ':'.
+bool ParseInput(const std::string& text, v1::MergeInput* input) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos) {
+    input->set_variant(text);
+    return !text.empty();
+  }
+  double weight = 0;
+  if (!absl::SimpleAtod(text.substr(colon + 1), &weight)) return false;
+  input->set_variant(text.substr(0, colon));
+  input->set_weight(weight);
+  return colon > 0;
+}
+
+int Merge(DeltaserveClient& client, const std::vector<std::string>& inputs) {
+  v1::MergeRequest request;
+  const std::string recipe = absl::GetFlag(FLAGS_recipe);
+  if (!recipe.empty()) {
+    std::ifstream file(recipe);
+    if (!file) {
+      std::fprintf(stderr, "deltactl: cannot read the recipe %s\n", recipe.c_str());
+      return 2;
+    }
+    std::stringstream text;
+    text << file.rdbuf();
+    google::protobuf::util::Status parsed = google::protobuf::util::JsonStringToMessage(text.str(), &request);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "deltactl: the recipe %s is not a MergeRequest in JSON: %s\n", recipe.c_str(),
+                   parsed.ToString().c_str());
+      return 2;
+    }
+  }
+  for (const std::string& text : inputs) {
+    if (!ParseInput(text, request.add_inputs())) {
+      std::fprintf(stderr, "deltactl: input \"%s\" is not NAME or NAME:WEIGHT\n", text.c_str());
+      return 2;
+    }
+  }
+  if (!absl::GetFlag(FLAGS_method).empty()) request.set_method(absl::GetFlag(FLAGS_method));
+  if (!absl::GetFlag(FLAGS_out).empty()) request.set_output(absl::GetFlag(FLAGS_out));
+  if (absl::GetFlag(FLAGS_rank) != 0) request.set_rank(absl::GetFlag(FLAGS_rank));
+  if (!std::isnan(absl::GetFlag(FLAGS_density))) request.set_density(absl::GetFlag(FLAGS_density));
+  if (!std::isnan(absl::GetFlag(FLAGS_gamma))) request.set_gamma(absl::GetFlag(FLAGS_gamma));
+  if (!std::isnan(absl::GetFlag(FLAGS_lambda))) request.set_lambda(absl::GetFlag(FLAGS_lambda));
+  if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  if (!std::isnan(absl::GetFlag(FLAGS_lines_alpha))) {
+    (*request.mutable_parameters())["lines_alpha"] = absl::GetFlag(FLAGS_lines_alpha);
+  }
+  if (!std::isnan(absl::GetFlag(FLAGS_lines_beta))) {
+    (*request.mutable_parameters())["lines_beta"] = absl::GetFlag(FLAGS_lines_beta);
+  }
+  if (!absl::GetFlag(FLAGS_idempotency_key).empty()) request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  if (request.output().empty() || request.inputs().empty()) {
+    return Usage("merge --method M [--rank R] [--density D] --out NAME INPUT[:WEIGHT]... (or --recipe FILE)");
+  }
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status = client.jobs().SubmitMerge(&context, request, &job);
+  if (!status.ok()) return ReportStatus(client, status);
+  PrintProgress(job);
+  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+}
+
+int List(DeltaserveClient& client) {
+  v1::ListJobsRequest request;
+  const std::string state = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_state));
+  if (!state.empty()) {
+    v1::JobState value;
+    if (!v1::JobState_Parse(state, &value)) return Usage("list [--state QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED]");
+    request.set_state(value);
+  }
+  const std::string kind = absl::AsciiStrToLower(absl::GetFlag(FLAGS_kind));
+  if (!kind.empty()) {
+    if (kind != "merge") return Usage("list [--kind merge]");
+    request.set_kind(v1::MERGE_JOB);
+  }
+  std::printf("%-10s %-6s %-10s %5s  %-32s %-19s  %s\n", "ID", "KIND", "STATE", "DONE", "OUTPUT", "CREATED", "MESSAGE");
+  do {
+    grpc::ClientContext context;
+    v1::ListJobsResponse response;
+    grpc::Status status = client.jobs().ListJobs(&context, request, &response);
+    if (!status.ok()) return ReportStatus(client, status);
+    for (const v1::Job& job : response.jobs()) {
+      std::printf("%-10s %-6s %-10s %5s  %-32s %-19s  %s\n", job.id().c_str(), KindName(job.kind()).c_str(),
+                  v1::JobState_Name(job.state()).c_str(), Percent(job.progress()).c_str(),
+                  job.output_variant().c_str(), FormatTime(job.created()).c_str(),
+                  (job.error().empty() ? job.message() : job.error()).c_str());
+    }
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return 0;
+}
+
+}  // namespace
+
+int RunJobsCommand(DeltaserveClient& client, const std::vector<std::string>& arguments) {
+  const std::string command = arguments.empty() ? "" : arguments[0];
+  if (command == "merge") return Merge(client, std::vector<std::string>(arguments.begin() + 1, arguments.end()));
+  if (command == "list") return List(client);
+  if (arguments.size() != 2 || (command != "get" && command != "watch" && command != "cancel")) {
+    return Usage("merge|get|list|watch|cancel [ID]");
+  }
+  const std::string& id = arguments[1];
+  if (command == "watch") return Follow(client, id);
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status;
+  if (command == "get") {
+    v1::GetJobRequest request;
+    request.set_id(id);
+    status = client.jobs().GetJob(&context, request, &job);
+  } else {
+    v1::CancelJobRequest request;
+    request.set_id(id);
+    status = client.jobs().CancelJob(&context, request, &job);
+  }
+  if (status.ok()) PrintDetail(job);
+  return ReportStatus(client, status);
+}
+
+}  // namespace deltaserve::client

@@ -1,0 +1,25 @@
+// deltactl's "jobs" commands over the Jobs service:
+//   deltactl jobs merge --method ties --density 0.5 --rank 16 --out team/merged a:0.6 b:0.4
+//                 [--gamma G] [--lambda L] [--seed S] [--lines-alpha A --lines-beta B]
+//                 [--idempotency-key K] [--wait]
+//   deltactl jobs merge --recipe FILE [--out NAME] [--wait]
+//                 FILE is a MergeRequest in JSON, e.g. {"method": "ties", "output": "team/m",
+//                 "rank": 16, "density": 0.5, "inputs": [{"variant": "a", "weight": 0.6}, ...]}
+//   deltactl jobs get ID
+//   deltactl jobs list [--state RUNNING] [--kind merge]     newest first, all pages
+//   deltactl jobs watch ID       progress lines until the job ends
+//   deltactl jobs cancel ID
+// merge --wait and watch exit 0 only when the job SUCCEEDED. Returns the process exit code
+// (0 ok, 1 server error or failed job, 2 usage).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "client/deltaserve_client.h"
+
+namespace deltaserve::client {
+
+int RunJobsCommand(DeltaserveClient& client, const std::vector<std::string>& arguments);
+
+}  // namespace deltaserve::client

@@ -1,0 +1,299 @@
+#include "server/api/jobs_service.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <optional>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/api/grpc_status.h"
+#include "server/common/status_macros.h"
+
+namespace deltaserve::api {
+namespace {
+
+namespace v1 = deltaserve::v1;
+
+constexpr int32_t kDefaultPageSize = 100;
+constexpr int32_t kMaxPageSize = 1000;
+
+// Job kinds: the API's enum and the runner's names.
+constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind}};
+
+v1::JobKind KindToProto(const std::string& kind) {
+  for (const auto& [value, name] : kKinds) {
+    if (kind == name) return value;
+  }
+  return v1::JOB_KIND_UNSPECIFIED;
+}
+
+std::string KindName(v1::JobKind kind) {
+  for (const auto& [value, name] : kKinds) {
+    if (kind == value) return name;
+  }
+  return "";
+}
+
+// Widen gives the double a float's shortest decimal form denotes, so that 0.3f is recorded as
+// 0.3 rather than 0.30000001192092896.
+double Widen(float value) {
+  char text[32];
+  auto [end, error] = std::to_chars(text, text + sizeof(text) - 1, value);
+  if (error != std::errc()) return value;
+  *end = '\0';
+  return std::strtod(text, nullptr);
+}
+
+void SetTime(int64_t unix_nanos, google::protobuf::Timestamp* time) {
+  time->set_seconds(unix_nanos / 1000000000);
+  time->set_nanos(static_cast<int32_t>(unix_nanos % 1000000000));
+}
+
+void ToProto(const control::MergeJobSpec& spec, v1::MergeRequest* out) {
+  for (const control::MergeInputSpec& input : spec.inputs) {
+    v1::MergeInput* added = out->add_inputs();
+    added->set_variant(input.variant);
+    added->set_weight(input.weight);
+  }
+  out->set_method(spec.recipe.method);
+  out->set_output(spec.output);
+  out->set_rank(static_cast<int32_t>(spec.recipe.rank));
+  out->set_density(static_cast<float>(spec.recipe.density));
+  out->set_gamma(static_cast<float>(spec.recipe.gamma));
+  out->set_lambda(static_cast<float>(spec.recipe.lambda));
+  out->set_seed(spec.recipe.seed);
+  if (spec.recipe.lines_alpha.has_value()) {
+    (*out->mutable_parameters())["lines_alpha"] = *spec.recipe.lines_alpha;
+    (*out->mutable_parameters())["lines_beta"] = spec.recipe.lines_beta;
+  }
+}
+
+void ToProto(const control::JobRecord& record, v1::Job* out) {
+  out->set_id(control::JobId(record.number));
+  out->set_kind(KindToProto(record.kind));
+  v1::JobState state;
+  out->set_state(v1::JobState_Parse(record.state, &state) ? state : v1::JOB_STATE_UNSPECIFIED);
+  out->set_progress(record.progress);
+  out->set_message(record.message);
+  out->set_error(record.error);
+  out->set_error_code(record.error_code);
+  out->set_output_variant(record.output_variant);
+  SetTime(record.created_unix_nanos, out->mutable_created());
+  if (record.started_unix_nanos != 0) SetTime(record.started_unix_nanos, out->mutable_started());
+  if (record.finished_unix_nanos != 0) SetTime(record.finished_unix_nanos, out->mutable_finished());
+  if (record.kind == control::kMergeJobKind) {
+    absl::StatusOr<control::MergeJobSpec> spec = control::MergeJobSpec::FromJson(record.spec_json);
+    if (spec.ok()) ToProto(*spec, out->mutable_merge());
+  }
+}
+
+absl::StatusOr<control::MergeJobSpec> FromProto(const v1::MergeRequest& request) {
+  control::MergeJobSpec spec;
+  if (request.method().empty()) return absl::InvalidArgumentError("method is required (e.g. cat, svd, ties)");
+  if (request.rank() < 0) return absl::InvalidArgumentError(absl::StrCat("rank must not be negative, got ", request.rank()));
+  for (const v1::MergeInput& input : request.inputs()) {
+    spec.inputs.push_back({input.variant(), input.has_weight() ? input.weight() : 1.0});
+  }
+  spec.output = request.output();
+  spec.recipe.method = request.method();
+  spec.recipe.rank = request.rank();
+  if (request.has_density()) spec.recipe.density = Widen(request.density());
+  if (request.has_gamma()) spec.recipe.gamma = Widen(request.gamma());
+  if (request.has_lambda()) spec.recipe.lambda = Widen(request.lambda());
+  spec.recipe.seed = request.seed();
+  for (const auto& [name, value] : request.parameters()) {
+    if (name == "lines_alpha") {
+      spec.recipe.lines_alpha = value;
+    } else if (name == "lines_beta") {
+      spec.recipe.lines_beta = value;
+      if (!spec.recipe.lines_alpha.has_value()) spec.recipe.lines_alpha = 1.0;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown merge parameter \"", name, "\": known are lines_alpha and lines_beta"));
+    }
+  }
+  return spec;
+}
+
+// WatchJob's reactor and the runner's listener for the job. Owns itself; deleted once gRPC is
+// done with it and the runner can no longer call it.
+class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
+ public:
+  WatchCall(control::JobRunner* runner, telemetry::ServerMetrics* metrics) : runner_(runner), metrics_(metrics) {}
+
+  void Start(const std::string& id) {
+    absl::StatusOr<int64_t> token = [&]() -> absl::StatusOr<int64_t> {
+      ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(id));
+      return runner_->Watch(number, [this](const control::JobRecord& record) { OnRecord(record); });
+    }();
+    bool clean_up = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      start_returned_ = true;
+      if (token.ok()) {
+        token_ = *token;
+      } else {
+        final_status_ = ToGrpcStatus(token.status());
+        finish_pending_ = true;
+        MaybeWriteLocked();
+      }
+      clean_up = done_;
+    }
+    if (clean_up) CleanUp();
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mutex_);
+    writing_ = false;
+    if (!ok) {
+      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke");
+      finish_pending_ = true;
+    } else if (control::IsTerminalJobState(v1::JobState_Name(in_flight_.state()))) {
+      finish_pending_ = true;  // OK: the job ended and its last state was written
+    }
+    MaybeWriteLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mutex_);
+    final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled");
+    finish_pending_ = true;
+    latest_.reset();
+    MaybeWriteLocked();
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&mutex_);
+      done_ = true;
+      metrics_->RecordRpc("WatchJob", GrpcCodeName(final_status_.error_code()));
+      if (!start_returned_) return;  // Start cleans up
+    }
+    CleanUp();
+  }
+
+ private:
+  void OnRecord(const control::JobRecord& record) {
+    absl::MutexLock lock(&mutex_);
+    if (finish_pending_) return;
+    ToProto(record, &latest_.emplace());
+    MaybeWriteLocked();
+  }
+
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (writing_ || finish_called_) return;
+    if (latest_.has_value() && !finish_pending_) {
+      in_flight_ = std::move(*latest_);
+      latest_.reset();
+      writing_ = true;
+      StartWrite(&in_flight_);
+      return;
+    }
+    if (finish_pending_) {
+      finish_called_ = true;
+      Finish(final_status_);
+    }
+  }
+
+  void CleanUp() {
+    if (token_.has_value()) runner_->Unwatch(*token_);
+    delete this;
+  }
+
+  control::JobRunner* const runner_;
+  telemetry::ServerMetrics* const metrics_;
+  absl::Mutex mutex_;
+  std::optional<int64_t> token_;  // set by Start, read by CleanUp after both Start and OnDone
+  std::optional<v1::Job> latest_ ABSL_GUARDED_BY(mutex_);  // the newest record not yet written
+  v1::Job in_flight_ ABSL_GUARDED_BY(mutex_);
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;
+  // finish_pending_: no more writes; Finish follows the one in flight.
+  bool finish_pending_ ABSL_GUARDED_BY(mutex_) = false;
+  bool finish_called_ ABSL_GUARDED_BY(mutex_) = false;
+  bool start_returned_ ABSL_GUARDED_BY(mutex_) = false;
+  bool done_ ABSL_GUARDED_BY(mutex_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace
+
+JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics)
+    : runner_(runner), merges_(merges), metrics_(metrics) {}
+
+grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* context, const char* method,
+                                              const absl::Status& status) {
+  grpc::Status converted = ToGrpcStatus(status);
+  metrics_->RecordRpc(method, GrpcCodeName(converted.error_code()));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(converted);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitMerge(grpc::CallbackServerContext* context,
+                                                   const v1::MergeRequest* request, v1::Job* response) {
+  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    ASSIGN_OR_RETURN(control::MergeJobSpec spec, FromProto(*request));
+    return merges_->Submit(std::move(spec), request->idempotency_key());
+  }();
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, "SubmitMerge", job.status());
+}
+
+grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
+                                              v1::Job* response) {
+  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
+    return runner_->Get(number);
+  }();
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, "GetJob", job.status());
+}
+
+grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* context,
+                                                const v1::ListJobsRequest* request, v1::ListJobsResponse* response) {
+  absl::Status status = [&]() -> absl::Status {
+    if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_size must be between 0 and ", kMaxPageSize, ", got ", request->page_size()));
+    }
+    const size_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+    int64_t before = 0;
+    if (!request->page_token().empty() && (!absl::SimpleAtoi(request->page_token(), &before) || before < 1)) {
+      return absl::InvalidArgumentError("page_token is not one this server returned");
+    }
+    control::JobFilter filter;
+    if (request->state() != v1::JOB_STATE_UNSPECIFIED) filter.state = v1::JobState_Name(request->state());
+    if (request->kind() != v1::JOB_KIND_UNSPECIFIED) {
+      filter.kind = KindName(request->kind());
+      if (filter.kind.empty()) return absl::InvalidArgumentError("unknown job kind");
+    }
+    // One more than a page tells whether another page follows.
+    std::vector<control::JobRecord> jobs = runner_->List(filter, before, page_size + 1);
+    const bool more = jobs.size() > page_size;
+    if (more) jobs.pop_back();
+    for (const control::JobRecord& job : jobs) ToProto(job, response->add_jobs());
+    if (more) response->set_next_page_token(std::to_string(jobs.back().number));
+    return absl::OkStatus();
+  }();
+  return Finish(context, "ListJobs", status);
+}
+
+grpc::ServerWriteReactor<v1::Job>* JobsService::WatchJob(grpc::CallbackServerContext*,
+                                                         const v1::WatchJobRequest* request) {
+  auto* call = new WatchCall(runner_, metrics_);
+  call->Start(request->id());
+  return call;
+}
+
+grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* context,
+                                                 const v1::CancelJobRequest* request, v1::Job* response) {
+  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
+    return runner_->Cancel(number);
+  }();
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, "CancelJob", job.status());
+}
+
+}  // namespace deltaserve::api

@@ -1,0 +1,45 @@
+// JobsService: deltaserve.v1.Jobs over gRPC's callback API (WatchJob streams for as long as a
+// job runs, which must not hold a thread). Thin: it converts protobuf to MergeJobs and
+// JobRunner calls and back; every rule lives in control/. WatchJob writes the latest record
+// from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
+// sees fewer progress steps but always the final state) and ends OK after the job's terminal
+// state. Thread-safe; the runner, merges and metrics must outlive it.
+#pragma once
+
+#include "deltaserve/v1/jobs.grpc.pb.h"
+#include "server/control/job_runner.h"
+#include "server/control/merge_jobs.h"
+#include "server/telemetry/server_metrics.h"
+
+namespace deltaserve::api {
+
+class JobsService final : public deltaserve::v1::Jobs::CallbackService {
+ public:
+  JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics);
+
+  grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
+                                        const deltaserve::v1::MergeRequest* request,
+                                        deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const deltaserve::v1::GetJobRequest* request,
+                                   deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const deltaserve::v1::ListJobsRequest* request,
+                                     deltaserve::v1::ListJobsResponse* response) override;
+  grpc::ServerWriteReactor<deltaserve::v1::Job>* WatchJob(grpc::CallbackServerContext* context,
+                                                          const deltaserve::v1::WatchJobRequest* request) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const deltaserve::v1::CancelJobRequest* request,
+                                      deltaserve::v1::Job* response) override;
+
+ private:
+  // Finish records the RPC in the metrics and ends the unary call.
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, const char* method,
+                                   const absl::Status& status);
+
+  control::JobRunner* runner_;
+  control::MergeJobs* merges_;
+  telemetry::ServerMetrics* metrics_;
+};
+
+}  // namespace deltaserve::api
