@@ -67,7 +67,10 @@ int main(int argc, char** argv) {
   }
   std::printf("merging rank-%ld adapters of %.1f MiB each to rank %d (cat keeps the sum of ranks)\n",
               static_cast<long>(adapters[0].MaxRank()), adapters[0].Bytes() / 1048576.0, absl::GetFlag(FLAGS_rank));
-  std::printf("%-18s %7s %10s %14s %12s\n", "method", "inputs", "seconds", "peak_extra_MiB", "max_rel_err");
+  // measured = the inputs plus the growth of the peak resident set during the merge; estimate =
+  // EstimateMergeBytes, what a merge job reserves of --job-memory-bytes (it should not be lower).
+  std::printf("%-18s %7s %10s %14s %12s %12s\n", "method", "inputs", "seconds", "measured_MiB", "estimate_MiB",
+              "max_rel_err");
   for (absl::string_view method : absl::StrSplit(absl::GetFlag(FLAGS_methods), ',')) {
     for (int count : counts) {
       std::vector<ops::merge::WeightedDeltas> inputs;
@@ -89,8 +92,16 @@ int main(int argc, char** argv) {
       }
       double worst = 0;
       for (const auto& error : merged->errors) worst = std::max(worst, error.relative_error);
-      std::printf("%-18s %7d %10.3f %14.1f %12.4f\n", recipe.method.c_str(), count, seconds,
-                  (peak - before) / 1024.0, worst);
+      int64_t summed_rank = 0;
+      std::vector<int64_t> input_bytes;
+      for (const auto& input : inputs) {
+        input_bytes.push_back(input.deltas->Bytes());
+        summed_rank += input.deltas->MaxRank();
+      }
+      const int64_t inputs_total = input_bytes[0] * count;
+      const int64_t estimate = ops::merge::EstimateMergeBytes(*config, recipe, input_bytes, summed_rank);
+      std::printf("%-18s %7d %10.3f %14.1f %12.1f %12.4f\n", recipe.method.c_str(), count, seconds,
+                  (peak - before) / 1024.0 + inputs_total / 1048576.0, estimate / 1048576.0, worst);
       std::fflush(stdout);
     }
   }

@@ -106,9 +106,13 @@ absl::Status JobRunner::Start() {
     JobRecord& record = job->record;
     auto kind = kinds_.find(record.kind);
     if (record.state == "QUEUED") {
-      absl::StatusOr<JobBody> body = kind == kinds_.end()
-                                         ? absl::UnimplementedError(absl::StrCat("unknown job kind ", record.kind))
-                                         : kind->second.resume(record);
+      absl::StatusOr<JobBody> body =
+          kind == kinds_.end() ? absl::UnimplementedError(absl::StrCat("unknown job kind ", record.kind))
+          : record.memory_bytes > options_.memory_bytes
+              ? absl::ResourceExhaustedError(absl::StrCat("it needs about ", MiB(record.memory_bytes),
+                                                          ", more than --job-memory-bytes now allows (",
+                                                          MiB(options_.memory_bytes), ")"))
+              : kind->second.resume(record);
       if (body.ok()) {
         job->body = std::move(*body);
         queue_.push_back(record.number);

@@ -1,5 +1,6 @@
 #include "server/ops/merge/low_rank_merge.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -36,10 +37,10 @@ absl::Status CheckInputs(const std::vector<WeightedDeltas>& inputs) {
 
 std::pair<deltas::LowRankFactor, double> TruncatedFactor(const at::Tensor& u, const at::Tensor& s,
                                                          const at::Tensor& vh, int64_t rank,
-                                                         at::ScalarType dtype) {
+                                                         at::ScalarType dtype, double total_squared) {
   const int64_t kept = std::min<int64_t>(rank, s.size(0));
-  const double total = s.pow(2).sum().item<double>();
-  const double dropped = s.narrow(0, kept, s.size(0) - kept).pow(2).sum().item<double>();
+  const double total = total_squared >= 0 ? total_squared : s.pow(2).sum().item<double>();
+  const double dropped = std::max(0.0, total - s.narrow(0, 0, kept).pow(2).sum().item<double>());
   at::Tensor root = s.narrow(0, 0, kept).sqrt();
   at::Tensor b = u.narrow(1, 0, kept) * root.unsqueeze(0);
   at::Tensor a = root.unsqueeze(1) * vh.narrow(0, 0, kept);

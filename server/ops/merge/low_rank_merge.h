@@ -47,12 +47,14 @@ struct RecompressedDeltas {
   std::vector<ModuleError> errors;
 };
 
-// TruncatedFactor keeps the leading `rank` terms of U diag(s) Vh (s descending, float64) as one
-// factor B = U_k sqrt(s_k), A = sqrt(s_k) Vh_k in `dtype`, and returns it with the relative
-// Frobenius error of what was dropped, sqrt(sum dropped s^2 / sum s^2) (0 for all-zero s).
+// TruncatedFactor keeps the leading `rank` terms of U diag(s) Vh (s descending, float64, U with
+// orthonormal columns) as one factor B = U_k sqrt(s_k), A = sqrt(s_k) Vh_k in `dtype`, and
+// returns it with the relative Frobenius error of what was dropped,
+// sqrt((total - sum kept s^2) / total) (0 when total is 0). `total_squared` is the squared
+// Frobenius norm of the matrix decomposed; by default sum s^2 (an exact, complete SVD).
 std::pair<deltas::LowRankFactor, double> TruncatedFactor(const at::Tensor& u, const at::Tensor& s,
                                                          const at::Tensor& vh, int64_t rank,
-                                                         at::ScalarType dtype);
+                                                         at::ScalarType dtype, double total_squared = -1);
 
 // MergeStep is called after each module a merge finishes with (modules done, modules in all);
 // a non-OK status (a cancelled job) stops the merge, which returns that status.

@@ -6,7 +6,7 @@
 //     "task_arithmetic" is the same with the weights times lambda.
 //   - the dense methods of dense_merge.h (task_arithmetic, ties, dare_*, breadcrumbs*,
 //     magnitude_prune): on each module's dense task vectors s_i B_i A_i, then truncated SVD to
-//     `rank`.
+//     `rank` (Compress).
 // Optional LiNeS layer scaling multiplies layer l's merged delta by
 // lines_alpha + lines_beta * l / (L - 1). Errors per re-compressed module are reported.
 // Deterministic given the recipe (DARE draws from seed + module index). `step` is called after
@@ -40,6 +40,12 @@ bool IsExactMerge(const std::string& method);
 
 absl::StatusOr<RecompressedDeltas> MergeVariants(const std::vector<WeightedDeltas>& inputs,
                                                  const MergeRecipe& recipe, const MergeStep& step = nullptr);
+
+// Compress re-compresses a dense [out, in] delta to one factor of rank <= `rank` by truncated
+// SVD (randomized, seeded by `seed`, when the matrix is much larger than the rank; exact
+// otherwise) and returns it with its relative Frobenius error.
+std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64_t rank, at::ScalarType dtype,
+                                                 uint64_t seed);
 
 // EstimateMergeBytes bounds the peak memory of MergeVariants on variants of a base with
 // `config`, given each input's size in float32 bytes and the sum over inputs of their largest

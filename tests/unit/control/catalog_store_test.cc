@@ -1,5 +1,6 @@
-// CatalogStore on a real SQLite file: rows round-trip with every field, names are unique,
-// updates and deletes report missing names, and rows survive closing and reopening.
+// CatalogStore on a real SQLite file: variant and job rows round-trip with every field, names
+// and idempotency keys are unique, updates and deletes report missing rows, and rows survive
+// closing and reopening.
 #include "server/control/catalog_store.h"
 
 #include <gtest/gtest.h>
@@ -64,6 +65,63 @@ TEST(CatalogStoreTest, RowsRoundTripAndSurviveReopening) {
   EXPECT_EQ((*all)[0].name, "team/another");  // name order
   ASSERT_TRUE((*reopened)->DeleteVariant("team/another").ok());
   EXPECT_EQ((*reopened)->GetVariant("team/another").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
+  const std::string path = testing::MakeTempDir("catalog-jobs") + "/catalog.db";
+  JobRecord first;
+  {
+    auto store = CatalogStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    first.kind = "MERGE";
+    first.spec_json = R"({"method":"cat"})";
+    first.output_variant = "team/out";
+    first.idempotency_key = "k1";
+    first.memory_bytes = 4096;
+    first.created_unix_nanos = 1795435261000000001;
+    ASSERT_TRUE((*store)->InsertJob(first).ok());
+    EXPECT_GT(first.number, 0);
+    JobRecord same_key = first;
+    EXPECT_EQ((*store)->InsertJob(same_key).code(), absl::StatusCode::kAlreadyExists);
+    JobRecord no_key = first;
+    no_key.idempotency_key = "";
+    JobRecord another_no_key = no_key;
+    ASSERT_TRUE((*store)->InsertJob(no_key).ok());
+    ASSERT_TRUE((*store)->InsertJob(another_no_key).ok()) << "empty keys never collide";
+    EXPECT_GT(another_no_key.number, no_key.number);
+
+    first.state = "FAILED";
+    first.progress = 0.5;
+    first.message = "failed";
+    first.error = "out of memory";
+    first.error_code = "RESOURCE_EXHAUSTED";
+    first.started_unix_nanos = first.created_unix_nanos + 1;
+    first.finished_unix_nanos = first.created_unix_nanos + 2;
+    ASSERT_TRUE((*store)->UpdateJob(first).ok());
+    JobRecord missing;
+    missing.number = 999;
+    EXPECT_EQ((*store)->UpdateJob(missing).code(), absl::StatusCode::kNotFound);
+  }
+  auto reopened = CatalogStore::Open(path);
+  ASSERT_TRUE(reopened.ok());
+  auto jobs = (*reopened)->ListJobs();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 3u);
+  const JobRecord& read = (*jobs)[0];
+  EXPECT_EQ(read.number, first.number);
+  EXPECT_EQ(read.kind, "MERGE");
+  EXPECT_EQ(read.state, "FAILED");
+  EXPECT_DOUBLE_EQ(read.progress, 0.5);
+  EXPECT_EQ(read.message, "failed");
+  EXPECT_EQ(read.error, "out of memory");
+  EXPECT_EQ(read.error_code, "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(read.output_variant, "team/out");
+  EXPECT_EQ(read.spec_json, first.spec_json);
+  EXPECT_EQ(read.idempotency_key, "k1");
+  EXPECT_EQ(read.memory_bytes, 4096);
+  EXPECT_EQ(read.created_unix_nanos, first.created_unix_nanos);
+  EXPECT_EQ(read.started_unix_nanos, first.started_unix_nanos);
+  EXPECT_EQ(read.finished_unix_nanos, first.finished_unix_nanos);
 }
 
 TEST(CatalogStoreTest, AnUnusableFileIsAnError) {

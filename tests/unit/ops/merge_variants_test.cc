@@ -108,5 +108,81 @@ TEST(MergeVariantsTest, DareIsDeterministicPerSeedAndBadRecipesAreRefused) {
   EXPECT_EQ(MergeVariants({{&a, 1.0}, {&deeper, 1.0}}, recipe).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(MergeVariantsTest, StepsReportEveryModuleAndAnErrorStopsTheMerge) {
+  deltas::DeltaSet a = Random(4, 2, 5), b = Random(4, 2, 6);
+  for (const char* method : {"svd", "ties"}) {
+    MergeRecipe recipe;
+    recipe.method = method;
+    recipe.rank = 2;
+    recipe.density = 0.5;
+    std::vector<std::pair<int64_t, int64_t>> steps;
+    auto merged = MergeVariants({{&a, 0.5}, {&b, 0.5}}, recipe, [&](int64_t done, int64_t total) {
+      steps.push_back({done, total});
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(merged.ok()) << method << ": " << merged.status();
+    ASSERT_EQ(steps.size(), 4u) << method;
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(steps[i], std::make_pair(i + 1, int64_t{4})) << method;
+
+    int calls = 0;
+    auto stopped = MergeVariants({{&a, 0.5}, {&b, 0.5}}, recipe, [&](int64_t, int64_t) {
+      return ++calls == 2 ? absl::CancelledError("stop") : absl::OkStatus();
+    });
+    EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled) << method;
+    EXPECT_EQ(calls, 2) << method << ": nothing runs after the step that said stop";
+  }
+}
+
+// Compress on matrices much larger than the rank takes the randomized path; its error must be
+// the factor's true error and close to the optimum (the tail of the exact singular values).
+TEST(MergeVariantsTest, CompressOfALargeMatrixIsNearOptimalAndReportsItsTrueError) {
+  at::manual_seed(11);
+  // A decaying spectrum (a low-rank signal plus noise) and a flat one (pure noise).
+  const at::Tensor signal = at::matmul(at::randn({300, 20}), at::randn({20, 200})) + 0.1 * at::randn({300, 200});
+  const at::Tensor noise = at::randn({300, 200});
+  for (const at::Tensor& matrix : {signal, noise}) {
+    auto [factor, error] = Compress(matrix, 16, at::kFloat, 5);
+    ASSERT_EQ(factor.rank(), 16);
+    const at::Tensor exact = matrix.to(at::kDouble);
+    const at::Tensor approximation = at::matmul(factor.b, factor.a).to(at::kDouble) * factor.scale;
+    const double achieved = (exact - approximation).norm().item<double>() / exact.norm().item<double>();
+    EXPECT_NEAR(error, achieved, 1e-5) << "the reported error is the factor's";
+    const at::Tensor s = at::linalg_svdvals(exact);
+    const double optimal = std::sqrt(s.narrow(0, 16, s.size(0) - 16).pow(2).sum().item<double>() /
+                                     s.pow(2).sum().item<double>());
+    EXPECT_GE(error, optimal - 1e-9);
+    EXPECT_LE(error, optimal * 1.02 + 1e-6) << "within 2% of the best rank-16 approximation";
+    auto [again, same_error] = Compress(matrix, 16, at::kFloat, 5);
+    EXPECT_TRUE(at::equal(again.a, factor.a)) << "deterministic given the seed";
+  }
+}
+
+TEST(MergeVariantsTest, UnknownMethodsNameTheKnownOnes) {
+  MergeRecipe recipe;
+  recipe.method = "slerp";
+  absl::Status status = ValidateMergeRecipe(recipe);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("cat, linear, svd"), std::string::npos) << status;
+}
+
+TEST(MergeVariantsTest, TheMemoryEstimateGrowsWithInputsAndIsLargestForDenseMethods) {
+  model::ModelConfig config;
+  config.hidden_size = 256;
+  config.intermediate_size = 688;
+  config.num_hidden_layers = 4;
+  config.num_attention_heads = 8;
+  config.num_key_value_heads = 4;
+  MergeRecipe svd, ties, cat;
+  svd.method = "svd";
+  ties.method = "ties";
+  cat.method = "cat";
+  const std::vector<int64_t> two(2, 1 << 20), eight(8, 1 << 20);
+  EXPECT_LT(EstimateMergeBytes(config, ties, two, 32), EstimateMergeBytes(config, ties, eight, 128));
+  EXPECT_LT(EstimateMergeBytes(config, svd, two, 32), EstimateMergeBytes(config, ties, two, 32));
+  // The dense working set holds at least every input's dense [688, 256] delta in float32.
+  EXPECT_GE(EstimateMergeBytes(config, ties, eight, 128), 8 * 688 * 256 * 4);
+  EXPECT_GE(EstimateMergeBytes(config, cat, eight, 128), 2 * 8 * (1 << 20)) << "inputs and their concatenation";
+}
+
 }  // namespace
 }  // namespace deltaserve::ops::merge
