@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <gtest/gtest.h>
+
 #include "tests/support/test_models.h"
 
 namespace deltaserve::testing {
@@ -40,6 +42,61 @@ double Sample(const std::string& scrape, const std::string& name_and_labels) {
     if (line.rfind(name_and_labels + " ", 0) == 0) return std::stod(line.substr(name_and_labels.size() + 1));
   }
   return -1;
+}
+
+v1::MergeRequest Merge(const std::string& method, const std::string& output,
+                       const std::vector<std::pair<std::string, double>>& inputs, int rank) {
+  v1::MergeRequest request;
+  request.set_method(method);
+  request.set_output(output);
+  request.set_rank(rank);
+  for (const auto& [variant, weight] : inputs) {
+    v1::MergeInput* input = request.add_inputs();
+    input->set_variant(variant);
+    input->set_weight(weight);
+  }
+  return request;
+}
+
+grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& request, v1::Job* job) {
+  grpc::ClientContext context;
+  return client.jobs().SubmitMerge(&context, request, job);
+}
+
+grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job) {
+  grpc::ClientContext context;
+  v1::GetJobRequest request;
+  request.set_id(id);
+  return client.jobs().GetJob(&context, request, job);
+}
+
+grpc::Status CancelJob(DeltaserveClient& client, const std::string& id, v1::Job* job) {
+  grpc::ClientContext context;
+  v1::CancelJobRequest request;
+  request.set_id(id);
+  return client.jobs().CancelJob(&context, request, job);
+}
+
+grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant) {
+  grpc::ClientContext context;
+  v1::GetVariantRequest request;
+  request.set_name(name);
+  return client.variants().GetVariant(&context, request, variant);
+}
+
+std::vector<v1::Job> WatchJob(DeltaserveClient& client, const std::string& id, grpc::Status* status) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  v1::WatchJobRequest request;
+  request.set_id(id);
+  auto reader = client.jobs().WatchJob(&context, request);
+  std::vector<v1::Job> updates;
+  v1::Job job;
+  while (reader->Read(&job)) updates.push_back(job);
+  grpc::Status finished = reader->Finish();
+  EXPECT_TRUE(finished.ok() || status != nullptr) << finished.error_message();
+  if (status != nullptr) *status = finished;
+  return updates;
 }
 
 int RunDeltactl(const std::string& arguments, std::string* out, std::string* err) {

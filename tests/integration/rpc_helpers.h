@@ -1,5 +1,6 @@
 // Helpers shared by the integration tests: building Generate requests, running a stream to
-// its end, reading one sample from a Prometheus scrape, and running deltactl.
+// its end, the Variants and Jobs calls several suites make, reading one sample from a
+// Prometheus scrape, and running deltactl.
 #pragma once
 
 #include <chrono>
@@ -28,6 +29,18 @@ struct Stream {
 Stream RunStream(DeltaserveClient& client, const v1::GenerateRequest& request,
                  std::chrono::milliseconds timeout = std::chrono::seconds(120),
                  const std::function<bool()>& cancel = nullptr);
+
+grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant);
+
+// Merge builds a merge request (rank 0 = the server's default).
+v1::MergeRequest Merge(const std::string& method, const std::string& output,
+                       const std::vector<std::pair<std::string, double>>& inputs, int rank = 0);
+grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& request, v1::Job* job);
+grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
+grpc::Status CancelJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
+// WatchJob follows a job to its end (at most 120 s) and returns every update it streamed; the
+// call's status goes to `status`, or must be OK when none is given.
+std::vector<v1::Job> WatchJob(DeltaserveClient& client, const std::string& id, grpc::Status* status = nullptr);
 
 // Sample returns the value of the first line `name{...} value` or `name value`, or -1.
 double Sample(const std::string& scrape, const std::string& name_and_labels);

@@ -33,13 +33,6 @@ grpc::Status RegisterAdapter(DeltaserveClient& client, const std::string& name, 
   return client.variants().RegisterAdapter(&context, request, variant ? variant : &ignored);
 }
 
-grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant) {
-  grpc::ClientContext context;
-  v1::GetVariantRequest request;
-  request.set_name(name);
-  return client.variants().GetVariant(&context, request, variant);
-}
-
 grpc::Status DeleteVariant(DeltaserveClient& client, const std::string& name, bool drain) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
