@@ -13,6 +13,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_builder.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -164,10 +165,13 @@ int main(int argc, char** argv) {
   job_options.memory_bytes = absl::GetFlag(FLAGS_job_memory_bytes);
   job_options.threads_per_job = absl::GetFlag(FLAGS_job_threads);
   job_options.step_pause = absl::Milliseconds(absl::GetFlag(FLAGS_job_step_pause_ms));
+  job_options.observer = metrics.get();
   auto job_runner = deltaserve::control::JobRunner::Create(job_options, (*registry)->store());
   if (!job_runner.ok()) return Fail(job_runner.status());
   deltaserve::control::MergeJobs merges(registry->get(), job_runner->get());
   if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);
+  // Running jobs use `merges` and the registry: they stop before either goes, however main ends.
+  absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);

@@ -32,7 +32,7 @@ v1::VariantKind KindToProto(const std::string& kind) {
 void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   const control::Variant& variant = *status.variant;
   out->set_name(variant.name);
-  out->set_kind(KindToProto(variant.kind));
+  out->set_kind(KindToProto(variant.lineage.kind));
   for (const deltas::ModuleRank& module : variant.ranks) {
     v1::ModuleRank* rank = out->add_ranks();
     rank->set_module(module.module);
@@ -46,10 +46,10 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   out->mutable_created()->set_seconds(nanos / 1000000000);
   out->mutable_created()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
   v1::Lineage* lineage = out->mutable_lineage();
-  for (const std::string& parent : variant.parents) lineage->add_parents(parent);
-  lineage->set_recipe_json(variant.recipe_json);
-  lineage->set_job_id(variant.job_id);
-  out->set_evaluation_json(variant.evaluation_json);
+  for (const std::string& parent : variant.lineage.parents) lineage->add_parents(parent);
+  lineage->set_recipe_json(variant.lineage.recipe_json);
+  lineage->set_job_id(variant.lineage.job_id);
+  out->set_evaluation_json(variant.lineage.evaluation_json);
   out->set_base_model(variant.base_model);
   out->set_active_requests(status.residency.users);
   out->set_uploaded(variant.owned);

@@ -137,6 +137,7 @@ absl::Status JobRunner::Start() {
                              " interrupted by the previous stop"));
   }
   started_ = true;
+  for (int64_t number : queue_) ObserveLocked(jobs_[number]->record, "");
   for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
   return absl::OkStatus();
 }
@@ -173,6 +174,7 @@ void JobRunner::Work() {
       job->record.message = "started";
       reserved_bytes_ += job->record.memory_bytes;
       ChangedLocked(*job, /*persist=*/true);
+      ObserveLocked(job->record, "QUEUED");
       body = job->body;
     }
     JobContext context(this, job->record);
@@ -191,6 +193,7 @@ void JobRunner::Work() {
 
 void JobRunner::FinishLocked(Job& job, const absl::Status& status) {
   JobRecord& record = job.record;
+  const std::string from = record.state;
   if (status.ok()) {
     record.state = "SUCCEEDED";
     record.progress = 1.0;
@@ -212,6 +215,15 @@ void JobRunner::FinishLocked(Job& job, const absl::Status& status) {
   record.finished_unix_nanos = NowNanos();
   job.body = nullptr;
   ChangedLocked(job, /*persist=*/true);
+  ObserveLocked(record, from);
+}
+
+void JobRunner::ObserveLocked(const JobRecord& record, const std::string& from) {
+  if (options_.observer == nullptr || !started_) return;
+  const double run_seconds = from == "RUNNING" && record.started_unix_nanos > 0
+                                 ? (record.finished_unix_nanos - record.started_unix_nanos) * 1e-9
+                                 : 0.0;
+  options_.observer->OnJobState(record.kind, from, record.state, run_seconds, reserved_bytes_);
 }
 
 void JobRunner::ChangedLocked(const Job& job, bool persist) {
@@ -289,6 +301,7 @@ absl::StatusOr<JobRecord> JobRunner::Submit(JobSubmission submission) {
   job->body = std::move(submission.body);
   jobs_[record.number] = std::move(job);
   queue_.push_back(record.number);
+  ObserveLocked(record, "");
   work_available_.SignalAll();
   return record;
 }

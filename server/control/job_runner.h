@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/control/catalog_store.h"
+#include "server/control/job_observer.h"
 
 namespace deltaserve::control {
 
@@ -91,6 +92,7 @@ struct JobRunnerOptions {
   int threads_per_job = 1;                       // --job-threads: intra-op CPU threads of a job
   int nice = 10;                                 // CPU priority of workers below serving's
   absl::Duration step_pause = absl::ZeroDuration();  // --job-step-pause-ms
+  JobObserver* observer = nullptr;                   // optional; must outlive the runner
 };
 
 struct JobFilter {
@@ -142,6 +144,9 @@ class JobRunner {
   // Changed persists a state change (persist) and tells the job's watchers.
   void ChangedLocked(const Job& job, bool persist) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FinishLocked(Job& job, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Observe tells the observer (if any) of a state change, except while Start restores rows
+  // that this process never counted.
+  void ObserveLocked(const JobRecord& record, const std::string& from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status StepLocked(int64_t number, double progress, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<Job*> FindLocked(int64_t number) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

@@ -124,7 +124,7 @@ MergeJobs::MergeJobs(VariantRegistry* registry, JobRunner* runner) : registry_(r
   };
   handlers.published = [this](const JobRecord& record) {
     std::shared_ptr<const Variant> output = registry_->Find(record.output_variant);
-    return output != nullptr && output->job_id == JobId(record.number);
+    return output != nullptr && output->lineage.job_id == JobId(record.number);
   };
   runner_->RegisterKind(kMergeJobKind, std::move(handlers));
 }
@@ -188,7 +188,8 @@ absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
   const model::LlamaModel& model = registry_->model();
   const std::string job_id = JobId(context.record().number);
 
-  // 1. The inputs, read again from their files (a variant deleted since Submit fails the job).
+  // 1. The inputs, read again from their files (a variant deleted since Submit fails the job),
+  // into host memory: merges compute on the host and leave the device to serving.
   std::vector<deltas::PeftAdapter> adapters;
   std::vector<std::pair<std::string, std::string>> bases;
   for (size_t i = 0; i < spec.inputs.size(); ++i) {
@@ -200,7 +201,7 @@ absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
     }
     RETURN_IF_ERROR(CheckServable(*variant));
     absl::StatusOr<deltas::PeftAdapter> adapter =
-        deltas::ReadPeftAdapter(variant->path, model.config(), at::kFloat, model.device());
+        deltas::ReadPeftAdapter(variant->path, model.config(), at::kFloat, at::kCPU);
     if (!adapter.ok()) {
       return absl::Status(adapter.status().code(),
                           absl::StrCat("input \"", name, "\" could not be read: ", adapter.status().message()));
@@ -244,6 +245,7 @@ absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
   config.r = std::max<int64_t>(merged->deltas.MaxRank(), 1);
   config.lora_alpha = static_cast<double>(config.r);
   config.base_model_name_or_path = base_model;
+  // Stored in the dtype the server computes in, as the variant will be served.
   absl::Status written = deltas::WritePeftAdapter(staged, config, merged->deltas.To(at::kCPU, model.dtype()));
   if (written.ok()) written = common::SyncPath(staged);
   if (!written.ok()) return discard(written);

@@ -3,7 +3,8 @@
 // name is well-formed and free, the inputs exist, can be served and name one base model
 // (adapter_config.json's base_model_name_or_path, where they name one), the recipe is valid,
 // and the estimated peak memory fits the job budget (RESOURCE_EXHAUSTED otherwise). The job
-// then reads its inputs' adapter files in float32 on the model's device, runs MergeVariants
+// then reads its inputs' adapter files in float32 into host memory (merges compute on the host
+// and leave the device to serving; --job-memory-bytes bounds them there), runs MergeVariants
 // a module at a time (progress and cancellation between modules), writes the result as a PEFT
 // adapter into a staging directory, and publishes it as a MERGE variant whose lineage holds
 // the inputs (parents), the recipe (the job's spec) and the job id, and whose evaluation

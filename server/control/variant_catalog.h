@@ -21,9 +21,17 @@
 
 namespace deltaserve::control {
 
+// Where a variant came from; jobs fill it for their outputs.
+struct VariantLineage {
+  std::string kind = "ADAPTER";  // ADAPTER, MERGE, EDIT, UNLEARN, FINETUNE
+  std::vector<std::string> parents;
+  std::string recipe_json = "{}";
+  std::string job_id;
+  std::string evaluation_json = "{}";
+};
+
 struct Variant {
   std::string name;
-  std::string kind = "ADAPTER";
   // Its PEFT directory; `owned` when it lies in the data dir (uploaded), so deleting the
   // variant deletes the directory too.
   std::string path;
@@ -37,11 +45,8 @@ struct Variant {
   // READY (servable), or BROKEN (its files are gone or invalid; adapter_id is 0).
   std::string state = "READY";
   std::string broken_reason;
-  // Lineage and evaluation, as jobs record them.
-  std::vector<std::string> parents;
-  std::string recipe_json = "{}";
-  std::string job_id;
-  std::string evaluation_json = "{}";
+  // Kind, lineage and evaluation, as jobs record them.
+  VariantLineage lineage;
 };
 
 // CheckServable: OK for a READY variant; FAILED_PRECONDITION naming its state and why

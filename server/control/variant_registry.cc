@@ -45,14 +45,6 @@ VariantLineage LineageOf(const VariantRecord& row) {
   return VariantLineage{row.kind, row.parents, row.recipe_json, row.job_id, row.evaluation_json};
 }
 
-void CopyLineage(const VariantLineage& lineage, Variant& variant) {
-  variant.kind = lineage.kind;
-  variant.parents = lineage.parents;
-  variant.recipe_json = lineage.recipe_json;
-  variant.job_id = lineage.job_id;
-  variant.evaluation_json = lineage.evaluation_json;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<VariantRegistry>> VariantRegistry::Create(
@@ -98,7 +90,7 @@ absl::Status VariantRegistry::Restore() {
     variant->owned = owned;
     variant->bytes = row.size_bytes;
     variant->created = absl::FromUnixNanos(row.created_unix_nanos);
-    CopyLineage(LineageOf(row), *variant);
+    variant->lineage = LineageOf(row);
     variant->state = "BROKEN";
     variant->broken_reason = std::string(registered.status().message());
     RETURN_IF_ERROR(catalog_.Register(variant));
@@ -164,7 +156,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
   variant->ranks = host->Ranks();
   variant->base_model = adapter.config.base_model_name_or_path;
   variant->created = created;
-  CopyLineage(lineage, *variant);
+  variant->lineage = lineage;
   VariantRecord record;
   if (persist) {
     record.name = name;

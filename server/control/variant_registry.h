@@ -45,15 +45,6 @@ struct VariantRegistryOptions {
   UploadLimits upload_limits;
 };
 
-// Where a variant came from; jobs fill it for their outputs.
-struct VariantLineage {
-  std::string kind = "ADAPTER";
-  std::vector<std::string> parents;
-  std::string recipe_json = "{}";
-  std::string job_id;
-  std::string evaluation_json = "{}";
-};
-
 // A variant with where its adapter is now.
 struct VariantStatus {
   std::shared_ptr<const Variant> variant;

@@ -1,5 +1,6 @@
 #include "server/telemetry/server_metrics.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
 
 namespace deltaserve::telemetry {
@@ -80,6 +81,23 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                                            "Seconds to bring an adapter to the device (from host "
                                            "memory or disk)",
                                            LatencyBuckets())),
+      jobs_(prometheus::BuildGauge()
+                .Name("deltaserve_jobs")
+                .Help("Jobs queued and running now, by kind and state")
+                .Register(*registry_)),
+      jobs_finished_(prometheus::BuildCounter()
+                         .Name("deltaserve_jobs_finished_total")
+                         .Help("Jobs that ended, by kind and final state (SUCCEEDED, FAILED, CANCELLED)")
+                         .Register(*registry_)),
+      job_run_seconds_(prometheus::BuildHistogram()
+                           .Name("deltaserve_job_run_seconds")
+                           .Help("Seconds jobs ran, from start to their end, by kind")
+                           .Register(*registry_)),
+      job_memory_reserved_(prometheus::BuildGauge()
+                               .Name("deltaserve_job_memory_reserved_bytes")
+                               .Help("Memory running jobs reserve of --job-memory-bytes (their estimates)")
+                               .Register(*registry_)
+                               .Add({})),
       lora_requests_info_(prometheus::BuildGauge()
                               .Name("deltaserve_lora_requests_info")
                               .Help("Adapters of running and waiting requests (comma-separated "
@@ -168,6 +186,24 @@ void ServerMetrics::OnAdapterLoad(engine::AdapterTier from, double seconds) {
 
 void ServerMetrics::OnAdapterEviction(engine::AdapterTier from) {
   if (prometheus::Counter* counter = adapter_evictions_[static_cast<int>(from)]) counter->Increment();
+}
+
+void ServerMetrics::OnJobState(const std::string& kind, const std::string& from, const std::string& to,
+                              double run_seconds, int64_t reserved_bytes) {
+  const std::string label = absl::AsciiStrToLower(kind);
+  auto active = [](const std::string& state) { return state == "QUEUED" || state == "RUNNING"; };
+  if (active(from)) jobs_.Add({{"kind", label}, {"state", from}}).Decrement();
+  if (active(to)) {
+    jobs_.Add({{"kind", label}, {"state", to}}).Increment();
+  } else {
+    jobs_finished_.Add({{"kind", label}, {"state", to}}).Increment();
+    if (from == "RUNNING") {
+      job_run_seconds_
+          .Add({{"kind", label}}, Histogram::BucketBoundaries{0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600})
+          .Observe(run_seconds);
+    }
+  }
+  job_memory_reserved_.Set(static_cast<double>(reserved_bytes));
 }
 
 }  // namespace deltaserve::telemetry

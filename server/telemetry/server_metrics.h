@@ -1,6 +1,7 @@
 // ServerMetrics: every Prometheus metric family deltaserve exports, defined here and nowhere
 // else (names prefixed deltaserve_, base units, help text on each). It implements
-// engine::EngineObserver for the engine's measurements and RecordRpc for the front ends.
+// engine::EngineObserver for the engine's measurements, control::JobObserver for the job
+// runner's, and RecordRpc for the front ends.
 // Thread-safe (prometheus-cpp metrics are); the registry outlives nothing it does not own.
 #pragma once
 
@@ -13,11 +14,12 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "server/control/job_observer.h"
 #include "server/engine/engine_observer.h"
 
 namespace deltaserve::telemetry {
 
-class ServerMetrics : public engine::EngineObserver {
+class ServerMetrics : public engine::EngineObserver, public control::JobObserver {
  public:
   // max_lora: how many distinct adapters one batch may hold (reported on lora_requests_info).
   ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora);
@@ -34,6 +36,8 @@ class ServerMetrics : public engine::EngineObserver {
   void OnAdapterResidency(const engine::AdapterResidency& residency) override;
   void OnAdapterLoad(engine::AdapterTier from, double seconds) override;
   void OnAdapterEviction(engine::AdapterTier from) override;
+  void OnJobState(const std::string& kind, const std::string& from, const std::string& to, double run_seconds,
+                  int64_t reserved_bytes) override;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
 
@@ -60,6 +64,12 @@ class ServerMetrics : public engine::EngineObserver {
   prometheus::Counter* adapter_loads_[engine::kAdapterTierCount];
   prometheus::Counter* adapter_evictions_[engine::kAdapterTierCount];
   prometheus::Histogram& adapter_load_duration_;
+  // Jobs by kind (label kind="merge", ...): queued and running now, ended by final state, run
+  // time, and the job memory running jobs reserve.
+  prometheus::Family<prometheus::Gauge>& jobs_;
+  prometheus::Family<prometheus::Counter>& jobs_finished_;
+  prometheus::Family<prometheus::Histogram>& job_run_seconds_;
+  prometheus::Gauge& job_memory_reserved_;
   // deltaserve_lora_requests_info: one series whose labels list the running and waiting
   // adapters (the contract routers read, as vLLM's vllm:lora_requests_info); replaced when the
   // lists change. Touched only from OnState (the engine thread).

@@ -33,15 +33,30 @@ bool Lookup(const std::string& name, Method* method) {
   return false;
 }
 
+// TopMask marks exactly `count` entries of a flat magnitude tensor: the largest, ties broken
+// towards lower indices. A selection (kthvalue) rather than a sort: O(n), where sorting every
+// task vector of a merge dominated its time. Masks for growing counts are nested.
+at::Tensor TopMask(const at::Tensor& magnitude, int64_t count) {
+  const int64_t n = magnitude.numel();
+  if (count <= 0) return at::zeros_like(magnitude, at::kBool);
+  if (count >= n) return at::ones_like(magnitude, at::kBool);
+  // The count-th largest is the (n - count + 1)-th smallest.
+  const at::Tensor threshold = std::get<0>(at::kthvalue(magnitude, n - count + 1));
+  const at::Tensor above = magnitude > threshold;
+  const at::Tensor equal = magnitude == threshold;
+  const int64_t remaining = count - above.sum().item<int64_t>();
+  return above | (equal & (equal.cumsum(0) <= remaining));
+}
+
 // Keeps the entries ranked [skip, skip + keep) by decreasing magnitude; the rest become 0.
 at::Tensor KeepByRank(const at::Tensor& tau, int64_t skip, int64_t keep) {
   const at::Tensor flat = tau.reshape({-1});
   const int64_t n = flat.numel();
   keep = std::clamp<int64_t>(keep, 1, n);
   skip = std::clamp<int64_t>(skip, 0, n - keep);
-  at::Tensor order = at::argsort(flat.abs(), /*dim=*/0, /*descending=*/true);
-  at::Tensor mask = at::zeros_like(flat);
-  mask.index_fill_(0, order.narrow(0, skip, keep), 1.0);
+  const at::Tensor magnitude = flat.abs();
+  at::Tensor mask = TopMask(magnitude, skip + keep);
+  if (skip > 0) mask &= TopMask(magnitude, skip).logical_not();
   return (flat * mask).reshape(tau.sizes());
 }
 

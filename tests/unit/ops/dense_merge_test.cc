@@ -86,6 +86,19 @@ TEST(DenseMergeTest, MagnitudePruneKeepsTheTopFraction) {
   EXPECT_EQ(ToVector(Merge({Values({1, -5, 2, 4, -3})}, {2}, options)), (std::vector<float>{0, -10, 0, 8, 0}));
 }
 
+TEST(DenseMergeTest, EqualMagnitudesStillKeepExactlyTheCountEarliestFirst) {
+  DenseMergeOptions options;
+  options.method = "magnitude_prune";
+  options.density = 0.5;
+  // Magnitudes tie: 9 twice, 2 six times.
+  const at::Tensor tau = Values({2, -2, 9, 2, 1, -2, 2, -9, 2, 0});
+  // Five kept: 9 and -9, then the first three of the magnitude-2 entries by position.
+  EXPECT_EQ(ToVector(Merge({tau}, {1}, options)), (std::vector<float>{2, -2, 9, 2, 0, 0, 0, -9, 0, 0}));
+  options.method = "breadcrumbs";
+  options.gamma = 0.1;  // drops one of the top: the first 9
+  EXPECT_EQ(ToVector(Merge({tau}, {1}, options)), (std::vector<float>{2, -2, 0, 2, 0, -2, 0, -9, 0, 0}));
+}
+
 TEST(DenseMergeTest, BadMethodsAndParametersAreExplained) {
   DenseMergeOptions options;
   options.method = "slerp";
