@@ -163,6 +163,24 @@ TEST_F(JobsServerTest, WatchersSeeProgressRiseToSuccess) {
   EXPECT_EQ(again[0].state(), v1::SUCCEEDED);
 }
 
+TEST_F(JobsServerTest, MetricsCountJobsByKindAndState) {
+  auto finished = [] {
+    return Sample(HttpGet(server_->metrics_port(), "/metrics"),
+                  "deltaserve_jobs_finished_total{kind=\"merge\",state=\"SUCCEEDED\"}");
+  };
+  const double before = std::max(0.0, finished());
+  RunMerge(*client_, Merge("cat", "merged/counted", {{"demo-000", 2.0}}));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (finished() < before + 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_EQ(Sample(scrape, "deltaserve_jobs_finished_total{kind=\"merge\",state=\"SUCCEEDED\"}"), before + 1);
+  EXPECT_GE(Sample(scrape, "deltaserve_job_run_seconds_count{kind=\"merge\"}"), 1);
+  EXPECT_EQ(Sample(scrape, "deltaserve_jobs{kind=\"merge\",state=\"RUNNING\"}"), 0);
+  EXPECT_EQ(Sample(scrape, "deltaserve_job_memory_reserved_bytes"), 0);
+}
+
 TEST_F(JobsServerTest, BadRequestsAreRefusedWithTheReason) {
   const std::string other_base = MakeTempDir("other-base");
   ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), other_base, 1, 4, 90).ok());
