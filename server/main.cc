@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
   deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
                                                 &serving_state, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
-  deltaserve::api::JobsService jobs(job_runner->get(), &merges, metrics.get());
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, metrics.get(), &serving_state);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -218,8 +218,9 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 
 }  // namespace
 
-JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics)
-    : runner_(runner), merges_(merges), metrics_(metrics) {}
+JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics,
+                         const ServingState* state)
+    : runner_(runner), merges_(merges), metrics_(metrics), state_(state) {}
 
 grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* context, const char* method,
                                               const absl::Status& status) {
@@ -233,6 +234,7 @@ grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* conte
 grpc::ServerUnaryReactor* JobsService::SubmitMerge(grpc::CallbackServerContext* context,
                                                    const v1::MergeRequest* request, v1::Job* response) {
   absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
     ASSIGN_OR_RETURN(control::MergeJobSpec spec, FromProto(*request));
     return merges_->Submit(std::move(spec), request->idempotency_key());
   }();

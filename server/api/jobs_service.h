@@ -3,10 +3,12 @@
 // JobRunner calls and back; every rule lives in control/. WatchJob writes the latest record
 // from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
 // sees fewer progress steps but always the final state) and ends OK after the job's terminal
-// state. Thread-safe; the runner, merges and metrics must outlive it.
+// state. While the server drains, SubmitMerge answers UNAVAILABLE (a job started then would be
+// interrupted). Thread-safe; the runner, merges, metrics and state must outlive it.
 #pragma once
 
 #include "deltaserve/v1/jobs.grpc.pb.h"
+#include "server/api/serving_state.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
 #include "server/telemetry/server_metrics.h"
@@ -15,7 +17,8 @@ namespace deltaserve::api {
 
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
-  JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics);
+  JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics,
+              const ServingState* state);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
@@ -40,6 +43,7 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   control::JobRunner* runner_;
   control::MergeJobs* merges_;
   telemetry::ServerMetrics* metrics_;
+  const ServingState* state_;
 };
 
 }  // namespace deltaserve::api

@@ -397,6 +397,49 @@ TEST_F(JobsLifecycleTest, AKillDuringAMergeLeavesNoVariantAndTheRestartFailsTheJ
   EXPECT_EQ(namespaces, (std::vector<std::string>{"kept", "later"}));
 }
 
+TEST_F(JobsLifecycleTest, ShutdownRefusesNewJobsAndRecordsTheRunningOneInterrupted) {
+  std::string running_id;
+  {
+    ServerProcess server;
+    ASSERT_TRUE(server.Start(TinyModelDir(), Flags("100")));
+    auto client = DeltaserveClient::Connect(server.target());
+    v1::Job running;
+    ASSERT_TRUE(SubmitMerge(*client, Merge("ties", "cut/short", {{"demo-000", 0.5}, {"demo-001", 0.5}}, 2), &running).ok());
+    running_id = running.id();
+    WaitUntil(*client, running_id, [](const v1::Job& job) { return job.progress() > 0.15; });
+    // A long generation keeps the server draining while the submit below arrives.
+    std::atomic<bool> streaming{false};
+    std::thread stream([&] {
+      RunStream(*client, Generate("the red fox", 300), std::chrono::seconds(60), [&streaming] {
+        streaming = true;
+        return false;
+      });
+    });
+    while (!streaming) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    server.Signal(SIGTERM);
+    grpc::Status refused;
+    for (int i = 0; i < 250; ++i) {
+      v1::Job late;
+      refused = SubmitMerge(*client, Merge("cat", "too/late", {{"demo-000", 1}}), &late);
+      if (!refused.ok()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+    stream.join();
+    EXPECT_EQ(server.WaitForExit(30), 0) << server.Log();
+  }
+  ServerProcess restarted;
+  ASSERT_TRUE(restarted.Start(TinyModelDir(), Flags("0")));
+  auto client = DeltaserveClient::Connect(restarted.target());
+  v1::Job job;
+  ASSERT_TRUE(GetJob(*client, running_id, &job).ok());
+  EXPECT_EQ(job.state(), v1::FAILED);
+  EXPECT_NE(job.error().find("interrupted"), std::string::npos) << job.error();
+  v1::Variant variant;
+  EXPECT_EQ(GetVariant(*client, "cut/short", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(GetVariant(*client, "too/late", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_F(JobsLifecycleTest, AMergeThatWouldNotFitTheJobMemoryIsRefused) {
   ServerProcess server;
   std::vector<std::string> flags = Flags("0");
