@@ -177,14 +177,17 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     at::Tensor normed = RmsNorm(hidden, w.input_norm, eps);
     // One product for q, k and v; deltas are added in place into their column ranges.
     at::Tensor qkv = Linear(normed, w.qkv_proj, w.qkv_bias);
-    at::Tensor value = qkv.narrow(1, q_width + kv_width, kv_width);
     if (deltas != nullptr) {
+      // Each view is taken just before its delta goes in: when training, the first in-place
+      // addition gives qkv an autograd history that views taken earlier would not carry.
       at::Tensor query_part = qkv.narrow(1, 0, q_width);
-      at::Tensor key_part = qkv.narrow(1, q_width, kv_width);
       deltas->AddDelta(layer, Projection::kQuery, normed, query_part);
+      at::Tensor key_part = qkv.narrow(1, q_width, kv_width);
       deltas->AddDelta(layer, Projection::kKey, normed, key_part);
-      deltas->AddDelta(layer, Projection::kValue, normed, value);
+      at::Tensor value_part = qkv.narrow(1, q_width + kv_width, kv_width);
+      deltas->AddDelta(layer, Projection::kValue, normed, value_part);
     }
+    at::Tensor value = qkv.narrow(1, q_width + kv_width, kv_width);
     // q and k are adjacent columns: rotate all their heads in one call.
     at::Tensor rotated = ApplyRotary(
         qkv.narrow(1, 0, q_width + kv_width).view({tokens, heads + kv_heads, head_dim}), cos, sin);
@@ -206,12 +209,14 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
 
     normed = RmsNorm(hidden, w.post_attention_norm, eps);
     at::Tensor gate_up = Linear(normed, w.gate_up_proj, w.gate_up_bias);
+    if (deltas != nullptr) {  // views taken just before their deltas, as for qkv
+      at::Tensor gate_part = gate_up.narrow(1, 0, intermediate);
+      deltas->AddDelta(layer, Projection::kGate, normed, gate_part);
+      at::Tensor up_part = gate_up.narrow(1, intermediate, intermediate);
+      deltas->AddDelta(layer, Projection::kUp, normed, up_part);
+    }
     at::Tensor gate = gate_up.narrow(1, 0, intermediate);
     at::Tensor up = gate_up.narrow(1, intermediate, intermediate);
-    if (deltas != nullptr) {
-      deltas->AddDelta(layer, Projection::kGate, normed, gate);
-      deltas->AddDelta(layer, Projection::kUp, normed, up);
-    }
     hidden = hidden + Project(layer, Projection::kDown, at::silu(gate) * up, w.down_proj,
                               w.down_bias, deltas);
   }

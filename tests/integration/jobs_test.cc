@@ -417,13 +417,14 @@ TEST_F(JobsLifecycleTest, ShutdownRefusesNewJobsAndRecordsTheRunningOneInterrupt
     });
     while (!streaming) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     server.Signal(SIGTERM);
-    grpc::Status refused;
+    // Once health reads NOT_SERVING the server is draining (it flips health after it starts).
     for (int i = 0; i < 250; ++i) {
-      v1::Job late;
-      refused = SubmitMerge(*client, Merge("cat", "too/late", {{"demo-000", 1}}), &late);
-      if (!refused.ok()) break;
+      client::HealthStatus health;
+      if (client->Health("", &health).ok() && health == client::HealthStatus::kNotServing) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    v1::Job late;
+    grpc::Status refused = SubmitMerge(*client, Merge("cat", "too/late", {{"demo-000", 1}}), &late);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
     stream.join();
     EXPECT_EQ(server.WaitForExit(30), 0) << server.Log();

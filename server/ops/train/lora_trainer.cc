@@ -1,0 +1,190 @@
+#include "server/ops/train/lora_trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/torch_status.h"
+
+namespace deltaserve::ops::train {
+namespace {
+
+using model::Projection;
+
+// TrainingDeltaHook adds, for every token, the parent's factors and the new ones with plain
+// differentiable operators (the serving hook's BLAS fast path bypasses autograd).
+class TrainingDeltaHook : public model::ProjectionDeltaHook {
+ public:
+  TrainingDeltaHook(const deltas::DeltaSet* parent, const deltas::DeltaSet* trained)
+      : parent_(parent), trained_(trained) {}
+  void AddDelta(int64_t layer, Projection projection, const at::Tensor& input, at::Tensor& output) const override {
+    for (const deltas::DeltaSet* set : {parent_, trained_}) {
+      if (set == nullptr) continue;
+      for (const deltas::LowRankFactor& factor : set->Factors(layer, projection)) {
+        const at::Tensor x = input.to(factor.a.scalar_type());
+        output.add_((at::matmul(at::matmul(x, factor.a.t()), factor.b.t()) * factor.scale).to(output.scalar_type()));
+      }
+    }
+  }
+
+ private:
+  const deltas::DeltaSet* parent_;
+  const deltas::DeltaSet* trained_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LoraTrainer>> LoraTrainer::Create(const model::LlamaModel& model,
+                                                                 const deltas::DeltaSet* parent,
+                                                                 LoraTrainerOptions options) {
+  if (options.rank < 1) return absl::InvalidArgumentError(absl::StrCat("rank must be at least 1, got ", options.rank));
+  if (!(options.learning_rate > 0)) return absl::InvalidArgumentError("learning_rate must be positive");
+  if (options.targets.empty()) return absl::InvalidArgumentError("no target modules");
+  if (options.total_steps < 1) return absl::InvalidArgumentError("total_steps must be at least 1");
+  const model::ModelConfig& config = model.config();
+  if (parent != nullptr && parent->num_layers() != config.num_hidden_layers) {
+    return absl::InvalidArgumentError("the parent's deltas do not fit the model");
+  }
+  std::unique_ptr<LoraTrainer> trainer(new LoraTrainer(model, parent, std::move(options)));
+  const LoraTrainerOptions& opts = trainer->options_;
+  trainer->new_factors_ = deltas::DeltaSet(config.num_hidden_layers);
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(opts.seed);
+  const auto float_options = at::TensorOptions().dtype(at::kFloat);
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    for (Projection projection : opts.targets) {
+      auto [out, in] = deltas::ProjectionShape(config, projection);
+      // PEFT's initialisation: A Kaiming-uniform (a = sqrt(5)): bound 1/sqrt(in); B zero.
+      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+      at::Tensor a = at::empty({opts.rank, in}, float_options).uniform_(-bound, bound, generator).to(model.device());
+      at::Tensor b = at::zeros({out, opts.rank}, float_options.device(model.device()));
+      a.set_requires_grad(true);
+      b.set_requires_grad(true);
+      trainer->parameters_.push_back(a);
+      trainer->parameters_.push_back(b);
+      trainer->new_factors_.Add(layer, projection, {a, b, opts.alpha / opts.rank});
+    }
+  }
+  for (const at::Tensor& parameter : trainer->parameters_) {
+    trainer->first_moments_.push_back(at::zeros_like(parameter));
+    trainer->second_moments_.push_back(at::zeros_like(parameter));
+  }
+  return trainer;
+}
+
+absl::StatusOr<SequenceLosses> LoraTrainer::Losses(const std::vector<const TrainingExample*>& examples) const {
+  model::ForwardBatch batch;
+  for (const TrainingExample* example : examples) {
+    if (example->token_ids.size() < 2 || example->target_mask.size() != example->token_ids.size()) {
+      return absl::InvalidArgumentError("a training example needs two tokens or more and one mask entry per token");
+    }
+    batch.sequences.push_back({0, static_cast<int64_t>(example->token_ids.size()), nullptr});
+    batch.token_ids.insert(batch.token_ids.end(), example->token_ids.begin(), example->token_ids.end());
+  }
+  TrainingDeltaHook hook(parent_, &new_factors_);
+  batch.deltas = &hook;
+  SequenceLosses losses;
+  absl::Status status = common::CatchTorchErrors("the training forward pass", [&] {
+    const at::Tensor logprobs = at::log_softmax(model_.Forward(batch), -1);  // [tokens, vocab]
+    std::vector<at::Tensor> sums;
+    std::vector<double> counts;
+    int64_t start = 0;
+    for (const TrainingExample* example : examples) {
+      const int64_t length = static_cast<int64_t>(example->token_ids.size());
+      std::vector<int64_t> rows, targets;
+      for (int64_t i = 1; i < length; ++i) {
+        if (!example->target_mask[i]) continue;
+        rows.push_back(start + i - 1);
+        targets.push_back(example->token_ids[i]);
+      }
+      start += length;
+      counts.push_back(static_cast<double>(rows.size()));
+      if (rows.empty()) {
+        sums.push_back(at::zeros({}, logprobs.options()));
+        continue;
+      }
+      const at::Tensor row_index = at::tensor(rows, at::kLong).to(logprobs.device());
+      const at::Tensor target_index = at::tensor(targets, at::kLong).to(logprobs.device()).unsqueeze(1);
+      sums.push_back(-logprobs.index_select(0, row_index).gather(1, target_index).sum());
+    }
+    losses.nll_sums = at::stack(sums);
+    losses.target_counts = at::tensor(counts, at::kFloat).to(logprobs.device());
+  });
+  if (!status.ok()) return status;
+  return losses;
+}
+
+double LoraTrainer::LearningRate(int64_t step) const {
+  if (step <= options_.warmup_steps) return options_.learning_rate * step / std::max<int64_t>(options_.warmup_steps, 1);
+  const double remaining = static_cast<double>(options_.total_steps - step + 1) /
+                           std::max<int64_t>(options_.total_steps - options_.warmup_steps, 1);
+  return options_.learning_rate * std::clamp(remaining, 0.0, 1.0);
+}
+
+absl::StatusOr<TrainingStep> LoraTrainer::Step(const std::function<absl::StatusOr<double>()>& accumulate) {
+  for (at::Tensor& parameter : parameters_) {
+    if (parameter.grad().defined()) parameter.mutable_grad().zero_();
+  }
+  absl::StatusOr<double> loss = accumulate();
+  if (!loss.ok()) return loss.status();
+  TrainingStep step;
+  step.step = ++steps_;
+  step.loss = *loss;
+  step.learning_rate = LearningRate(step.step);
+  absl::Status status = common::CatchTorchErrors("the optimizer step", [&] {
+    at::NoGradGuard no_grad;
+    double squared = 0;
+    for (const at::Tensor& parameter : parameters_) {
+      if (parameter.grad().defined()) squared += parameter.grad().pow(2).sum().item<double>();
+    }
+    step.gradient_norm = std::sqrt(squared);
+    const double clip = options_.max_grad_norm > 0 && step.gradient_norm > options_.max_grad_norm
+                            ? options_.max_grad_norm / (step.gradient_norm + 1e-12)
+                            : 1.0;
+    const double bias1 = 1 - std::pow(options_.beta1, step.step);
+    const double bias2 = 1 - std::pow(options_.beta2, step.step);
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      at::Tensor& parameter = parameters_[i];
+      if (!parameter.grad().defined()) continue;
+      const at::Tensor gradient = parameter.grad() * clip;
+      first_moments_[i].mul_(options_.beta1).add_(gradient, 1 - options_.beta1);
+      second_moments_[i].mul_(options_.beta2).addcmul_(gradient, gradient, 1 - options_.beta2);
+      parameter.mul_(1 - step.learning_rate * options_.weight_decay);
+      const at::Tensor denominator = (second_moments_[i] / bias2).sqrt_().add_(options_.epsilon);
+      parameter.addcdiv_(first_moments_[i], denominator, -step.learning_rate / bias1);
+    }
+  });
+  if (!status.ok()) return status;
+  return step;
+}
+
+deltas::DeltaSet LoraTrainer::NewFactors() const {
+  deltas::DeltaSet copy(new_factors_.num_layers());
+  for (int64_t layer = 0; layer < new_factors_.num_layers(); ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      for (const deltas::LowRankFactor& factor : new_factors_.Factors(layer, static_cast<Projection>(p))) {
+        copy.Add(layer, static_cast<Projection>(p), {factor.a.detach().clone(), factor.b.detach().clone(), factor.scale});
+      }
+    }
+  }
+  return copy;
+}
+
+deltas::DeltaSet LoraTrainer::Combined() const {
+  deltas::DeltaSet trained = NewFactors();
+  deltas::DeltaSet combined(trained.num_layers());
+  for (int64_t layer = 0; layer < trained.num_layers(); ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      const auto projection = static_cast<Projection>(p);
+      if (parent_ != nullptr) {
+        for (const deltas::LowRankFactor& factor : parent_->Factors(layer, projection)) {
+          combined.Add(layer, projection, {factor.a.to(at::kFloat), factor.b.to(at::kFloat), factor.scale});
+        }
+      }
+      for (const deltas::LowRankFactor& factor : trained.Factors(layer, projection)) combined.Add(layer, projection, factor);
+    }
+  }
+  return combined;
+}
+
+}  // namespace deltaserve::ops::train
