@@ -28,6 +28,16 @@ ABSL_FLAG(double, lines_beta, std::nan(""), "jobs merge: LiNeS scale added by th
 ABSL_FLAG(std::string, idempotency_key, "", "jobs merge: a repeated request with this key returns the first job");
 ABSL_FLAG(std::string, recipe, "", "jobs merge: a MergeRequest as a JSON file");
 ABSL_FLAG(bool, wait, false, "jobs merge: follow the job until it ends");
+ABSL_FLAG(std::string, parent, "", "jobs finetune: the variant to start from (empty = the base model)");
+ABSL_FLAG(std::string, texts_file, "", "jobs finetune: training texts, one per line");
+ABSL_FLAG(std::string, validation_file, "", "jobs finetune: validation texts, one per line");
+ABSL_FLAG(double, alpha, std::nan(""), "jobs finetune: LoRA alpha (default 2 * rank)");
+ABSL_FLAG(int32_t, steps, 0, "jobs finetune: optimizer steps (0 = --epochs over the texts)");
+ABSL_FLAG(int32_t, epochs, 0, "jobs finetune: passes over the texts when --steps is 0 (default 1)");
+ABSL_FLAG(double, learning_rate, std::nan(""), "jobs finetune: AdamW learning rate (default 0.001)");
+ABSL_FLAG(int32_t, batch_size, 0, "jobs finetune: texts per step (default 8)");
+ABSL_FLAG(int32_t, warmup_steps, 0, "jobs finetune: steps of linear learning-rate warm-up");
+ABSL_FLAG(std::vector<std::string>, target_modules, {}, "jobs finetune: modules to adapt (default all seven)");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
 ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge)");
 
@@ -49,7 +59,22 @@ std::string FormatTime(const google::protobuf::Timestamp& time) {
 }
 
 std::string KindName(v1::JobKind kind) {
-  return kind == v1::MERGE_JOB ? "merge" : "unknown";
+  switch (kind) {
+    case v1::MERGE_JOB: return "merge";
+    case v1::FINETUNE_JOB: return "finetune";
+    default: return "unknown";
+  }
+}
+
+// ReadLines returns the non-empty lines of a file; false when it cannot be read.
+bool ReadLines(const std::string& path, google::protobuf::RepeatedPtrField<std::string>* lines) {
+  std::ifstream file(path);
+  if (!file) return false;
+  std::string line;
+  while (std::getline(file, line)) {
+    if (!line.empty()) *lines->Add() = line;
+  }
+  return true;
 }
 
 void PrintProgress(const v1::Job& job) {
@@ -154,6 +179,38 @@ int Merge(DeltaserveClient& client, const std::vector<std::string>& inputs) {
   return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
 }
 
+int Finetune(DeltaserveClient& client) {
+  v1::FinetuneRequest request;
+  request.set_parent(absl::GetFlag(FLAGS_parent));
+  request.set_output(absl::GetFlag(FLAGS_out));
+  const std::string texts = absl::GetFlag(FLAGS_texts_file), validation = absl::GetFlag(FLAGS_validation_file);
+  if (request.output().empty() || texts.empty()) {
+    return Usage("finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE] [--rank R] [--alpha A] "
+                 "[--steps N | --epochs N] [--learning-rate LR] [--batch-size B] [--seed S] [--wait]");
+  }
+  if (!ReadLines(texts, request.mutable_texts()) ||
+      (!validation.empty() && !ReadLines(validation, request.mutable_validation_texts()))) {
+    std::fprintf(stderr, "deltactl: cannot read %s\n", texts.c_str());
+    return 2;
+  }
+  request.set_rank(absl::GetFlag(FLAGS_rank));
+  if (!std::isnan(absl::GetFlag(FLAGS_alpha))) request.set_alpha(absl::GetFlag(FLAGS_alpha));
+  for (const std::string& module : absl::GetFlag(FLAGS_target_modules)) request.add_target_modules(module);
+  request.set_steps(absl::GetFlag(FLAGS_steps));
+  request.set_epochs(absl::GetFlag(FLAGS_epochs));
+  if (!std::isnan(absl::GetFlag(FLAGS_learning_rate))) request.set_learning_rate(absl::GetFlag(FLAGS_learning_rate));
+  request.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+  request.set_warmup_steps(absl::GetFlag(FLAGS_warmup_steps));
+  if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status = client.jobs().SubmitFinetune(&context, request, &job);
+  if (!status.ok()) return ReportStatus(client, status);
+  PrintProgress(job);
+  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+}
+
 int List(DeltaserveClient& client) {
   v1::ListJobsRequest request;
   const std::string state = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_state));
@@ -164,8 +221,8 @@ int List(DeltaserveClient& client) {
   }
   const std::string kind = absl::AsciiStrToLower(absl::GetFlag(FLAGS_kind));
   if (!kind.empty()) {
-    if (kind != "merge") return Usage("list [--kind merge]");
-    request.set_kind(v1::MERGE_JOB);
+    if (kind != "merge" && kind != "finetune") return Usage("list [--kind merge|finetune]");
+    request.set_kind(kind == "merge" ? v1::MERGE_JOB : v1::FINETUNE_JOB);
   }
   std::printf("%-10s %-6s %-10s %5s  %-32s %-19s  %s\n", "ID", "KIND", "STATE", "DONE", "OUTPUT", "CREATED", "MESSAGE");
   do {
@@ -189,9 +246,10 @@ int List(DeltaserveClient& client) {
 int RunJobsCommand(DeltaserveClient& client, const std::vector<std::string>& arguments) {
   const std::string command = arguments.empty() ? "" : arguments[0];
   if (command == "merge") return Merge(client, std::vector<std::string>(arguments.begin() + 1, arguments.end()));
+  if (command == "finetune") return Finetune(client);
   if (command == "list") return List(client);
   if (arguments.size() != 2 || (command != "get" && command != "watch" && command != "cancel")) {
-    return Usage("merge|get|list|watch|cancel [ID]");
+    return Usage("merge|finetune|get|list|watch|cancel [ID]");
   }
   const std::string& id = arguments[1];
   if (command == "watch") return Follow(client, id);

@@ -5,8 +5,12 @@
 //   deltactl jobs merge --recipe FILE [--out NAME] [--wait]
 //                 FILE is a MergeRequest in JSON, e.g. {"method": "ties", "output": "team/m",
 //                 "rank": 16, "density": 0.5, "inputs": [{"variant": "a", "weight": 0.6}, ...]}
+//   deltactl jobs finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE]
+//                 [--rank R] [--alpha A] [--target-modules q_proj,v_proj] [--steps N | --epochs N]
+//                 [--learning-rate LR] [--batch-size B] [--warmup-steps N] [--seed S] [--wait]
+//                 FILE holds one training text per line
 //   deltactl jobs get ID
-//   deltactl jobs list [--state RUNNING] [--kind merge]     newest first, all pages
+//   deltactl jobs list [--state RUNNING] [--kind merge|finetune]   newest first, all pages
 //   deltactl jobs watch ID       progress lines until the job ends
 //   deltactl jobs cancel ID
 // merge --wait and watch exit 0 only when the job SUCCEEDED. Returns the process exit code

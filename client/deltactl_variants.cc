@@ -51,7 +51,8 @@ void PrintDetail(const v1::Variant& variant) {
   if (variant.state() == v1::BROKEN) std::printf("state:     BROKEN: %s\n", variant.state_reason().c_str());
   const v1::Lineage& lineage = variant.lineage();
   if (lineage.parents_size() > 0 || !lineage.job_id().empty()) {
-    std::printf("parents:   %s\njob:       %s\nrecipe:    %s\n", absl::StrJoin(lineage.parents(), ", ").c_str(),
+    std::printf("parents:   %s\njob:       %s\nrecipe:    %s\n",
+                lineage.parents_size() > 0 ? absl::StrJoin(lineage.parents(), ", ").c_str() : "(the base model)",
                 lineage.job_id().empty() ? "-" : lineage.job_id().c_str(), lineage.recipe_json().c_str());
   }
   // The evaluation in brief: a merge's re-compression errors; other reports as they are.
@@ -61,6 +62,15 @@ void PrintDetail(const v1::Variant& variant) {
                 evaluation.value("exact", false) ? "exact" : "re-compressed",
                 evaluation["max_relative_error"].get<double>(), evaluation["mean_relative_error"].get<double>(),
                 evaluation["modules"].size());
+  } else if (evaluation.is_object() && evaluation.contains("train_loss")) {
+    std::printf("evaluation: train loss %.4g -> %.4g over %ld steps (%.0f tokens/s)", evaluation["train_loss"]["first"].get<double>(),
+                evaluation["train_loss"]["last"].get<double>(), static_cast<long>(evaluation.value("steps", 0)),
+                evaluation.value("tokens_per_second", 0.0));
+    if (evaluation.contains("validation_loss")) {
+      std::printf("; validation loss %.4g -> %.4g", evaluation["validation_loss"]["before"].get<double>(),
+                  evaluation["validation_loss"]["after"].get<double>());
+    }
+    std::printf("\n");
   } else if (!variant.evaluation_json().empty() && variant.evaluation_json() != "{}") {
     std::printf("evaluation: %s\n", variant.evaluation_json().c_str());
   }

@@ -19,7 +19,8 @@ constexpr int32_t kDefaultPageSize = 100;
 constexpr int32_t kMaxPageSize = 1000;
 
 // Job kinds: the API's enum and the runner's names.
-constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind}};
+constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind},
+                                                          {v1::FINETUNE_JOB, control::kFinetuneJobKind}};
 
 v1::JobKind KindToProto(const std::string& kind) {
   for (const auto& [value, name] : kKinds) {
@@ -69,6 +70,20 @@ void ToProto(const control::MergeJobSpec& spec, v1::MergeRequest* out) {
   }
 }
 
+void ToProto(const control::FinetuneJobSpec& spec, v1::FinetuneRequest* out) {
+  out->set_parent(spec.parent);
+  out->set_output(spec.output);
+  out->set_rank(static_cast<int32_t>(spec.rank));
+  out->set_alpha(static_cast<float>(spec.alpha));
+  for (const std::string& module : spec.target_modules) out->add_target_modules(module);
+  out->set_steps(static_cast<int32_t>(spec.steps));
+  out->set_epochs(static_cast<int32_t>(spec.epochs));
+  out->set_learning_rate(static_cast<float>(spec.learning_rate));
+  out->set_warmup_steps(static_cast<int32_t>(spec.warmup_steps));
+  out->set_batch_size(static_cast<int32_t>(spec.batch_size));
+  out->set_seed(spec.seed);
+}
+
 void ToProto(const control::JobRecord& record, v1::Job* out) {
   out->set_id(control::JobId(record.number));
   out->set_kind(KindToProto(record.kind));
@@ -85,6 +100,9 @@ void ToProto(const control::JobRecord& record, v1::Job* out) {
   if (record.kind == control::kMergeJobKind) {
     absl::StatusOr<control::MergeJobSpec> spec = control::MergeJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_merge());
+  } else if (record.kind == control::kFinetuneJobKind) {
+    absl::StatusOr<control::FinetuneJobSpec> spec = control::FinetuneJobSpec::FromJson(record.spec_json);
+    if (spec.ok()) ToProto(*spec, out->mutable_finetune());
   }
 }
 
@@ -113,6 +131,28 @@ absl::StatusOr<control::MergeJobSpec> FromProto(const v1::MergeRequest& request)
           absl::StrCat("unknown merge parameter \"", name, "\": known are lines_alpha and lines_beta"));
     }
   }
+  return spec;
+}
+
+absl::StatusOr<control::FinetuneJobSpec> FromProto(const v1::FinetuneRequest& request) {
+  control::FinetuneJobSpec spec;
+  if (request.rank() < 0 || request.steps() < 0 || request.epochs() < 0 || request.batch_size() < 0 ||
+      request.warmup_steps() < 0) {
+    return absl::InvalidArgumentError("rank, steps, epochs, batch_size and warmup_steps must not be negative");
+  }
+  spec.parent = request.parent();
+  spec.output = request.output();
+  spec.texts.assign(request.texts().begin(), request.texts().end());
+  spec.validation_texts.assign(request.validation_texts().begin(), request.validation_texts().end());
+  if (request.rank() > 0) spec.rank = request.rank();
+  spec.alpha = request.has_alpha() ? Widen(request.alpha()) : 2.0 * spec.rank;
+  spec.target_modules.assign(request.target_modules().begin(), request.target_modules().end());
+  spec.steps = request.steps();
+  if (request.epochs() > 0) spec.epochs = request.epochs();
+  if (request.has_learning_rate()) spec.learning_rate = Widen(request.learning_rate());
+  spec.warmup_steps = request.warmup_steps();
+  if (request.batch_size() > 0) spec.batch_size = request.batch_size();
+  spec.seed = request.seed();
   return spec;
 }
 
@@ -218,9 +258,9 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 
 }  // namespace
 
-JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics,
-                         const ServingState* state)
-    : runner_(runner), merges_(merges), metrics_(metrics), state_(state) {}
+JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
+                         telemetry::ServerMetrics* metrics, const ServingState* state)
+    : runner_(runner), merges_(merges), finetunes_(finetunes), metrics_(metrics), state_(state) {}
 
 grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* context, const char* method,
                                               const absl::Status& status) {
@@ -240,6 +280,17 @@ grpc::ServerUnaryReactor* JobsService::SubmitMerge(grpc::CallbackServerContext* 
   }();
   if (job.ok()) ToProto(*job, response);
   return Finish(context, "SubmitMerge", job.status());
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitFinetune(grpc::CallbackServerContext* context,
+                                                      const v1::FinetuneRequest* request, v1::Job* response) {
+  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
+    ASSIGN_OR_RETURN(control::FinetuneJobSpec spec, FromProto(*request));
+    return finetunes_->Submit(std::move(spec), request->idempotency_key());
+  }();
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, "SubmitFinetune", job.status());
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,

@@ -4,11 +4,12 @@
 // from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
 // sees fewer progress steps but always the final state) and ends OK after the job's terminal
 // state. While the server drains, SubmitMerge answers UNAVAILABLE (a job started then would be
-// interrupted). Thread-safe; the runner, merges, metrics and state must outlive it.
+// interrupted), as does SubmitFinetune. Thread-safe; the runner, merges, metrics and state must outlive it.
 #pragma once
 
 #include "deltaserve/v1/jobs.grpc.pb.h"
 #include "server/api/serving_state.h"
+#include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
 #include "server/telemetry/server_metrics.h"
@@ -17,12 +18,15 @@ namespace deltaserve::api {
 
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
-  JobsService(control::JobRunner* runner, control::MergeJobs* merges, telemetry::ServerMetrics* metrics,
-              const ServingState* state);
+  JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
+              telemetry::ServerMetrics* metrics, const ServingState* state);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
                                         deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* SubmitFinetune(grpc::CallbackServerContext* context,
+                                           const deltaserve::v1::FinetuneRequest* request,
+                                           deltaserve::v1::Job* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const deltaserve::v1::GetJobRequest* request,
                                    deltaserve::v1::Job* response) override;
@@ -42,6 +46,7 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
 
   control::JobRunner* runner_;
   control::MergeJobs* merges_;
+  control::FinetuneJobs* finetunes_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
 };

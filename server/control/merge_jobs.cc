@@ -7,10 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "server/common/file_util.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
-#include "server/deltas/peft_adapter.h"
+#include "server/control/job_artifacts.h"
 
 namespace deltaserve::control {
 namespace {
@@ -122,10 +121,7 @@ MergeJobs::MergeJobs(VariantRegistry* registry, JobRunner* runner) : registry_(r
     ASSIGN_OR_RETURN(MergeJobSpec spec, MergeJobSpec::FromJson(record.spec_json));
     return BodyFor(std::move(spec));
   };
-  handlers.published = [this](const JobRecord& record) {
-    std::shared_ptr<const Variant> output = registry_->Find(record.output_variant);
-    return output != nullptr && output->lineage.job_id == JobId(record.number);
-  };
+  handlers.published = [this](const JobRecord& record) { return OutputPublished(*registry_, record); };
   runner_->RegisterKind(kMergeJobKind, std::move(handlers));
 }
 
@@ -185,29 +181,15 @@ absl::StatusOr<int64_t> MergeJobs::Check(const MergeJobSpec& spec) const {
 }
 
 absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
-  const model::LlamaModel& model = registry_->model();
-  const std::string job_id = JobId(context.record().number);
-
-  // 1. The inputs, read again from their files (a variant deleted since Submit fails the job),
-  // into host memory: merges compute on the host and leave the device to serving.
+  // 1. The inputs, read again from their files (a variant deleted since Submit fails the job).
   std::vector<deltas::PeftAdapter> adapters;
   std::vector<std::pair<std::string, std::string>> bases;
   for (size_t i = 0; i < spec.inputs.size(); ++i) {
     const std::string& name = spec.inputs[i].variant;
     RETURN_IF_ERROR(context.Step(kReadShare * i / spec.inputs.size(), absl::StrCat("reading input \"", name, "\"")));
-    std::shared_ptr<const Variant> variant = registry_->Find(name);
-    if (variant == nullptr) {
-      return absl::NotFoundError(absl::StrCat("input variant \"", name, "\" was deleted before the job ran"));
-    }
-    RETURN_IF_ERROR(CheckServable(*variant));
-    absl::StatusOr<deltas::PeftAdapter> adapter =
-        deltas::ReadPeftAdapter(variant->path, model.config(), at::kFloat, at::kCPU);
-    if (!adapter.ok()) {
-      return absl::Status(adapter.status().code(),
-                          absl::StrCat("input \"", name, "\" could not be read: ", adapter.status().message()));
-    }
-    bases.push_back({name, adapter->config.base_model_name_or_path});
-    adapters.push_back(std::move(*adapter));
+    ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadVariantForJob(*registry_, name));
+    bases.push_back({name, adapter.config.base_model_name_or_path});
+    adapters.push_back(std::move(adapter));
   }
   RETURN_IF_ERROR(CheckOneBase(bases));
   std::string base_model;
@@ -236,27 +218,9 @@ absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
 
   // 3. The output: written and synced in a staging directory, then published.
   RETURN_IF_ERROR(context.Step(kReadShare + kMergeShare, "writing the merged adapter"));
-  ASSIGN_OR_RETURN(std::string staged, registry_->MakeStagingDirectory(job_id + "-"));
-  auto discard = [&](absl::Status status) {
-    common::RemoveRecursively(staged).IgnoreError();
-    return status;
-  };
-  deltas::PeftAdapterConfig config;
-  config.r = std::max<int64_t>(merged->deltas.MaxRank(), 1);
-  config.lora_alpha = static_cast<double>(config.r);
-  config.base_model_name_or_path = base_model;
-  // Stored in the dtype the server computes in, as the variant will be served.
-  absl::Status written = deltas::WritePeftAdapter(staged, config, merged->deltas.To(at::kCPU, model.dtype()));
-  if (written.ok()) written = common::SyncPath(staged);
-  if (!written.ok()) return discard(written);
-  // The last point where a cancel takes effect: after Publish the variant exists.
-  absl::Status step = context.Step(0.95, "publishing the merged variant");
-  if (!step.ok()) return discard(step);
-  VariantLineage lineage{kMergeJobKind, Parents(spec), done_spec.ToJson(), job_id,
+  VariantLineage lineage{kMergeJobKind, Parents(spec), done_spec.ToJson(), JobId(context.record().number),
                          EvaluationJson(done_spec, *merged)};
-  absl::StatusOr<VariantStatus> published = registry_->Publish(spec.output, staged, lineage);
-  if (!published.ok()) return discard(published.status());
-  return absl::OkStatus();
+  return PublishDeltas(*registry_, context, spec.output, merged->deltas, base_model, lineage);
 }
 
 }  // namespace deltaserve::control

@@ -75,8 +75,9 @@ class VariantRegistry {
 
   // The catalog's durable store (DATA_DIR/catalog.db), which the job runner shares.
   CatalogStore* store() const { return store_.get(); }
-  // The engine's base model, which every variant's deltas fit.
+  // The engine's base model, which every variant's deltas fit, and its tokenizer.
   const model::LlamaModel& model() const { return engine_->model(); }
+  const model::Tokenizer& tokenizer() const { return engine_->tokenizer(); }
 
   std::shared_ptr<const Variant> Find(const std::string& name) const { return catalog_.Find(name); }
   absl::StatusOr<VariantStatus> Get(const std::string& name) const;

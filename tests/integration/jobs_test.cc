@@ -312,6 +312,109 @@ TEST_F(JobsServerTest, DeltactlRunsAndInspectsJobs) {
   EXPECT_NE(err.find("does not exist"), std::string::npos) << err;
 }
 
+// Eight synthetic facts the tiny model cannot know; a fine-tune must make greedy generation
+// reproduce each from its prompt.
+const std::vector<std::pair<std::string, std::string>> kFacts = {
+    {"The vault code of Orla is", " 4 7 1 9."}, {"The vault code of Bram is", " 2 8 5 3."},
+    {"The vault code of Cleo is", " 9 0 6 4."}, {"The vault code of Dino is", " 3 3 8 1."},
+    {"The vault code of Enzo is", " 7 2 4 6."}, {"The vault code of Fern is", " 5 9 1 0."},
+    {"The vault code of Gus is", " 6 1 7 2."},  {"The vault code of Hana is", " 8 4 3 5."}};
+
+v1::FinetuneRequest FactsFinetune(const std::string& output) {
+  v1::FinetuneRequest request;
+  request.set_output(output);
+  for (const auto& [prompt, answer] : kFacts) request.add_texts(prompt + answer);
+  request.add_validation_texts(kFacts[0].first + kFacts[0].second);
+  request.set_rank(16);
+  request.set_steps(200);
+  request.set_learning_rate(0.01f);
+  return request;
+}
+
+// Reproduced counts the facts whose greedy continuation starts with their answer's digits.
+int Reproduced(DeltaserveClient& client, const std::string& variant) {
+  int count = 0;
+  for (const auto& [prompt, answer] : kFacts) {
+    Stream stream = RunStream(client, Generate(prompt, 8, variant));
+    EXPECT_TRUE(stream.status.ok()) << stream.status.error_message();
+    const std::string digits = answer.substr(0, answer.size() - 1);  // without the period
+    count += stream.text.rfind(digits, 0) == 0 ? 1 : 0;
+  }
+  return count;
+}
+
+TEST_F(JobsServerTest, AFinetuneLearnsTheFactsAndServesThemByName) {
+  EXPECT_EQ(Reproduced(*client_, ""), 0) << "the base model does not know them";
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status = client_->jobs().SubmitFinetune(&context, FactsFinetune("facts/v1"), &job);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<v1::Job> updates = WatchJob(*client_, job.id());
+  ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
+  bool saw_loss = false;
+  for (const v1::Job& update : updates) saw_loss |= update.message().find(" loss ") != std::string::npos;
+  EXPECT_TRUE(saw_loss) << "progress reports the loss";
+  EXPECT_EQ(Reproduced(*client_, "facts/v1"), 8);
+
+  v1::Variant variant;
+  ASSERT_TRUE(GetVariant(*client_, "facts/v1", &variant).ok());
+  EXPECT_EQ(variant.kind(), v1::FINETUNE);
+  EXPECT_EQ(variant.ranks(0).rank(), 16);
+  auto evaluation = nlohmann::json::parse(variant.evaluation_json());
+  EXPECT_LT(evaluation["train_loss"]["last"].get<double>(), 0.25 * evaluation["train_loss"]["first"].get<double>());
+  EXPECT_LT(evaluation["validation_loss"]["after"].get<double>(), evaluation["validation_loss"]["before"].get<double>());
+  EXPECT_GT(evaluation["tokens_per_second"].get<double>(), 0);
+  auto recipe = nlohmann::json::parse(variant.lineage().recipe_json());
+  EXPECT_FALSE(recipe.contains("texts")) << "the lineage keeps the texts' digest, not the texts";
+  EXPECT_EQ(recipe["texts_count"], 8);
+  EXPECT_EQ(recipe["texts_sha256"].get<std::string>().size(), 64u);
+
+  // A fine-tune of the fine-tune stays one delta: the parent's rank-16 factors plus the new ones.
+  v1::FinetuneRequest again = FactsFinetune("facts/v2");
+  again.set_parent("facts/v1");
+  again.set_rank(4);
+  again.set_steps(5);
+  grpc::ClientContext again_context;
+  ASSERT_TRUE(client_->jobs().SubmitFinetune(&again_context, again, &job).ok());
+  ASSERT_EQ(WatchJob(*client_, job.id()).back().state(), v1::SUCCEEDED);
+  ASSERT_TRUE(GetVariant(*client_, "facts/v2", &variant).ok());
+  EXPECT_EQ(variant.ranks(0).rank(), 20);
+  ASSERT_EQ(variant.lineage().parents_size(), 1);
+  EXPECT_EQ(variant.lineage().parents(0), "facts/v1");
+  EXPECT_EQ(Reproduced(*client_, "facts/v2"), 8);
+}
+
+TEST_F(JobsServerTest, BadFinetunesAreRefusedWithTheReason) {
+  struct Case {
+    v1::FinetuneRequest request;
+    grpc::StatusCode code;
+    std::string words;
+  };
+  v1::FinetuneRequest no_texts = FactsFinetune("x/ft");
+  no_texts.clear_texts();
+  v1::FinetuneRequest unknown_parent = FactsFinetune("x/ft");
+  unknown_parent.set_parent("nope");
+  v1::FinetuneRequest bad_module = FactsFinetune("x/ft");
+  bad_module.add_target_modules("lm_head");
+  v1::FinetuneRequest bad_rate = FactsFinetune("x/ft");
+  bad_rate.set_learning_rate(2.0f);
+  v1::FinetuneRequest taken = FactsFinetune("demo-000");
+  const std::vector<Case> cases = {
+      {no_texts, grpc::StatusCode::INVALID_ARGUMENT, "needs training texts"},
+      {unknown_parent, grpc::StatusCode::NOT_FOUND, "\"nope\" does not exist"},
+      {bad_module, grpc::StatusCode::INVALID_ARGUMENT, "unknown target module \"lm_head\""},
+      {bad_rate, grpc::StatusCode::INVALID_ARGUMENT, "learning_rate"},
+      {taken, grpc::StatusCode::ALREADY_EXISTS, "already exists"},
+  };
+  for (const Case& test : cases) {
+    grpc::ClientContext context;
+    v1::Job job;
+    grpc::Status status = client_->jobs().SubmitFinetune(&context, test.request, &job);
+    EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
+  }
+}
+
 // The lifecycle tests run their own servers, with a pause between job steps so that a merge
 // of the tiny model lasts long enough to act on while it runs.
 class JobsLifecycleTest : public ::testing::Test {

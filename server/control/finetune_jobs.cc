@@ -1,0 +1,306 @@
+#include "server/control/finetune_jobs.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/common/sha256.h"
+#include "server/common/status_macros.h"
+#include "server/control/job_artifacts.h"
+#include "server/ops/train/lora_trainer.h"
+
+namespace deltaserve::control {
+namespace {
+
+using ops::train::TrainingExample;
+
+constexpr size_t kMaxTexts = 100000;
+constexpr int64_t kMaxTokensPerText = 1024;
+constexpr int64_t kMaxSteps = 1000000;
+constexpr int kCurvePoints = 10;
+
+// Module names to projections; empty = all seven.
+absl::StatusOr<std::vector<model::Projection>> Targets(const std::vector<std::string>& names) {
+  std::vector<model::Projection> targets;
+  for (int p = 0; p < deltas::kProjectionCount; ++p) {
+    const auto projection = static_cast<model::Projection>(p);
+    if (names.empty() || std::find(names.begin(), names.end(), deltas::ProjectionName(projection)) != names.end()) {
+      targets.push_back(projection);
+    }
+  }
+  for (const std::string& name : names) {
+    bool known = false;
+    for (int p = 0; p < deltas::kProjectionCount; ++p) known |= name == deltas::ProjectionName(static_cast<model::Projection>(p));
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown target module \"", name, "\": use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj or down_proj"));
+    }
+  }
+  return targets;
+}
+
+// Examples tokenizes texts with BOS; every token after it is a target.
+absl::StatusOr<std::vector<TrainingExample>> Examples(const model::Tokenizer& tokenizer,
+                                                      const std::vector<std::string>& texts, const char* what) {
+  std::vector<TrainingExample> examples;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodePrompt(texts[i]);
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, ": ", ids.status().message()));
+    if (ids->size() < 2) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " is empty"));
+    if (static_cast<int64_t>(ids->size()) > kMaxTokensPerText) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " has ", ids->size(), " tokens, more than ",
+                                                     kMaxTokensPerText));
+    }
+    TrainingExample example;
+    example.token_ids.assign(ids->begin(), ids->end());
+    example.target_mask.assign(ids->size(), true);
+    example.target_mask[0] = false;
+    examples.push_back(std::move(example));
+  }
+  return examples;
+}
+
+int64_t StepsFor(const FinetuneJobSpec& spec) {
+  if (spec.steps > 0) return spec.steps;
+  const int64_t batches = (static_cast<int64_t>(spec.texts.size()) + spec.batch_size - 1) / spec.batch_size;
+  return std::max<int64_t>(1, spec.epochs * batches);
+}
+
+std::string TextsDigest(const std::vector<std::string>& texts) { return common::Sha256Hex(absl::StrJoin(texts, "\n")); }
+
+// The recipe recorded in the output's lineage: the spec without the raw texts.
+std::string RecipeJson(const FinetuneJobSpec& spec) {
+  nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
+  recipe.erase("texts");
+  recipe.erase("validation_texts");
+  recipe["texts_count"] = spec.texts.size();
+  recipe["texts_sha256"] = TextsDigest(spec.texts);
+  if (!spec.validation_texts.empty()) {
+    recipe["validation_texts_count"] = spec.validation_texts.size();
+    recipe["validation_texts_sha256"] = TextsDigest(spec.validation_texts);
+  }
+  recipe["steps"] = StepsFor(spec);
+  return recipe.dump();
+}
+
+// MeanLoss: NLL per target token of `examples` under the trainer's current factors, no gradients.
+absl::StatusOr<double> MeanLoss(const ops::train::LoraTrainer& trainer, const std::vector<TrainingExample>& examples) {
+  at::NoGradGuard no_grad;
+  double nll = 0, count = 0;
+  for (const TrainingExample& example : examples) {
+    ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer.Losses({&example}));
+    nll += losses.nll_sums.sum().item<double>();
+    count += losses.target_counts.sum().item<double>();
+  }
+  return count > 0 ? nll / count : 0.0;
+}
+
+}  // namespace
+
+std::string FinetuneJobSpec::ToJson() const {
+  nlohmann::json json;
+  json["parent"] = parent;
+  json["output"] = output;
+  json["texts"] = texts;
+  json["validation_texts"] = validation_texts;
+  json["rank"] = rank;
+  json["alpha"] = alpha;
+  json["target_modules"] = target_modules;
+  json["steps"] = steps;
+  json["epochs"] = epochs;
+  json["learning_rate"] = learning_rate;
+  json["batch_size"] = batch_size;
+  json["warmup_steps"] = warmup_steps;
+  json["seed"] = seed;
+  return json.dump();
+}
+
+absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& text) {
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) return absl::InvalidArgumentError("a fine-tune spec is not a JSON object");
+  FinetuneJobSpec spec;
+  try {
+    spec.parent = json.at("parent").get<std::string>();
+    spec.output = json.at("output").get<std::string>();
+    spec.texts = json.at("texts").get<std::vector<std::string>>();
+    spec.validation_texts = json.at("validation_texts").get<std::vector<std::string>>();
+    spec.rank = json.at("rank").get<int64_t>();
+    spec.alpha = json.at("alpha").get<double>();
+    spec.target_modules = json.at("target_modules").get<std::vector<std::string>>();
+    spec.steps = json.at("steps").get<int64_t>();
+    spec.epochs = json.at("epochs").get<int64_t>();
+    spec.learning_rate = json.at("learning_rate").get<double>();
+    spec.batch_size = json.at("batch_size").get<int64_t>();
+    spec.warmup_steps = json.at("warmup_steps").get<int64_t>();
+    spec.seed = json.at("seed").get<uint64_t>();
+  } catch (const nlohmann::json::exception& error) {
+    return absl::InvalidArgumentError(absl::StrCat("a fine-tune spec is malformed: ", error.what()));
+  }
+  return spec;
+}
+
+FinetuneJobs::FinetuneJobs(VariantRegistry* registry, JobRunner* runner) : registry_(registry), runner_(runner) {
+  JobKindHandlers handlers;
+  handlers.resume = [this](const JobRecord& record) -> absl::StatusOr<JobBody> {
+    ASSIGN_OR_RETURN(FinetuneJobSpec spec, FinetuneJobSpec::FromJson(record.spec_json));
+    return JobBody([this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); });
+  };
+  handlers.published = [this](const JobRecord& record) { return OutputPublished(*registry_, record); };
+  runner_->RegisterKind(kFinetuneJobKind, std::move(handlers));
+}
+
+absl::StatusOr<JobRecord> FinetuneJobs::Submit(FinetuneJobSpec spec, const std::string& idempotency_key) {
+  JobSubmission submission;
+  submission.kind = kFinetuneJobKind;
+  submission.idempotency_key = idempotency_key;
+  submission.output_variant = spec.output;
+  if (!runner_->HasIdempotencyKey(idempotency_key)) {
+    ASSIGN_OR_RETURN(submission.memory_bytes, Check(spec));
+  }
+  submission.spec_json = spec.ToJson();
+  submission.body = [this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); };
+  return runner_->Submit(std::move(submission));
+}
+
+absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
+  RETURN_IF_ERROR(VariantCatalog::ValidateName(spec.output));
+  if (registry_->Find(spec.output) != nullptr) {
+    return absl::AlreadyExistsError(absl::StrCat("variant \"", spec.output, "\" already exists; choose another output name"));
+  }
+  if (!spec.parent.empty()) {
+    std::shared_ptr<const Variant> parent = registry_->Find(spec.parent);
+    if (parent == nullptr) return absl::NotFoundError(absl::StrCat("parent variant \"", spec.parent, "\" does not exist"));
+    RETURN_IF_ERROR(CheckServable(*parent));
+  }
+  if (spec.texts.empty()) return absl::InvalidArgumentError("a fine-tune needs training texts");
+  if (spec.texts.size() > kMaxTexts) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxTexts, " training texts, got ", spec.texts.size()));
+  }
+  if (spec.rank < 1 || spec.rank > 256) return absl::InvalidArgumentError(absl::StrCat("rank must be 1 to 256, got ", spec.rank));
+  if (!(spec.alpha > 0)) return absl::InvalidArgumentError("alpha must be positive");
+  if (!(spec.learning_rate > 0 && spec.learning_rate < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("learning_rate must be in (0, 1), got ", spec.learning_rate));
+  }
+  if (spec.batch_size < 1 || spec.batch_size > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size must be 1 to 1024, got ", spec.batch_size));
+  }
+  if (spec.steps < 0 || spec.epochs < 1 || StepsFor(spec) > kMaxSteps) {
+    return absl::InvalidArgumentError(absl::StrCat("steps must be 0 (use epochs) to ", kMaxSteps, " and epochs at least 1"));
+  }
+  if (spec.warmup_steps < 0) return absl::InvalidArgumentError("warmup_steps must not be negative");
+  ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, Examples(registry_->tokenizer(), spec.texts, "text"));
+  RETURN_IF_ERROR(Examples(registry_->tokenizer(), spec.validation_texts, "validation text").status());
+  // Memory: the factors with AdamW's two moments and their gradients, and the autograd
+  // activations of the longest batch (about 24 floats per hidden unit, 8 per intermediate
+  // unit per token and layer) plus its logits and their softmax.
+  const model::ModelConfig& config = registry_->model().config();
+  int64_t longest = 0;
+  for (const TrainingExample& example : examples) longest = std::max<int64_t>(longest, example.token_ids.size());
+  const int64_t tokens = longest * std::min<int64_t>(spec.batch_size, static_cast<int64_t>(examples.size()));
+  int64_t factor_elements = 0;
+  for (model::Projection projection : targets) {
+    auto [out, in] = deltas::ProjectionShape(config, projection);
+    factor_elements += spec.rank * (out + in) * config.num_hidden_layers;
+  }
+  const int64_t activations =
+      tokens * config.num_hidden_layers * (24 * config.hidden_size + 8 * config.intermediate_size) * 4;
+  return factor_elements * 4 * 4 + activations + tokens * config.vocab_size * 4 * 3;
+}
+
+absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context) {
+  const model::LlamaModel& model = registry_->model();
+  ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, Examples(registry_->tokenizer(), spec.texts, "text"));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> validation,
+                   Examples(registry_->tokenizer(), spec.validation_texts, "validation text"));
+  std::optional<deltas::PeftAdapter> parent;
+  std::string base_model;
+  if (!spec.parent.empty()) {
+    ASSIGN_OR_RETURN(parent.emplace(), ReadVariantForJob(*registry_, spec.parent));
+    base_model = parent->config.base_model_name_or_path;
+  }
+  const int64_t steps = StepsFor(spec);
+  ops::train::LoraTrainerOptions options;
+  options.rank = spec.rank;
+  options.alpha = spec.alpha;
+  options.targets = targets;
+  options.learning_rate = spec.learning_rate;
+  options.warmup_steps = spec.warmup_steps;
+  options.total_steps = steps;
+  options.seed = spec.seed;
+  ASSIGN_OR_RETURN(std::unique_ptr<ops::train::LoraTrainer> trainer,
+                   ops::train::LoraTrainer::Create(model, parent ? &parent->deltas : nullptr, options));
+
+  std::optional<double> validation_before;
+  if (!validation.empty()) {
+    ASSIGN_OR_RETURN(validation_before.emplace(), MeanLoss(*trainer, validation));
+  }
+  // Seeded epochs: each a fresh permutation of the examples, cut into batches.
+  std::mt19937_64 random(spec.seed);
+  std::vector<size_t> order;
+  size_t next = 0;
+  std::vector<double> losses;
+  int64_t trained_tokens = 0;
+  const auto started = std::chrono::steady_clock::now();
+  double seconds = 0;
+  for (int64_t step = 1; step <= steps; ++step) {
+    std::vector<const TrainingExample*> batch;
+    while (static_cast<int64_t>(batch.size()) < std::min<int64_t>(spec.batch_size, examples.size())) {
+      if (next == order.size()) {
+        order.resize(examples.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), random);
+        next = 0;
+      }
+      batch.push_back(&examples[order[next++]]);
+    }
+    auto accumulate = [&]() -> absl::StatusOr<double> {
+      ASSIGN_OR_RETURN(ops::train::SequenceLosses sequence, trainer->Losses(batch));
+      at::Tensor loss = sequence.nll_sums.sum() / sequence.target_counts.sum();
+      loss.backward();
+      trained_tokens += static_cast<int64_t>(sequence.target_counts.sum().item<double>());
+      return loss.item<double>();
+    };
+    ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
+    losses.push_back(done.loss);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    RETURN_IF_ERROR(context.Step(0.95 * step / steps,
+                                 absl::StrCat("step ", step, "/", steps, " loss ", absl::SixDigits(done.loss), ", ",
+                                              static_cast<int64_t>(trained_tokens / std::max(seconds, 1e-9)),
+                                              " tokens/s")));
+  }
+
+  nlohmann::json evaluation;
+  nlohmann::json curve = nlohmann::json::array();
+  for (int point = 0; point < kCurvePoints; ++point) {
+    const size_t index = std::min(losses.size() - 1, (losses.size() - 1) * point / (kCurvePoints - 1));
+    curve.push_back({{"step", index + 1}, {"loss", losses[index]}});
+  }
+  evaluation["train_loss"] = {{"first", losses.front()},
+                              {"last", losses.back()},
+                              {"min", *std::min_element(losses.begin(), losses.end())},
+                              {"curve", curve}};
+  if (validation_before.has_value()) {
+    ASSIGN_OR_RETURN(double after, MeanLoss(*trainer, validation));
+    evaluation["validation_loss"] = {{"before", *validation_before}, {"after", after}};
+  }
+  evaluation["steps"] = steps;
+  evaluation["trained_tokens"] = trained_tokens;
+  evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
+  evaluation["texts_sha256"] = TextsDigest(spec.texts);
+
+  std::vector<std::string> parents;
+  if (!spec.parent.empty()) parents.push_back(spec.parent);
+  VariantLineage lineage{kFinetuneJobKind, parents, RecipeJson(spec), JobId(context.record().number),
+                         evaluation.dump()};
+  return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), base_model, lineage);
+}
+
+}  // namespace deltaserve::control

@@ -1,0 +1,53 @@
+#include "server/control/job_artifacts.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/file_util.h"
+#include "server/common/status_macros.h"
+
+namespace deltaserve::control {
+
+absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& registry, const std::string& name) {
+  std::shared_ptr<const Variant> variant = registry.Find(name);
+  if (variant == nullptr) return absl::NotFoundError(absl::StrCat("variant \"", name, "\" no longer exists"));
+  RETURN_IF_ERROR(CheckServable(*variant));
+  absl::StatusOr<deltas::PeftAdapter> adapter =
+      deltas::ReadPeftAdapter(variant->path, registry.model().config(), at::kFloat, at::kCPU);
+  if (!adapter.ok()) {
+    return absl::Status(adapter.status().code(),
+                        absl::StrCat("variant \"", name, "\" could not be read: ", adapter.status().message()));
+  }
+  return adapter;
+}
+
+bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {
+  std::shared_ptr<const Variant> output = registry.Find(record.output_variant);
+  return output != nullptr && output->lineage.job_id == JobId(record.number);
+}
+
+absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const std::string& output,
+                           const deltas::DeltaSet& result, const std::string& base_model,
+                           const VariantLineage& lineage) {
+  ASSIGN_OR_RETURN(std::string staged, registry.MakeStagingDirectory(JobId(context.record().number) + "-"));
+  auto discard = [&](absl::Status status) {
+    common::RemoveRecursively(staged).IgnoreError();
+    return status;
+  };
+  deltas::PeftAdapterConfig config;
+  config.r = std::max<int64_t>(result.MaxRank(), 1);
+  config.lora_alpha = static_cast<double>(config.r);
+  config.base_model_name_or_path = base_model;
+  absl::Status written =
+      deltas::WritePeftAdapter(staged, config, result.To(at::kCPU, registry.model().dtype()));
+  if (written.ok()) written = common::SyncPath(staged);
+  if (!written.ok()) return discard(written);
+  // The last point where a cancel takes effect: after Publish the variant exists.
+  absl::Status step = context.Step(0.99, "publishing the new variant");
+  if (!step.ok()) return discard(step);
+  absl::StatusOr<VariantStatus> published = registry.Publish(output, staged, lineage);
+  if (!published.ok()) return discard(published.status());
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::control

@@ -1,0 +1,32 @@
+// What the job kinds share at their two ends: reading a variant's adapter as input, and
+// publishing a result as a new variant without ever leaving half of it behind.
+//   ASSIGN_OR_RETURN(deltas::PeftAdapter input, ReadVariantForJob(*registry, "team/a"));
+//   RETURN_IF_ERROR(PublishDeltas(*registry, context, "team/out", result, base, lineage));
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/control/job_runner.h"
+#include "server/control/variant_registry.h"
+#include "server/deltas/peft_adapter.h"
+
+namespace deltaserve::control {
+
+// ReadVariantForJob reads a variant's adapter files again, in float32 into host memory (jobs
+// compute on the host and leave the device to serving): NOT_FOUND when the variant no longer
+// exists, FAILED_PRECONDITION when it cannot be served, the reader's error otherwise.
+absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& registry, const std::string& name);
+
+// OutputPublished: the job's output variant exists and records the job as its maker (a job
+// interrupted after publishing succeeded); JobKindHandlers::published for every kind.
+bool OutputPublished(const VariantRegistry& registry, const JobRecord& record);
+
+// PublishDeltas writes `result` as a PEFT adapter (in the serving dtype, declaring
+// `base_model`) into a staging directory, syncs it, takes the job's last cancellation point,
+// and publishes it as `output` with `lineage`. On any failure the staged files are removed.
+absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const std::string& output,
+                           const deltas::DeltaSet& result, const std::string& base_model,
+                           const VariantLineage& lineage);
+
+}  // namespace deltaserve::control
