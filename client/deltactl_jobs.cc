@@ -188,10 +188,12 @@ int Finetune(DeltaserveClient& client) {
     return Usage("finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE] [--rank R] [--alpha A] "
                  "[--steps N | --epochs N] [--learning-rate LR] [--batch-size B] [--seed S] [--wait]");
   }
-  if (!ReadLines(texts, request.mutable_texts()) ||
-      (!validation.empty() && !ReadLines(validation, request.mutable_validation_texts()))) {
-    std::fprintf(stderr, "deltactl: cannot read %s\n", texts.c_str());
-    return 2;
+  for (const auto& [path, lines] : {std::make_pair(texts, request.mutable_texts()),
+                                    std::make_pair(validation, request.mutable_validation_texts())}) {
+    if (!path.empty() && !ReadLines(path, lines)) {
+      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
+      return 2;
+    }
   }
   request.set_rank(absl::GetFlag(FLAGS_rank));
   if (!std::isnan(absl::GetFlag(FLAGS_alpha))) request.set_alpha(absl::GetFlag(FLAGS_alpha));
