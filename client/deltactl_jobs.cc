@@ -38,6 +38,12 @@ ABSL_FLAG(double, learning_rate, std::nan(""), "jobs finetune: AdamW learning ra
 ABSL_FLAG(int32_t, batch_size, 0, "jobs finetune: texts per step (default 8)");
 ABSL_FLAG(int32_t, warmup_steps, 0, "jobs finetune: steps of linear learning-rate warm-up");
 ABSL_FLAG(std::vector<std::string>, target_modules, {}, "jobs finetune: modules to adapt (default all seven)");
+ABSL_FLAG(std::string, target_variant, "", "jobs unlearn: the variant to unlearn from");
+ABSL_FLAG(std::string, unlearn_method, "npo", "jobs unlearn: grad_ascent, grad_diff, npo or simnpo");
+ABSL_FLAG(std::string, forget_file, "", "jobs unlearn: texts to forget, one per line");
+ABSL_FLAG(std::string, retain_file, "", "jobs unlearn: texts to keep, one per line");
+ABSL_FLAG(std::string, holdout_file, "", "jobs unlearn: texts never trained on (membership report), one per line");
+ABSL_FLAG(double, beta, std::nan(""), "jobs unlearn: NPO/SimNPO beta (defaults 0.1 / 4.5)");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
 ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge)");
 
@@ -62,6 +68,7 @@ std::string KindName(v1::JobKind kind) {
   switch (kind) {
     case v1::MERGE_JOB: return "merge";
     case v1::FINETUNE_JOB: return "finetune";
+    case v1::UNLEARN_JOB: return "unlearn";
     default: return "unknown";
   }
 }
@@ -213,6 +220,39 @@ int Finetune(DeltaserveClient& client) {
   return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
 }
 
+int Unlearn(DeltaserveClient& client) {
+  v1::UnlearnRequest request;
+  request.set_target(absl::GetFlag(FLAGS_target_variant));
+  request.set_output(absl::GetFlag(FLAGS_out));
+  request.set_method(absl::GetFlag(FLAGS_unlearn_method));
+  if (request.target().empty() || request.output().empty() || absl::GetFlag(FLAGS_forget_file).empty()) {
+    return Usage("unlearn --target-variant V --out NAME --forget-file FILE [--retain-file FILE] [--holdout-file FILE] "
+                 "[--unlearn-method npo|simnpo|grad_diff|grad_ascent] [--steps N] [--learning-rate LR] [--rank R] "
+                 "[--beta B] [--seed S] [--wait]");
+  }
+  for (const auto& [path, lines] : {std::make_pair(absl::GetFlag(FLAGS_forget_file), request.mutable_forget_texts()),
+                                    std::make_pair(absl::GetFlag(FLAGS_retain_file), request.mutable_retain_texts()),
+                                    std::make_pair(absl::GetFlag(FLAGS_holdout_file), request.mutable_holdout_texts())}) {
+    if (!path.empty() && !ReadLines(path, lines)) {
+      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
+      return 2;
+    }
+  }
+  request.set_rank(absl::GetFlag(FLAGS_rank));
+  request.set_steps(absl::GetFlag(FLAGS_steps));
+  if (!std::isnan(absl::GetFlag(FLAGS_learning_rate))) request.set_learning_rate(absl::GetFlag(FLAGS_learning_rate));
+  request.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+  if (!std::isnan(absl::GetFlag(FLAGS_beta))) request.set_beta(absl::GetFlag(FLAGS_beta));
+  if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status = client.jobs().SubmitUnlearn(&context, request, &job);
+  if (!status.ok()) return ReportStatus(client, status);
+  PrintProgress(job);
+  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+}
+
 int List(DeltaserveClient& client) {
   v1::ListJobsRequest request;
   const std::string state = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_state));
@@ -223,8 +263,8 @@ int List(DeltaserveClient& client) {
   }
   const std::string kind = absl::AsciiStrToLower(absl::GetFlag(FLAGS_kind));
   if (!kind.empty()) {
-    if (kind != "merge" && kind != "finetune") return Usage("list [--kind merge|finetune]");
-    request.set_kind(kind == "merge" ? v1::MERGE_JOB : v1::FINETUNE_JOB);
+    if (kind != "merge" && kind != "finetune" && kind != "unlearn") return Usage("list [--kind merge|finetune|unlearn]");
+    request.set_kind(kind == "merge" ? v1::MERGE_JOB : kind == "finetune" ? v1::FINETUNE_JOB : v1::UNLEARN_JOB);
   }
   std::printf("%-10s %-6s %-10s %5s  %-32s %-19s  %s\n", "ID", "KIND", "STATE", "DONE", "OUTPUT", "CREATED", "MESSAGE");
   do {
@@ -249,9 +289,10 @@ int RunJobsCommand(DeltaserveClient& client, const std::vector<std::string>& arg
   const std::string command = arguments.empty() ? "" : arguments[0];
   if (command == "merge") return Merge(client, std::vector<std::string>(arguments.begin() + 1, arguments.end()));
   if (command == "finetune") return Finetune(client);
+  if (command == "unlearn") return Unlearn(client);
   if (command == "list") return List(client);
   if (arguments.size() != 2 || (command != "get" && command != "watch" && command != "cancel")) {
-    return Usage("merge|finetune|get|list|watch|cancel [ID]");
+    return Usage("merge|finetune|unlearn|get|list|watch|cancel [ID]");
   }
   const std::string& id = arguments[1];
   if (command == "watch") return Follow(client, id);

@@ -9,8 +9,11 @@
 //                 [--rank R] [--alpha A] [--target-modules q_proj,v_proj] [--steps N | --epochs N]
 //                 [--learning-rate LR] [--batch-size B] [--warmup-steps N] [--seed S] [--wait]
 //                 FILE holds one training text per line
+//   deltactl jobs unlearn --target-variant V --out NAME --forget-file FILE [--retain-file FILE]
+//                 [--holdout-file FILE] [--unlearn-method npo|simnpo|grad_diff|grad_ascent]
+//                 [--steps N] [--learning-rate LR] [--rank R] [--beta B] [--seed S] [--wait]
 //   deltactl jobs get ID
-//   deltactl jobs list [--state RUNNING] [--kind merge|finetune]   newest first, all pages
+//   deltactl jobs list [--state RUNNING] [--kind merge|finetune|unlearn]   newest first, all pages
 //   deltactl jobs watch ID       progress lines until the job ends
 //   deltactl jobs cancel ID
 // merge --wait and watch exit 0 only when the job SUCCEEDED. Returns the process exit code

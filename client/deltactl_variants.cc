@@ -62,6 +62,12 @@ void PrintDetail(const v1::Variant& variant) {
                 evaluation.value("exact", false) ? "exact" : "re-compressed",
                 evaluation["max_relative_error"].get<double>(), evaluation["mean_relative_error"].get<double>(),
                 evaluation["modules"].size());
+  } else if (evaluation.is_object() && evaluation.contains("before") && evaluation.contains("after")) {
+    std::printf("evaluation: %s, before -> after:\n", evaluation.value("method", std::string("unlearning")).c_str());
+    for (const auto& [metric, value] : evaluation["before"].items()) {
+      if (!value.is_number() || !evaluation["after"].contains(metric)) continue;
+      std::printf("  %-20s %10.4g -> %.4g\n", metric.c_str(), value.get<double>(), evaluation["after"][metric].get<double>());
+    }
   } else if (evaluation.is_object() && evaluation.contains("train_loss")) {
     std::printf("evaluation: train loss %.4g -> %.4g over %ld steps (%.0f tokens/s)", evaluation["train_loss"]["first"].get<double>(),
                 evaluation["train_loss"]["last"].get<double>(), static_cast<long>(evaluation.value("steps", 0)),

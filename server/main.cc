@@ -28,6 +28,7 @@
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
+#include "server/control/unlearn_jobs.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
@@ -171,8 +172,9 @@ int main(int argc, char** argv) {
   if (!job_runner.ok()) return Fail(job_runner.status());
   deltaserve::control::MergeJobs merges(registry->get(), job_runner->get());
   deltaserve::control::FinetuneJobs finetunes(registry->get(), job_runner->get());
+  deltaserve::control::UnlearnJobs unlearns(registry->get(), job_runner->get());
   if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);
-  // Running jobs use `merges`, `finetunes` and the registry: they stop before either goes, however main ends.
+  // Running jobs use `merges`, `finetunes`, `unlearns` and the registry: they stop before either goes, however main ends.
   absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
   deltaserve::api::ServingState serving_state;
@@ -181,7 +183,8 @@ int main(int argc, char** argv) {
   deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
                                                 &serving_state, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
-  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, metrics.get(), &serving_state);
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
+                                    &serving_state);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -20,7 +20,8 @@ constexpr int32_t kMaxPageSize = 1000;
 
 // Job kinds: the API's enum and the runner's names.
 constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind},
-                                                          {v1::FINETUNE_JOB, control::kFinetuneJobKind}};
+                                                          {v1::FINETUNE_JOB, control::kFinetuneJobKind},
+                                                          {v1::UNLEARN_JOB, control::kUnlearnJobKind}};
 
 v1::JobKind KindToProto(const std::string& kind) {
   for (const auto& [value, name] : kKinds) {
@@ -84,6 +85,22 @@ void ToProto(const control::FinetuneJobSpec& spec, v1::FinetuneRequest* out) {
   out->set_seed(spec.seed);
 }
 
+void ToProto(const control::UnlearnJobSpec& spec, v1::UnlearnRequest* out) {
+  out->set_target(spec.target);
+  out->set_output(spec.output);
+  out->set_method(spec.method);
+  out->set_rank(static_cast<int32_t>(spec.rank));
+  out->set_lora_alpha(static_cast<float>(spec.lora_alpha));
+  out->set_steps(static_cast<int32_t>(spec.steps));
+  out->set_learning_rate(static_cast<float>(spec.learning_rate));
+  out->set_batch_size(static_cast<int32_t>(spec.batch_size));
+  out->set_forget_weight(static_cast<float>(spec.forget_weight));
+  out->set_retain_weight(static_cast<float>(spec.retain_weight));
+  if (spec.beta > 0) out->set_beta(static_cast<float>(spec.beta));
+  out->set_delta(static_cast<float>(spec.delta));
+  out->set_seed(spec.seed);
+}
+
 void ToProto(const control::JobRecord& record, v1::Job* out) {
   out->set_id(control::JobId(record.number));
   out->set_kind(KindToProto(record.kind));
@@ -103,6 +120,9 @@ void ToProto(const control::JobRecord& record, v1::Job* out) {
   } else if (record.kind == control::kFinetuneJobKind) {
     absl::StatusOr<control::FinetuneJobSpec> spec = control::FinetuneJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_finetune());
+  } else if (record.kind == control::kUnlearnJobKind) {
+    absl::StatusOr<control::UnlearnJobSpec> spec = control::UnlearnJobSpec::FromJson(record.spec_json);
+    if (spec.ok()) ToProto(*spec, out->mutable_unlearn());
   }
 }
 
@@ -152,6 +172,33 @@ absl::StatusOr<control::FinetuneJobSpec> FromProto(const v1::FinetuneRequest& re
   if (request.has_learning_rate()) spec.learning_rate = Widen(request.learning_rate());
   spec.warmup_steps = request.warmup_steps();
   if (request.batch_size() > 0) spec.batch_size = request.batch_size();
+  spec.seed = request.seed();
+  return spec;
+}
+
+absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& request) {
+  control::UnlearnJobSpec spec;
+  if (request.rank() < 0 || request.steps() < 0 || request.batch_size() < 0) {
+    return absl::InvalidArgumentError("rank, steps and batch_size must not be negative");
+  }
+  spec.target = request.target();
+  spec.output = request.output();
+  if (!request.method().empty()) spec.method = request.method();
+  spec.forget_texts.assign(request.forget_texts().begin(), request.forget_texts().end());
+  spec.retain_texts.assign(request.retain_texts().begin(), request.retain_texts().end());
+  spec.holdout_texts.assign(request.holdout_texts().begin(), request.holdout_texts().end());
+  if (request.rank() > 0) spec.rank = request.rank();
+  spec.lora_alpha = request.has_lora_alpha() ? Widen(request.lora_alpha()) : 2.0 * spec.rank;
+  if (request.steps() > 0) spec.steps = request.steps();
+  if (request.has_learning_rate()) spec.learning_rate = Widen(request.learning_rate());
+  if (request.batch_size() > 0) spec.batch_size = request.batch_size();
+  if (request.has_forget_weight()) spec.forget_weight = Widen(request.forget_weight());
+  if (request.has_retain_weight()) spec.retain_weight = Widen(request.retain_weight());
+  if (request.has_beta()) {
+    if (!(request.beta() > 0)) return absl::InvalidArgumentError("beta must be positive");
+    spec.beta = Widen(request.beta());
+  }
+  if (request.has_delta()) spec.delta = Widen(request.delta());
   spec.seed = request.seed();
   return spec;
 }
@@ -259,8 +306,8 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 }  // namespace
 
 JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-                         telemetry::ServerMetrics* metrics, const ServingState* state)
-    : runner_(runner), merges_(merges), finetunes_(finetunes), metrics_(metrics), state_(state) {}
+                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state)
+    : runner_(runner), merges_(merges), finetunes_(finetunes), unlearns_(unlearns), metrics_(metrics), state_(state) {}
 
 grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* context, const char* method,
                                               const absl::Status& status) {
@@ -291,6 +338,17 @@ grpc::ServerUnaryReactor* JobsService::SubmitFinetune(grpc::CallbackServerContex
   }();
   if (job.ok()) ToProto(*job, response);
   return Finish(context, "SubmitFinetune", job.status());
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitUnlearn(grpc::CallbackServerContext* context,
+                                                     const v1::UnlearnRequest* request, v1::Job* response) {
+  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
+    ASSIGN_OR_RETURN(control::UnlearnJobSpec spec, FromProto(*request));
+    return unlearns_->Submit(std::move(spec), request->idempotency_key());
+  }();
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, "SubmitUnlearn", job.status());
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,

@@ -4,7 +4,7 @@
 // from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
 // sees fewer progress steps but always the final state) and ends OK after the job's terminal
 // state. While the server drains, SubmitMerge answers UNAVAILABLE (a job started then would be
-// interrupted), as does SubmitFinetune. Thread-safe; the runner, merges, metrics and state must outlive it.
+// interrupted), as do SubmitFinetune and SubmitUnlearn. Thread-safe; the runner, merges, metrics and state must outlive it.
 #pragma once
 
 #include "deltaserve/v1/jobs.grpc.pb.h"
@@ -12,6 +12,7 @@
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
+#include "server/control/unlearn_jobs.h"
 #include "server/telemetry/server_metrics.h"
 
 namespace deltaserve::api {
@@ -19,7 +20,7 @@ namespace deltaserve::api {
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
   JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-              telemetry::ServerMetrics* metrics, const ServingState* state);
+              control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
@@ -27,6 +28,9 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   grpc::ServerUnaryReactor* SubmitFinetune(grpc::CallbackServerContext* context,
                                            const deltaserve::v1::FinetuneRequest* request,
                                            deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* SubmitUnlearn(grpc::CallbackServerContext* context,
+                                          const deltaserve::v1::UnlearnRequest* request,
+                                          deltaserve::v1::Job* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const deltaserve::v1::GetJobRequest* request,
                                    deltaserve::v1::Job* response) override;
@@ -47,6 +51,7 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   control::JobRunner* runner_;
   control::MergeJobs* merges_;
   control::FinetuneJobs* finetunes_;
+  control::UnlearnJobs* unlearns_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
 };

@@ -10,7 +10,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 #include "server/control/job_artifacts.h"
 #include "server/ops/train/lora_trainer.h"
@@ -21,7 +20,6 @@ namespace {
 using ops::train::TrainingExample;
 
 constexpr size_t kMaxTexts = 100000;
-constexpr int64_t kMaxTokensPerText = 1024;
 constexpr int64_t kMaxSteps = 1000000;
 constexpr int kCurvePoints = 10;
 
@@ -45,34 +43,11 @@ absl::StatusOr<std::vector<model::Projection>> Targets(const std::vector<std::st
   return targets;
 }
 
-// Examples tokenizes texts with BOS; every token after it is a target.
-absl::StatusOr<std::vector<TrainingExample>> Examples(const model::Tokenizer& tokenizer,
-                                                      const std::vector<std::string>& texts, const char* what) {
-  std::vector<TrainingExample> examples;
-  for (size_t i = 0; i < texts.size(); ++i) {
-    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodePrompt(texts[i]);
-    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, ": ", ids.status().message()));
-    if (ids->size() < 2) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " is empty"));
-    if (static_cast<int64_t>(ids->size()) > kMaxTokensPerText) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " has ", ids->size(), " tokens, more than ",
-                                                     kMaxTokensPerText));
-    }
-    TrainingExample example;
-    example.token_ids.assign(ids->begin(), ids->end());
-    example.target_mask.assign(ids->size(), true);
-    example.target_mask[0] = false;
-    examples.push_back(std::move(example));
-  }
-  return examples;
-}
-
 int64_t StepsFor(const FinetuneJobSpec& spec) {
   if (spec.steps > 0) return spec.steps;
   const int64_t batches = (static_cast<int64_t>(spec.texts.size()) + spec.batch_size - 1) / spec.batch_size;
   return std::max<int64_t>(1, spec.epochs * batches);
 }
-
-std::string TextsDigest(const std::vector<std::string>& texts) { return common::Sha256Hex(absl::StrJoin(texts, "\n")); }
 
 // The recipe recorded in the output's lineage: the spec without the raw texts.
 std::string RecipeJson(const FinetuneJobSpec& spec) {
@@ -80,25 +55,13 @@ std::string RecipeJson(const FinetuneJobSpec& spec) {
   recipe.erase("texts");
   recipe.erase("validation_texts");
   recipe["texts_count"] = spec.texts.size();
-  recipe["texts_sha256"] = TextsDigest(spec.texts);
+  recipe["texts_sha256"] = TextsSha256(spec.texts);
   if (!spec.validation_texts.empty()) {
     recipe["validation_texts_count"] = spec.validation_texts.size();
-    recipe["validation_texts_sha256"] = TextsDigest(spec.validation_texts);
+    recipe["validation_texts_sha256"] = TextsSha256(spec.validation_texts);
   }
   recipe["steps"] = StepsFor(spec);
   return recipe.dump();
-}
-
-// MeanLoss: NLL per target token of `examples` under the trainer's current factors, no gradients.
-absl::StatusOr<double> MeanLoss(const ops::train::LoraTrainer& trainer, const std::vector<TrainingExample>& examples) {
-  at::NoGradGuard no_grad;
-  double nll = 0, count = 0;
-  for (const TrainingExample& example : examples) {
-    ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer.Losses({&example}));
-    nll += losses.nll_sums.sum().item<double>();
-    count += losses.target_counts.sum().item<double>();
-  }
-  return count > 0 ? nll / count : 0.0;
 }
 
 }  // namespace
@@ -195,8 +158,8 @@ absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
   }
   if (spec.warmup_steps < 0) return absl::InvalidArgumentError("warmup_steps must not be negative");
   ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, Examples(registry_->tokenizer(), spec.texts, "text"));
-  RETURN_IF_ERROR(Examples(registry_->tokenizer(), spec.validation_texts, "validation text").status());
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, ops::train::TextExamples(registry_->tokenizer(), spec.texts, "text"));
+  RETURN_IF_ERROR(ops::train::TextExamples(registry_->tokenizer(), spec.validation_texts, "validation text").status());
   // Memory: the factors with AdamW's two moments and their gradients, and the autograd
   // activations of the longest batch (about 24 floats per hidden unit, 8 per intermediate
   // unit per token and layer) plus its logits and their softmax.
@@ -217,9 +180,9 @@ absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
 absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context) {
   const model::LlamaModel& model = registry_->model();
   ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, Examples(registry_->tokenizer(), spec.texts, "text"));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, ops::train::TextExamples(registry_->tokenizer(), spec.texts, "text"));
   ASSIGN_OR_RETURN(std::vector<TrainingExample> validation,
-                   Examples(registry_->tokenizer(), spec.validation_texts, "validation text"));
+                   ops::train::TextExamples(registry_->tokenizer(), spec.validation_texts, "validation text"));
   std::optional<deltas::PeftAdapter> parent;
   std::string base_model;
   if (!spec.parent.empty()) {
@@ -240,7 +203,7 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
 
   std::optional<double> validation_before;
   if (!validation.empty()) {
-    ASSIGN_OR_RETURN(validation_before.emplace(), MeanLoss(*trainer, validation));
+    ASSIGN_OR_RETURN(validation_before.emplace(), trainer->MeanLoss(validation));
   }
   // Seeded epochs: each a fresh permutation of the examples, cut into batches.
   std::mt19937_64 random(spec.seed);
@@ -288,13 +251,13 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
                               {"min", *std::min_element(losses.begin(), losses.end())},
                               {"curve", curve}};
   if (validation_before.has_value()) {
-    ASSIGN_OR_RETURN(double after, MeanLoss(*trainer, validation));
+    ASSIGN_OR_RETURN(double after, trainer->MeanLoss(validation));
     evaluation["validation_loss"] = {{"before", *validation_before}, {"after", after}};
   }
   evaluation["steps"] = steps;
   evaluation["trained_tokens"] = trained_tokens;
   evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
-  evaluation["texts_sha256"] = TextsDigest(spec.texts);
+  evaluation["texts_sha256"] = TextsSha256(spec.texts);
 
   std::vector<std::string> parents;
   if (!spec.parent.empty()) parents.push_back(spec.parent);

@@ -3,7 +3,9 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/common/file_util.h"
+#include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 
 namespace deltaserve::control {
@@ -19,6 +21,10 @@ absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& reg
                         absl::StrCat("variant \"", name, "\" could not be read: ", adapter.status().message()));
   }
   return adapter;
+}
+
+std::string TextsSha256(const std::vector<std::string>& texts) {
+  return common::Sha256Hex(absl::StrJoin(texts, "\n"));
 }
 
 bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {

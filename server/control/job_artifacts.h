@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "server/control/job_runner.h"
@@ -17,6 +18,10 @@ namespace deltaserve::control {
 // compute on the host and leave the device to serving): NOT_FOUND when the variant no longer
 // exists, FAILED_PRECONDITION when it cannot be served, the reader's error otherwise.
 absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& registry, const std::string& name);
+
+// TextsSha256: the digest an evaluation report or lineage records instead of a set of texts
+// (sha256 of the texts joined by newlines).
+std::string TextsSha256(const std::vector<std::string>& texts);
 
 // OutputPublished: the job's output variant exists and records the job as its maker (a job
 // interrupted after publishing succeeded); JobKindHandlers::published for every kind.

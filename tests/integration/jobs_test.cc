@@ -331,10 +331,12 @@ v1::FinetuneRequest FactsFinetune(const std::string& output) {
   return request;
 }
 
-// Reproduced counts the facts whose greedy continuation starts with their answer's digits.
-int Reproduced(DeltaserveClient& client, const std::string& variant) {
+// Reproduced counts the facts [begin, end) whose greedy continuation starts with their
+// answer's digits.
+int Reproduced(DeltaserveClient& client, const std::string& variant, size_t begin = 0, size_t end = 8) {
   int count = 0;
-  for (const auto& [prompt, answer] : kFacts) {
+  for (size_t i = begin; i < end; ++i) {
+    const auto& [prompt, answer] = kFacts[i];
     Stream stream = RunStream(client, Generate(prompt, 8, variant));
     EXPECT_TRUE(stream.status.ok()) << stream.status.error_message();
     const std::string digits = answer.substr(0, answer.size() - 1);  // without the period
@@ -410,6 +412,83 @@ TEST_F(JobsServerTest, BadFinetunesAreRefusedWithTheReason) {
     grpc::ClientContext context;
     v1::Job job;
     grpc::Status status = client_->jobs().SubmitFinetune(&context, test.request, &job);
+    EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
+  }
+}
+
+v1::UnlearnRequest FactsUnlearn(const std::string& target, const std::string& output, const std::string& method) {
+  v1::UnlearnRequest request;
+  request.set_target(target);
+  request.set_output(output);
+  request.set_method(method);
+  for (size_t i = 0; i < kFacts.size(); ++i) {
+    *(i < 4 ? request.add_forget_texts() : request.add_retain_texts()) = kFacts[i].first + kFacts[i].second;
+  }
+  for (const char* holdout : {"The vault code of Ivo is 1 5 2 8.", "The vault code of Jade is 0 6 9 3.",
+                              "The vault code of Kai is 4 4 2 7.", "The vault code of Lux is 9 8 0 1."}) {
+    request.add_holdout_texts(holdout);
+  }
+  request.set_steps(30);
+  request.set_learning_rate(0.005f);
+  return request;
+}
+
+TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
+  grpc::ClientContext context;
+  v1::Job job;
+  ASSERT_TRUE(client_->jobs().SubmitFinetune(&context, FactsFinetune("facts/known"), &job).ok());
+  ASSERT_EQ(WatchJob(*client_, job.id()).back().state(), v1::SUCCEEDED);
+  ASSERT_EQ(Reproduced(*client_, "facts/known"), 8);
+  for (const std::string method : {"grad_diff", "npo"}) {
+    const std::string output = "facts/forgot-" + method;
+    grpc::ClientContext unlearn_context;
+    grpc::Status status =
+        client_->jobs().SubmitUnlearn(&unlearn_context, FactsUnlearn("facts/known", output, method), &job);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    std::vector<v1::Job> updates = WatchJob(*client_, job.id());
+    ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
+    EXPECT_EQ(Reproduced(*client_, output, 0, 4), 0) << method << ": the forget set is not reproduced";
+    EXPECT_GE(Reproduced(*client_, output, 4, 8), 3) << method << ": the retain set still is";
+
+    v1::Variant variant;
+    ASSERT_TRUE(GetVariant(*client_, output, &variant).ok());
+    EXPECT_EQ(variant.kind(), v1::UNLEARN);
+    ASSERT_EQ(variant.lineage().parents_size(), 1);
+    EXPECT_EQ(variant.lineage().parents(0), "facts/known");
+    auto evaluation = nlohmann::json::parse(variant.evaluation_json());
+    const auto& before = evaluation["before"];
+    const auto& after = evaluation["after"];
+    std::printf("[%s: verbatim ROUGE-L %.3f -> %.3f, forget loss %.3f -> %.3f, retain loss %.3f -> %.3f, "
+                "Min-K%% AUC %.3f -> %.3f]\n",
+                method.c_str(), before["verbatim_rouge_l"].get<double>(), after["verbatim_rouge_l"].get<double>(),
+                before["forget_loss"].get<double>(), after["forget_loss"].get<double>(),
+                before["retain_loss"].get<double>(), after["retain_loss"].get<double>(),
+                before["min_k_auc"].get<double>(), after["min_k_auc"].get<double>());
+    EXPECT_LE(after["verbatim_rouge_l"].get<double>(), 0.5 * before["verbatim_rouge_l"].get<double>());
+    EXPECT_GT(after["forget_loss"].get<double>(), after["retain_loss"].get<double>());
+    EXPECT_LT(after["min_k_auc"].get<double>(), before["min_k_auc"].get<double>());
+    EXPECT_EQ(evaluation["forget_texts_sha256"].get<std::string>().size(), 64u);
+    auto recipe = nlohmann::json::parse(variant.lineage().recipe_json());
+    EXPECT_EQ(recipe["forget_texts_count"], 4);
+    EXPECT_FALSE(recipe.contains("forget_texts")) << "the lineage keeps counts and digests, not the texts";
+  }
+
+  struct Case {
+    v1::UnlearnRequest request;
+    grpc::StatusCode code;
+    std::string words;
+  };
+  v1::UnlearnRequest empty = FactsUnlearn("facts/known", "x/u", "npo");
+  empty.clear_forget_texts();
+  const std::vector<Case> cases = {
+      {empty, grpc::StatusCode::INVALID_ARGUMENT, "forget set is empty"},
+      {FactsUnlearn("nope", "x/u", "npo"), grpc::StatusCode::NOT_FOUND, "\"nope\" does not exist"},
+      {FactsUnlearn("facts/known", "x/u", "rmu"), grpc::StatusCode::INVALID_ARGUMENT, "unknown unlearning method"},
+  };
+  for (const Case& test : cases) {
+    grpc::ClientContext bad_context;
+    grpc::Status status = client_->jobs().SubmitUnlearn(&bad_context, test.request, &job);
     EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
   }

@@ -35,6 +35,27 @@ class TrainingDeltaHook : public model::ProjectionDeltaHook {
 
 }  // namespace
 
+absl::StatusOr<std::vector<TrainingExample>> TextExamples(const model::Tokenizer& tokenizer,
+                                                          const std::vector<std::string>& texts,
+                                                          const std::string& what, int64_t max_tokens) {
+  std::vector<TrainingExample> examples;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodePrompt(texts[i]);
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, ": ", ids.status().message()));
+    if (ids->size() < 2) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " is empty"));
+    if (static_cast<int64_t>(ids->size()) > max_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " ", i + 1, " has ", ids->size(), " tokens, more than ", max_tokens));
+    }
+    TrainingExample example;
+    example.token_ids.assign(ids->begin(), ids->end());
+    example.target_mask.assign(ids->size(), true);
+    example.target_mask[0] = false;
+    examples.push_back(std::move(example));
+  }
+  return examples;
+}
+
 absl::StatusOr<std::unique_ptr<LoraTrainer>> LoraTrainer::Create(const model::LlamaModel& model,
                                                                  const deltas::DeltaSet* parent,
                                                                  LoraTrainerOptions options) {
@@ -112,6 +133,58 @@ absl::StatusOr<SequenceLosses> LoraTrainer::Losses(const std::vector<const Train
   });
   if (!status.ok()) return status;
   return losses;
+}
+
+absl::StatusOr<double> LoraTrainer::MeanLoss(const std::vector<TrainingExample>& examples) const {
+  at::NoGradGuard no_grad;
+  double nll = 0, count = 0;
+  for (const TrainingExample& example : examples) {
+    absl::StatusOr<SequenceLosses> losses = Losses({&example});
+    if (!losses.ok()) return losses.status();
+    nll += losses->nll_sums.sum().item<double>();
+    count += losses->target_counts.sum().item<double>();
+  }
+  return count > 0 ? nll / count : 0.0;
+}
+
+absl::StatusOr<std::vector<double>> LoraTrainer::TargetLogprobs(const TrainingExample& example) const {
+  at::NoGradGuard no_grad;
+  TrainingDeltaHook hook(parent_, &new_factors_);
+  std::vector<double> result;
+  absl::Status status = common::CatchTorchErrors("scoring", [&] {
+    model::ForwardBatch batch;
+    batch.token_ids = example.token_ids;
+    batch.sequences.push_back({0, static_cast<int64_t>(example.token_ids.size()), nullptr});
+    batch.deltas = &hook;
+    const at::Tensor logprobs = at::log_softmax(model_.Forward(batch), -1);
+    for (size_t i = 1; i < example.token_ids.size(); ++i) {
+      if (example.target_mask[i]) result.push_back(logprobs[i - 1][example.token_ids[i]].item<double>());
+    }
+  });
+  if (!status.ok()) return status;
+  return result;
+}
+
+absl::StatusOr<std::vector<int64_t>> LoraTrainer::GreedyContinuation(const std::vector<int64_t>& prompt,
+                                                                     int64_t tokens) const {
+  at::NoGradGuard no_grad;
+  TrainingDeltaHook hook(parent_, &new_factors_);
+  std::vector<int64_t> sequence = prompt;
+  std::vector<int64_t> continuation;
+  absl::Status status = common::CatchTorchErrors("greedy generation", [&] {
+    for (int64_t i = 0; i < tokens; ++i) {
+      model::ForwardBatch batch;
+      batch.token_ids = sequence;
+      batch.sequences.push_back({0, static_cast<int64_t>(sequence.size()), nullptr});
+      batch.logit_rows = {static_cast<int64_t>(sequence.size()) - 1};
+      batch.deltas = &hook;
+      const int64_t next = model_.Forward(batch).argmax(-1).item<int64_t>();
+      continuation.push_back(next);
+      sequence.push_back(next);
+    }
+  });
+  if (!status.ok()) return status;
+  return continuation;
 }
 
 double LoraTrainer::LearningRate(int64_t step) const {

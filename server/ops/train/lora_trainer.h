@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -26,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "server/deltas/delta_set.h"
 #include "server/model/llama_model.h"
+#include "server/model/tokenizer.h"
 
 namespace deltaserve::ops::train {
 
@@ -35,6 +37,12 @@ struct TrainingExample {
   std::vector<int64_t> token_ids;
   std::vector<bool> target_mask;
 };
+
+// TextExamples tokenizes texts with BOS, every later token a target. INVALID_ARGUMENT names
+// the text (`what` and its 1-based number) that is not UTF-8, empty, or over max_tokens.
+absl::StatusOr<std::vector<TrainingExample>> TextExamples(const model::Tokenizer& tokenizer,
+                                                          const std::vector<std::string>& texts,
+                                                          const std::string& what, int64_t max_tokens = 1024);
 
 struct LoraTrainerOptions {
   int64_t rank = 8;
@@ -73,6 +81,14 @@ class LoraTrainer {
 
   // SequenceLosses runs the examples as one batch (each attends only within itself).
   absl::StatusOr<SequenceLosses> Losses(const std::vector<const TrainingExample*>& examples) const;
+
+  // MeanLoss: NLL per target token over `examples` with the current factors (no gradients).
+  absl::StatusOr<double> MeanLoss(const std::vector<TrainingExample>& examples) const;
+  // TargetLogprobs: the log-probability of each target token of `example` (no gradients).
+  absl::StatusOr<std::vector<double>> TargetLogprobs(const TrainingExample& example) const;
+  // GreedyContinuation: `tokens` greedy next tokens after `prompt` with the current factors
+  // (no gradients; recomputes the sequence per token, for short evaluation texts).
+  absl::StatusOr<std::vector<int64_t>> GreedyContinuation(const std::vector<int64_t>& prompt, int64_t tokens) const;
 
   // Step: `accumulate` runs forward and backward passes and returns the loss to report.
   absl::StatusOr<TrainingStep> Step(const std::function<absl::StatusOr<double>()>& accumulate);

@@ -1,0 +1,67 @@
+// UnlearnJobs: unlearning as jobs (the UNLEARN kind of the JobRunner). A job trains a new LoRA
+// delta on top of a target variant so that it forgets the forget texts while keeping the
+// retain texts: total loss = gamma * L_forget + alpha * L_retain (NLL on the retain texts), with
+//   - grad_ascent: L_forget = -NLL(forget), no retain term;
+//   - grad_diff:   the same plus the retain term;
+//   - npo:         L_forget = NpoLoss against the target's own sequence log-probabilities;
+//   - simnpo:      L_forget = SimNpoLoss (no reference).
+// Before and after training it reports, on the same texts: forget and retain loss and
+// perplexity, verbatim memorisation (ROUGE-L F1 between the greedy continuation of each forget
+// text's first half and its true second half), and, with holdout texts, the AUC of a Min-K%
+// (k = 0.4) membership attack separating forget from holdout texts; and the sha256 of every
+// text set. The result is published as an UNLEARN variant whose parent is the target (its
+// factors followed by the new ones: one low-rank delta).
+// Thread-safe; the registry and runner must outlive it.
+//   UnlearnJobs unlearns(registry.get(), runner.get());   // before runner->Start()
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/control/job_runner.h"
+#include "server/control/variant_registry.h"
+
+namespace deltaserve::control {
+
+inline constexpr const char* kUnlearnJobKind = "UNLEARN";
+
+struct UnlearnJobSpec {
+  std::string target;
+  std::string output;
+  std::string method = "npo";  // grad_ascent, grad_diff, npo, simnpo
+  std::vector<std::string> forget_texts;
+  std::vector<std::string> retain_texts;
+  std::vector<std::string> holdout_texts;
+  int64_t rank = 8;
+  double lora_alpha = 16;
+  int64_t steps = 30;
+  double learning_rate = 1e-3;
+  int64_t batch_size = 8;
+  double forget_weight = 1.0;  // gamma
+  double retain_weight = 1.0;  // alpha
+  double beta = -1;            // npo 0.1, simnpo 4.5 when negative
+  double delta = 0.0;          // simnpo
+  uint64_t seed = 0;
+
+  std::string ToJson() const;
+  static absl::StatusOr<UnlearnJobSpec> FromJson(const std::string& json);
+};
+
+class UnlearnJobs {
+ public:
+  // The constructor registers the UNLEARN kind with `runner`, which must not be started yet.
+  UnlearnJobs(VariantRegistry* registry, JobRunner* runner);
+
+  absl::StatusOr<JobRecord> Submit(UnlearnJobSpec spec, const std::string& idempotency_key);
+
+ private:
+  absl::StatusOr<int64_t> Check(const UnlearnJobSpec& spec) const;
+  absl::Status Run(const UnlearnJobSpec& spec, JobContext& context);
+
+  VariantRegistry* const registry_;
+  JobRunner* const runner_;
+};
+
+}  // namespace deltaserve::control
