@@ -68,6 +68,10 @@ void PrintDetail(const v1::Variant& variant) {
       if (!value.is_number() || !evaluation["after"].contains(metric)) continue;
       std::printf("  %-20s %10.4g -> %.4g\n", metric.c_str(), value.get<double>(), evaluation["after"][metric].get<double>());
     }
+    if (evaluation.contains("tokens_per_second")) {
+      std::printf("  trained %ld steps at %.0f tokens/s\n", static_cast<long>(evaluation.value("steps", 0)),
+                  evaluation["tokens_per_second"].get<double>());
+    }
   } else if (evaluation.is_object() && evaluation.contains("train_loss")) {
     std::printf("evaluation: train loss %.4g -> %.4g over %ld steps (%.0f tokens/s)", evaluation["train_loss"]["first"].get<double>(),
                 evaluation["train_loss"]["last"].get<double>(), static_cast<long>(evaluation.value("steps", 0)),
