@@ -108,34 +108,17 @@ absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& tex
   return spec;
 }
 
-FinetuneJobs::FinetuneJobs(VariantRegistry* registry, JobRunner* runner) : registry_(registry), runner_(runner) {
-  JobKindHandlers handlers;
-  handlers.resume = [this](const JobRecord& record) -> absl::StatusOr<JobBody> {
-    ASSIGN_OR_RETURN(FinetuneJobSpec spec, FinetuneJobSpec::FromJson(record.spec_json));
-    return JobBody([this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); });
-  };
-  handlers.published = [this](const JobRecord& record) { return OutputPublished(*registry_, record); };
-  runner_->RegisterKind(kFinetuneJobKind, std::move(handlers));
-}
+FinetuneJobs::FinetuneJobs(VariantRegistry* registry, JobRunner* runner)
+    : registry_(registry),
+      kind_(kFinetuneJobKind, registry, runner, [this](const FinetuneJobSpec& spec) { return Check(spec); },
+            [this](const FinetuneJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> FinetuneJobs::Submit(FinetuneJobSpec spec, const std::string& idempotency_key) {
-  JobSubmission submission;
-  submission.kind = kFinetuneJobKind;
-  submission.idempotency_key = idempotency_key;
-  submission.output_variant = spec.output;
-  if (!runner_->HasIdempotencyKey(idempotency_key)) {
-    ASSIGN_OR_RETURN(submission.memory_bytes, Check(spec));
-  }
-  submission.spec_json = spec.ToJson();
-  submission.body = [this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); };
-  return runner_->Submit(std::move(submission));
+  return kind_.Submit(std::move(spec), idempotency_key);
 }
 
 absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
-  RETURN_IF_ERROR(VariantCatalog::ValidateName(spec.output));
-  if (registry_->Find(spec.output) != nullptr) {
-    return absl::AlreadyExistsError(absl::StrCat("variant \"", spec.output, "\" already exists; choose another output name"));
-  }
+  RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   if (!spec.parent.empty()) {
     std::shared_ptr<const Variant> parent = registry_->Find(spec.parent);
     if (parent == nullptr) return absl::NotFoundError(absl::StrCat("parent variant \"", spec.parent, "\" does not exist"));
@@ -234,10 +217,7 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
     ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
     losses.push_back(done.loss);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    RETURN_IF_ERROR(context.Step(0.95 * step / steps,
-                                 absl::StrCat("step ", step, "/", steps, " loss ", absl::SixDigits(done.loss), ", ",
-                                              static_cast<int64_t>(trained_tokens / std::max(seconds, 1e-9)),
-                                              " tokens/s")));
+    RETURN_IF_ERROR(context.Step(0.95 * step / steps, TrainingProgress(step, steps, done.loss, trained_tokens, seconds)));
   }
 
   nlohmann::json evaluation;

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/control/job_runner.h"
+#include "server/control/spec_job_kind.h"
 #include "server/control/variant_registry.h"
 
 namespace deltaserve::control {
@@ -57,7 +58,7 @@ class FinetuneJobs {
   absl::Status Run(const FinetuneJobSpec& spec, JobContext& context);
 
   VariantRegistry* const registry_;
-  JobRunner* const runner_;
+  const SpecJobKind<FinetuneJobSpec> kind_;
 };
 
 }  // namespace deltaserve::control

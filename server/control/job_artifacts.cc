@@ -10,6 +10,14 @@
 
 namespace deltaserve::control {
 
+absl::Status CheckNewOutput(const VariantRegistry& registry, const std::string& name) {
+  RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
+  if (registry.Find(name) != nullptr) {
+    return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists; choose another output name"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& registry, const std::string& name) {
   std::shared_ptr<const Variant> variant = registry.Find(name);
   if (variant == nullptr) return absl::NotFoundError(absl::StrCat("variant \"", name, "\" no longer exists"));
@@ -25,6 +33,11 @@ absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& reg
 
 std::string TextsSha256(const std::vector<std::string>& texts) {
   return common::Sha256Hex(absl::StrJoin(texts, "\n"));
+}
+
+std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t tokens, double seconds) {
+  return absl::StrCat("step ", step, "/", steps, " loss ", absl::SixDigits(loss), ", ",
+                      static_cast<int64_t>(tokens / std::max(seconds, 1e-9)), " tokens/s");
 }
 
 bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {

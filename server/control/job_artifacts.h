@@ -14,6 +14,9 @@
 
 namespace deltaserve::control {
 
+// CheckNewOutput: INVALID_ARGUMENT for a malformed name, ALREADY_EXISTS for a taken one.
+absl::Status CheckNewOutput(const VariantRegistry& registry, const std::string& name);
+
 // ReadVariantForJob reads a variant's adapter files again, in float32 into host memory (jobs
 // compute on the host and leave the device to serving): NOT_FOUND when the variant no longer
 // exists, FAILED_PRECONDITION when it cannot be served, the reader's error otherwise.
@@ -22,6 +25,9 @@ absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& reg
 // TextsSha256: the digest an evaluation report or lineage records instead of a set of texts
 // (sha256 of the texts joined by newlines).
 std::string TextsSha256(const std::vector<std::string>& texts);
+
+// TrainingProgress: a training job's progress message, "step 12/200 loss 0.4213, 13240 tokens/s".
+std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t tokens, double seconds);
 
 // OutputPublished: the job's output variant exists and records the job as its maker (a job
 // interrupted after publishing succeeded); JobKindHandlers::published for every kind.

@@ -115,39 +115,17 @@ absl::StatusOr<MergeJobSpec> MergeJobSpec::FromJson(const std::string& text) {
   return spec;
 }
 
-MergeJobs::MergeJobs(VariantRegistry* registry, JobRunner* runner) : registry_(registry), runner_(runner) {
-  JobKindHandlers handlers;
-  handlers.resume = [this](const JobRecord& record) -> absl::StatusOr<JobBody> {
-    ASSIGN_OR_RETURN(MergeJobSpec spec, MergeJobSpec::FromJson(record.spec_json));
-    return BodyFor(std::move(spec));
-  };
-  handlers.published = [this](const JobRecord& record) { return OutputPublished(*registry_, record); };
-  runner_->RegisterKind(kMergeJobKind, std::move(handlers));
-}
-
-JobBody MergeJobs::BodyFor(MergeJobSpec spec) {
-  return [this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); };
-}
+MergeJobs::MergeJobs(VariantRegistry* registry, JobRunner* runner)
+    : registry_(registry),
+      kind_(kMergeJobKind, registry, runner, [this](const MergeJobSpec& spec) { return Check(spec); },
+            [this](const MergeJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> MergeJobs::Submit(MergeJobSpec spec, const std::string& idempotency_key) {
-  JobSubmission submission;
-  submission.kind = kMergeJobKind;
-  submission.idempotency_key = idempotency_key;
-  submission.output_variant = spec.output;
-  // A repeated request returns its job as it is now, even when the output it produced exists.
-  if (!runner_->HasIdempotencyKey(idempotency_key)) {
-    ASSIGN_OR_RETURN(submission.memory_bytes, Check(spec));
-  }
-  submission.spec_json = spec.ToJson();
-  submission.body = BodyFor(std::move(spec));
-  return runner_->Submit(std::move(submission));
+  return kind_.Submit(std::move(spec), idempotency_key);
 }
 
 absl::StatusOr<int64_t> MergeJobs::Check(const MergeJobSpec& spec) const {
-  RETURN_IF_ERROR(VariantCatalog::ValidateName(spec.output));
-  if (registry_->Find(spec.output) != nullptr) {
-    return absl::AlreadyExistsError(absl::StrCat("variant \"", spec.output, "\" already exists; choose another output name"));
-  }
+  RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   if (spec.inputs.empty()) return absl::InvalidArgumentError("a merge needs at least one input variant");
   if (spec.inputs.size() > kMaxInputs) {
     return absl::InvalidArgumentError(absl::StrCat("a merge takes at most ", kMaxInputs, " inputs, got ", spec.inputs.size()));

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/control/job_runner.h"
+#include "server/control/spec_job_kind.h"
 #include "server/control/variant_registry.h"
 #include "server/ops/merge/merge_variants.h"
 
@@ -56,10 +57,9 @@ class MergeJobs {
   // Check validates `spec` and returns its memory estimate.
   absl::StatusOr<int64_t> Check(const MergeJobSpec& spec) const;
   absl::Status Run(const MergeJobSpec& spec, JobContext& context);
-  JobBody BodyFor(MergeJobSpec spec);
 
   VariantRegistry* const registry_;
-  JobRunner* const runner_;
+  const SpecJobKind<MergeJobSpec> kind_;
 };
 
 }  // namespace deltaserve::control

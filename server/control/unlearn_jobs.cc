@@ -125,34 +125,17 @@ absl::StatusOr<UnlearnJobSpec> UnlearnJobSpec::FromJson(const std::string& text)
   return spec;
 }
 
-UnlearnJobs::UnlearnJobs(VariantRegistry* registry, JobRunner* runner) : registry_(registry), runner_(runner) {
-  JobKindHandlers handlers;
-  handlers.resume = [this](const JobRecord& record) -> absl::StatusOr<JobBody> {
-    ASSIGN_OR_RETURN(UnlearnJobSpec spec, UnlearnJobSpec::FromJson(record.spec_json));
-    return JobBody([this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); });
-  };
-  handlers.published = [this](const JobRecord& record) { return OutputPublished(*registry_, record); };
-  runner_->RegisterKind(kUnlearnJobKind, std::move(handlers));
-}
+UnlearnJobs::UnlearnJobs(VariantRegistry* registry, JobRunner* runner)
+    : registry_(registry),
+      kind_(kUnlearnJobKind, registry, runner, [this](const UnlearnJobSpec& spec) { return Check(spec); },
+            [this](const UnlearnJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> UnlearnJobs::Submit(UnlearnJobSpec spec, const std::string& idempotency_key) {
-  JobSubmission submission;
-  submission.kind = kUnlearnJobKind;
-  submission.idempotency_key = idempotency_key;
-  submission.output_variant = spec.output;
-  if (!runner_->HasIdempotencyKey(idempotency_key)) {
-    ASSIGN_OR_RETURN(submission.memory_bytes, Check(spec));
-  }
-  submission.spec_json = spec.ToJson();
-  submission.body = [this, spec = std::move(spec)](JobContext& context) { return Run(spec, context); };
-  return runner_->Submit(std::move(submission));
+  return kind_.Submit(std::move(spec), idempotency_key);
 }
 
 absl::StatusOr<int64_t> UnlearnJobs::Check(const UnlearnJobSpec& spec) const {
-  RETURN_IF_ERROR(VariantCatalog::ValidateName(spec.output));
-  if (registry_->Find(spec.output) != nullptr) {
-    return absl::AlreadyExistsError(absl::StrCat("variant \"", spec.output, "\" already exists; choose another output name"));
-  }
+  RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   if (spec.target.empty()) return absl::InvalidArgumentError("target is required: the variant to unlearn from");
   std::shared_ptr<const Variant> target = registry_->Find(spec.target);
   if (target == nullptr) return absl::NotFoundError(absl::StrCat("target variant \"", spec.target, "\" does not exist"));
@@ -226,6 +209,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   std::vector<double> losses;
   int64_t trained_tokens = 0;
   const auto started = std::chrono::steady_clock::now();
+  double seconds = 0;
   for (int64_t step = 1; step <= spec.steps; ++step) {
     auto accumulate = [&]() -> absl::StatusOr<double> {
       std::vector<size_t> indexes;
@@ -255,13 +239,10 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
     };
     ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
     losses.push_back(done.loss);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    RETURN_IF_ERROR(context.Step(0.9 * step / spec.steps,
-                                 absl::StrCat("step ", step, "/", spec.steps, " loss ", absl::SixDigits(done.loss), ", ",
-                                              static_cast<int64_t>(trained_tokens / std::max(seconds, 1e-9)),
-                                              " tokens/s")));
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    RETURN_IF_ERROR(
+        context.Step(0.9 * step / spec.steps, TrainingProgress(step, spec.steps, done.loss, trained_tokens, seconds)));
   }
-  const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   RETURN_IF_ERROR(context.Step(0.9, "measuring the result"));
   ASSIGN_OR_RETURN(nlohmann::json after, Report(*trainer, tokenizer, forget, retain, holdout));
 
@@ -271,7 +252,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   evaluation["after"] = after;
   evaluation["train_loss"] = {{"first", losses.front()}, {"last", losses.back()}};
   evaluation["steps"] = spec.steps;
-  evaluation["tokens_per_second"] = trained_tokens / std::max(train_seconds, 1e-9);
+  evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
   evaluation["forget_texts_sha256"] = TextsSha256(spec.forget_texts);
   if (!spec.retain_texts.empty()) evaluation["retain_texts_sha256"] = TextsSha256(spec.retain_texts);
   if (!spec.holdout_texts.empty()) evaluation["holdout_texts_sha256"] = TextsSha256(spec.holdout_texts);

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/control/job_runner.h"
+#include "server/control/spec_job_kind.h"
 #include "server/control/variant_registry.h"
 
 namespace deltaserve::control {
@@ -61,7 +62,7 @@ class UnlearnJobs {
   absl::Status Run(const UnlearnJobSpec& spec, JobContext& context);
 
   VariantRegistry* const registry_;
-  JobRunner* const runner_;
+  const SpecJobKind<UnlearnJobSpec> kind_;
 };
 
 }  // namespace deltaserve::control
