@@ -318,37 +318,37 @@ grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* conte
   return reactor;
 }
 
-grpc::ServerUnaryReactor* JobsService::SubmitMerge(grpc::CallbackServerContext* context,
-                                                   const v1::MergeRequest* request, v1::Job* response) {
+grpc::ServerUnaryReactor* JobsService::FinishWithJob(grpc::CallbackServerContext* context, const char* method,
+                                                     const absl::StatusOr<control::JobRecord>& job,
+                                                     v1::Job* response) {
+  if (job.ok()) ToProto(*job, response);
+  return Finish(context, method, job.status());
+}
+
+template <typename Request, typename Kind>
+grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* context, const char* method,
+                                                 const Request& request, Kind* kind, v1::Job* response) {
   absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
     if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
-    ASSIGN_OR_RETURN(control::MergeJobSpec spec, FromProto(*request));
-    return merges_->Submit(std::move(spec), request->idempotency_key());
+    ASSIGN_OR_RETURN(auto spec, FromProto(request));
+    return kind->Submit(std::move(spec), request.idempotency_key());
   }();
-  if (job.ok()) ToProto(*job, response);
-  return Finish(context, "SubmitMerge", job.status());
+  return FinishWithJob(context, method, job, response);
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitMerge(grpc::CallbackServerContext* context,
+                                                   const v1::MergeRequest* request, v1::Job* response) {
+  return SubmitJob(context, "SubmitMerge", *request, merges_, response);
 }
 
 grpc::ServerUnaryReactor* JobsService::SubmitFinetune(grpc::CallbackServerContext* context,
                                                       const v1::FinetuneRequest* request, v1::Job* response) {
-  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
-    if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
-    ASSIGN_OR_RETURN(control::FinetuneJobSpec spec, FromProto(*request));
-    return finetunes_->Submit(std::move(spec), request->idempotency_key());
-  }();
-  if (job.ok()) ToProto(*job, response);
-  return Finish(context, "SubmitFinetune", job.status());
+  return SubmitJob(context, "SubmitFinetune", *request, finetunes_, response);
 }
 
 grpc::ServerUnaryReactor* JobsService::SubmitUnlearn(grpc::CallbackServerContext* context,
                                                      const v1::UnlearnRequest* request, v1::Job* response) {
-  absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
-    if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
-    ASSIGN_OR_RETURN(control::UnlearnJobSpec spec, FromProto(*request));
-    return unlearns_->Submit(std::move(spec), request->idempotency_key());
-  }();
-  if (job.ok()) ToProto(*job, response);
-  return Finish(context, "SubmitUnlearn", job.status());
+  return SubmitJob(context, "SubmitUnlearn", *request, unlearns_, response);
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
@@ -357,8 +357,7 @@ grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* conte
     ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
     return runner_->Get(number);
   }();
-  if (job.ok()) ToProto(*job, response);
-  return Finish(context, "GetJob", job.status());
+  return FinishWithJob(context, "GetJob", job, response);
 }
 
 grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* context,
@@ -403,8 +402,7 @@ grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* co
     ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
     return runner_->Cancel(number);
   }();
-  if (job.ok()) ToProto(*job, response);
-  return Finish(context, "CancelJob", job.status());
+  return FinishWithJob(context, "CancelJob", job, response);
 }
 
 }  // namespace deltaserve::api

@@ -47,6 +47,15 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   // Finish records the RPC in the metrics and ends the unary call.
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, const char* method,
                                    const absl::Status& status);
+  // FinishWithJob answers a call that returns a Job.
+  grpc::ServerUnaryReactor* FinishWithJob(grpc::CallbackServerContext* context, const char* method,
+                                          const absl::StatusOr<control::JobRecord>& job,
+                                          deltaserve::v1::Job* response);
+  // SubmitJob is every Submit* call: refused while draining, else the request's spec submitted
+  // to `kind` (MergeJobs, FinetuneJobs or UnlearnJobs).
+  template <typename Request, typename Kind>
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const char* method,
+                                      const Request& request, Kind* kind, deltaserve::v1::Job* response);
 
   control::JobRunner* runner_;
   control::MergeJobs* merges_;
