@@ -123,6 +123,31 @@ int Follow(DeltaserveClient& client, const std::string& id) {
   return last == v1::SUCCEEDED ? 0 : 1;
 }
 
+// ReadTextFiles fills each field with its file's non-empty lines (files with an empty path are
+// skipped); false, after saying which, when a file cannot be read.
+bool ReadTextFiles(
+    const std::vector<std::pair<std::string, google::protobuf::RepeatedPtrField<std::string>*>>& files) {
+  for (const auto& [path, lines] : files) {
+    if (!path.empty() && !ReadLines(path, lines)) {
+      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+// Submit sends one of the Submit* requests, prints the job, and with --wait follows it.
+template <typename Request>
+int Submit(DeltaserveClient& client, const Request& request,
+           grpc::Status (v1::Jobs::Stub::*call)(grpc::ClientContext*, const Request&, v1::Job*)) {
+  grpc::ClientContext context;
+  v1::Job job;
+  grpc::Status status = (client.jobs().*call)(&context, request, &job);
+  if (!status.ok()) return ReportStatus(client, status);
+  PrintProgress(job);
+  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+}
+
 // ParseInput reads "NAME:WEIGHT" or "NAME" (weight 1). Names never contain ':'.
 bool ParseInput(const std::string& text, v1::MergeInput* input) {
   const size_t colon = text.rfind(':');
@@ -178,12 +203,7 @@ int Merge(DeltaserveClient& client, const std::vector<std::string>& inputs) {
   if (request.output().empty() || request.inputs().empty()) {
     return Usage("merge --method M [--rank R] [--density D] --out NAME INPUT[:WEIGHT]... (or --recipe FILE)");
   }
-  grpc::ClientContext context;
-  v1::Job job;
-  grpc::Status status = client.jobs().SubmitMerge(&context, request, &job);
-  if (!status.ok()) return ReportStatus(client, status);
-  PrintProgress(job);
-  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+  return Submit(client, request, &v1::Jobs::Stub::SubmitMerge);
 }
 
 int Finetune(DeltaserveClient& client) {
@@ -195,13 +215,7 @@ int Finetune(DeltaserveClient& client) {
     return Usage("finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE] [--rank R] [--alpha A] "
                  "[--steps N | --epochs N] [--learning-rate LR] [--batch-size B] [--seed S] [--wait]");
   }
-  for (const auto& [path, lines] : {std::make_pair(texts, request.mutable_texts()),
-                                    std::make_pair(validation, request.mutable_validation_texts())}) {
-    if (!path.empty() && !ReadLines(path, lines)) {
-      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
-      return 2;
-    }
-  }
+  if (!ReadTextFiles({{texts, request.mutable_texts()}, {validation, request.mutable_validation_texts()}})) return 2;
   request.set_rank(absl::GetFlag(FLAGS_rank));
   if (!std::isnan(absl::GetFlag(FLAGS_alpha))) request.set_alpha(absl::GetFlag(FLAGS_alpha));
   for (const std::string& module : absl::GetFlag(FLAGS_target_modules)) request.add_target_modules(module);
@@ -212,12 +226,7 @@ int Finetune(DeltaserveClient& client) {
   request.set_warmup_steps(absl::GetFlag(FLAGS_warmup_steps));
   if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
-  grpc::ClientContext context;
-  v1::Job job;
-  grpc::Status status = client.jobs().SubmitFinetune(&context, request, &job);
-  if (!status.ok()) return ReportStatus(client, status);
-  PrintProgress(job);
-  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+  return Submit(client, request, &v1::Jobs::Stub::SubmitFinetune);
 }
 
 int Unlearn(DeltaserveClient& client) {
@@ -230,13 +239,10 @@ int Unlearn(DeltaserveClient& client) {
                  "[--unlearn-method npo|simnpo|grad_diff|grad_ascent] [--steps N] [--learning-rate LR] [--rank R] "
                  "[--beta B] [--seed S] [--wait]");
   }
-  for (const auto& [path, lines] : {std::make_pair(absl::GetFlag(FLAGS_forget_file), request.mutable_forget_texts()),
-                                    std::make_pair(absl::GetFlag(FLAGS_retain_file), request.mutable_retain_texts()),
-                                    std::make_pair(absl::GetFlag(FLAGS_holdout_file), request.mutable_holdout_texts())}) {
-    if (!path.empty() && !ReadLines(path, lines)) {
-      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
-      return 2;
-    }
+  if (!ReadTextFiles({{absl::GetFlag(FLAGS_forget_file), request.mutable_forget_texts()},
+                      {absl::GetFlag(FLAGS_retain_file), request.mutable_retain_texts()},
+                      {absl::GetFlag(FLAGS_holdout_file), request.mutable_holdout_texts()}})) {
+    return 2;
   }
   request.set_rank(absl::GetFlag(FLAGS_rank));
   request.set_steps(absl::GetFlag(FLAGS_steps));
@@ -245,12 +251,7 @@ int Unlearn(DeltaserveClient& client) {
   if (!std::isnan(absl::GetFlag(FLAGS_beta))) request.set_beta(absl::GetFlag(FLAGS_beta));
   if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
-  grpc::ClientContext context;
-  v1::Job job;
-  grpc::Status status = client.jobs().SubmitUnlearn(&context, request, &job);
-  if (!status.ok()) return ReportStatus(client, status);
-  PrintProgress(job);
-  return absl::GetFlag(FLAGS_wait) ? Follow(client, job.id()) : 0;
+  return Submit(client, request, &v1::Jobs::Stub::SubmitUnlearn);
 }
 
 int List(DeltaserveClient& client) {
