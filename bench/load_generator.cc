@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
+#include "bench/percentile.h"
 #include "client/deltaserve_client.h"
 #include "server/common/flag_names.h"
 
@@ -31,12 +32,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace v1 = deltaserve::v1;
-
-double Percentile(std::vector<double> values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(p * (values.size() - 1) + 0.5))];
-}
+using deltaserve::bench::Percentile;
 
 struct Level {
   double tokens_per_second = 0;
