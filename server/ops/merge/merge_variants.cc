@@ -35,35 +35,6 @@ deltas::DeltaSet ScaledByLayer(const deltas::DeltaSet& input, const MergeRecipe&
   return scaled;
 }
 
-}  // namespace
-
-std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64_t rank, at::ScalarType dtype,
-                                                 uint64_t seed) {
-  constexpr int64_t kOversampling = 10;
-  constexpr int kPowerIterations = 2;
-  const at::Tensor matrix = dense.to(at::kDouble);
-  const int64_t sketch = rank + kOversampling;
-  if (2 * sketch >= std::min(matrix.size(0), matrix.size(1))) {
-    auto [u, s, vh] = at::linalg_svd(matrix, /*full_matrices=*/false);
-    return TruncatedFactor(u, s, vh, rank, dtype);
-  }
-  // Randomized range finder with power iterations (Halko, Martinsson & Tropp 2011): Q spans
-  // M's leading singular directions; the SVD of the small Q^T M gives the truncated factor.
-  // Since Q is orthonormal, ||M - Q (Q^T M)_k||^2 = ||M||^2 - sum of the kept s^2 exactly, so
-  // the reported error is the returned factor's true error.
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor omega = at::randn({matrix.size(1), sketch}, generator, at::TensorOptions().dtype(at::kDouble));
-  at::Tensor q = std::get<0>(at::linalg_qr(at::matmul(matrix, omega.to(matrix.device()))));
-  for (int i = 0; i < kPowerIterations; ++i) {
-    at::Tensor z = std::get<0>(at::linalg_qr(at::matmul(matrix.t(), q)));
-    q = std::get<0>(at::linalg_qr(at::matmul(matrix, z)));
-  }
-  auto [ub, s, vh] = at::linalg_svd(at::matmul(q.t(), matrix), /*full_matrices=*/false);
-  return TruncatedFactor(at::matmul(q, ub), s, vh, rank, dtype, matrix.pow(2).sum().item<double>());
-}
-
-namespace {
-
 // The modules any input has factors for.
 int64_t ModulesOfAny(const std::vector<WeightedDeltas>& inputs) {
   int64_t count = 0;
@@ -138,6 +109,31 @@ absl::StatusOr<RecompressedDeltas> DenseMergeVariants(const std::vector<Weighted
 }
 
 }  // namespace
+
+std::pair<deltas::LowRankFactor, double> Compress(const at::Tensor& dense, int64_t rank, at::ScalarType dtype,
+                                                 uint64_t seed) {
+  constexpr int64_t kOversampling = 10;
+  constexpr int kPowerIterations = 2;
+  const at::Tensor matrix = dense.to(at::kDouble);
+  const int64_t sketch = rank + kOversampling;
+  if (2 * sketch >= std::min(matrix.size(0), matrix.size(1))) {
+    auto [u, s, vh] = at::linalg_svd(matrix, /*full_matrices=*/false);
+    return TruncatedFactor(u, s, vh, rank, dtype);
+  }
+  // Randomized range finder with power iterations (Halko, Martinsson & Tropp 2011): Q spans
+  // M's leading singular directions; the SVD of the small Q^T M gives the truncated factor.
+  // Since Q is orthonormal, ||M - Q (Q^T M)_k||^2 = ||M||^2 - sum of the kept s^2 exactly, so
+  // the reported error is the returned factor's true error.
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Tensor omega = at::randn({matrix.size(1), sketch}, generator, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor q = std::get<0>(at::linalg_qr(at::matmul(matrix, omega.to(matrix.device()))));
+  for (int i = 0; i < kPowerIterations; ++i) {
+    at::Tensor z = std::get<0>(at::linalg_qr(at::matmul(matrix.t(), q)));
+    q = std::get<0>(at::linalg_qr(at::matmul(matrix, z)));
+  }
+  auto [ub, s, vh] = at::linalg_svd(at::matmul(q.t(), matrix), /*full_matrices=*/false);
+  return TruncatedFactor(at::matmul(q, ub), s, vh, rank, dtype, matrix.pow(2).sum().item<double>());
+}
 
 bool IsExactMerge(const std::string& method) { return method == "cat" || method == "linear"; }
 
