@@ -19,12 +19,14 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/api/datasets_service.h"
 #include "server/api/generation_service.h"
 #include "server/api/jobs_service.h"
 #include "server/api/serving_state.h"
 #include "server/api/variants_service.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
+#include "server/control/dataset_store.h"
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
@@ -62,6 +64,7 @@ ABSL_FLAG(int64_t, adapter_cache_bytes, int64_t{1} << 30,
 ABSL_FLAG(int64_t, adapter_host_cache_bytes, int64_t{4} << 30,
           "host memory for adapters evicted from the device; beyond it they are re-read from disk");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest adapter_model.safetensors UploadAdapter accepts");
+ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{256} << 20, "largest JSONL file UploadDataset accepts");
 ABSL_FLAG(int32_t, job_workers, 1, "jobs (merges, ...) that run at once, beside serving");
 ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
           "memory all running jobs may use together (their estimates); a job that needs more is refused");
@@ -162,6 +165,10 @@ int main(int argc, char** argv) {
     Log(absl::StrCat("registered ", *registered, " adapters from ", directory));
   }
 
+  auto datasets = deltaserve::control::DatasetStore::Create(data_dir, absl::GetFlag(FLAGS_max_dataset_bytes),
+                                                           (*registry)->store());
+  if (!datasets.ok()) return Fail(datasets.status());
+
   deltaserve::control::JobRunnerOptions job_options;
   job_options.workers = absl::GetFlag(FLAGS_job_workers);
   job_options.memory_bytes = absl::GetFlag(FLAGS_job_memory_bytes);
@@ -171,10 +178,11 @@ int main(int argc, char** argv) {
   auto job_runner = deltaserve::control::JobRunner::Create(job_options, (*registry)->store());
   if (!job_runner.ok()) return Fail(job_runner.status());
   deltaserve::control::MergeJobs merges(registry->get(), job_runner->get());
-  deltaserve::control::FinetuneJobs finetunes(registry->get(), job_runner->get());
-  deltaserve::control::UnlearnJobs unlearns(registry->get(), job_runner->get());
+  deltaserve::control::FinetuneJobs finetunes(registry->get(), datasets->get(), job_runner->get());
+  deltaserve::control::UnlearnJobs unlearns(registry->get(), datasets->get(), job_runner->get());
   if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);
-  // Running jobs use `merges`, `finetunes`, `unlearns` and the registry: they stop before either goes, however main ends.
+  // Running jobs use `merges`, `finetunes`, `unlearns`, the datasets and the registry: they stop before any goes,
+  // however main ends.
   absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
   deltaserve::api::ServingState serving_state;
@@ -183,6 +191,7 @@ int main(int argc, char** argv) {
   deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
                                                 &serving_state, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
+  deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state);
   deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
                                     &serving_state);
 
@@ -195,6 +204,7 @@ int main(int argc, char** argv) {
   builder.RegisterService(&generation);
   builder.RegisterService(&variants);
   builder.RegisterService(&jobs);
+  builder.RegisterService(&dataset_service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));

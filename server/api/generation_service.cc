@@ -1,7 +1,9 @@
 #include "server/api/generation_service.h"
 
 #include <deque>
+#include <functional>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -47,14 +49,37 @@ grpc::Status FinalStatus(const engine::RequestResult& result) {
   return grpc::Status::OK;
 }
 
+// SubmitResolved submits `request`. When the engine no longer knows its adapter because the name
+// switched to a new version between resolving and submitting (replace_target retires the old
+// adapter as soon as no request uses it), it resolves the name once more and submits to the
+// version now current. `resolved` sees the request finally submitted, before the engine can
+// answer it.
+absl::StatusOr<uint64_t> SubmitResolved(engine::Engine& engine, const control::VariantRegistry& variants,
+                                        engine::EngineRequest request, std::shared_ptr<engine::RequestSink> sink,
+                                        const std::function<void(const engine::EngineRequest&)>& resolved) {
+  std::optional<engine::EngineRequest> again;
+  if (request.adapter_id != 0) again = request;
+  resolved(request);
+  absl::StatusOr<uint64_t> id = engine.Submit(std::move(request), sink);
+  if (!again.has_value() || !absl::IsNotFound(id.status())) return id;
+  std::shared_ptr<const control::Variant> current = variants.Find(again->variant_name);
+  if (current == nullptr || current->adapter_id == again->adapter_id || !control::CheckServable(*current).ok()) {
+    return id;
+  }
+  again->adapter_id = current->adapter_id;
+  again->variant_version = current->version;
+  resolved(*again);
+  return engine.Submit(std::move(*again), std::move(sink));
+}
+
 // Generate's reactor; also the engine's sink for the request. Owns itself from Start until
 // OnDone; the engine may hold a reference longer, after which its callbacks are ignored.
 class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                            public engine::RequestSink,
                            public std::enable_shared_from_this<GenerateCall> {
  public:
-  GenerateCall(engine::Engine* engine, telemetry::ServerMetrics* metrics)
-      : engine_(engine), metrics_(metrics) {}
+  GenerateCall(engine::Engine* engine, const control::VariantRegistry* variants, telemetry::ServerMetrics* metrics)
+      : engine_(engine), variants_(variants), metrics_(metrics) {}
 
   void Start(absl::StatusOr<engine::EngineRequest> request) {
     self_ = shared_from_this();
@@ -63,7 +88,13 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       return;
     }
     request_id_ = request->request_id;
-    absl::StatusOr<uint64_t> id = engine_->Submit(std::move(*request), shared_from_this());
+    absl::StatusOr<uint64_t> id =
+        SubmitResolved(*engine_, *variants_, std::move(*request), shared_from_this(),
+                       [this](const engine::EngineRequest& submitted) {
+                         absl::MutexLock lock(&mutex_);
+                         variant_ = submitted.variant_name;
+                         variant_version_ = submitted.variant_version;
+                       });
     if (!id.ok()) {
       FinishNow(ToGrpcStatus(id.status()));
       return;
@@ -94,6 +125,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       usage->set_completion_tokens(static_cast<int32_t>(result.usage.completion_tokens));
       usage->set_time_to_first_token_seconds(result.usage.time_to_first_token_seconds);
       usage->set_queue_time_seconds(result.usage.queue_time_seconds);
+      last.set_variant(variant_);
+      last.set_variant_version(variant_version_);
     } else {
       // Nothing more is written after an error; keep only a message already in flight.
       pending_.erase(writing_ ? pending_.begin() + 1 : pending_.begin(), pending_.end());
@@ -156,10 +189,13 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   }
 
   engine::Engine* const engine_;
+  const control::VariantRegistry* const variants_;
   telemetry::ServerMetrics* const metrics_;
   absl::Mutex mutex_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
   std::string request_id_;
+  std::string variant_ ABSL_GUARDED_BY(mutex_);
+  int64_t variant_version_ ABSL_GUARDED_BY(mutex_) = 0;
   // Responses to write, front is in flight while writing_ (deque keeps addresses stable).
   std::deque<v1::GenerateResponse> pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t engine_id_ ABSL_GUARDED_BY(mutex_) = 0;
@@ -259,6 +295,7 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
   if (found != nullptr) {
     result.adapter_id = found->adapter_id;
     result.variant_name = found->name;
+    result.variant_version = found->version;
   }
   ASSIGN_OR_RETURN(result.prompt_token_ids, InputIds(*engine_, text, ids, text_field, ids_field));
   result.deadline = DeadlineOf(context);
@@ -267,7 +304,7 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  auto call = std::make_shared<GenerateCall>(engine_, metrics_);
+  auto call = std::make_shared<GenerateCall>(engine_, variants_, metrics_);
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
     ASSIGN_OR_RETURN(engine::EngineRequest result,
                      NewEngineRequest(engine::RequestKind::kGenerate, *context, request->variant(),
@@ -304,8 +341,9 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                        request->token_ids(), "text", "token_ids");
   absl::Status status = converted.status();
   if (status.ok()) {
-    status = engine_->Submit(std::move(*converted),
-                             std::make_shared<ScoreSink>(reactor, response, metrics_))
+    status = SubmitResolved(*engine_, *variants_, std::move(*converted),
+                            std::make_shared<ScoreSink>(reactor, response, metrics_),
+                            [](const engine::EngineRequest&) {})
                  .status();
   }
   if (!status.ok()) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/api/grpc_status.h"
+#include "server/api/page_size.h"
 #include "server/common/status_macros.h"
 
 namespace deltaserve::api {
@@ -15,8 +16,6 @@ namespace {
 
 namespace v1 = deltaserve::v1;
 
-constexpr int32_t kDefaultPageSize = 100;
-constexpr int32_t kMaxPageSize = 1000;
 
 // Job kinds: the API's enum and the runner's names.
 constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind},
@@ -82,12 +81,21 @@ void ToProto(const control::FinetuneJobSpec& spec, v1::FinetuneRequest* out) {
   out->set_learning_rate(static_cast<float>(spec.learning_rate));
   out->set_warmup_steps(static_cast<int32_t>(spec.warmup_steps));
   out->set_batch_size(static_cast<int32_t>(spec.batch_size));
+  out->set_micro_batch_size(static_cast<int32_t>(spec.micro_batch_size));
   out->set_seed(spec.seed);
+  out->set_dataset(spec.train.dataset);
+  out->set_validation_dataset(spec.validation.dataset);
 }
 
 void ToProto(const control::UnlearnJobSpec& spec, v1::UnlearnRequest* out) {
   out->set_target(spec.target);
   out->set_output(spec.output);
+  out->set_replace_target(spec.replace_target);
+  out->set_keep_previous(spec.keep_previous);
+  out->set_forget_dataset(spec.forget.dataset);
+  out->set_retain_dataset(spec.retain.dataset);
+  out->set_holdout_dataset(spec.holdout.dataset);
+  out->set_micro_batch_size(static_cast<int32_t>(spec.micro_batch_size));
   out->set_method(spec.method);
   out->set_rank(static_cast<int32_t>(spec.rank));
   out->set_lora_alpha(static_cast<float>(spec.lora_alpha));
@@ -157,13 +165,17 @@ absl::StatusOr<control::MergeJobSpec> FromProto(const v1::MergeRequest& request)
 absl::StatusOr<control::FinetuneJobSpec> FromProto(const v1::FinetuneRequest& request) {
   control::FinetuneJobSpec spec;
   if (request.rank() < 0 || request.steps() < 0 || request.epochs() < 0 || request.batch_size() < 0 ||
-      request.warmup_steps() < 0) {
-    return absl::InvalidArgumentError("rank, steps, epochs, batch_size and warmup_steps must not be negative");
+      request.warmup_steps() < 0 || request.micro_batch_size() < 0) {
+    return absl::InvalidArgumentError(
+        "rank, steps, epochs, batch_size, micro_batch_size and warmup_steps must not be negative");
   }
   spec.parent = request.parent();
   spec.output = request.output();
-  spec.texts.assign(request.texts().begin(), request.texts().end());
-  spec.validation_texts.assign(request.validation_texts().begin(), request.validation_texts().end());
+  spec.train.texts.assign(request.texts().begin(), request.texts().end());
+  spec.train.dataset = request.dataset();
+  spec.validation.texts.assign(request.validation_texts().begin(), request.validation_texts().end());
+  spec.validation.dataset = request.validation_dataset();
+  spec.micro_batch_size = request.micro_batch_size();
   if (request.rank() > 0) spec.rank = request.rank();
   spec.alpha = request.has_alpha() ? Widen(request.alpha()) : 2.0 * spec.rank;
   spec.target_modules.assign(request.target_modules().begin(), request.target_modules().end());
@@ -178,15 +190,21 @@ absl::StatusOr<control::FinetuneJobSpec> FromProto(const v1::FinetuneRequest& re
 
 absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& request) {
   control::UnlearnJobSpec spec;
-  if (request.rank() < 0 || request.steps() < 0 || request.batch_size() < 0) {
-    return absl::InvalidArgumentError("rank, steps and batch_size must not be negative");
+  if (request.rank() < 0 || request.steps() < 0 || request.batch_size() < 0 || request.micro_batch_size() < 0) {
+    return absl::InvalidArgumentError("rank, steps, batch_size and micro_batch_size must not be negative");
   }
   spec.target = request.target();
   spec.output = request.output();
+  spec.replace_target = request.replace_target();
+  spec.keep_previous = request.keep_previous();
   if (!request.method().empty()) spec.method = request.method();
-  spec.forget_texts.assign(request.forget_texts().begin(), request.forget_texts().end());
-  spec.retain_texts.assign(request.retain_texts().begin(), request.retain_texts().end());
-  spec.holdout_texts.assign(request.holdout_texts().begin(), request.holdout_texts().end());
+  spec.forget.texts.assign(request.forget_texts().begin(), request.forget_texts().end());
+  spec.forget.dataset = request.forget_dataset();
+  spec.retain.texts.assign(request.retain_texts().begin(), request.retain_texts().end());
+  spec.retain.dataset = request.retain_dataset();
+  spec.holdout.texts.assign(request.holdout_texts().begin(), request.holdout_texts().end());
+  spec.holdout.dataset = request.holdout_dataset();
+  spec.micro_batch_size = request.micro_batch_size();
   if (request.rank() > 0) spec.rank = request.rank();
   spec.lora_alpha = request.has_lora_alpha() ? Widen(request.lora_alpha()) : 2.0 * spec.rank;
   if (request.steps() > 0) spec.steps = request.steps();
@@ -363,11 +381,7 @@ grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* conte
 grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* context,
                                                 const v1::ListJobsRequest* request, v1::ListJobsResponse* response) {
   absl::Status status = [&]() -> absl::Status {
-    if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_size must be between 0 and ", kMaxPageSize, ", got ", request->page_size()));
-    }
-    const size_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+    ASSIGN_OR_RETURN(const size_t page_size, PageSize(request->page_size()));
     int64_t before = 0;
     if (!request->page_token().empty() && (!absl::SimpleAtoi(request->page_token(), &before) || before < 1)) {
       return absl::InvalidArgumentError("page_token is not one this server returned");

@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "server/api/deadline.h"
 #include "server/api/grpc_status.h"
+#include "server/api/page_size.h"
 #include "server/common/status_macros.h"
 
 namespace deltaserve::api {
@@ -11,8 +12,6 @@ namespace {
 
 namespace v1 = deltaserve::v1;
 
-constexpr int32_t kDefaultPageSize = 100;
-constexpr int32_t kMaxPageSize = 1000;
 constexpr absl::Duration kDefaultDrainTimeout = absl::Seconds(60);
 
 v1::Residency ToProto(engine::AdapterTier tier) {
@@ -51,6 +50,7 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   lineage->set_job_id(variant.lineage.job_id);
   out->set_evaluation_json(variant.lineage.evaluation_json);
   out->set_base_model(variant.base_model);
+  out->set_version(variant.version);
   out->set_active_requests(status.residency.users);
   out->set_uploaded(variant.owned);
   out->set_state(variant.state == "READY" ? v1::READY : v1::BROKEN);
@@ -121,12 +121,9 @@ grpc::Status VariantsService::GetVariant(grpc::ServerContext*, const v1::GetVari
 
 grpc::Status VariantsService::ListVariants(grpc::ServerContext*, const v1::ListVariantsRequest* request,
                                            v1::ListVariantsResponse* response) {
-  if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
-    return Finish("ListVariants", absl::InvalidArgumentError(absl::StrCat(
-                                      "page_size ", request->page_size(), " is outside [0, ",
-                                      kMaxPageSize, "] (0 means ", kDefaultPageSize, ")")));
-  }
-  const size_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+  absl::StatusOr<size_t> page_size_or = PageSize(request->page_size());
+  if (!page_size_or.ok()) return Finish("ListVariants", page_size_or.status());
+  const size_t page_size = *page_size_or;
   // One more than the page tells whether another page follows.
   std::vector<control::VariantStatus> page =
       registry_->List(request->prefix(), request->page_token(), page_size + 1);

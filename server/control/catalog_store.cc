@@ -5,11 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
 
 namespace deltaserve::control {
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS variants (
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS variants (
   size_bytes INTEGER NOT NULL,
   rank_summary TEXT NOT NULL,
   created_unix_nanos INTEGER NOT NULL,
-  evaluation_json TEXT NOT NULL
+  evaluation_json TEXT NOT NULL,
+  version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS jobs (
   number INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -45,11 +47,24 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)
   WHERE idempotency_key != '';
+CREATE TABLE IF NOT EXISTS datasets (
+  name TEXT PRIMARY KEY,
+  owner_namespace TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  rows INTEGER NOT NULL,
+  text_rows INTEGER NOT NULL,
+  prompt_completion_rows INTEGER NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  created_unix_nanos INTEGER NOT NULL
+);
 )sql";
+
+constexpr const char* kDatasetColumns =
+    "name, owner_namespace, sha256, rows, text_rows, prompt_completion_rows, size_bytes, created_unix_nanos";
 
 constexpr const char* kColumns =
     "name, owner_namespace, kind, state, parents_json, recipe_json, job_id, artifact_path, "
-    "artifact_sha256_json, size_bytes, rank_summary, created_unix_nanos, evaluation_json";
+    "artifact_sha256_json, size_bytes, rank_summary, created_unix_nanos, evaluation_json, version";
 
 constexpr const char* kJobColumns =
     "number, kind, state, progress, message, error, error_code, output_variant, spec_json, "
@@ -121,6 +136,20 @@ VariantRecord ReadRow(Statement& row) {
   record.rank_summary = row.Text(10);
   record.created_unix_nanos = row.Integer(11);
   record.evaluation_json = row.Text(12);
+  record.version = row.Integer(13);
+  return record;
+}
+
+DatasetRecord ReadDatasetRow(Statement& row) {
+  DatasetRecord record;
+  record.name = row.Text(0);
+  record.owner_namespace = row.Text(1);
+  record.sha256 = row.Text(2);
+  record.rows = row.Integer(3);
+  record.text_rows = row.Integer(4);
+  record.prompt_completion_rows = row.Integer(5);
+  record.size_bytes = row.Integer(6);
+  record.created_unix_nanos = row.Integer(7);
   return record;
 }
 
@@ -157,9 +186,9 @@ absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::stri
   std::unique_ptr<CatalogStore> store(new CatalogStore(database));
   sqlite3_busy_timeout(database, 5000);
   absl::Status status = Execute(database, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+  int current = 0;
   if (status.ok()) {
     Statement version(database, "PRAGMA user_version");
-    int current = 0;
     if (version.ok() && sqlite3_step(version.get()) == SQLITE_ROW) current = static_cast<int>(version.Integer(0));
     if (current > kSchemaVersion) {
       return absl::FailedPreconditionError(absl::StrCat("the catalog ", path, " has schema version ", current,
@@ -167,6 +196,10 @@ absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::stri
     }
   }
   if (status.ok()) status = Execute(database, kSchema);
+  // Version 3 numbers the versions of a name (replace_target); older rows are version 1.
+  if (status.ok() && current >= 1 && current < 3) {
+    status = Execute(database, "ALTER TABLE variants ADD COLUMN version INTEGER NOT NULL DEFAULT 1");
+  }
   if (status.ok()) status = Execute(database, absl::StrCat("PRAGMA user_version=", kSchemaVersion));
   if (!status.ok()) return status;
   return store;
@@ -179,8 +212,12 @@ CatalogStore::~CatalogStore() {
 
 absl::Status CatalogStore::InsertVariant(const VariantRecord& record) {
   absl::MutexLock lock(&mutex_);
+  return InsertVariantLocked(record);
+}
+
+absl::Status CatalogStore::InsertVariantLocked(const VariantRecord& record) {
   Statement insert(database_, absl::StrCat("INSERT INTO variants (", kColumns,
-                                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+                                           ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
   if (!insert.ok()) return SqliteError(database_, "preparing an insert");
   insert.Bind(1, record.name);
   insert.Bind(2, record.owner_namespace);
@@ -195,6 +232,7 @@ absl::Status CatalogStore::InsertVariant(const VariantRecord& record) {
   insert.Bind(11, record.rank_summary);
   insert.Bind(12, record.created_unix_nanos);
   insert.Bind(13, record.evaluation_json);
+  insert.Bind(14, record.version);
   const int result = sqlite3_step(insert.get());
   if (result == SQLITE_CONSTRAINT) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", record.name, "\" already exists"));
@@ -236,6 +274,33 @@ absl::Status CatalogStore::DeleteVariant(const std::string& name) {
   return absl::OkStatus();
 }
 
+absl::Status CatalogStore::ReplaceVariant(const std::string& name, const std::string& previous_name,
+                                          const std::string& previous_state, const VariantRecord& replacement) {
+  absl::MutexLock lock(&mutex_);
+  RETURN_IF_ERROR(Execute(database_, "BEGIN IMMEDIATE"));
+  absl::Status status = [&]() -> absl::Status {
+    Statement rename(database_, "UPDATE variants SET name = ?, state = ? WHERE name = ?");
+    if (!rename.ok()) return SqliteError(database_, "preparing an update");
+    rename.Bind(1, previous_name);
+    rename.Bind(2, previous_state);
+    rename.Bind(3, name);
+    const int result = sqlite3_step(rename.get());
+    if (result == SQLITE_CONSTRAINT) {
+      return absl::AlreadyExistsError(absl::StrCat("variant \"", previous_name, "\" already exists"));
+    }
+    if (result != SQLITE_DONE) return SqliteError(database_, "renaming a variant");
+    if (sqlite3_changes(database_) == 0) {
+      return absl::NotFoundError(absl::StrCat("variant \"", name, "\" has no catalog row"));
+    }
+    return InsertVariantLocked(replacement);
+  }();
+  if (!status.ok()) {
+    Execute(database_, "ROLLBACK").IgnoreError();
+    return status;
+  }
+  return Execute(database_, "COMMIT");
+}
+
 absl::StatusOr<VariantRecord> CatalogStore::GetVariant(const std::string& name) const {
   absl::MutexLock lock(&mutex_);
   Statement select(database_, absl::StrCat("SELECT ", kColumns, " FROM variants WHERE name = ?"));
@@ -255,6 +320,49 @@ absl::StatusOr<std::vector<VariantRecord>> CatalogStore::ListVariants() const {
   int result;
   while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadRow(select));
   if (result != SQLITE_DONE) return SqliteError(database_, "listing variants");
+  return records;
+}
+
+absl::Status CatalogStore::InsertDataset(const DatasetRecord& record) {
+  absl::MutexLock lock(&mutex_);
+  Statement insert(database_, absl::StrCat("INSERT INTO datasets (", kDatasetColumns, ") VALUES (?,?,?,?,?,?,?,?)"));
+  if (!insert.ok()) return SqliteError(database_, "preparing an insert");
+  insert.Bind(1, record.name);
+  insert.Bind(2, record.owner_namespace);
+  insert.Bind(3, record.sha256);
+  insert.Bind(4, record.rows);
+  insert.Bind(5, record.text_rows);
+  insert.Bind(6, record.prompt_completion_rows);
+  insert.Bind(7, record.size_bytes);
+  insert.Bind(8, record.created_unix_nanos);
+  const int result = sqlite3_step(insert.get());
+  if (result == SQLITE_CONSTRAINT) {
+    return absl::AlreadyExistsError(absl::StrCat("dataset \"", record.name, "\" already exists"));
+  }
+  if (result != SQLITE_DONE) return SqliteError(database_, "inserting a dataset");
+  return absl::OkStatus();
+}
+
+absl::Status CatalogStore::DeleteDataset(const std::string& name) {
+  absl::MutexLock lock(&mutex_);
+  Statement remove(database_, "DELETE FROM datasets WHERE name = ?");
+  if (!remove.ok()) return SqliteError(database_, "preparing a delete");
+  remove.Bind(1, name);
+  if (sqlite3_step(remove.get()) != SQLITE_DONE) return SqliteError(database_, "deleting a dataset");
+  if (sqlite3_changes(database_) == 0) {
+    return absl::NotFoundError(absl::StrCat("dataset \"", name, "\" does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<DatasetRecord>> CatalogStore::ListDatasets() const {
+  absl::MutexLock lock(&mutex_);
+  Statement select(database_, absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY name"));
+  if (!select.ok()) return SqliteError(database_, "preparing a query");
+  std::vector<DatasetRecord> records;
+  int result;
+  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadDatasetRow(select));
+  if (result != SQLITE_DONE) return SqliteError(database_, "listing datasets");
   return records;
 }
 

@@ -4,8 +4,9 @@
 // (JSON), the job that did, the artifact directory with the sha256 of each file, size, rank
 // summary, created time and an evaluation report (JSON) that jobs fill. One row per job: its
 // number, kind, state, progress, message, error, output variant, the spec it runs (JSON), its
-// idempotency key and times. The schema is versioned with PRAGMA user_version (1: variants;
-// 2: jobs added). Thread-safe (one connection behind a mutex); every call
+// idempotency key and times. One row per dataset: name, owner namespace, the sha256 of its
+// JSONL file, row counts, size and created time. The schema is versioned with PRAGMA
+// user_version (1: variants; 2: jobs added; 3: datasets and variant versions added). Thread-safe (one connection behind a mutex); every call
 // is one short transaction.
 //   ASSIGN_OR_RETURN(auto store, CatalogStore::Open(JoinPath(data_dir, "catalog.db")));
 //   RETURN_IF_ERROR(store->InsertVariant(record));
@@ -39,6 +40,18 @@ struct VariantRecord {
   std::string rank_summary;
   int64_t created_unix_nanos = 0;
   std::string evaluation_json = "{}";
+  int64_t version = 1;  // 2 after the first replace_target of the name, ...
+};
+
+struct DatasetRecord {
+  std::string name;
+  std::string owner_namespace;
+  std::string sha256;  // of the stored JSONL file
+  int64_t rows = 0;
+  int64_t text_rows = 0;               // {"text": ...}
+  int64_t prompt_completion_rows = 0;  // {"prompt": ..., "completion": ...}
+  int64_t size_bytes = 0;
+  int64_t created_unix_nanos = 0;
 };
 
 struct JobRecord {
@@ -74,6 +87,17 @@ class CatalogStore {
   absl::StatusOr<VariantRecord> GetVariant(const std::string& name) const;
   // ListVariants returns every row in name order.
   absl::StatusOr<std::vector<VariantRecord>> ListVariants() const;
+  // ReplaceVariant, in one transaction: renames `name`'s row to `previous_name` with state
+  // `previous_state`, and inserts `replacement` (whose name is `name`). NOT_FOUND when `name`
+  // has no row, ALREADY_EXISTS when `previous_name` has one; nothing changes then.
+  absl::Status ReplaceVariant(const std::string& name, const std::string& previous_name,
+                              const std::string& previous_state, const VariantRecord& replacement);
+
+  // InsertDataset: ALREADY_EXISTS when the name has a row. DeleteDataset: NOT_FOUND when not.
+  absl::Status InsertDataset(const DatasetRecord& record);
+  absl::Status DeleteDataset(const std::string& name);
+  // ListDatasets returns every dataset in name order.
+  absl::StatusOr<std::vector<DatasetRecord>> ListDatasets() const;
 
   // InsertJob stores a new job and sets its number; ALREADY_EXISTS when another job has its
   // (non-empty) idempotency key.
@@ -85,6 +109,7 @@ class CatalogStore {
 
  private:
   explicit CatalogStore(sqlite3* database) : database_(database) {}
+  absl::Status InsertVariantLocked(const VariantRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status UpdateColumn(const char* column, const std::string& name, const std::string& value);
 
   mutable absl::Mutex mutex_;

@@ -43,26 +43,30 @@ absl::StatusOr<std::vector<model::Projection>> Targets(const std::vector<std::st
   return targets;
 }
 
-int64_t StepsFor(const FinetuneJobSpec& spec) {
+int64_t StepsFor(const FinetuneJobSpec& spec, size_t rows) {
   if (spec.steps > 0) return spec.steps;
-  const int64_t batches = (static_cast<int64_t>(spec.texts.size()) + spec.batch_size - 1) / spec.batch_size;
+  const int64_t batches = (static_cast<int64_t>(rows) + spec.batch_size - 1) / spec.batch_size;
   return std::max<int64_t>(1, spec.epochs * batches);
 }
 
-// The recipe recorded in the output's lineage: the spec without the raw texts.
-std::string RecipeJson(const FinetuneJobSpec& spec) {
+int64_t MicroBatchSize(const FinetuneJobSpec& spec) {
+  return spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, spec.batch_size) : spec.batch_size;
+}
+
+// The recipe recorded in the output's lineage: the spec with its data's sources, not the data.
+std::string RecipeJson(const FinetuneJobSpec& spec, size_t rows) {
   nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
-  recipe.erase("texts");
-  recipe.erase("validation_texts");
-  recipe["texts_count"] = spec.texts.size();
-  recipe["texts_sha256"] = TextsSha256(spec.texts);
-  if (!spec.validation_texts.empty()) {
-    recipe["validation_texts_count"] = spec.validation_texts.size();
-    recipe["validation_texts_sha256"] = TextsSha256(spec.validation_texts);
+  for (const char* key : {"texts", "dataset", "dataset_sha256", "validation_texts", "validation_dataset",
+                          "validation_dataset_sha256"}) {
+    recipe.erase(key);
   }
-  recipe["steps"] = StepsFor(spec);
+  recipe["data"] = spec.train.Summary();
+  recipe["rows"] = rows;
+  if (!spec.validation.empty()) recipe["validation_data"] = spec.validation.Summary();
+  recipe["steps"] = StepsFor(spec, rows);
   return recipe.dump();
 }
+
 
 }  // namespace
 
@@ -70,8 +74,8 @@ std::string FinetuneJobSpec::ToJson() const {
   nlohmann::json json;
   json["parent"] = parent;
   json["output"] = output;
-  json["texts"] = texts;
-  json["validation_texts"] = validation_texts;
+  train.ToJson(json, "texts", "dataset");
+  validation.ToJson(json, "validation_texts", "validation_dataset");
   json["rank"] = rank;
   json["alpha"] = alpha;
   json["target_modules"] = target_modules;
@@ -79,6 +83,7 @@ std::string FinetuneJobSpec::ToJson() const {
   json["epochs"] = epochs;
   json["learning_rate"] = learning_rate;
   json["batch_size"] = batch_size;
+  json["micro_batch_size"] = micro_batch_size;
   json["warmup_steps"] = warmup_steps;
   json["seed"] = seed;
   return json.dump();
@@ -91,8 +96,8 @@ absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& tex
   try {
     spec.parent = json.at("parent").get<std::string>();
     spec.output = json.at("output").get<std::string>();
-    spec.texts = json.at("texts").get<std::vector<std::string>>();
-    spec.validation_texts = json.at("validation_texts").get<std::vector<std::string>>();
+    spec.train = TrainingData::FromJson(json, "texts", "dataset");
+    spec.validation = TrainingData::FromJson(json, "validation_texts", "validation_dataset");
     spec.rank = json.at("rank").get<int64_t>();
     spec.alpha = json.at("alpha").get<double>();
     spec.target_modules = json.at("target_modules").get<std::vector<std::string>>();
@@ -100,6 +105,7 @@ absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& tex
     spec.epochs = json.at("epochs").get<int64_t>();
     spec.learning_rate = json.at("learning_rate").get<double>();
     spec.batch_size = json.at("batch_size").get<int64_t>();
+    spec.micro_batch_size = json.value("micro_batch_size", int64_t{0});
     spec.warmup_steps = json.at("warmup_steps").get<int64_t>();
     spec.seed = json.at("seed").get<uint64_t>();
   } catch (const nlohmann::json::exception& error) {
@@ -108,26 +114,26 @@ absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& tex
   return spec;
 }
 
-FinetuneJobs::FinetuneJobs(VariantRegistry* registry, JobRunner* runner)
+FinetuneJobs::FinetuneJobs(VariantRegistry* registry, const DatasetStore* datasets, JobRunner* runner)
     : registry_(registry),
-      kind_(kFinetuneJobKind, registry, runner, [this](const FinetuneJobSpec& spec) { return Check(spec); },
+      datasets_(datasets),
+      kind_(kFinetuneJobKind, registry, runner, [this](FinetuneJobSpec& spec) { return Check(spec); },
             [this](const FinetuneJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> FinetuneJobs::Submit(FinetuneJobSpec spec, const std::string& idempotency_key) {
   return kind_.Submit(std::move(spec), idempotency_key);
 }
 
-absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
+absl::StatusOr<int64_t> FinetuneJobs::Check(FinetuneJobSpec& spec) const {
   RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   if (!spec.parent.empty()) {
     std::shared_ptr<const Variant> parent = registry_->Find(spec.parent);
     if (parent == nullptr) return absl::NotFoundError(absl::StrCat("parent variant \"", spec.parent, "\" does not exist"));
     RETURN_IF_ERROR(CheckServable(*parent));
   }
-  if (spec.texts.empty()) return absl::InvalidArgumentError("a fine-tune needs training texts");
-  if (spec.texts.size() > kMaxTexts) {
-    return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxTexts, " training texts, got ", spec.texts.size()));
-  }
+  if (spec.train.empty()) return absl::InvalidArgumentError("a fine-tune needs training data: texts or a dataset");
+  RETURN_IF_ERROR(spec.train.Resolve(*datasets_, "training", spec.output));
+  RETURN_IF_ERROR(spec.validation.Resolve(*datasets_, "validation", spec.output));
   if (spec.rank < 1 || spec.rank > 256) return absl::InvalidArgumentError(absl::StrCat("rank must be 1 to 256, got ", spec.rank));
   if (!(spec.alpha > 0)) return absl::InvalidArgumentError("alpha must be positive");
   if (!(spec.learning_rate > 0 && spec.learning_rate < 1)) {
@@ -136,43 +142,38 @@ absl::StatusOr<int64_t> FinetuneJobs::Check(const FinetuneJobSpec& spec) const {
   if (spec.batch_size < 1 || spec.batch_size > 1024) {
     return absl::InvalidArgumentError(absl::StrCat("batch_size must be 1 to 1024, got ", spec.batch_size));
   }
-  if (spec.steps < 0 || spec.epochs < 1 || StepsFor(spec) > kMaxSteps) {
-    return absl::InvalidArgumentError(absl::StrCat("steps must be 0 (use epochs) to ", kMaxSteps, " and epochs at least 1"));
-  }
+  if (spec.micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must not be negative");
   if (spec.warmup_steps < 0) return absl::InvalidArgumentError("warmup_steps must not be negative");
   ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, ops::train::TextExamples(registry_->tokenizer(), spec.texts, "text"));
-  RETURN_IF_ERROR(ops::train::TextExamples(registry_->tokenizer(), spec.validation_texts, "validation text").status());
-  // Memory: the factors with AdamW's two moments and their gradients, and the autograd
-  // activations of the longest batch (about 24 floats per hidden unit, 8 per intermediate
-  // unit per token and layer) plus its logits and their softmax.
-  const model::ModelConfig& config = registry_->model().config();
+  const model::Tokenizer& tokenizer = registry_->tokenizer();
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, spec.train.Examples(*datasets_, tokenizer, "training row"));
+  RETURN_IF_ERROR(spec.validation.Examples(*datasets_, tokenizer, "validation row").status());
+  if (examples.size() > kMaxTexts) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxTexts, " training rows, got ", examples.size()));
+  }
+  if (spec.steps < 0 || spec.epochs < 1 || StepsFor(spec, examples.size()) > kMaxSteps) {
+    return absl::InvalidArgumentError(absl::StrCat("steps must be 0 (use epochs) to ", kMaxSteps, " and epochs at least 1"));
+  }
   int64_t longest = 0;
   for (const TrainingExample& example : examples) longest = std::max<int64_t>(longest, example.token_ids.size());
-  const int64_t tokens = longest * std::min<int64_t>(spec.batch_size, static_cast<int64_t>(examples.size()));
-  int64_t factor_elements = 0;
-  for (model::Projection projection : targets) {
-    auto [out, in] = deltas::ProjectionShape(config, projection);
-    factor_elements += spec.rank * (out + in) * config.num_hidden_layers;
-  }
-  const int64_t activations =
-      tokens * config.num_hidden_layers * (24 * config.hidden_size + 8 * config.intermediate_size) * 4;
-  return factor_elements * 4 * 4 + activations + tokens * config.vocab_size * 4 * 3;
+  const int64_t micro_batch = std::min<int64_t>(MicroBatchSize(spec), static_cast<int64_t>(examples.size()));
+  return ops::train::EstimateTrainingBytes(registry_->model().config(), targets, spec.rank, longest * micro_batch);
 }
 
 absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context) {
   const model::LlamaModel& model = registry_->model();
   ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, ops::train::TextExamples(registry_->tokenizer(), spec.texts, "text"));
+  const model::Tokenizer& tokenizer = registry_->tokenizer();
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, spec.train.Examples(*datasets_, tokenizer, "training row"));
   ASSIGN_OR_RETURN(std::vector<TrainingExample> validation,
-                   ops::train::TextExamples(registry_->tokenizer(), spec.validation_texts, "validation text"));
+                   spec.validation.Examples(*datasets_, tokenizer, "validation row"));
   std::optional<deltas::PeftAdapter> parent;
   std::string base_model;
   if (!spec.parent.empty()) {
     ASSIGN_OR_RETURN(parent.emplace(), ReadVariantForJob(*registry_, spec.parent));
     base_model = parent->config.base_model_name_or_path;
   }
-  const int64_t steps = StepsFor(spec);
+  const int64_t steps = StepsFor(spec, examples.size());
   ops::train::LoraTrainerOptions options;
   options.rank = spec.rank;
   options.alpha = spec.alpha;
@@ -207,12 +208,19 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
       }
       batch.push_back(&examples[order[next++]]);
     }
+    // The batch's mean NLL per target token, accumulated over its micro-batches.
     auto accumulate = [&]() -> absl::StatusOr<double> {
-      ASSIGN_OR_RETURN(ops::train::SequenceLosses sequence, trainer->Losses(batch));
-      at::Tensor loss = sequence.nll_sums.sum() / sequence.target_counts.sum();
-      loss.backward();
-      trained_tokens += static_cast<int64_t>(sequence.target_counts.sum().item<double>());
-      return loss.item<double>();
+      int64_t targets = 0;
+      for (const TrainingExample* example : batch) targets += ops::train::TargetCount(*example);
+      double loss_sum = 0;
+      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec))) {
+        ASSIGN_OR_RETURN(ops::train::SequenceLosses sequence, trainer->Losses(micro));
+        at::Tensor loss = sequence.nll_sums.sum() / static_cast<double>(std::max<int64_t>(targets, 1));
+        loss.backward();
+        loss_sum += loss.item<double>();
+      }
+      trained_tokens += targets;
+      return loss_sum;
     };
     ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
     losses.push_back(done.loss);
@@ -237,11 +245,12 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
   evaluation["steps"] = steps;
   evaluation["trained_tokens"] = trained_tokens;
   evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
-  evaluation["texts_sha256"] = TextsSha256(spec.texts);
+  evaluation["data"] = spec.train.Summary();
+  if (!spec.validation.empty()) evaluation["validation_data"] = spec.validation.Summary();
 
   std::vector<std::string> parents;
   if (!spec.parent.empty()) parents.push_back(spec.parent);
-  VariantLineage lineage{kFinetuneJobKind, parents, RecipeJson(spec), JobId(context.record().number),
+  VariantLineage lineage{kFinetuneJobKind, parents, RecipeJson(spec, examples.size()), JobId(context.record().number),
                          evaluation.dump()};
   return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), base_model, lineage);
 }

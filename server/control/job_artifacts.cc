@@ -4,11 +4,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "server/common/file_util.h"
 #include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 
 namespace deltaserve::control {
+namespace {
+
+// How long a replacing job waits for requests on the old version before leaving its files to
+// the next start-up.
+constexpr absl::Duration kRetireDeadline = absl::Minutes(10);
+
+}  // namespace
 
 absl::Status CheckNewOutput(const VariantRegistry& registry, const std::string& name) {
   RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
@@ -47,7 +55,7 @@ bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {
 
 absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const std::string& output,
                            const deltas::DeltaSet& result, const std::string& base_model,
-                           const VariantLineage& lineage) {
+                           const VariantLineage& lineage, const Replacement* replace) {
   ASSIGN_OR_RETURN(std::string staged, registry.MakeStagingDirectory(JobId(context.record().number) + "-"));
   auto discard = [&](absl::Status status) {
     common::RemoveRecursively(staged).IgnoreError();
@@ -64,7 +72,10 @@ absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const
   // The last point where a cancel takes effect: after Publish the variant exists.
   absl::Status step = context.Step(0.99, "publishing the new variant");
   if (!step.ok()) return discard(step);
-  absl::StatusOr<VariantStatus> published = registry.Publish(output, staged, lineage);
+  absl::StatusOr<VariantStatus> published =
+      replace == nullptr ? registry.Publish(output, staged, lineage)
+                         : registry.PublishReplacement(output, staged, lineage, replace->expected_version,
+                                                       replace->keep_previous, absl::Now() + kRetireDeadline);
   if (!published.ok()) return discard(published.status());
   return absl::OkStatus();
 }

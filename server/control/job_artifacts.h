@@ -33,11 +33,18 @@ std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t t
 // interrupted after publishing succeeded); JobKindHandlers::published for every kind.
 bool OutputPublished(const VariantRegistry& registry, const JobRecord& record);
 
+// A job's output that takes over an existing name (VariantRegistry::PublishReplacement).
+struct Replacement {
+  int64_t expected_version = 1;
+  bool keep_previous = false;
+};
+
 // PublishDeltas writes `result` as a PEFT adapter (in the serving dtype, declaring
 // `base_model`) into a staging directory, syncs it, takes the job's last cancellation point,
-// and publishes it as `output` with `lineage`. On any failure the staged files are removed.
+// and publishes it as `output` with `lineage` — as a new variant, or with `replace` as the next
+// version of the existing `output`. On any failure the staged files are removed.
 absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const std::string& output,
                            const deltas::DeltaSet& result, const std::string& base_model,
-                           const VariantLineage& lineage);
+                           const VariantLineage& lineage, const Replacement* replace = nullptr);
 
 }  // namespace deltaserve::control

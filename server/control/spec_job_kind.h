@@ -4,8 +4,9 @@
 //     resumes from its stored spec; a job interrupted after publishing counts as published
 //     when its output records it (OutputPublished).
 //   - Submit returns the first job for a repeated idempotency key without checking again (its
-//     output may exist by now); otherwise `check` validates the spec and estimates its memory,
-//     and the job is queued to `run` it.
+//     output may exist by now); otherwise `check` validates the spec, completes it (e.g. pins
+//     the datasets it names to their digests) and estimates its memory, and the job is queued
+//     to `run` it.
 // Thread-safe as the runner is; the registry and runner must outlive it, and it must be built
 // before runner->Start().
 //   SpecJobKind<MergeJobSpec> kind_{kMergeJobKind, registry, runner, check, run};
@@ -24,7 +25,7 @@ namespace deltaserve::control {
 template <typename Spec>
 class SpecJobKind {
  public:
-  using Check = std::function<absl::StatusOr<int64_t>(const Spec&)>;
+  using Check = std::function<absl::StatusOr<int64_t>(Spec&)>;
   using Run = std::function<absl::Status(const Spec&, JobContext&)>;
 
   SpecJobKind(const char* kind, const VariantRegistry* registry, JobRunner* runner, Check check, Run run)

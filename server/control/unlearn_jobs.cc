@@ -25,6 +25,10 @@ bool KnownMethod(const std::string& method) {
   return method == "grad_ascent" || method == "grad_diff" || method == "npo" || method == "simnpo";
 }
 
+int64_t MicroBatchSize(const UnlearnJobSpec& spec) {
+  return spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, spec.batch_size) : spec.batch_size;
+}
+
 double Beta(const UnlearnJobSpec& spec) {
   if (spec.beta > 0) return spec.beta;
   return spec.method == "simnpo" ? 4.5 : 0.1;
@@ -44,19 +48,33 @@ absl::StatusOr<nlohmann::json> Report(const ops::train::LoraTrainer& trainer, co
     report["retain_loss"] = retain_loss;
     report["retain_perplexity"] = std::exp(retain_loss);
   }
-  // Verbatim memorisation: the greedy continuation of each forget text's first half against
-  // its true second half.
-  double rouge = 0;
-  for (const TrainingExample& example : forget) {
-    const size_t split = std::max<size_t>(2, example.token_ids.size() / 2);
+  // Memorisation: the greedy continuation of a prompt against the true continuation — each
+  // plain row's first half against its second half (verbatim), each prompt/completion row's
+  // prompt against its completion (knowledge).
+  auto continuation_rouge = [&](const TrainingExample& example, size_t split) -> absl::StatusOr<double> {
     std::vector<int64_t> prompt(example.token_ids.begin(), example.token_ids.begin() + split);
     std::vector<int32_t> truth(example.token_ids.begin() + split, example.token_ids.end());
     ASSIGN_OR_RETURN(std::vector<int64_t> continuation,
                      trainer.GreedyContinuation(prompt, static_cast<int64_t>(truth.size())));
-    rouge += ops::eval::RougeLF1(tokenizer.Decode(std::vector<int32_t>(continuation.begin(), continuation.end())),
-                                 tokenizer.Decode(truth));
+    return ops::eval::RougeLF1(tokenizer.Decode(std::vector<int32_t>(continuation.begin(), continuation.end())),
+                               tokenizer.Decode(truth));
+  };
+  double verbatim = 0, knowledge = 0;
+  int verbatim_rows = 0, knowledge_rows = 0;
+  for (const TrainingExample& example : forget) {
+    if (example.from_prompt_completion) {
+      const size_t prompt_tokens = example.token_ids.size() - ops::train::TargetCount(example);
+      ASSIGN_OR_RETURN(double rouge, continuation_rouge(example, prompt_tokens));
+      knowledge += rouge;
+      ++knowledge_rows;
+    } else {
+      ASSIGN_OR_RETURN(double rouge, continuation_rouge(example, std::max<size_t>(2, example.token_ids.size() / 2)));
+      verbatim += rouge;
+      ++verbatim_rows;
+    }
   }
-  report["verbatim_rouge_l"] = forget.empty() ? 0.0 : rouge / forget.size();
+  if (verbatim_rows > 0) report["verbatim_rouge_l"] = verbatim / verbatim_rows;
+  if (knowledge_rows > 0) report["knowledge_rouge_l"] = knowledge / knowledge_rows;
   if (!holdout.empty()) {
     // Min-K% membership attack: members (forget) against non-members (holdout).
     auto scores = [&](const std::vector<TrainingExample>& texts) -> absl::StatusOr<std::vector<double>> {
@@ -80,16 +98,20 @@ absl::StatusOr<nlohmann::json> Report(const ops::train::LoraTrainer& trainer, co
 std::string UnlearnJobSpec::ToJson() const {
   nlohmann::json json;
   json["target"] = target;
+  json["target_version"] = target_version;
   json["output"] = output;
+  json["replace_target"] = replace_target;
+  json["keep_previous"] = keep_previous;
   json["method"] = method;
-  json["forget_texts"] = forget_texts;
-  json["retain_texts"] = retain_texts;
-  json["holdout_texts"] = holdout_texts;
+  forget.ToJson(json, "forget_texts", "forget_dataset");
+  retain.ToJson(json, "retain_texts", "retain_dataset");
+  holdout.ToJson(json, "holdout_texts", "holdout_dataset");
   json["rank"] = rank;
   json["lora_alpha"] = lora_alpha;
   json["steps"] = steps;
   json["learning_rate"] = learning_rate;
   json["batch_size"] = batch_size;
+  json["micro_batch_size"] = micro_batch_size;
   json["forget_weight"] = forget_weight;
   json["retain_weight"] = retain_weight;
   json["beta"] = beta;
@@ -104,16 +126,20 @@ absl::StatusOr<UnlearnJobSpec> UnlearnJobSpec::FromJson(const std::string& text)
   UnlearnJobSpec spec;
   try {
     spec.target = json.at("target").get<std::string>();
+    spec.target_version = json.value("target_version", int64_t{0});
     spec.output = json.at("output").get<std::string>();
+    spec.replace_target = json.value("replace_target", false);
+    spec.keep_previous = json.value("keep_previous", false);
     spec.method = json.at("method").get<std::string>();
-    spec.forget_texts = json.at("forget_texts").get<std::vector<std::string>>();
-    spec.retain_texts = json.at("retain_texts").get<std::vector<std::string>>();
-    spec.holdout_texts = json.at("holdout_texts").get<std::vector<std::string>>();
+    spec.forget = TrainingData::FromJson(json, "forget_texts", "forget_dataset");
+    spec.retain = TrainingData::FromJson(json, "retain_texts", "retain_dataset");
+    spec.holdout = TrainingData::FromJson(json, "holdout_texts", "holdout_dataset");
     spec.rank = json.at("rank").get<int64_t>();
     spec.lora_alpha = json.at("lora_alpha").get<double>();
     spec.steps = json.at("steps").get<int64_t>();
     spec.learning_rate = json.at("learning_rate").get<double>();
     spec.batch_size = json.at("batch_size").get<int64_t>();
+    spec.micro_batch_size = json.value("micro_batch_size", int64_t{0});
     spec.forget_weight = json.at("forget_weight").get<double>();
     spec.retain_weight = json.at("retain_weight").get<double>();
     spec.beta = json.at("beta").get<double>();
@@ -125,53 +151,80 @@ absl::StatusOr<UnlearnJobSpec> UnlearnJobSpec::FromJson(const std::string& text)
   return spec;
 }
 
-UnlearnJobs::UnlearnJobs(VariantRegistry* registry, JobRunner* runner)
+UnlearnJobs::UnlearnJobs(VariantRegistry* registry, const DatasetStore* datasets, JobRunner* runner)
     : registry_(registry),
-      kind_(kUnlearnJobKind, registry, runner, [this](const UnlearnJobSpec& spec) { return Check(spec); },
+      datasets_(datasets),
+      kind_(kUnlearnJobKind, registry, runner, [this](UnlearnJobSpec& spec) { return Check(spec); },
             [this](const UnlearnJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> UnlearnJobs::Submit(UnlearnJobSpec spec, const std::string& idempotency_key) {
   return kind_.Submit(std::move(spec), idempotency_key);
 }
 
-absl::StatusOr<int64_t> UnlearnJobs::Check(const UnlearnJobSpec& spec) const {
-  RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
+absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
   if (spec.target.empty()) return absl::InvalidArgumentError("target is required: the variant to unlearn from");
   std::shared_ptr<const Variant> target = registry_->Find(spec.target);
   if (target == nullptr) return absl::NotFoundError(absl::StrCat("target variant \"", spec.target, "\" does not exist"));
   RETURN_IF_ERROR(CheckServable(*target));
+  spec.target_version = target->version;
+  if (spec.replace_target) {
+    if (spec.output.empty()) spec.output = spec.target;
+    if (spec.output != spec.target) {
+      return absl::InvalidArgumentError(absl::StrCat("with replace_target the output is the target (\"", spec.target,
+                                                     "\"); leave output empty"));
+    }
+    if (!registry_->store()->GetVariant(spec.target).ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("variant \"", spec.target, "\" is not in the catalog (it comes ",
+                                                        "from --adapter-dir), so replace_target cannot switch it"));
+    }
+  } else {
+    if (spec.keep_previous) return absl::InvalidArgumentError("keep_previous applies only with replace_target");
+    RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
+  }
   if (!KnownMethod(spec.method)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown unlearning method \"", spec.method, "\": use grad_ascent, grad_diff, npo or simnpo"));
   }
-  if (spec.forget_texts.empty()) return absl::InvalidArgumentError("the forget set is empty: give forget texts");
-  if (spec.method == "grad_diff" && spec.retain_texts.empty()) {
-    return absl::InvalidArgumentError("grad_diff needs retain texts");
+  if (spec.forget.empty()) return absl::InvalidArgumentError("the forget set is empty: give forget texts or a forget dataset");
+  if (spec.method == "grad_diff" && spec.retain.empty()) {
+    return absl::InvalidArgumentError("grad_diff needs a retain set: retain texts or a retain dataset");
   }
+  RETURN_IF_ERROR(spec.forget.Resolve(*datasets_, "forget", spec.output));
+  RETURN_IF_ERROR(spec.retain.Resolve(*datasets_, "retain", spec.output));
+  RETURN_IF_ERROR(spec.holdout.Resolve(*datasets_, "holdout", spec.output));
   if (spec.rank < 1 || spec.rank > 256) return absl::InvalidArgumentError("rank must be 1 to 256");
   if (spec.steps < 1 || spec.steps > 100000) return absl::InvalidArgumentError("steps must be 1 to 100000");
   if (!(spec.learning_rate > 0 && spec.learning_rate < 1)) return absl::InvalidArgumentError("learning_rate must be in (0, 1)");
   if (spec.batch_size < 1 || spec.batch_size > 1024) return absl::InvalidArgumentError("batch_size must be 1 to 1024");
+  if (spec.micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must not be negative");
   if (!std::isfinite(spec.forget_weight) || !std::isfinite(spec.retain_weight) || !std::isfinite(spec.delta)) {
     return absl::InvalidArgumentError("weights and delta must be finite");
   }
   const model::Tokenizer& tokenizer = registry_->tokenizer();
-  RETURN_IF_ERROR(ops::train::TextExamples(tokenizer, spec.forget_texts, "forget text").status());
-  RETURN_IF_ERROR(ops::train::TextExamples(tokenizer, spec.retain_texts, "retain text").status());
-  RETURN_IF_ERROR(ops::train::TextExamples(tokenizer, spec.holdout_texts, "holdout text").status());
-  // Two batches (forget and retain) of activations, as a fine-tune estimates one.
+  int64_t longest = 0;
+  for (const auto& [data, what] : {std::pair{&spec.forget, "forget row"}, std::pair{&spec.retain, "retain row"},
+                                   std::pair{&spec.holdout, "holdout row"}}) {
+    ASSIGN_OR_RETURN(std::vector<TrainingExample> examples, data->Examples(*datasets_, tokenizer, what));
+    for (const TrainingExample& example : examples) longest = std::max<int64_t>(longest, example.token_ids.size());
+  }
+  // One micro-batch of the longest rows is alive at a time (forget and retain ones each run
+  // their own backward pass).
   const model::ModelConfig& config = registry_->model().config();
-  const int64_t tokens = 2 * spec.batch_size * 1024;
-  return tokens * config.num_hidden_layers * (24 * config.hidden_size + 8 * config.intermediate_size) * 4 / 8 +
-         tokens * config.vocab_size * 4 * 3 / 8;
+  std::vector<model::Projection> all;
+  for (int p = 0; p < deltas::kProjectionCount; ++p) all.push_back(static_cast<model::Projection>(p));
+  return ops::train::EstimateTrainingBytes(config, all, spec.rank, longest * MicroBatchSize(spec));
 }
 
 absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   const model::Tokenizer& tokenizer = registry_->tokenizer();
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> forget, ops::train::TextExamples(tokenizer, spec.forget_texts, "forget text"));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> retain, ops::train::TextExamples(tokenizer, spec.retain_texts, "retain text"));
-  ASSIGN_OR_RETURN(std::vector<TrainingExample> holdout,
-                   ops::train::TextExamples(tokenizer, spec.holdout_texts, "holdout text"));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> forget, spec.forget.Examples(*datasets_, tokenizer, "forget row"));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> retain, spec.retain.Examples(*datasets_, tokenizer, "retain row"));
+  ASSIGN_OR_RETURN(std::vector<TrainingExample> holdout, spec.holdout.Examples(*datasets_, tokenizer, "holdout row"));
+  std::shared_ptr<const Variant> current = registry_->Find(spec.target);
+  if (current != nullptr && spec.target_version > 0 && current->version != spec.target_version) {
+    return absl::AbortedError(absl::StrCat("variant \"", spec.target, "\" became version ", current->version,
+                                           " after the job was submitted for version ", spec.target_version));
+  }
   ASSIGN_OR_RETURN(deltas::PeftAdapter target, ReadVariantForJob(*registry_, spec.target));
   ops::train::LoraTrainerOptions options;
   options.rank = spec.rank;
@@ -211,31 +264,50 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   const auto started = std::chrono::steady_clock::now();
   double seconds = 0;
   for (int64_t step = 1; step <= spec.steps; ++step) {
+    // The step's loss over one sampled forget batch (and retain batch), accumulated over
+    // micro-batches: per-sequence means weighted by each micro-batch's share of its batch,
+    // per-token means divided by the batch's target tokens.
     auto accumulate = [&]() -> absl::StatusOr<double> {
       std::vector<size_t> indexes;
       std::vector<const TrainingExample*> batch = sample(forget, indexes);
-      ASSIGN_OR_RETURN(ops::train::SequenceLosses forget_losses, trainer->Losses(batch));
-      trained_tokens += static_cast<int64_t>(forget_losses.target_counts.sum().item<double>());
-      at::Tensor forget_loss;
-      if (spec.method == "npo") {
-        std::vector<double> chosen;
-        for (size_t index : indexes) chosen.push_back(reference[index]);
-        forget_loss = ops::unlearn::NpoLoss(-forget_losses.nll_sums,
-                                            at::tensor(chosen, at::kFloat).to(forget_losses.nll_sums.device()), beta);
-      } else if (spec.method == "simnpo") {
-        forget_loss = ops::unlearn::SimNpoLoss(forget_losses.nll_sums, forget_losses.target_counts, beta, spec.delta);
-      } else {
-        forget_loss = -forget_losses.nll_sums.sum() / forget_losses.target_counts.sum();
+      int64_t forget_targets = 0;
+      for (const TrainingExample* example : batch) forget_targets += ops::train::TargetCount(*example);
+      double total = 0;
+      size_t offset = 0;
+      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec))) {
+        ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
+        const double share = static_cast<double>(micro.size()) / batch.size();
+        at::Tensor forget_loss;
+        if (spec.method == "npo") {
+          std::vector<double> chosen;
+          for (size_t i = 0; i < micro.size(); ++i) chosen.push_back(reference[indexes[offset + i]]);
+          forget_loss = share * ops::unlearn::NpoLoss(-losses.nll_sums,
+                                                      at::tensor(chosen, at::kFloat).to(losses.nll_sums.device()), beta);
+        } else if (spec.method == "simnpo") {
+          forget_loss = share * ops::unlearn::SimNpoLoss(losses.nll_sums, losses.target_counts, beta, spec.delta);
+        } else {
+          forget_loss = -losses.nll_sums.sum() / static_cast<double>(std::max<int64_t>(forget_targets, 1));
+        }
+        offset += micro.size();
+        at::Tensor loss = spec.forget_weight * forget_loss;
+        loss.backward();
+        total += loss.item<double>();
       }
-      at::Tensor loss = spec.forget_weight * forget_loss;
+      trained_tokens += forget_targets;
       if (spec.method != "grad_ascent" && !retain.empty()) {
         std::vector<size_t> ignored;
-        ASSIGN_OR_RETURN(ops::train::SequenceLosses retain_losses, trainer->Losses(sample(retain, ignored)));
-        trained_tokens += static_cast<int64_t>(retain_losses.target_counts.sum().item<double>());
-        loss = loss + spec.retain_weight * retain_losses.nll_sums.sum() / retain_losses.target_counts.sum();
+        std::vector<const TrainingExample*> retain_batch = sample(retain, ignored);
+        int64_t retain_targets = 0;
+        for (const TrainingExample* example : retain_batch) retain_targets += ops::train::TargetCount(*example);
+        for (const auto& micro : ops::train::MicroBatches(retain_batch, MicroBatchSize(spec))) {
+          ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
+          at::Tensor loss = spec.retain_weight * losses.nll_sums.sum() / static_cast<double>(std::max<int64_t>(retain_targets, 1));
+          loss.backward();
+          total += loss.item<double>();
+        }
+        trained_tokens += retain_targets;
       }
-      loss.backward();
-      return loss.item<double>();
+      return total;
     };
     ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
     losses.push_back(done.loss);
@@ -253,19 +325,25 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   evaluation["train_loss"] = {{"first", losses.front()}, {"last", losses.back()}};
   evaluation["steps"] = spec.steps;
   evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
-  evaluation["forget_texts_sha256"] = TextsSha256(spec.forget_texts);
-  if (!spec.retain_texts.empty()) evaluation["retain_texts_sha256"] = TextsSha256(spec.retain_texts);
-  if (!spec.holdout_texts.empty()) evaluation["holdout_texts_sha256"] = TextsSha256(spec.holdout_texts);
+  // The sources and sha256 of the data, never the data.
   nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
-  for (const char* texts : {"forget_texts", "retain_texts", "holdout_texts"}) {
-    recipe[std::string(texts) + "_count"] = recipe[texts].size();
-    recipe.erase(texts);
+  for (const auto& [role, data] : {std::pair{"forget", &spec.forget}, std::pair{"retain", &spec.retain},
+                                   std::pair{"holdout", &spec.holdout}}) {
+    const std::string key(role);
+    for (const std::string& field : {key + "_texts", key + "_dataset", key + "_dataset_sha256"}) recipe.erase(field);
+    if (data->empty()) continue;
+    evaluation[key + "_data"] = data->Summary();
+    recipe[key + "_data"] = data->Summary();
   }
   recipe["beta"] = beta;
-  VariantLineage lineage{kUnlearnJobKind, {spec.target}, recipe.dump(), JobId(context.record().number),
-                         evaluation.dump()};
+  // The parent is the exact version unlearned from when the name has had several.
+  const std::string parent =
+      spec.target_version > 1 || spec.replace_target ? VariantCatalog::VersionName(spec.target, spec.target_version)
+                                                     : spec.target;
+  VariantLineage lineage{kUnlearnJobKind, {parent}, recipe.dump(), JobId(context.record().number), evaluation.dump()};
+  Replacement replacement{spec.target_version, spec.keep_previous};
   return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), target.config.base_model_name_or_path,
-                       lineage);
+                       lineage, spec.replace_target ? &replacement : nullptr);
 }
 
 }  // namespace deltaserve::control

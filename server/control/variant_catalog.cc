@@ -22,8 +22,19 @@ absl::Status VariantCatalog::ValidateName(const std::string& name) {
       "by \"namespace/\" (lower-case letters, digits, '.', '_', '-')"));
 }
 
+absl::Status VariantCatalog::ValidateReference(const std::string& name) {
+  static const std::regex kVersion("(.*)@[1-9][0-9]{0,17}");
+  std::smatch match;
+  if (std::regex_match(name, match, kVersion)) return ValidateName(match[1].str());
+  return ValidateName(name);
+}
+
+std::string VariantCatalog::VersionName(const std::string& name, int64_t version) {
+  return absl::StrCat(name, "@", version);
+}
+
 absl::Status VariantCatalog::Register(std::shared_ptr<const Variant> variant) {
-  RETURN_IF_ERROR(ValidateName(variant->name));
+  RETURN_IF_ERROR(ValidateReference(variant->name));
   absl::MutexLock lock(&mutex_);
   if (variants_.count(variant->name) > 0) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", variant->name, "\" already exists"));
@@ -42,6 +53,23 @@ absl::StatusOr<std::shared_ptr<const Variant>> VariantCatalog::Remove(const std:
   std::shared_ptr<const Variant> removed = std::move(it->second);
   variants_.erase(it);
   return removed;
+}
+
+absl::Status VariantCatalog::Replace(std::shared_ptr<const Variant> current, std::shared_ptr<const Variant> previous) {
+  absl::MutexLock lock(&mutex_);
+  auto it = variants_.find(current->name);
+  if (it == variants_.end()) {
+    return absl::NotFoundError(absl::StrCat("variant \"", current->name, "\" does not exist"));
+  }
+  if (previous != nullptr && variants_.count(previous->name) > 0) {
+    return absl::AlreadyExistsError(absl::StrCat("variant \"", previous->name, "\" already exists"));
+  }
+  it->second = std::move(current);
+  if (previous != nullptr) {
+    const std::string name = previous->name;
+    variants_[name] = std::move(previous);
+  }
+  return absl::OkStatus();
 }
 
 std::shared_ptr<const Variant> VariantCatalog::Find(const std::string& name) const {

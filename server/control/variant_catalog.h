@@ -47,6 +47,9 @@ struct Variant {
   std::string broken_reason;
   // Kind, lineage and evaluation, as jobs record them.
   VariantLineage lineage;
+  // 1 when registered; a replace_target publishes version N+1 under the same name, and a kept
+  // previous version is named "NAME@N".
+  int64_t version = 1;
 };
 
 // CheckServable: OK for a READY variant; FAILED_PRECONDITION naming its state and why
@@ -55,13 +58,21 @@ absl::Status CheckServable(const Variant& variant);
 
 class VariantCatalog {
  public:
-  // ValidateName explains what is wrong with a variant name (INVALID_ARGUMENT).
+  // ValidateName explains what is wrong with a new variant name (INVALID_ARGUMENT).
   static absl::Status ValidateName(const std::string& name);
+  // ValidateReference also accepts the names of kept versions, "NAME@N".
+  static absl::Status ValidateReference(const std::string& name);
+  // VersionName: "NAME@N".
+  static std::string VersionName(const std::string& name, int64_t version);
 
   // Register adds a variant; ALREADY_EXISTS when the name is taken.
   absl::Status Register(std::shared_ptr<const Variant> variant);
   // Remove takes a variant out (NOT_FOUND when absent) and returns it.
   absl::StatusOr<std::shared_ptr<const Variant>> Remove(const std::string& name);
+  // Replace makes `current` what its name resolves to, in one step for every reader, and
+  // registers `previous` (may be null) under its own name. NOT_FOUND when current's name is not
+  // registered, ALREADY_EXISTS when previous's is; nothing changes then.
+  absl::Status Replace(std::shared_ptr<const Variant> current, std::shared_ptr<const Variant> previous);
   std::shared_ptr<const Variant> Find(const std::string& name) const;
   // List returns up to `limit` variants whose names start with `prefix` and sort after
   // `after`, in name order.

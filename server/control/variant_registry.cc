@@ -1,5 +1,6 @@
 #include "server/control/variant_registry.h"
 
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +46,30 @@ VariantLineage LineageOf(const VariantRecord& row) {
   return VariantLineage{row.kind, row.parents, row.recipe_json, row.job_id, row.evaluation_json};
 }
 
+// RecordOf: the catalog row of a variant whose files are in place.
+absl::StatusOr<VariantRecord> RecordOf(const Variant& variant, const deltas::DeltaSet& deltas) {
+  VariantRecord record;
+  record.name = variant.name;
+  const size_t slash = variant.name.find('/');
+  record.owner_namespace = slash == std::string::npos ? "" : variant.name.substr(0, slash);
+  record.kind = variant.lineage.kind;
+  record.parents = variant.lineage.parents;
+  record.recipe_json = variant.lineage.recipe_json;
+  record.job_id = variant.lineage.job_id;
+  record.evaluation_json = variant.lineage.evaluation_json;
+  record.artifact_path = variant.path;
+  for (const char* file : {kAdapterConfig, "adapter_model.safetensors"}) {
+    absl::StatusOr<std::string> digest = common::Sha256OfFile(common::JoinPath(variant.path, file));
+    if (!digest.ok()) return WithName(variant.name, digest.status());
+    record.artifact_sha256[file] = *digest;
+  }
+  record.size_bytes = variant.bytes;
+  record.rank_summary = deltas.RankSummary();
+  record.created_unix_nanos = absl::ToUnixNanos(variant.created);
+  record.version = variant.version;
+  return record;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<VariantRegistry>> VariantRegistry::Create(
@@ -76,9 +101,12 @@ absl::Status VariantRegistry::Restore() {
       continue;
     }
     absl::StatusOr<VariantStatus> registered = [&]() -> absl::StatusOr<VariantStatus> {
-      ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(row.name, row.artifact_path));
+      ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadAdapterAt(row.name, row.artifact_path));
+      if (catalog_.Find(row.name) != nullptr) {
+        return absl::AlreadyExistsError(absl::StrCat("variant \"", row.name, "\" already exists"));
+      }
       return Register(row.name, row.artifact_path, owned, /*persist=*/false, std::move(adapter), LineageOf(row),
-                      absl::FromUnixNanos(row.created_unix_nanos));
+                      absl::FromUnixNanos(row.created_unix_nanos), row.version);
     }();
     if (registered.ok()) {
       ++ready;
@@ -91,6 +119,7 @@ absl::Status VariantRegistry::Restore() {
     variant->bytes = row.size_bytes;
     variant->created = absl::FromUnixNanos(row.created_unix_nanos);
     variant->lineage = LineageOf(row);
+    variant->version = row.version;
     variant->state = "BROKEN";
     variant->broken_reason = std::string(registered.status().message());
     RETURN_IF_ERROR(catalog_.Register(variant));
@@ -98,9 +127,11 @@ absl::Status VariantRegistry::Restore() {
     common::Log(absl::StrCat("variant \"", row.name, "\" is BROKEN: ", variant->broken_reason));
     ++broken;
   }
-  // Uploaded directories without a row never finished registering.
+  // Uploaded directories without a row never finished registering (or publishing).
+  std::set<std::string> known_paths;
+  for (const VariantRecord& row : rows) known_paths.insert(row.artifact_path);
   for (const auto& [name, directory] : AdapterDirectories(AdaptersDir())) {
-    if (catalog_.Find(name) != nullptr) continue;
+    if (known_paths.count(directory) > 0) continue;
     common::Log(absl::StrCat("removing ", directory, ": an upload that never reached the catalog"));
     RETURN_IF_ERROR(common::RemoveRecursively(directory));
   }
@@ -123,7 +154,7 @@ VariantStatus VariantRegistry::StatusOf(std::shared_ptr<const Variant> variant) 
 
 absl::StatusOr<std::shared_ptr<const Variant>> VariantRegistry::FindOrNotFound(
     const std::string& name) const {
-  RETURN_IF_ERROR(VariantCatalog::ValidateName(name));
+  RETURN_IF_ERROR(VariantCatalog::ValidateReference(name));
   std::shared_ptr<const Variant> variant = catalog_.Find(name);
   if (variant == nullptr) {
     return absl::NotFoundError(absl::StrCat("variant \"", name, "\" does not exist"));
@@ -137,6 +168,11 @@ absl::StatusOr<deltas::PeftAdapter> VariantRegistry::ReadNewAdapter(const std::s
   if (catalog_.Find(name) != nullptr) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
   }
+  return ReadAdapterAt(name, path);
+}
+
+absl::StatusOr<deltas::PeftAdapter> VariantRegistry::ReadAdapterAt(const std::string& name,
+                                                                   const std::string& path) const {
   const model::LlamaModel& model = engine_->model();
   absl::StatusOr<deltas::PeftAdapter> adapter =
       deltas::ReadPeftAdapter(path, model.config(), model.dtype(), at::kCPU);
@@ -146,7 +182,8 @@ absl::StatusOr<deltas::PeftAdapter> VariantRegistry::ReadNewAdapter(const std::s
 
 absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name, const std::string& path,
                                                         bool owned, bool persist, deltas::PeftAdapter adapter,
-                                                        const VariantLineage& lineage, absl::Time created) {
+                                                        const VariantLineage& lineage, absl::Time created,
+                                                        int64_t version) {
   auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
   auto variant = std::make_shared<Variant>();
   variant->name = name;
@@ -157,25 +194,12 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
   variant->base_model = adapter.config.base_model_name_or_path;
   variant->created = created;
   variant->lineage = lineage;
+  variant->version = version;
   VariantRecord record;
   if (persist) {
-    record.name = name;
-    const size_t slash = name.find('/');
-    record.owner_namespace = slash == std::string::npos ? "" : name.substr(0, slash);
-    record.kind = lineage.kind;
-    record.parents = lineage.parents;
-    record.recipe_json = lineage.recipe_json;
-    record.job_id = lineage.job_id;
-    record.evaluation_json = lineage.evaluation_json;
-    record.artifact_path = path;
-    for (const char* file : {kAdapterConfig, "adapter_model.safetensors"}) {
-      absl::StatusOr<std::string> digest = common::Sha256OfFile(common::JoinPath(path, file));
-      if (!digest.ok()) return WithName(name, digest.status());
-      record.artifact_sha256[file] = *digest;
-    }
-    record.size_bytes = variant->bytes;
-    record.rank_summary = host->RankSummary();
-    record.created_unix_nanos = absl::ToUnixNanos(variant->created);
+    absl::StatusOr<VariantRecord> made = RecordOf(*variant, *host);
+    if (!made.ok()) return made.status();
+    record = std::move(*made);
   }
   absl::StatusOr<uint64_t> id = engine_->adapters().Add(path, std::move(host));
   if (!id.ok()) return WithName(name, id.status());
@@ -274,6 +298,91 @@ absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, co
                   : absl::StatusOr<VariantStatus>(synced);
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
+}
+
+absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::string& name, const std::string& staged,
+                                                                  const VariantLineage& lineage,
+                                                                  int64_t expected_version, bool keep_previous,
+                                                                  absl::Time drain_deadline) {
+  ASSIGN_OR_RETURN(std::shared_ptr<const Variant> old, FindOrNotFound(name));
+  if (old->version != expected_version) {
+    return absl::AbortedError(absl::StrCat("variant \"", name, "\" became version ", old->version,
+                                           " while the job worked from version ", expected_version,
+                                           "; nothing was replaced"));
+  }
+  RETURN_IF_ERROR(CheckServable(*old));
+  if (!store_->GetVariant(name).ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "variant \"", name, "\" comes from --adapter-dir and has no catalog row, so it cannot be replaced"));
+  }
+  const std::string previous_name = VariantCatalog::VersionName(name, old->version);
+  if (keep_previous && catalog_.Find(previous_name) != nullptr) {
+    return absl::AlreadyExistsError(absl::StrCat("variant \"", previous_name, "\" already exists"));
+  }
+  ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadAdapterAt(name, staged));
+
+  // The new version's files go to adapters/NAME@VERSION (a name no upload can take).
+  const std::string final_path = common::JoinPath(AdaptersDir(), VariantCatalog::VersionName(name, old->version + 1));
+  const std::string parent = final_path.substr(0, final_path.rfind('/'));
+  RETURN_IF_ERROR(common::MakeDirectories(parent));
+  RETURN_IF_ERROR(common::RenameDirectory(staged, final_path));
+  auto new_variant = std::make_shared<Variant>();
+  auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
+  new_variant->name = name;
+  new_variant->path = final_path;
+  new_variant->owned = true;
+  new_variant->bytes = host->Bytes();
+  new_variant->ranks = host->Ranks();
+  new_variant->base_model = adapter.config.base_model_name_or_path;
+  new_variant->created = absl::Now();
+  new_variant->lineage = lineage;
+  new_variant->version = old->version + 1;
+  // Until the catalog row switches, a failure removes the new files (and a crash leaves a
+  // directory without a row, which the next start-up removes).
+  auto undo = [&](absl::Status status, uint64_t id) {
+    if (id != 0) engine_->adapters().Remove(id).IgnoreError();
+    common::RemoveRecursively(final_path).IgnoreError();
+    return status;
+  };
+  RETURN_IF_ERROR(common::SyncPath(parent));
+  absl::StatusOr<VariantRecord> record = RecordOf(*new_variant, *host);
+  if (!record.ok()) return undo(record.status(), 0);
+  absl::StatusOr<uint64_t> id = engine_->adapters().Add(final_path, host);
+  if (!id.ok()) return undo(WithName(name, id.status()), 0);
+  new_variant->adapter_id = *id;
+  absl::Status switched = store_->ReplaceVariant(name, previous_name, keep_previous ? "READY" : "DELETING", *record);
+  if (!switched.ok()) return undo(switched, *id);
+  std::shared_ptr<Variant> previous;
+  if (keep_previous) {
+    previous = std::make_shared<Variant>(*old);
+    previous->name = previous_name;
+  }
+  // The switch every new request sees at once; running ones hold the old adapter.
+  absl::Status replaced = catalog_.Replace(new_variant, previous);
+  if (!replaced.ok()) {  // a concurrent delete of the name; its row was switched: finish at restart
+    common::Log(absl::StrCat("replacing variant \"", name, "\": ", replaced.message()));
+    return replaced;
+  }
+  if (!keep_previous) {
+    // Retire the old version once the requests that run on it finish.
+    engine::AdapterCache& cache = engine_->adapters();
+    while (true) {
+      absl::Status removed = cache.Remove(old->adapter_id);
+      if (removed.ok() || absl::IsNotFound(removed)) break;
+      if (absl::Now() >= drain_deadline) {
+        common::Log(absl::StrCat("variant \"", previous_name, "\" is still in use at the deadline; its files go at the next start-up"));
+        return StatusOf(std::move(new_variant));
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (old->owned) {
+      absl::Status files = common::RemoveRecursively(old->path);
+      if (!files.ok()) common::Log(absl::StrCat("retired variant \"", previous_name, "\" left files: ", files.message()));
+    }
+    absl::Status forgot = store_->DeleteVariant(previous_name);
+    if (!forgot.ok()) common::Log(absl::StrCat("retired variant \"", previous_name, "\": ", forgot.message()));
+  }
+  return StatusOf(std::move(new_variant));
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Get(const std::string& name) const {

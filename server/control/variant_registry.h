@@ -10,7 +10,8 @@
 //     uploaded adapters, its files;
 //   - Pin/Unpin keep an adapter on the device;
 //   - MakeStagingDirectory/Publish let jobs write a new adapter in DATA_DIR/tmp and publish it
-//     like an upload, with its lineage (kind, parents, recipe, job, evaluation).
+//     like an upload, with its lineage (kind, parents, recipe, job, evaluation);
+//     PublishReplacement publishes it as the next version of an existing name instead.
 // Registered and uploaded variants are rows in the CatalogStore (DATA_DIR/catalog.db), written
 // after their files are in place, and loaded again at start-up: a variant whose files are gone
 // or invalid comes back BROKEN (listed with the reason, not servable); a delete interrupted by a
@@ -73,6 +74,18 @@ class VariantRegistry {
   absl::StatusOr<VariantStatus> Publish(const std::string& name, const std::string& staged,
                                         const VariantLineage& lineage);
 
+  // PublishReplacement publishes the adapter in `staged` as the next version of `name` (which
+  // must still be at `expected_version`, else ABORTED): its files go to
+  // DATA_DIR/adapters/NAME@VERSION, one catalog transaction switches the name's row to it, and
+  // then one in-memory step switches every new request to it while requests already running
+  // finish on the old adapter. The old version is then kept as "NAME@OLD" (`keep_previous`),
+  // or retired: its adapter is freed and its files deleted once its requests finish (waiting
+  // until `drain_deadline`; after that, at the next start-up). On failure before the switch
+  // nothing changed and the staged files are the caller's.
+  absl::StatusOr<VariantStatus> PublishReplacement(const std::string& name, const std::string& staged,
+                                                   const VariantLineage& lineage, int64_t expected_version,
+                                                   bool keep_previous, absl::Time drain_deadline);
+
   // The catalog's durable store (DATA_DIR/catalog.db), which the job runner shares.
   CatalogStore* store() const { return store_.get(); }
   // The engine's base model, which every variant's deltas fit, and its tokenizer.
@@ -93,11 +106,13 @@ class VariantRegistry {
   // ReadNewAdapter validates a new variant name (free, well-formed) and reads and validates
   // the adapter at `path` against the base, into host memory.
   absl::StatusOr<deltas::PeftAdapter> ReadNewAdapter(const std::string& name, const std::string& path) const;
+  // ReadAdapterAt reads and validates the adapter at `path` (errors name the variant `name`).
+  absl::StatusOr<deltas::PeftAdapter> ReadAdapterAt(const std::string& name, const std::string& path) const;
   // Register makes `adapter` (read from `path`) servable as `name`, created at `created`. With
   // `persist`, its catalog row is written last (undoing the registration if that fails).
   absl::StatusOr<VariantStatus> Register(const std::string& name, const std::string& path, bool owned,
                                          bool persist, deltas::PeftAdapter adapter,
-                                         const VariantLineage& lineage, absl::Time created);
+                                         const VariantLineage& lineage, absl::Time created, int64_t version = 1);
   // Adopt moves a validated adapter from `staged` to DATA_DIR/adapters/NAME and registers it.
   absl::StatusOr<VariantStatus> Adopt(const std::string& name, const std::string& staged,
                                       deltas::PeftAdapter adapter, const VariantLineage& lineage);

@@ -40,8 +40,10 @@ struct EngineRequest {
   // The variant's adapter in the engine's AdapterCache; 0 for the base model. The request
   // waits in the queue until the adapter is on the device.
   uint64_t adapter_id = 0;
-  // The variant's name, for reporting which adapters are running or waiting; empty for the base.
+  // The variant's name and version, for reporting which adapters are running or waiting and
+  // which version served; empty and 0 for the base.
   std::string variant_name;
+  int64_t variant_version = 0;
   std::vector<int32_t> prompt_token_ids;
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();

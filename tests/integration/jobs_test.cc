@@ -368,8 +368,9 @@ TEST_F(JobsServerTest, AFinetuneLearnsTheFactsAndServesThemByName) {
   EXPECT_GT(evaluation["tokens_per_second"].get<double>(), 0);
   auto recipe = nlohmann::json::parse(variant.lineage().recipe_json());
   EXPECT_FALSE(recipe.contains("texts")) << "the lineage keeps the texts' digest, not the texts";
-  EXPECT_EQ(recipe["texts_count"], 8);
-  EXPECT_EQ(recipe["texts_sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(recipe["rows"], 8);
+  EXPECT_EQ(recipe["data"]["inline_texts"], 8);
+  EXPECT_EQ(recipe["data"]["sha256"].get<std::string>().size(), 64u);
 
   // A fine-tune of the fine-tune stays one delta: the parent's rank-16 factors plus the new ones.
   v1::FinetuneRequest again = FactsFinetune("facts/v2");
@@ -468,9 +469,9 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
     EXPECT_LE(after["verbatim_rouge_l"].get<double>(), 0.5 * before["verbatim_rouge_l"].get<double>());
     EXPECT_GT(after["forget_loss"].get<double>(), after["retain_loss"].get<double>());
     EXPECT_LT(after["min_k_auc"].get<double>(), before["min_k_auc"].get<double>());
-    EXPECT_EQ(evaluation["forget_texts_sha256"].get<std::string>().size(), 64u);
+    EXPECT_EQ(evaluation["forget_data"]["sha256"].get<std::string>().size(), 64u);
     auto recipe = nlohmann::json::parse(variant.lineage().recipe_json());
-    EXPECT_EQ(recipe["forget_texts_count"], 4);
+    EXPECT_EQ(recipe["forget_data"]["inline_texts"], 4);
     EXPECT_FALSE(recipe.contains("forget_texts")) << "the lineage keeps counts and digests, not the texts";
   }
 

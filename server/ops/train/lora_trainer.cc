@@ -35,25 +35,78 @@ class TrainingDeltaHook : public model::ProjectionDeltaHook {
 
 }  // namespace
 
-absl::StatusOr<std::vector<TrainingExample>> TextExamples(const model::Tokenizer& tokenizer,
-                                                          const std::vector<std::string>& texts,
-                                                          const std::string& what, int64_t max_tokens) {
+std::vector<TrainingRow> TextRows(const std::vector<std::string>& texts) {
+  std::vector<TrainingRow> rows;
+  rows.reserve(texts.size());
+  for (const std::string& text : texts) rows.push_back({"", text});
+  return rows;
+}
+
+absl::StatusOr<std::vector<TrainingExample>> RowExamples(const model::Tokenizer& tokenizer,
+                                                         const std::vector<TrainingRow>& rows,
+                                                         const std::string& what, int64_t max_tokens) {
   std::vector<TrainingExample> examples;
-  for (size_t i = 0; i < texts.size(); ++i) {
-    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodePrompt(texts[i]);
-    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, ": ", ids.status().message()));
-    if (ids->size() < 2) return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, " is empty"));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const TrainingRow& row = rows[i];
+    auto failed = [&](absl::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " ", i + 1, ": ", why));
+    };
+    // The prompt with BOS, then the completion without: one token sequence whose split is known.
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer.EncodePrompt(row.is_prompt_completion() ? row.prompt : row.completion);
+    if (!ids.ok()) return failed(ids.status().message());
+    size_t first_target = 1;
+    if (row.is_prompt_completion()) {
+      absl::StatusOr<std::vector<int32_t>> completion = tokenizer.Encode(row.completion);
+      if (!completion.ok()) return failed(completion.status().message());
+      first_target = ids->size();
+      ids->insert(ids->end(), completion->begin(), completion->end());
+    }
+    if (ids->size() <= first_target) return failed(row.is_prompt_completion() ? "the completion is empty" : "the text is empty");
     if (static_cast<int64_t>(ids->size()) > max_tokens) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, " ", i + 1, " has ", ids->size(), " tokens, more than ", max_tokens));
+      return failed(absl::StrCat("it has ", ids->size(), " tokens, more than ", max_tokens));
     }
     TrainingExample example;
     example.token_ids.assign(ids->begin(), ids->end());
-    example.target_mask.assign(ids->size(), true);
-    example.target_mask[0] = false;
+    example.target_mask.assign(ids->size(), false);
+    for (size_t t = first_target; t < ids->size(); ++t) example.target_mask[t] = true;
+    example.from_prompt_completion = row.is_prompt_completion();
     examples.push_back(std::move(example));
   }
   return examples;
+}
+
+absl::StatusOr<std::vector<TrainingExample>> TextExamples(const model::Tokenizer& tokenizer,
+                                                          const std::vector<std::string>& texts,
+                                                          const std::string& what, int64_t max_tokens) {
+  return RowExamples(tokenizer, TextRows(texts), what, max_tokens);
+}
+
+std::vector<std::vector<const TrainingExample*>> MicroBatches(const std::vector<const TrainingExample*>& batch,
+                                                              int64_t size) {
+  std::vector<std::vector<const TrainingExample*>> pieces;
+  for (size_t start = 0; start < batch.size(); start += static_cast<size_t>(std::max<int64_t>(size, 1))) {
+    const size_t end = std::min(batch.size(), start + static_cast<size_t>(std::max<int64_t>(size, 1)));
+    pieces.emplace_back(batch.begin() + start, batch.begin() + end);
+  }
+  return pieces;
+}
+
+int64_t TargetCount(const TrainingExample& example) {
+  int64_t count = 0;
+  for (size_t t = 1; t < example.target_mask.size(); ++t) count += example.target_mask[t] ? 1 : 0;
+  return count;
+}
+
+int64_t EstimateTrainingBytes(const model::ModelConfig& config, const std::vector<model::Projection>& targets,
+                              int64_t rank, int64_t tokens) {
+  int64_t factor_elements = 0;
+  for (model::Projection projection : targets) {
+    auto [out, in] = deltas::ProjectionShape(config, projection);
+    factor_elements += rank * (out + in) * config.num_hidden_layers;
+  }
+  const int64_t activations =
+      tokens * config.num_hidden_layers * (24 * config.hidden_size + 8 * config.intermediate_size) * 4;
+  return factor_elements * 4 * 4 + activations + tokens * config.vocab_size * 4 * 3;
 }
 
 absl::StatusOr<std::unique_ptr<LoraTrainer>> LoraTrainer::Create(const model::LlamaModel& model,

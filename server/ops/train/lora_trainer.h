@@ -36,13 +36,44 @@ namespace deltaserve::ops::train {
 struct TrainingExample {
   std::vector<int64_t> token_ids;
   std::vector<bool> target_mask;
+  bool from_prompt_completion = false;  // the targets are a completion of the tokens before them
 };
 
-// TextExamples tokenizes texts with BOS, every later token a target. INVALID_ARGUMENT names
-// the text (`what` and its 1-based number) that is not UTF-8, empty, or over max_tokens.
+// One row of training data as uploaded: a plain text (prompt empty: every token is a target),
+// or a prompt and its completion (only the completion's tokens are targets).
+struct TrainingRow {
+  std::string prompt;
+  std::string completion;  // the whole text of a plain row
+  bool is_prompt_completion() const { return !prompt.empty(); }
+};
+
+// TextRows: plain rows from texts.
+std::vector<TrainingRow> TextRows(const std::vector<std::string>& texts);
+
+// RowExamples tokenizes rows with BOS: plain rows as one text, prompt/completion rows as the
+// prompt's tokens followed by the completion's (so the boundary is exact), targets as
+// TrainingRow says. INVALID_ARGUMENT names the row (`what` and its 1-based number) that is not
+// UTF-8, has no target token, or is over max_tokens.
+absl::StatusOr<std::vector<TrainingExample>> RowExamples(const model::Tokenizer& tokenizer,
+                                                         const std::vector<TrainingRow>& rows,
+                                                         const std::string& what, int64_t max_tokens = 1024);
+// TextExamples: RowExamples of TextRows(texts).
 absl::StatusOr<std::vector<TrainingExample>> TextExamples(const model::Tokenizer& tokenizer,
                                                           const std::vector<std::string>& texts,
                                                           const std::string& what, int64_t max_tokens = 1024);
+// MicroBatches cuts a batch into consecutive pieces of at most `size` examples (gradient
+// accumulation: one forward and backward per piece).
+std::vector<std::vector<const TrainingExample*>> MicroBatches(const std::vector<const TrainingExample*>& batch,
+                                                              int64_t size);
+// TargetCount: how many target tokens an example has.
+int64_t TargetCount(const TrainingExample& example);
+
+// EstimateTrainingBytes: the peak memory of training rank-`rank` factors on `targets` with
+// micro-batches of `tokens` tokens: the factors with their gradients and AdamW's two moments,
+// plus the autograd activations (about 24 floats per hidden unit and 8 per intermediate unit,
+// per token and layer) and the logits with their log-softmax and gradient.
+int64_t EstimateTrainingBytes(const model::ModelConfig& config, const std::vector<model::Projection>& targets,
+                              int64_t rank, int64_t tokens);
 
 struct LoraTrainerOptions {
   int64_t rank = 8;
