@@ -1,5 +1,6 @@
 #include "client/deltactl_jobs.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -44,6 +45,14 @@ ABSL_FLAG(std::string, forget_file, "", "jobs unlearn: texts to forget, one per 
 ABSL_FLAG(std::string, retain_file, "", "jobs unlearn: texts to keep, one per line");
 ABSL_FLAG(std::string, holdout_file, "", "jobs unlearn: texts never trained on (membership report), one per line");
 ABSL_FLAG(double, beta, std::nan(""), "jobs unlearn: NPO/SimNPO beta (defaults 0.1 / 4.5)");
+ABSL_FLAG(std::string, dataset, "", "jobs finetune: a dataset of the Datasets service instead of --texts-file");
+ABSL_FLAG(std::string, validation_dataset, "", "jobs finetune: a validation dataset instead of --validation-file");
+ABSL_FLAG(std::string, forget_dataset, "", "jobs unlearn: a forget dataset instead of --forget-file");
+ABSL_FLAG(std::string, retain_dataset, "", "jobs unlearn: a retain dataset instead of --retain-file");
+ABSL_FLAG(std::string, holdout_dataset, "", "jobs unlearn: a holdout dataset instead of --holdout-file");
+ABSL_FLAG(int32_t, micro_batch_size, 0, "jobs finetune/unlearn: rows per forward pass, gradients accumulate (0 = batch)");
+ABSL_FLAG(bool, replace_target, false, "jobs unlearn: switch the target's name to the result (no --out)");
+ABSL_FLAG(bool, keep_previous, false, "jobs unlearn: with --replace-target, keep the old version as TARGET@N");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
 ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge)");
 
@@ -84,8 +93,17 @@ bool ReadLines(const std::string& path, google::protobuf::RepeatedPtrField<std::
   return true;
 }
 
+// ProgressBar: "[##########..........]" for a fraction from 0 to 1.
+std::string ProgressBar(double progress, int width = 24) {
+  const int filled = std::clamp(static_cast<int>(std::floor(progress * width)), 0, width);
+  return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "]";
+}
+
+// PrintProgress prints one line per update: id, state, a bar with the percentage, and what the
+// job does (a training job's message carries step, loss and tokens/s), or why it failed.
 void PrintProgress(const v1::Job& job) {
-  std::printf("%s %s %s %s\n", job.id().c_str(), v1::JobState_Name(job.state()).c_str(), Percent(job.progress()).c_str(),
+  std::printf("%s %-9s %s %4s  %s\n", job.id().c_str(), v1::JobState_Name(job.state()).c_str(),
+              ProgressBar(job.progress()).c_str(), Percent(job.progress()).c_str(),
               job.state() == v1::FAILED ? (job.error_code() + ": " + job.error()).c_str() : job.message().c_str());
   std::fflush(stdout);
 }
@@ -211,9 +229,12 @@ int Finetune(DeltaserveClient& client) {
   request.set_parent(absl::GetFlag(FLAGS_parent));
   request.set_output(absl::GetFlag(FLAGS_out));
   const std::string texts = absl::GetFlag(FLAGS_texts_file), validation = absl::GetFlag(FLAGS_validation_file);
-  if (request.output().empty() || texts.empty()) {
-    return Usage("finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE] [--rank R] [--alpha A] "
-                 "[--steps N | --epochs N] [--learning-rate LR] [--batch-size B] [--seed S] [--wait]");
+  request.set_dataset(absl::GetFlag(FLAGS_dataset));
+  request.set_validation_dataset(absl::GetFlag(FLAGS_validation_dataset));
+  if (request.output().empty() || (texts.empty() == request.dataset().empty())) {
+    return Usage("finetune --out NAME (--texts-file FILE | --dataset D) [--parent V] [--validation-file FILE | "
+                 "--validation-dataset D] [--rank R] [--alpha A] [--steps N | --epochs N] [--learning-rate LR] "
+                 "[--batch-size B] [--micro-batch-size M] [--seed S] [--wait]");
   }
   if (!ReadTextFiles({{texts, request.mutable_texts()}, {validation, request.mutable_validation_texts()}})) return 2;
   request.set_rank(absl::GetFlag(FLAGS_rank));
@@ -223,6 +244,7 @@ int Finetune(DeltaserveClient& client) {
   request.set_epochs(absl::GetFlag(FLAGS_epochs));
   if (!std::isnan(absl::GetFlag(FLAGS_learning_rate))) request.set_learning_rate(absl::GetFlag(FLAGS_learning_rate));
   request.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+  request.set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
   request.set_warmup_steps(absl::GetFlag(FLAGS_warmup_steps));
   if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
@@ -234,10 +256,17 @@ int Unlearn(DeltaserveClient& client) {
   request.set_target(absl::GetFlag(FLAGS_target_variant));
   request.set_output(absl::GetFlag(FLAGS_out));
   request.set_method(absl::GetFlag(FLAGS_unlearn_method));
-  if (request.target().empty() || request.output().empty() || absl::GetFlag(FLAGS_forget_file).empty()) {
-    return Usage("unlearn --target-variant V --out NAME --forget-file FILE [--retain-file FILE] [--holdout-file FILE] "
-                 "[--unlearn-method npo|simnpo|grad_diff|grad_ascent] [--steps N] [--learning-rate LR] [--rank R] "
-                 "[--beta B] [--seed S] [--wait]");
+  request.set_forget_dataset(absl::GetFlag(FLAGS_forget_dataset));
+  request.set_retain_dataset(absl::GetFlag(FLAGS_retain_dataset));
+  request.set_holdout_dataset(absl::GetFlag(FLAGS_holdout_dataset));
+  request.set_replace_target(absl::GetFlag(FLAGS_replace_target));
+  request.set_keep_previous(absl::GetFlag(FLAGS_keep_previous));
+  if (request.target().empty() || (request.output().empty() != request.replace_target()) ||
+      (absl::GetFlag(FLAGS_forget_file).empty() == request.forget_dataset().empty())) {
+    return Usage("unlearn --target-variant V (--out NAME | --replace-target [--keep-previous]) "
+                 "(--forget-file FILE | --forget-dataset D) [--retain-file FILE | --retain-dataset D] "
+                 "[--holdout-file FILE | --holdout-dataset D] [--unlearn-method npo|simnpo|grad_diff|grad_ascent] "
+                 "[--steps N] [--learning-rate LR] [--rank R] [--beta B] [--micro-batch-size M] [--seed S] [--wait]");
   }
   if (!ReadTextFiles({{absl::GetFlag(FLAGS_forget_file), request.mutable_forget_texts()},
                       {absl::GetFlag(FLAGS_retain_file), request.mutable_retain_texts()},
@@ -248,6 +277,7 @@ int Unlearn(DeltaserveClient& client) {
   request.set_steps(absl::GetFlag(FLAGS_steps));
   if (!std::isnan(absl::GetFlag(FLAGS_learning_rate))) request.set_learning_rate(absl::GetFlag(FLAGS_learning_rate));
   request.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+  request.set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
   if (!std::isnan(absl::GetFlag(FLAGS_beta))) request.set_beta(absl::GetFlag(FLAGS_beta));
   if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));

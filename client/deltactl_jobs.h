@@ -5,16 +5,20 @@
 //   deltactl jobs merge --recipe FILE [--out NAME] [--wait]
 //                 FILE is a MergeRequest in JSON, e.g. {"method": "ties", "output": "team/m",
 //                 "rank": 16, "density": 0.5, "inputs": [{"variant": "a", "weight": 0.6}, ...]}
-//   deltactl jobs finetune --out NAME --texts-file FILE [--parent V] [--validation-file FILE]
-//                 [--rank R] [--alpha A] [--target-modules q_proj,v_proj] [--steps N | --epochs N]
-//                 [--learning-rate LR] [--batch-size B] [--warmup-steps N] [--seed S] [--wait]
-//                 FILE holds one training text per line
-//   deltactl jobs unlearn --target-variant V --out NAME --forget-file FILE [--retain-file FILE]
-//                 [--holdout-file FILE] [--unlearn-method npo|simnpo|grad_diff|grad_ascent]
-//                 [--steps N] [--learning-rate LR] [--rank R] [--beta B] [--seed S] [--wait]
+//   deltactl jobs finetune --out NAME (--texts-file FILE | --dataset D) [--parent V]
+//                 [--validation-file FILE | --validation-dataset D] [--rank R] [--alpha A]
+//                 [--target-modules q_proj,v_proj] [--steps N | --epochs N] [--learning-rate LR]
+//                 [--batch-size B] [--micro-batch-size M] [--warmup-steps N] [--seed S] [--wait]
+//                 FILE holds one training text per line; D names an uploaded dataset
+//   deltactl jobs unlearn --target-variant V (--out NAME | --replace-target [--keep-previous])
+//                 (--forget-file FILE | --forget-dataset D) [--retain-file FILE | --retain-dataset D]
+//                 [--holdout-file FILE | --holdout-dataset D]
+//                 [--unlearn-method npo|simnpo|grad_diff|grad_ascent] [--steps N]
+//                 [--learning-rate LR] [--rank R] [--beta B] [--micro-batch-size M] [--seed S] [--wait]
 //   deltactl jobs get ID
 //   deltactl jobs list [--state RUNNING] [--kind merge|finetune|unlearn]   newest first, all pages
-//   deltactl jobs watch ID       progress lines until the job ends
+//   deltactl jobs watch ID       a progress line per update (bar, percentage, step, loss,
+//                                tokens/s) until the job ends
 //   deltactl jobs cancel ID
 // merge --wait and watch exit 0 only when the job SUCCEEDED. Returns the process exit code
 // (0 ok, 1 server error or failed job, 2 usage).

@@ -5,7 +5,8 @@
 //   deltactl tokenize --target host:port "text"          prints token ids and pieces
 //   deltactl health --target host:port                   SERVING / NOT_SERVING (exit 0 / 1)
 //   deltactl variants list|get|register|upload|delete|pin|unpin ...   (see deltactl_variants.h)
-//   deltactl jobs merge|get|list|watch|cancel ...                     (see deltactl_jobs.h)
+//   deltactl jobs merge|finetune|unlearn|get|list|watch|cancel ...    (see deltactl_jobs.h)
+//   deltactl datasets upload|list|get|delete ...                      (see deltactl_datasets.h)
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "client/deltactl_datasets.h"
 #include "client/deltactl_jobs.h"
 #include "client/deltactl_report.h"
 #include "client/deltactl_variants.h"
@@ -134,7 +136,7 @@ int Health(DeltaserveClient& client) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "deltactl generate|score|tokenize|health|variants|jobs --target host:port [flags] [text]");
+      "deltactl generate|score|tokenize|health|variants|jobs|datasets --target host:port [flags] [text]");
   std::vector<std::string> storage;
   std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, storage);
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
@@ -158,6 +160,10 @@ int main(int argc, char** argv) {
     return deltaserve::client::RunJobsCommand(
         *client, std::vector<std::string>(positional.begin() + 2, positional.end()));
   }
+  if (command == "datasets") {
+    return deltaserve::client::RunDatasetsCommand(
+        *client, std::vector<std::string>(positional.begin() + 2, positional.end()));
+  }
   if (text.empty() && command != "health") {
     std::fprintf(stderr, "deltactl %s: give the text as the last argument\n", command.c_str());
     return 2;
@@ -165,7 +171,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return Generate(*client, text);
   if (command == "score") return Score(*client, text);
   if (command == "tokenize") return Tokenize(*client, text);
-  std::fprintf(stderr, "deltactl: unknown command \"%s\" (generate, score, tokenize, health, variants, jobs)\n",
+  std::fprintf(stderr, "deltactl: unknown command \"%s\" (generate, score, tokenize, health, variants, jobs, datasets)\n",
                command.c_str());
   return 2;
 }

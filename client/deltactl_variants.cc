@@ -40,9 +40,9 @@ void PrintLine(const v1::Variant& variant) {
 }
 
 void PrintDetail(const v1::Variant& variant) {
-  std::printf("name:      %s\nkind:      %s\nresidency: %s%s\nsize:      %ld bytes\nranks:     %s\n"
+  std::printf("name:      %s\nversion:   %ld\nkind:      %s\nresidency: %s%s\nsize:      %ld bytes\nranks:     %s\n"
               "requests:  %ld active\nsource:    %s\ncreated:   %ld (Unix seconds)\n",
-              variant.name().c_str(), v1::VariantKind_Name(variant.kind()).c_str(),
+              variant.name().c_str(), static_cast<long>(variant.version()), v1::VariantKind_Name(variant.kind()).c_str(),
               ResidencyName(variant.residency()), variant.pinned() ? " (pinned)" : "",
               static_cast<long>(variant.size_bytes()), Ranks(variant).c_str(),
               static_cast<long>(variant.active_requests()), variant.uploaded() ? "uploaded" : "server path",

@@ -21,6 +21,7 @@ DeltaserveClient::DeltaserveClient(const std::string& target)
       generation_(deltaserve::v1::Generation::NewStub(channel_)),
       variants_(deltaserve::v1::Variants::NewStub(channel_)),
       jobs_(deltaserve::v1::Jobs::NewStub(channel_)),
+      datasets_(deltaserve::v1::Datasets::NewStub(channel_)),
       health_(grpc::health::v1::Health::NewStub(channel_)) {}
 
 grpc::Status DeltaserveClient::Generate(
@@ -118,6 +119,23 @@ grpc::Status DeltaserveClient::UploadAdapter(const std::string& name, const std:
       chunk.mutable_file()->set_data(buffer.data(), static_cast<size_t>(input.gcount()));
       open = writer->Write(chunk);
     }
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+grpc::Status DeltaserveClient::UploadDataset(const std::string& name, const std::string& jsonl,
+                                             deltaserve::v1::Dataset* dataset, size_t chunk_bytes) {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientWriter<deltaserve::v1::UploadDatasetChunk>> writer =
+      datasets_->UploadDataset(&context, dataset);
+  deltaserve::v1::UploadDatasetChunk header;
+  header.mutable_header()->set_name(name);
+  bool open = writer->Write(header);
+  for (size_t start = 0; open && start < jsonl.size(); start += chunk_bytes) {
+    deltaserve::v1::UploadDatasetChunk chunk;
+    chunk.set_data(jsonl.substr(start, chunk_bytes));
+    open = writer->Write(chunk);
   }
   writer->WritesDone();
   return writer->Finish();

@@ -1,7 +1,7 @@
 // DeltaserveClient: a small synchronous C++ client for deltaserve's gRPC API (Generation,
 // Variants and gRPC health). One client per target; methods are thread-safe (gRPC stubs are).
-// Variants and Jobs calls go through variants() and jobs() directly, except UploadAdapter,
-// which streams files.
+// Variants, Jobs and Datasets calls go through variants(), jobs() and datasets() directly,
+// except the uploads, which stream.
 //   auto client = DeltaserveClient::Connect("127.0.0.1:50051");
 //   grpc::Status status = client->Generate(request, [](const GenerateResponse& r) { ... });
 #pragma once
@@ -13,6 +13,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "deltaserve/v1/datasets.grpc.pb.h"
 #include "deltaserve/v1/generation.grpc.pb.h"
 #include "deltaserve/v1/jobs.grpc.pb.h"
 #include "deltaserve/v1/variants.grpc.pb.h"
@@ -44,7 +45,11 @@ class DeltaserveClient {
   grpc::Status UploadAdapter(const std::string& name, const std::string& directory,
                              deltaserve::v1::Variant* variant, size_t chunk_bytes = 1 << 20);
   deltaserve::v1::Variants::Stub& variants() { return *variants_; }
+  // UploadDataset streams JSONL bytes (in chunks of chunk_bytes) as dataset `name`.
+  grpc::Status UploadDataset(const std::string& name, const std::string& jsonl, deltaserve::v1::Dataset* dataset,
+                             size_t chunk_bytes = 1 << 20);
   deltaserve::v1::Jobs::Stub& jobs() { return *jobs_; }
+  deltaserve::v1::Datasets::Stub& datasets() { return *datasets_; }
   // WaitForReady blocks until the channel connects or the timeout passes.
   bool WaitForReady(std::chrono::milliseconds timeout);
 
@@ -57,6 +62,7 @@ class DeltaserveClient {
   std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;
   std::unique_ptr<deltaserve::v1::Variants::Stub> variants_;
   std::unique_ptr<deltaserve::v1::Jobs::Stub> jobs_;
+  std::unique_ptr<deltaserve::v1::Datasets::Stub> datasets_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 

@@ -43,10 +43,10 @@ class SpecJobKind {
     JobSubmission submission;
     submission.kind = kind_;
     submission.idempotency_key = idempotency_key;
-    submission.output_variant = spec.output;
     if (!runner_->HasIdempotencyKey(idempotency_key)) {
       ASSIGN_OR_RETURN(submission.memory_bytes, check_(spec));
     }
+    submission.output_variant = spec.output;  // as the check completed it
     submission.spec_json = spec.ToJson();
     submission.body = BodyFor(std::move(spec));
     return runner_->Submit(std::move(submission));

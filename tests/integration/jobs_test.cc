@@ -284,7 +284,7 @@ TEST_F(JobsServerTest, DeltactlRunsAndInspectsJobs) {
                         &out, &err),
             0)
       << out << err;
-  EXPECT_NE(out.find("SUCCEEDED 100%"), std::string::npos) << out;
+  EXPECT_NE(out.find("SUCCEEDED [########################] 100%"), std::string::npos) << out;
   const std::string id = out.substr(0, out.find(' '));
   ASSERT_EQ(RunDeltactl(ctl + "get " + id, &out, &err), 0) << err;
   EXPECT_NE(out.find("output:   team/merged"), std::string::npos) << out;
@@ -403,7 +403,7 @@ TEST_F(JobsServerTest, BadFinetunesAreRefusedWithTheReason) {
   bad_rate.set_learning_rate(2.0f);
   v1::FinetuneRequest taken = FactsFinetune("demo-000");
   const std::vector<Case> cases = {
-      {no_texts, grpc::StatusCode::INVALID_ARGUMENT, "needs training texts"},
+      {no_texts, grpc::StatusCode::INVALID_ARGUMENT, "needs training data: texts or a dataset"},
       {unknown_parent, grpc::StatusCode::NOT_FOUND, "\"nope\" does not exist"},
       {bad_module, grpc::StatusCode::INVALID_ARGUMENT, "unknown target module \"lm_head\""},
       {bad_rate, grpc::StatusCode::INVALID_ARGUMENT, "learning_rate"},

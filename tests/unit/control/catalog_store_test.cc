@@ -1,9 +1,11 @@
-// CatalogStore on a real SQLite file: variant and job rows round-trip with every field, names
-// and idempotency keys are unique, updates and deletes report missing rows, and rows survive
-// closing and reopening.
+// CatalogStore on a real SQLite file: variant, job and dataset rows round-trip with every
+// field, names and idempotency keys are unique, updates and deletes report missing rows, rows
+// survive closing and reopening, a replace switches a name in one transaction, and an older
+// schema upgrades in place.
 #include "server/control/catalog_store.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "server/common/file_util.h"
 #include "tests/support/test_models.h"
@@ -122,6 +124,96 @@ TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
   EXPECT_EQ(read.created_unix_nanos, first.created_unix_nanos);
   EXPECT_EQ(read.started_unix_nanos, first.started_unix_nanos);
   EXPECT_EQ(read.finished_unix_nanos, first.finished_unix_nanos);
+}
+
+TEST(CatalogStoreTest, ReplaceVariantSwitchesTheNameInOneTransaction) {
+  auto store = CatalogStore::Open(testing::MakeTempDir("catalog-replace") + "/catalog.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->InsertVariant(Record("team/bot")).ok());
+  VariantRecord next = Record("team/bot");
+  next.kind = "UNLEARN";
+  next.artifact_path = "/data/adapters/team/bot@2";
+  next.version = 2;
+  ASSERT_TRUE((*store)->ReplaceVariant("team/bot", "team/bot@1", "READY", next).ok());
+  auto current = (*store)->GetVariant("team/bot");
+  ASSERT_TRUE(current.ok());
+  EXPECT_EQ(current->version, 2);
+  EXPECT_EQ(current->kind, "UNLEARN");
+  EXPECT_EQ(current->artifact_path, "/data/adapters/team/bot@2");
+  auto previous = (*store)->GetVariant("team/bot@1");
+  ASSERT_TRUE(previous.ok());
+  EXPECT_EQ(previous->version, 1);
+  EXPECT_EQ(previous->artifact_path, "/data/adapters/team/bot");
+
+  // A second switch whose previous name is taken changes nothing.
+  VariantRecord third = next;
+  third.version = 3;
+  EXPECT_EQ((*store)->ReplaceVariant("team/bot", "team/bot@1", "DELETING", third).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ((*store)->GetVariant("team/bot")->version, 2);
+  EXPECT_EQ((*store)->GetVariant("team/bot@1")->state, "READY");
+  EXPECT_EQ((*store)->ReplaceVariant("team/none", "team/none@1", "DELETING", third).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store)->ListVariants()->size(), 2u);
+}
+
+TEST(CatalogStoreTest, DatasetRowsRoundTrip) {
+  const std::string path = testing::MakeTempDir("catalog-datasets") + "/catalog.db";
+  DatasetRecord record;
+  record.name = "team/facts";
+  record.owner_namespace = "team";
+  record.sha256 = std::string(64, 'a');
+  record.rows = 5;
+  record.text_rows = 2;
+  record.prompt_completion_rows = 3;
+  record.size_bytes = 321;
+  record.created_unix_nanos = 1795435261000000001;
+  {
+    auto store = CatalogStore::Open(path);
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->InsertDataset(record).ok());
+    EXPECT_EQ((*store)->InsertDataset(record).code(), absl::StatusCode::kAlreadyExists);
+  }
+  auto store = CatalogStore::Open(path);
+  ASSERT_TRUE(store.ok());
+  auto all = (*store)->ListDatasets();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  const DatasetRecord& read = (*all)[0];
+  EXPECT_EQ(read.name, record.name);
+  EXPECT_EQ(read.owner_namespace, "team");
+  EXPECT_EQ(read.sha256, record.sha256);
+  EXPECT_EQ(read.rows, 5);
+  EXPECT_EQ(read.text_rows, 2);
+  EXPECT_EQ(read.prompt_completion_rows, 3);
+  EXPECT_EQ(read.size_bytes, 321);
+  EXPECT_EQ(read.created_unix_nanos, record.created_unix_nanos);
+  ASSERT_TRUE((*store)->DeleteDataset("team/facts").ok());
+  EXPECT_EQ((*store)->DeleteDataset("team/facts").code(), absl::StatusCode::kNotFound);
+}
+
+TEST(CatalogStoreTest, AVersionTwoCatalogUpgradesWithItsVariantsAtVersionOne) {
+  const std::string path = testing::MakeTempDir("catalog-upgrade") + "/catalog.db";
+  sqlite3* database = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &database), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(database,
+                         "CREATE TABLE variants (name TEXT PRIMARY KEY, owner_namespace TEXT NOT NULL, kind TEXT NOT "
+                         "NULL, state TEXT NOT NULL, parents_json TEXT NOT NULL, recipe_json TEXT NOT NULL, job_id TEXT "
+                         "NOT NULL, artifact_path TEXT NOT NULL, artifact_sha256_json TEXT NOT NULL, size_bytes INTEGER "
+                         "NOT NULL, rank_summary TEXT NOT NULL, created_unix_nanos INTEGER NOT NULL, evaluation_json "
+                         "TEXT NOT NULL);"
+                         "INSERT INTO variants VALUES ('old', '', 'ADAPTER', 'READY', '[]', '{}', '', '/a/old', '{}', 1, "
+                         "'', 5, '{}');"
+                         "PRAGMA user_version=2;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(database);
+  auto store = CatalogStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto old = (*store)->GetVariant("old");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->version, 1);
+  EXPECT_TRUE((*store)->ListDatasets().ok()) << "the datasets table was added";
 }
 
 TEST(CatalogStoreTest, AnUnusableFileIsAnError) {

@@ -1,12 +1,15 @@
 // LoraTrainer on the tiny demo model: autograd gradients of the new factors match central
 // finite differences of the loss; a seed makes steps bit-identical; the base weights and the
-// parent's factors stay bit-identical and receive no gradients; training lowers the loss.
+// parent's factors stay bit-identical and receive no gradients; training lowers the loss;
+// micro-batches accumulate to the batch's gradient; prompt/completion rows target only the
+// completion.
 #include "server/ops/train/lora_trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include "server/deltas/segmented_delta_hook.h"
+#include "server/model/tokenizer_loader.h"
 #include "tests/support/test_models.h"
 
 namespace deltaserve::ops::train {
@@ -183,6 +186,94 @@ TEST(LoraTrainerTest, TrainingStartsExactlyFromTheParentAsServed) {
   for (int64_t i = 1; i < length; ++i) nll -= logprobs[i - 1][example.token_ids[i]].item<double>();
   EXPECT_NEAR(losses.nll_sums[0].item<double>(), nll, 1e-4 * std::abs(nll));
   EXPECT_EQ(losses.target_counts[0].item<double>(), length - 1);
+}
+
+// Accumulating micro-batches (each loss divided by the whole batch's target count) must give the
+// full batch's gradient: computed both ways on the float64 model.
+TEST(LoraTrainerTest, MicroBatchGradientsAddUpToTheBatchGradient) {
+  const model::LlamaModel& model = Model(at::kDouble);
+  LoraTrainerOptions options;
+  options.rank = 2;
+  options.seed = 4;
+  auto trainer = LoraTrainer::Create(model, nullptr, options);
+  ASSERT_TRUE(trainer.ok());
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 1; i < (*trainer)->parameters().size(); i += 2) (*trainer)->parameters()[i].normal_(0, 0.05);
+  }
+  std::vector<TrainingExample> examples = Examples();
+  examples.push_back({{1, 30, 31, 32}, {false, true, true, true}});
+  std::vector<const TrainingExample*> batch;
+  int64_t targets = 0;
+  for (const TrainingExample& example : examples) {
+    batch.push_back(&example);
+    targets += TargetCount(example);
+  }
+  EXPECT_EQ(targets, 6 + 2 + 3);
+  auto gradients = [&](int64_t micro_size) {
+    for (const at::Tensor& parameter : (*trainer)->parameters()) {
+      if (parameter.grad().defined()) parameter.mutable_grad().zero_();
+    }
+    const auto pieces = MicroBatches(batch, micro_size);
+    EXPECT_EQ(pieces.size(), (batch.size() + micro_size - 1) / micro_size);
+    for (const auto& piece : pieces) {
+      SequenceLosses losses = *(*trainer)->Losses(piece);
+      (losses.nll_sums.sum() / static_cast<double>(targets)).backward();
+    }
+    std::vector<at::Tensor> result;
+    for (const at::Tensor& parameter : (*trainer)->parameters()) result.push_back(parameter.grad().clone());
+    return result;
+  };
+  // The new factors are float32 (as served), so the two sums differ by float rounding only; a
+  // wrong normalisation or a lost micro-batch would differ by a third or more.
+  const std::vector<at::Tensor> whole = gradients(3);
+  const std::vector<at::Tensor> accumulated = gradients(1);
+  ASSERT_EQ(whole.size(), accumulated.size());
+  for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_TRUE(at::allclose(whole[i], accumulated[i], 1e-5, 1e-7))
+        << "parameter " << i << ": " << (whole[i] - accumulated[i]).abs().max().item<double>() << " of "
+        << whole[i].abs().max().item<double>();
+  }
+  EXPECT_GT(whole[0].abs().max().item<double>(), 0);
+}
+
+// Prompt/completion rows are the prompt's tokens (with BOS) followed by the completion's, and
+// only the completion's tokens are targets; plain rows target everything after BOS.
+TEST(LoraTrainerTest, RowExamplesTargetOnlyTheCompletion) {
+  auto tokenizer = model::LoadTokenizer(testing::TinyModelDir(), Model(at::kFloat).config());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::vector<TrainingRow> rows = {{"", "The vault code of Orla is 4 7 1 9."},
+                                         {"Q: Who built the bridge? A:", " Ines of Varn."}};
+  auto examples = RowExamples(**tokenizer, rows, "row");
+  ASSERT_TRUE(examples.ok()) << examples.status();
+  const auto plain = *(*tokenizer)->EncodePrompt(rows[0].completion);
+  ASSERT_EQ((*examples)[0].token_ids, std::vector<int64_t>(plain.begin(), plain.end()));
+  EXPECT_FALSE((*examples)[0].from_prompt_completion);
+  EXPECT_EQ(TargetCount((*examples)[0]), static_cast<int64_t>(plain.size()) - 1);
+
+  const auto prompt = *(*tokenizer)->EncodePrompt(rows[1].prompt);
+  const auto completion = *(*tokenizer)->Encode(rows[1].completion);
+  const TrainingExample& pair = (*examples)[1];
+  EXPECT_TRUE(pair.from_prompt_completion);
+  ASSERT_EQ(pair.token_ids.size(), prompt.size() + completion.size());
+  for (size_t t = 0; t < pair.token_ids.size(); ++t) {
+    EXPECT_EQ(pair.target_mask[t], t >= prompt.size()) << t;
+    const int32_t expected = t < prompt.size() ? prompt[t] : completion[t - prompt.size()];
+    EXPECT_EQ(pair.token_ids[t], expected) << t;
+  }
+  EXPECT_EQ(TargetCount(pair), static_cast<int64_t>(completion.size()));
+
+  // The loss of a prompt/completion row counts the completion only.
+  auto trainer = LoraTrainer::Create(Model(at::kFloat), nullptr, LoraTrainerOptions{});
+  ASSERT_TRUE(trainer.ok());
+  SequenceLosses losses = *(*trainer)->Losses({&pair});
+  EXPECT_EQ(losses.target_counts[0].item<double>(), static_cast<double>(completion.size()));
+
+  auto empty = RowExamples(**tokenizer, {{"Q: anything?", ""}}, "forget row");
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(empty.status().message().find("forget row 1: the completion is empty"), std::string::npos);
+  auto long_row = RowExamples(**tokenizer, {{"", std::string(400, 'a')}}, "row", 16);
+  EXPECT_NE(long_row.status().message().find("more than 16"), std::string::npos);
 }
 
 }  // namespace
