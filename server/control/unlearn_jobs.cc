@@ -167,7 +167,12 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
   if (target == nullptr) return absl::NotFoundError(absl::StrCat("target variant \"", spec.target, "\" does not exist"));
   RETURN_IF_ERROR(CheckServable(*target));
   spec.target_version = target->version;
+  const bool kept_version = spec.target.find('@') != std::string::npos;
   if (spec.replace_target) {
+    if (kept_version) {
+      return absl::InvalidArgumentError(absl::StrCat("\"", spec.target, "\" is a kept version; replace_target switches ",
+                                                     "names, so unlearn into a new output instead"));
+    }
     if (spec.output.empty()) spec.output = spec.target;
     if (spec.output != spec.target) {
       return absl::InvalidArgumentError(absl::StrCat("with replace_target the output is the target (\"", spec.target,
@@ -337,9 +342,8 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   }
   recipe["beta"] = beta;
   // The parent is the exact version unlearned from when the name has had several.
-  const std::string parent =
-      spec.target_version > 1 || spec.replace_target ? VariantCatalog::VersionName(spec.target, spec.target_version)
-                                                     : spec.target;
+  const bool versioned = spec.target.find('@') == std::string::npos && (spec.target_version > 1 || spec.replace_target);
+  const std::string parent = versioned ? VariantCatalog::VersionName(spec.target, spec.target_version) : spec.target;
   VariantLineage lineage{kUnlearnJobKind, {parent}, recipe.dump(), JobId(context.record().number), evaluation.dump()};
   Replacement replacement{spec.target_version, spec.keep_previous};
   return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), target.config.base_model_name_or_path,

@@ -180,11 +180,25 @@ TEST(ReplaceTargetTest, BadReplacementsAreRefused) {
     FollowJob(*client, client->jobs().SubmitFinetune(&context, finetune, &job), job);
   }
   request.set_output("team/other");
+  {
+    grpc::ClientContext context;
+    grpc::Status status = client->jobs().SubmitUnlearn(&context, request, &job);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(status.error_message().find("with replace_target the output is the target"), std::string::npos)
+        << status.error_message();
+  }
+  // A kept version is a fixed snapshot: it cannot take a new version of its own.
+  request = ReplaceRequest(true);
+  {
+    grpc::ClientContext context;
+    FollowJob(*client, client->jobs().SubmitUnlearn(&context, request, &job), job);
+  }
+  request.set_target("team/bot@1");
+  request.set_keep_previous(false);
   grpc::ClientContext context;
   grpc::Status status = client->jobs().SubmitUnlearn(&context, request, &job);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_NE(status.error_message().find("with replace_target the output is the target"), std::string::npos)
-      << status.error_message();
+  EXPECT_NE(status.error_message().find("is a kept version"), std::string::npos) << status.error_message();
 }
 
 }  // namespace
