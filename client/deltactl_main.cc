@@ -7,8 +7,12 @@
 //   deltactl variants list|get|register|upload|delete|pin|unpin ...   (see deltactl_variants.h)
 //   deltactl jobs merge|finetune|unlearn|get|list|watch|cancel ...    (see deltactl_jobs.h)
 //   deltactl datasets upload|list|get|delete ...                      (see deltactl_datasets.h)
+//   deltactl keys hash [KEY]      the SHA-256 digest a --config tenant's api_key_sha256 holds
+//                                 (KEY read from standard input when not given, so it stays
+//                                 out of the shell history)
 #include <cmath>
 #include <cstdio>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -21,6 +25,7 @@
 #include "client/deltactl_variants.h"
 #include "client/deltaserve_client.h"
 #include "server/common/flag_names.h"
+#include "server/common/sha256.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
 ABSL_FLAG(std::string, variant, "", "variant name (empty = base model)");
@@ -123,6 +128,26 @@ int Tokenize(DeltaserveClient& client, const std::string& text) {
   return deltaserve::client::ReportStatus(client, status);
 }
 
+int HashKey(const std::vector<char*>& positional) {
+  if (positional.size() < 3 || std::string(positional[2]) != "hash" || positional.size() > 4) {
+    std::fprintf(stderr, "usage: deltactl keys hash [KEY]   (KEY from standard input when not given)\n");
+    return 2;
+  }
+  std::string key;
+  if (positional.size() == 4) {
+    key = positional[3];
+  } else if (!std::getline(std::cin, key)) {
+    std::fprintf(stderr, "deltactl: no key on standard input\n");
+    return 2;
+  }
+  if (key.empty()) {
+    std::fprintf(stderr, "deltactl: the key is empty\n");
+    return 2;
+  }
+  std::printf("%s\n", deltaserve::common::Sha256Hex(key).c_str());
+  return 0;
+}
+
 int Health(DeltaserveClient& client) {
   deltaserve::client::HealthStatus health;
   grpc::Status status = client.Health("", &health);
@@ -136,7 +161,7 @@ int Health(DeltaserveClient& client) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "deltactl generate|score|tokenize|health|variants|jobs|datasets --target host:port [flags] [text]");
+      "deltactl generate|score|tokenize|health|variants|jobs|datasets|keys --target host:port [flags] [text]");
   std::vector<std::string> storage;
   std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, storage);
   std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
@@ -150,6 +175,7 @@ int main(int argc, char** argv) {
     if (!text.empty()) text += " ";
     text += positional[i];
   }
+  if (command == "keys") return HashKey(positional);
   auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target));
   if (command == "health") return Health(*client);
   if (command == "variants") {

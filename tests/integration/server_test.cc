@@ -246,6 +246,18 @@ TEST(DeltactlTest, ServerDownIsAClearError) {
   EXPECT_NE(err.find("cannot reach"), std::string::npos) << err;
 }
 
+// The digest a --config tenant holds for a key: SHA-256 in hex (FIPS 180-4's "abc" vector), from
+// the argument or from standard input.
+TEST(DeltactlTest, KeysHashPrintsTheDigestAConfigHolds) {
+  std::string out, err;
+  ASSERT_EQ(RunDeltactl("keys hash abc", &out, &err), 0) << err;
+  EXPECT_EQ(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n");
+  ASSERT_EQ(RunDeltactl("keys hash < /dev/null", &out, &err), 2);
+  EXPECT_NE(err.find("no key on standard input"), std::string::npos) << err;
+  EXPECT_EQ(RunDeltactl("keys", &out, &err), 2);
+  EXPECT_NE(err.find("usage: deltactl keys hash"), std::string::npos) << err;
+}
+
 // A server with 8 demo adapters registered from --adapter-dir (two in a namespace).
 class AdapterServerTest : public SharedServerTest<AdapterServerTest> {
  protected:
