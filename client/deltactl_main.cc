@@ -12,6 +12,7 @@
 //                                 out of the shell history)
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "server/common/sha256.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
+ABSL_FLAG(std::string, api_key, "", "API key sent as \"authorization: Bearer KEY\" (default: $DELTASERVE_API_KEY)");
 ABSL_FLAG(std::string, variant, "", "variant name (empty = base model)");
 ABSL_FLAG(int32_t, max_tokens, 0, "tokens to generate (0 = server default)");
 ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0 = greedy)");
@@ -176,7 +178,11 @@ int main(int argc, char** argv) {
     text += positional[i];
   }
   if (command == "keys") return HashKey(positional);
-  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target));
+  std::string api_key = absl::GetFlag(FLAGS_api_key);
+  if (const char* from_environment = std::getenv("DELTASERVE_API_KEY"); api_key.empty() && from_environment != nullptr) {
+    api_key = from_environment;
+  }
+  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target), api_key);
   if (command == "health") return Health(*client);
   if (command == "variants") {
     return deltaserve::client::RunVariantsCommand(

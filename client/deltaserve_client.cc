@@ -2,8 +2,45 @@
 
 #include <fstream>
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/support/client_interceptor.h>
+
 namespace deltaserve::client {
 namespace {
+
+// Sends "authorization: Bearer <key>" with every call on the channel.
+class ApiKeyInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit ApiKeyInterceptor(const std::string& header) : header_(header) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->insert({"authorization", header_});
+    }
+    methods->Proceed();
+  }
+
+ private:
+  const std::string& header_;
+};
+
+class ApiKeyInterceptorFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit ApiKeyInterceptorFactory(std::string key) : header_("Bearer " + std::move(key)) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(grpc::experimental::ClientRpcInfo*) override {
+    return new ApiKeyInterceptor(header_);
+  }
+
+ private:
+  const std::string header_;
+};
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const std::string& api_key) {
+  if (api_key.empty()) return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<ApiKeyInterceptorFactory>(api_key));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, grpc::InsecureChannelCredentials(),
+                                                                 grpc::ChannelArguments(), std::move(interceptors));
+}
 
 void ApplyTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
   if (timeout.count() > 0) context.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -11,13 +48,13 @@ void ApplyTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeou
 
 }  // namespace
 
-std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target) {
-  return std::unique_ptr<DeltaserveClient>(new DeltaserveClient(target));
+std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target, const std::string& api_key) {
+  return std::unique_ptr<DeltaserveClient>(new DeltaserveClient(target, api_key));
 }
 
-DeltaserveClient::DeltaserveClient(const std::string& target)
+DeltaserveClient::DeltaserveClient(const std::string& target, const std::string& api_key)
     : target_(target),
-      channel_(grpc::CreateChannel(target, grpc::InsecureChannelCredentials())),
+      channel_(MakeChannel(target, api_key)),
       generation_(deltaserve::v1::Generation::NewStub(channel_)),
       variants_(deltaserve::v1::Variants::NewStub(channel_)),
       jobs_(deltaserve::v1::Jobs::NewStub(channel_)),
@@ -88,6 +125,7 @@ std::string DescribeError(const std::string& target, const grpc::Status& status)
     case grpc::StatusCode::DEADLINE_EXCEEDED: code = "deadline exceeded"; break;
     case grpc::StatusCode::ALREADY_EXISTS: code = "already exists"; break;
     case grpc::StatusCode::PERMISSION_DENIED: code = "permission denied"; break;
+    case grpc::StatusCode::UNAUTHENTICATED: code = "not authenticated (give --api-key or set DELTASERVE_API_KEY)"; break;
     case grpc::StatusCode::FAILED_PRECONDITION: code = "not now"; break;
     default: code = "error " + std::to_string(status.error_code()); break;
   }

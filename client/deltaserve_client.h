@@ -25,7 +25,8 @@ enum class HealthStatus { kUnknown, kServing, kNotServing };
 
 class DeltaserveClient {
  public:
-  static std::unique_ptr<DeltaserveClient> Connect(const std::string& target);
+  // Connect: with an api_key, every call sends "authorization: Bearer <api_key>".
+  static std::unique_ptr<DeltaserveClient> Connect(const std::string& target, const std::string& api_key = "");
 
   // Generate calls on_response for every streamed message; a zero timeout means none.
   // cancel, when set, is checked before each message and cancels the call when it returns true.
@@ -56,7 +57,7 @@ class DeltaserveClient {
   const std::string& target() const { return target_; }
 
  private:
-  explicit DeltaserveClient(const std::string& target);
+  DeltaserveClient(const std::string& target, const std::string& api_key);
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;

@@ -24,6 +24,9 @@
 #include "server/api/jobs_service.h"
 #include "server/api/serving_state.h"
 #include "server/api/variants_service.h"
+#include "server/auth/audit_log.h"
+#include "server/auth/authenticator.h"
+#include "server/common/file_util.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
 #include "server/control/dataset_store.h"
@@ -64,6 +67,10 @@ ABSL_FLAG(int64_t, adapter_cache_bytes, int64_t{1} << 30,
 ABSL_FLAG(int64_t, adapter_host_cache_bytes, int64_t{4} << 30,
           "host memory for adapters evicted from the device; beyond it they are re-read from disk");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest adapter_model.safetensors UploadAdapter accepts");
+ABSL_FLAG(std::string, config, "", "server configuration file (protobuf text format, deltaserve.v1.ServerConfig: "
+          "tenants and their API-key digests); reloaded on SIGHUP");
+ABSL_FLAG(bool, allow_unauthenticated, false,
+          "serve a non-loopback --host without tenants (anyone who can connect may do anything)");
 ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{256} << 20, "largest JSONL file UploadDataset accepts");
 ABSL_FLAG(int32_t, job_workers, 1, "jobs (merges, ...) that run at once, beside serving");
 ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
@@ -101,6 +108,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
@@ -185,15 +193,31 @@ int main(int argc, char** argv) {
   // however main ends.
   absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
+  auto authenticator = deltaserve::auth::Authenticator::Create(absl::GetFlag(FLAGS_config));
+  if (!authenticator.ok()) return Fail(authenticator.status());
+  const std::string host = absl::GetFlag(FLAGS_host);
+  if ((*authenticator)->open()) {
+    const bool loopback = host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
+    if (!loopback && !absl::GetFlag(FLAGS_allow_unauthenticated)) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "--host ", host, " is reachable from other machines, and no tenants are configured: give --config with "
+          "tenants (API keys), or --allow-unauthenticated to serve it open")));
+    }
+    Log("no tenants configured: every caller is an admin without a key (open server)");
+  }
+  auto audit = deltaserve::auth::AuditLog::Open(deltaserve::common::JoinPath(data_dir, "audit.log"));
+  if (!audit.ok()) return Fail(audit.status());
+  deltaserve::api::Gatekeeper gate(authenticator->get(), audit->get());
+
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
   deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
-                                                &serving_state, model_name);
-  deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, model_name);
-  deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state);
+                                                &serving_state, &gate, model_name);
+  deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
+  deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);
   deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
-                                    &serving_state);
+                                    &serving_state, &gate);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -216,7 +240,11 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    absl::Status reloaded = (*authenticator)->Reload();
+    Log(reloaded.ok() ? std::string("SIGHUP: configuration reloaded")
+                      : absl::StrCat("SIGHUP: configuration NOT reloaded, the previous one stays: ", reloaded.message()));
+  }
   Log(absl::StrCat("received signal ", signal_number, ": draining"));
   serving_state.StartDraining();
   server->GetHealthCheckService()->SetServingStatus(false);

@@ -29,11 +29,14 @@ grpc::Status DatasetsService::Finish(const char* method, const absl::Status& sta
   return converted;
 }
 
-absl::Status DatasetsService::Upload(grpc::ServerReader<v1::UploadDatasetChunk>* reader, v1::Dataset* response) {
+absl::Status DatasetsService::Upload(const Access& access, grpc::ServerReader<v1::UploadDatasetChunk>* reader,
+                                     v1::Dataset* response, std::string* name) {
   if (state_->draining()) return absl::UnavailableError("the server is shutting down");
   v1::UploadDatasetChunk chunk;
   if (!reader->Read(&chunk)) return absl::InvalidArgumentError("the upload is empty: send a header first");
   if (!chunk.has_header()) return absl::InvalidArgumentError("the first message of an upload must be the header (name)");
+  *name = chunk.header().name();
+  RETURN_IF_ERROR(access.CheckCreate("dataset", *name));
   ASSIGN_OR_RETURN(std::unique_ptr<control::DatasetUpload> upload, datasets_->BeginUpload(chunk.header().name()));
   while (reader->Read(&chunk)) {
     if (chunk.has_header()) return absl::InvalidArgumentError("only the first message of an upload may be a header");
@@ -47,26 +50,38 @@ absl::Status DatasetsService::Upload(grpc::ServerReader<v1::UploadDatasetChunk>*
 grpc::Status DatasetsService::UploadDataset(grpc::ServerContext* context,
                                             grpc::ServerReader<v1::UploadDatasetChunk>* reader,
                                             v1::Dataset* response) {
-  absl::Status status = Upload(reader, response);
+  absl::StatusOr<Access> access = gate_->Admit(*context);
+  std::string name;
+  absl::Status status = access.ok() ? Upload(*access, reader, response, &name) : access.status();
   // A client that went away mid-stream ends Read early: its partial upload must not count.
   if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the upload was cancelled");
+  gate_->Audit(access.ok() ? &*access : nullptr, "UploadDataset", name, status);
   return Finish("UploadDataset", status);
 }
 
-grpc::Status DatasetsService::GetDataset(grpc::ServerContext*, const v1::GetDatasetRequest* request,
+grpc::Status DatasetsService::GetDataset(grpc::ServerContext* context, const v1::GetDatasetRequest* request,
                                          v1::Dataset* response) {
-  absl::StatusOr<control::DatasetRecord> record = datasets_->Get(request->name());
+  absl::StatusOr<control::DatasetRecord> record = [&]() -> absl::StatusOr<control::DatasetRecord> {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+    RETURN_IF_ERROR(access.CheckSee("dataset", request->name()));
+    return datasets_->Get(request->name());
+  }();
   if (record.ok()) ToProto(*record, response);
   return Finish("GetDataset", record.status());
 }
 
-grpc::Status DatasetsService::ListDatasets(grpc::ServerContext*, const v1::ListDatasetsRequest* request,
+grpc::Status DatasetsService::ListDatasets(grpc::ServerContext* context, const v1::ListDatasetsRequest* request,
                                            v1::ListDatasetsResponse* response) {
   absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
     ASSIGN_OR_RETURN(const size_t page_size, PageSize(request->page_size()));
     // One more than the page tells whether another page follows.
     ASSIGN_OR_RETURN(std::vector<control::DatasetRecord> page,
-                     datasets_->List(request->prefix(), request->page_token(), page_size + 1));
+                     VisiblePage<control::DatasetRecord>(
+                         [&](const std::string& after, size_t limit) { return datasets_->List(request->prefix(), after, limit); },
+                         [](const control::DatasetRecord& record) { return record.name; },
+                         [&](const control::DatasetRecord& record) { return access.Sees(record.name); },
+                         request->page_token(), page_size + 1));
     const bool more = page.size() > page_size;
     if (more) page.pop_back();
     for (const control::DatasetRecord& record : page) ToProto(record, response->add_datasets());
@@ -76,9 +91,14 @@ grpc::Status DatasetsService::ListDatasets(grpc::ServerContext*, const v1::ListD
   return Finish("ListDatasets", status);
 }
 
-grpc::Status DatasetsService::DeleteDataset(grpc::ServerContext*, const v1::DeleteDatasetRequest* request,
+grpc::Status DatasetsService::DeleteDataset(grpc::ServerContext* context, const v1::DeleteDatasetRequest* request,
                                             v1::DeleteDatasetResponse*) {
-  return Finish("DeleteDataset", datasets_->Delete(request->name()));
+  absl::StatusOr<Access> access = gate_->Admit(*context);
+  absl::Status status = access.status();
+  if (status.ok()) status = access->CheckChange("dataset", request->name());
+  if (status.ok()) status = datasets_->Delete(request->name());
+  gate_->Audit(access.ok() ? &*access : nullptr, "DeleteDataset", request->name(), status);
+  return Finish("DeleteDataset", status);
 }
 
 }  // namespace deltaserve::api

@@ -258,11 +258,12 @@ absl::StatusOr<std::vector<int32_t>> InputIds(const engine::Engine& engine, cons
 
 GenerationService::GenerationService(engine::Engine* engine, const control::VariantRegistry* variants,
                                      telemetry::ServerMetrics* metrics, const ServingState* state,
-                                     std::string base_model_name)
+                                     const Gatekeeper* gate, std::string base_model_name)
     : engine_(engine),
       variants_(variants),
       metrics_(metrics),
       state_(state),
+      gate_(gate),
       base_model_name_(std::move(base_model_name)) {}
 
 absl::Status GenerationService::CheckServing() const {
@@ -289,6 +290,8 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
     const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
     const char* ids_field) const {
   RETURN_IF_ERROR(CheckServing());
+  ASSIGN_OR_RETURN(Access access, gate_->Admit(context));
+  if (!variant.empty() && variant != base_model_name_) RETURN_IF_ERROR(access.CheckSee("variant", variant));
   engine::EngineRequest result;
   result.kind = kind;
   ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
@@ -359,9 +362,10 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       v1::TokenizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const model::Tokenizer& tokenizer = engine_->tokenizer();
-  absl::StatusOr<std::vector<int32_t>> ids = request->add_special_tokens()
-                                                 ? tokenizer.EncodePrompt(request->text())
-                                                 : tokenizer.Encode(request->text());
+  absl::StatusOr<std::vector<int32_t>> ids = [&]() -> absl::StatusOr<std::vector<int32_t>> {
+    RETURN_IF_ERROR(gate_->Admit(*context).status());
+    return request->add_special_tokens() ? tokenizer.EncodePrompt(request->text()) : tokenizer.Encode(request->text());
+  }();
   if (ids.ok()) {
     for (int32_t id : *ids) {
       response->add_token_ids(id);

@@ -2,13 +2,16 @@
 // protobuf to engine requests, resolves the variant name, maps the gRPC deadline, and streams
 // engine output back. Generate writes from OnWriteDone (one write in flight, the rest queued);
 // OnCancel (client cancel, deadline, disconnect) cancels the engine request, which frees its KV
-// blocks at the next iteration. Thread-safe; the engine, metrics and state must outlive it.
+// blocks at the next iteration. Callers are admitted by the Gatekeeper and may name only the
+// variants Access lets them see. Thread-safe; the engine, metrics, state and gatekeeper must
+// outlive it.
 #pragma once
 
 #include <atomic>
 #include <string>
 
 #include "deltaserve/v1/generation.grpc.pb.h"
+#include "server/api/access.h"
 #include "server/api/serving_state.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
@@ -21,7 +24,7 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
   // base_model_name: the name by which callers may address the base model (besides "").
   GenerationService(engine::Engine* engine, const control::VariantRegistry* variants,
                     telemetry::ServerMetrics* metrics, const ServingState* state,
-                    std::string base_model_name);
+                    const Gatekeeper* gate, std::string base_model_name);
 
   grpc::ServerWriteReactor<deltaserve::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -49,6 +52,7 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
   const control::VariantRegistry* variants_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
+  const Gatekeeper* gate_;
   std::string base_model_name_;
   // Numbers request ids for callers that send none.
   std::atomic<uint64_t> next_request_number_{1};

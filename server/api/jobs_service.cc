@@ -221,16 +221,47 @@ absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& requ
   return spec;
 }
 
+// CheckAccess: what a submission names must be visible to the caller, and its output must lie
+// in the caller's namespaces (or be a target it may change, for replace_target).
+absl::Status CheckAccess(const Access& access, const v1::MergeRequest& request) {
+  RETURN_IF_ERROR(access.CheckCreate("variant", request.output()));
+  for (const v1::MergeInput& input : request.inputs()) RETURN_IF_ERROR(access.CheckSee("variant", input.variant()));
+  return absl::OkStatus();
+}
+
+absl::Status CheckAccess(const Access& access, const v1::FinetuneRequest& request) {
+  RETURN_IF_ERROR(access.CheckCreate("variant", request.output()));
+  if (!request.parent().empty()) RETURN_IF_ERROR(access.CheckSee("variant", request.parent()));
+  for (const std::string& dataset : {request.dataset(), request.validation_dataset()}) {
+    if (!dataset.empty()) RETURN_IF_ERROR(access.CheckSee("dataset", dataset));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAccess(const Access& access, const v1::UnlearnRequest& request) {
+  if (request.replace_target()) {
+    RETURN_IF_ERROR(access.CheckChange("variant", request.target()));
+  } else {
+    RETURN_IF_ERROR(access.CheckSee("variant", request.target()));
+    RETURN_IF_ERROR(access.CheckCreate("variant", request.output()));
+  }
+  for (const std::string& dataset : {request.forget_dataset(), request.retain_dataset(), request.holdout_dataset()}) {
+    if (!dataset.empty()) RETURN_IF_ERROR(access.CheckSee("dataset", dataset));
+  }
+  return absl::OkStatus();
+}
+
 // WatchJob's reactor and the runner's listener for the job. Owns itself; deleted once gRPC is
 // done with it and the runner can no longer call it.
 class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
  public:
   WatchCall(control::JobRunner* runner, telemetry::ServerMetrics* metrics) : runner_(runner), metrics_(metrics) {}
 
-  void Start(const std::string& id) {
+  // Start follows job `number`, or ends the call with its error.
+  void Start(const absl::StatusOr<int64_t>& number) {
     absl::StatusOr<int64_t> token = [&]() -> absl::StatusOr<int64_t> {
-      ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(id));
-      return runner_->Watch(number, [this](const control::JobRecord& record) { OnRecord(record); });
+      if (!number.ok()) return number.status();
+      return runner_->Watch(*number, [this](const control::JobRecord& record) { OnRecord(record); });
     }();
     bool clean_up = false;
     {
@@ -324,8 +355,24 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 }  // namespace
 
 JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state)
-    : runner_(runner), merges_(merges), finetunes_(finetunes), unlearns_(unlearns), metrics_(metrics), state_(state) {}
+                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state,
+                         const Gatekeeper* gate)
+    : runner_(runner),
+      merges_(merges),
+      finetunes_(finetunes),
+      unlearns_(unlearns),
+      metrics_(metrics),
+      state_(state),
+      gate_(gate) {}
+
+absl::StatusOr<control::JobRecord> JobsService::VisibleJob(const Access& access, const std::string& id) const {
+  ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(id));
+  absl::StatusOr<control::JobRecord> job = runner_->Get(number);
+  if (job.ok() && !access.Owns(job->output_variant)) {
+    return absl::NotFoundError(absl::StrCat("job \"", id, "\" does not exist"));
+  }
+  return job;
+}
 
 grpc::ServerUnaryReactor* JobsService::Finish(grpc::CallbackServerContext* context, const char* method,
                                               const absl::Status& status) {
@@ -346,11 +393,16 @@ grpc::ServerUnaryReactor* JobsService::FinishWithJob(grpc::CallbackServerContext
 template <typename Request, typename Kind>
 grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* context, const char* method,
                                                  const Request& request, Kind* kind, v1::Job* response) {
+  absl::StatusOr<Access> access = gate_->Admit(*context);
   absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
+    if (!access.ok()) return access.status();
     if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
+    RETURN_IF_ERROR(CheckAccess(*access, request));
     ASSIGN_OR_RETURN(auto spec, FromProto(request));
     return kind->Submit(std::move(spec), request.idempotency_key());
   }();
+  gate_->Audit(access.ok() ? &*access : nullptr, method, job.ok() ? job->output_variant : request.output(),
+               job.status());
   return FinishWithJob(context, method, job, response);
 }
 
@@ -372,8 +424,8 @@ grpc::ServerUnaryReactor* JobsService::SubmitUnlearn(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
                                               v1::Job* response) {
   absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
-    ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
-    return runner_->Get(number);
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+    return VisibleJob(access, request->id());
   }();
   return FinishWithJob(context, "GetJob", job, response);
 }
@@ -381,6 +433,7 @@ grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* conte
 grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* context,
                                                 const v1::ListJobsRequest* request, v1::ListJobsResponse* response) {
   absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
     ASSIGN_OR_RETURN(const size_t page_size, PageSize(request->page_size()));
     int64_t before = 0;
     if (!request->page_token().empty() && (!absl::SimpleAtoi(request->page_token(), &before) || before < 1)) {
@@ -392,8 +445,18 @@ grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* con
       filter.kind = KindName(request->kind());
       if (filter.kind.empty()) return absl::InvalidArgumentError("unknown job kind");
     }
-    // One more than a page tells whether another page follows.
-    std::vector<control::JobRecord> jobs = runner_->List(filter, before, page_size + 1);
+    // One more than a page tells whether another page follows; jobs the caller may not see are
+    // skipped (fetching on past them).
+    std::vector<control::JobRecord> jobs;
+    while (jobs.size() < page_size + 1) {
+      std::vector<control::JobRecord> batch = runner_->List(filter, before, page_size + 1);
+      for (control::JobRecord& job : batch) {
+        before = job.number;
+        if (access.Owns(job.output_variant)) jobs.push_back(std::move(job));
+        if (jobs.size() == page_size + 1) break;
+      }
+      if (batch.size() < page_size + 1) break;
+    }
     const bool more = jobs.size() > page_size;
     if (more) jobs.pop_back();
     for (const control::JobRecord& job : jobs) ToProto(job, response->add_jobs());
@@ -403,19 +466,26 @@ grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* con
   return Finish(context, "ListJobs", status);
 }
 
-grpc::ServerWriteReactor<v1::Job>* JobsService::WatchJob(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<v1::Job>* JobsService::WatchJob(grpc::CallbackServerContext* context,
                                                          const v1::WatchJobRequest* request) {
   auto* call = new WatchCall(runner_, metrics_);
-  call->Start(request->id());
+  call->Start([&]() -> absl::StatusOr<int64_t> {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+    ASSIGN_OR_RETURN(control::JobRecord job, VisibleJob(access, request->id()));
+    return job.number;
+  }());
   return call;
 }
 
 grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* context,
                                                  const v1::CancelJobRequest* request, v1::Job* response) {
+  absl::StatusOr<Access> access = gate_->Admit(*context);
   absl::StatusOr<control::JobRecord> job = [&]() -> absl::StatusOr<control::JobRecord> {
-    ASSIGN_OR_RETURN(int64_t number, control::ParseJobId(request->id()));
-    return runner_->Cancel(number);
+    if (!access.ok()) return access.status();
+    ASSIGN_OR_RETURN(control::JobRecord visible, VisibleJob(*access, request->id()));
+    return runner_->Cancel(visible.number);
   }();
+  gate_->Audit(access.ok() ? &*access : nullptr, "CancelJob", request->id(), job.status());
   return FinishWithJob(context, "CancelJob", job, response);
 }
 

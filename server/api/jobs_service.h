@@ -4,10 +4,13 @@
 // from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
 // sees fewer progress steps but always the final state) and ends OK after the job's terminal
 // state. While the server drains, SubmitMerge answers UNAVAILABLE (a job started then would be
-// interrupted), as do SubmitFinetune and SubmitUnlearn. Thread-safe; the runner, merges, metrics and state must outlive it.
+// interrupted), as do SubmitFinetune and SubmitUnlearn. Callers see only their own jobs and
+// submit only what Access allows; submissions and cancels are audited. Thread-safe; the
+// runner, job kinds, metrics, state and gatekeeper must outlive it.
 #pragma once
 
 #include "deltaserve/v1/jobs.grpc.pb.h"
+#include "server/api/access.h"
 #include "server/api/serving_state.h"
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
@@ -20,7 +23,8 @@ namespace deltaserve::api {
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
   JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-              control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state);
+              control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state,
+              const Gatekeeper* gate);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
@@ -51,8 +55,9 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   grpc::ServerUnaryReactor* FinishWithJob(grpc::CallbackServerContext* context, const char* method,
                                           const absl::StatusOr<control::JobRecord>& job,
                                           deltaserve::v1::Job* response);
-  // SubmitJob is every Submit* call: refused while draining, else the request's spec submitted
-  // to `kind` (MergeJobs, FinetuneJobs or UnlearnJobs).
+  // SubmitJob is every Submit* call: the caller admitted and allowed what the request names,
+  // refused while draining, else the request's spec submitted to `kind` (MergeJobs,
+  // FinetuneJobs or UnlearnJobs); audited.
   template <typename Request, typename Kind>
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const char* method,
                                       const Request& request, Kind* kind, deltaserve::v1::Job* response);
@@ -61,8 +66,13 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   control::MergeJobs* merges_;
   control::FinetuneJobs* finetunes_;
   control::UnlearnJobs* unlearns_;
+  // VisibleJob: the job with that id if the caller may see it (its output lies in the caller's
+  // namespaces), NOT_FOUND otherwise.
+  absl::StatusOr<control::JobRecord> VisibleJob(const Access& access, const std::string& id) const;
+
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
+  const Gatekeeper* gate_;
 };
 
 }  // namespace deltaserve::api

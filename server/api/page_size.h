@@ -1,10 +1,15 @@
-// PageSize: the page size a List RPC serves for the request's page_size field: 0 means 100;
-// INVALID_ARGUMENT outside [0, 1000]. Shared by every List RPC so they agree.
+// What every List RPC shares so that they agree:
+//   - PageSize: the page size for the request's page_size field: 0 means 100; INVALID_ARGUMENT
+//     outside [0, 1000].
+//   - VisiblePage: up to `want` items after `after` that the caller may see, fetching more from
+//     a name-ordered source as filtered-out items leave gaps.
 //   ASSIGN_OR_RETURN(size_t page_size, PageSize(request->page_size()));
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -18,6 +23,25 @@ inline absl::StatusOr<size_t> PageSize(int32_t requested) {
         absl::StrCat("page_size ", requested, " is outside [0, ", kMax, "] (0 means ", kDefault, ")"));
   }
   return requested == 0 ? kDefault : requested;
+}
+
+// fetch(after, limit) returns up to `limit` items after the name `after`, in name order;
+// name(item) is an item's name; keep(item) whether the caller may see it.
+template <typename T, typename Fetch, typename Name, typename Keep>
+absl::StatusOr<std::vector<T>> VisiblePage(const Fetch& fetch, const Name& name, const Keep& keep, std::string after,
+                                           size_t want) {
+  std::vector<T> page;
+  while (page.size() < want) {
+    absl::StatusOr<std::vector<T>> batch = fetch(after, want);
+    if (!batch.ok()) return batch.status();
+    for (T& item : *batch) {
+      after = name(item);
+      if (keep(item)) page.push_back(std::move(item));
+      if (page.size() == want) break;
+    }
+    if (batch->size() < want) break;
+  }
+  return page;
 }
 
 }  // namespace deltaserve::api

@@ -60,8 +60,22 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
 }  // namespace
 
 VariantsService::VariantsService(control::VariantRegistry* registry, telemetry::ServerMetrics* metrics,
-                                 const ServingState* state, std::string base_model_name)
-    : registry_(registry), metrics_(metrics), state_(state), base_model_name_(std::move(base_model_name)) {}
+                                 const ServingState* state, const Gatekeeper* gate, std::string base_model_name)
+    : registry_(registry),
+      metrics_(metrics),
+      state_(state),
+      gate_(gate),
+      base_model_name_(std::move(base_model_name)) {}
+
+grpc::Status VariantsService::Change(grpc::ServerContext* context, const char* method, const std::string& name,
+                                     const std::function<absl::Status()>& change) {
+  absl::StatusOr<Access> access = gate_->Admit(*context);
+  absl::Status status = access.status();
+  if (status.ok()) status = access->CheckChange("variant", name);
+  if (status.ok()) status = change();
+  gate_->Audit(access.ok() ? &*access : nullptr, method, name, status);
+  return Finish(method, status);
+}
 
 grpc::Status VariantsService::Finish(const char* method, const absl::Status& status) {
   grpc::Status converted = ToGrpcStatus(status);
@@ -69,16 +83,21 @@ grpc::Status VariantsService::Finish(const char* method, const absl::Status& sta
   return converted;
 }
 
-grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext*, const v1::RegisterAdapterRequest* request,
+grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext* context, const v1::RegisterAdapterRequest* request,
                                               v1::Variant* response) {
-  absl::StatusOr<control::VariantStatus> status =
-      registry_->RegisterAdapter(request->name(), request->path());
+  absl::StatusOr<Access> access = gate_->Admit(*context);
+  absl::StatusOr<control::VariantStatus> status = [&]() -> absl::StatusOr<control::VariantStatus> {
+    if (!access.ok()) return access.status();
+    RETURN_IF_ERROR(access->CheckCreate("variant", request->name()));
+    return registry_->RegisterAdapter(request->name(), request->path());
+  }();
   if (status.ok()) ToProto(*status, response);
+  gate_->Audit(access.ok() ? &*access : nullptr, "RegisterAdapter", request->name(), status.status());
   return Finish("RegisterAdapter", status.status());
 }
 
-absl::Status VariantsService::Upload(grpc::ServerReader<v1::UploadAdapterChunk>* reader,
-                                     v1::Variant* response) {
+absl::Status VariantsService::Upload(const Access& access, grpc::ServerReader<v1::UploadAdapterChunk>* reader,
+                                     v1::Variant* response, std::string* name) {
   if (state_->draining()) return absl::UnavailableError("the server is shutting down");
   v1::UploadAdapterChunk chunk;
   if (!reader->Read(&chunk)) return absl::InvalidArgumentError("the upload is empty: send a header first");
@@ -86,6 +105,8 @@ absl::Status VariantsService::Upload(grpc::ServerReader<v1::UploadAdapterChunk>*
     return absl::InvalidArgumentError("the first message of an upload must be the header (name)");
   }
   const v1::UploadAdapterHeader& header = chunk.header();
+  *name = header.name();
+  RETURN_IF_ERROR(access.CheckCreate("variant", *name));
   if (!header.base_model().empty() && header.base_model() != base_model_name_) {
     return absl::FailedPreconditionError(absl::StrCat("the adapter is for base model \"",
                                                       header.base_model(), "\"; this server serves \"",
@@ -106,32 +127,48 @@ absl::Status VariantsService::Upload(grpc::ServerReader<v1::UploadAdapterChunk>*
 grpc::Status VariantsService::UploadAdapter(grpc::ServerContext* context,
                                             grpc::ServerReader<v1::UploadAdapterChunk>* reader,
                                             v1::Variant* response) {
-  absl::Status status = Upload(reader, response);
+  absl::StatusOr<Access> access = gate_->Admit(*context);
+  std::string name;
+  absl::Status status = access.ok() ? Upload(*access, reader, response, &name) : access.status();
   // A client that went away mid-stream ends Read early: its partial upload must not count.
   if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the upload was cancelled");
+  gate_->Audit(access.ok() ? &*access : nullptr, "UploadAdapter", name, status);
   return Finish("UploadAdapter", status);
 }
 
-grpc::Status VariantsService::GetVariant(grpc::ServerContext*, const v1::GetVariantRequest* request,
+grpc::Status VariantsService::GetVariant(grpc::ServerContext* context, const v1::GetVariantRequest* request,
                                          v1::Variant* response) {
-  absl::StatusOr<control::VariantStatus> status = registry_->Get(request->name());
+  absl::StatusOr<control::VariantStatus> status = [&]() -> absl::StatusOr<control::VariantStatus> {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+    RETURN_IF_ERROR(access.CheckSee("variant", request->name()));
+    return registry_->Get(request->name());
+  }();
   if (status.ok()) ToProto(*status, response);
   return Finish("GetVariant", status.status());
 }
 
-grpc::Status VariantsService::ListVariants(grpc::ServerContext*, const v1::ListVariantsRequest* request,
+grpc::Status VariantsService::ListVariants(grpc::ServerContext* context, const v1::ListVariantsRequest* request,
                                            v1::ListVariantsResponse* response) {
-  absl::StatusOr<size_t> page_size_or = PageSize(request->page_size());
-  if (!page_size_or.ok()) return Finish("ListVariants", page_size_or.status());
-  const size_t page_size = *page_size_or;
-  // One more than the page tells whether another page follows.
-  std::vector<control::VariantStatus> page =
-      registry_->List(request->prefix(), request->page_token(), page_size + 1);
-  const bool more = page.size() > page_size;
-  if (more) page.pop_back();
-  for (const control::VariantStatus& status : page) ToProto(status, response->add_variants());
-  if (more) response->set_next_page_token(page.back().variant->name);
-  return Finish("ListVariants", absl::OkStatus());
+  absl::Status status = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+    ASSIGN_OR_RETURN(const size_t page_size, PageSize(request->page_size()));
+    // One more than the page tells whether another page follows.
+    ASSIGN_OR_RETURN(
+        std::vector<control::VariantStatus> page,
+        VisiblePage<control::VariantStatus>(
+            [&](const std::string& after, size_t limit) -> absl::StatusOr<std::vector<control::VariantStatus>> {
+              return registry_->List(request->prefix(), after, limit);
+            },
+            [](const control::VariantStatus& status) { return status.variant->name; },
+            [&](const control::VariantStatus& status) { return access.Sees(status.variant->name); },
+            request->page_token(), page_size + 1));
+    const bool more = page.size() > page_size;
+    if (more) page.pop_back();
+    for (const control::VariantStatus& variant : page) ToProto(variant, response->add_variants());
+    if (more) response->set_next_page_token(page.back().variant->name);
+    return absl::OkStatus();
+  }();
+  return Finish("ListVariants", status);
 }
 
 grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
@@ -139,21 +176,26 @@ grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
                                             v1::DeleteVariantResponse*) {
   absl::Time deadline = DeadlineOf(*context);
   if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + kDefaultDrainTimeout;
-  return Finish("DeleteVariant", registry_->Delete(request->name(), request->drain(), deadline));
+  return Change(context, "DeleteVariant", request->name(),
+                [&] { return registry_->Delete(request->name(), request->drain(), deadline); });
 }
 
-grpc::Status VariantsService::PinVariant(grpc::ServerContext*, const v1::PinVariantRequest* request,
+grpc::Status VariantsService::PinVariant(grpc::ServerContext* context, const v1::PinVariantRequest* request,
                                          v1::Variant* response) {
-  absl::StatusOr<control::VariantStatus> status = registry_->Pin(request->name());
-  if (status.ok()) ToProto(*status, response);
-  return Finish("PinVariant", status.status());
+  return Change(context, "PinVariant", request->name(), [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(control::VariantStatus status, registry_->Pin(request->name()));
+    ToProto(status, response);
+    return absl::OkStatus();
+  });
 }
 
-grpc::Status VariantsService::UnpinVariant(grpc::ServerContext*, const v1::UnpinVariantRequest* request,
+grpc::Status VariantsService::UnpinVariant(grpc::ServerContext* context, const v1::UnpinVariantRequest* request,
                                            v1::Variant* response) {
-  absl::StatusOr<control::VariantStatus> status = registry_->Unpin(request->name());
-  if (status.ok()) ToProto(*status, response);
-  return Finish("UnpinVariant", status.status());
+  return Change(context, "UnpinVariant", request->name(), [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(control::VariantStatus status, registry_->Unpin(request->name()));
+    ToProto(status, response);
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace deltaserve::api

@@ -1,12 +1,15 @@
 // VariantsService: deltaserve.v1.Variants over gRPC's synchronous API (management calls are
 // few, and DeleteVariant with drain may wait, which the sync thread pool allows). Thin: it
-// converts protobuf to VariantRegistry calls and back; every rule lives in the registry.
+// converts protobuf to VariantRegistry calls and back; every rule lives in the registry. Callers
+// see and change variants as Access says; every mutating call is audited.
 // Thread-safe; the registry, metrics and state must outlive it.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "deltaserve/v1/variants.grpc.pb.h"
+#include "server/api/access.h"
 #include "server/api/serving_state.h"
 #include "server/control/variant_registry.h"
 #include "server/telemetry/server_metrics.h"
@@ -16,7 +19,7 @@ namespace deltaserve::api {
 class VariantsService final : public deltaserve::v1::Variants::Service {
  public:
   VariantsService(control::VariantRegistry* registry, telemetry::ServerMetrics* metrics,
-                  const ServingState* state, std::string base_model_name);
+                  const ServingState* state, const Gatekeeper* gate, std::string base_model_name);
 
   grpc::Status RegisterAdapter(grpc::ServerContext* context,
                                const deltaserve::v1::RegisterAdapterRequest* request,
@@ -41,12 +44,17 @@ class VariantsService final : public deltaserve::v1::Variants::Service {
  private:
   // Finish records the RPC in the metrics and converts the status.
   grpc::Status Finish(const char* method, const absl::Status& status);
-  absl::Status Upload(grpc::ServerReader<deltaserve::v1::UploadAdapterChunk>* reader,
-                      deltaserve::v1::Variant* response);
+  absl::Status Upload(const Access& access, grpc::ServerReader<deltaserve::v1::UploadAdapterChunk>* reader,
+                      deltaserve::v1::Variant* response, std::string* name);
+  // Change runs a mutating call on one named variant: admit, check the caller may change it,
+  // run, audit.
+  grpc::Status Change(grpc::ServerContext* context, const char* method, const std::string& name,
+                      const std::function<absl::Status()>& change);
 
   control::VariantRegistry* registry_;
   telemetry::ServerMetrics* metrics_;
   const ServingState* state_;
+  const Gatekeeper* gate_;
   std::string base_model_name_;
 };
 

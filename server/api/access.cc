@@ -1,0 +1,67 @@
+#include "server/api/access.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace deltaserve::api {
+namespace {
+
+std::string NamespaceOf(const std::string& name) {
+  const size_t slash = name.find('/');
+  return slash == std::string::npos ? "" : name.substr(0, slash);
+}
+
+}  // namespace
+
+bool Access::OwnsNamespace(const std::string& name_space) const {
+  return std::find(principal_.namespaces.begin(), principal_.namespaces.end(), name_space) !=
+         principal_.namespaces.end();
+}
+
+bool Access::Sees(const std::string& name) const {
+  const std::string name_space = NamespaceOf(name);
+  return principal_.admin || name_space.empty() || OwnsNamespace(name_space);
+}
+
+bool Access::Owns(const std::string& name) const {
+  const std::string name_space = NamespaceOf(name);
+  return principal_.admin || (!name_space.empty() && OwnsNamespace(name_space));
+}
+
+absl::Status Access::CheckSee(const char* what, const std::string& name) const {
+  if (Sees(name)) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat(what, " \"", name, "\" does not exist"));
+}
+
+absl::Status Access::CheckChange(const char* what, const std::string& name) const {
+  if (absl::Status seen = CheckSee(what, name); !seen.ok()) return seen;
+  if (Owns(name)) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat(what, " \"", name, "\" is shared; only an admin may change it"));
+}
+
+absl::Status Access::CheckCreate(const char* what, const std::string& name) const {
+  if (Owns(name)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat("tenant \"", principal_.tenant, "\" may create a ", what,
+                                                  " only as NAMESPACE/NAME with NAMESPACE one of: ",
+                                                  absl::StrJoin(principal_.namespaces, ", ")));
+}
+
+absl::StatusOr<Access> Gatekeeper::Admit(const grpc::ServerContextBase& context) const {
+  const auto& metadata = context.client_metadata();
+  auto found = metadata.find("authorization");
+  const std::string_view value =
+      found == metadata.end() ? std::string_view() : std::string_view(found->second.data(), found->second.size());
+  absl::StatusOr<auth::Principal> principal = authenticator_->Authenticate(value);
+  if (!principal.ok()) return principal.status();
+  return Access(std::move(*principal));
+}
+
+void Gatekeeper::Audit(const Access* caller, const char* rpc, const std::string& target,
+                       const absl::Status& outcome) const {
+  audit_->Record(caller == nullptr ? "?" : caller->Tenant(), rpc, target, outcome);
+}
+
+}  // namespace deltaserve::api

@@ -1,0 +1,65 @@
+// Access: what the caller of an RPC may see and change, from its authenticated Principal.
+//   - Names are "NAMESPACE/NAME" or "NAME". A tenant sees the variants and datasets of its own
+//     namespaces and the shared ones (no namespace: registered by admins or --adapter-dir), and
+//     only its own jobs (those writing into its namespaces).
+//   - It may create, change and delete only within its own namespaces; shared names are the
+//     admins'.
+//   - What a caller may not see does not exist for it: NOT_FOUND, worded as for a missing name,
+//     so that other tenants' names never leak. Changing something visible but not owned (a
+//     shared variant) is PERMISSION_DENIED.
+// Admins, and everyone on an open server (no tenants), see and change everything.
+//   ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
+//   RETURN_IF_ERROR(access.CheckChange("variant", request->name()));
+#pragma once
+
+#include <string>
+
+#include <grpcpp/server_context.h>
+
+#include "absl/status/statusor.h"
+#include "server/auth/audit_log.h"
+#include "server/auth/authenticator.h"
+
+namespace deltaserve::api {
+
+class Access {
+ public:
+  explicit Access(auth::Principal principal) : principal_(std::move(principal)) {}
+
+  // Sees: whether a variant or dataset name is visible. Owns: whether it may be changed.
+  bool Sees(const std::string& name) const;
+  bool Owns(const std::string& name) const;
+  // CheckSee: NOT_FOUND "<what> \"NAME\" does not exist" when not visible.
+  absl::Status CheckSee(const char* what, const std::string& name) const;
+  // CheckChange: CheckSee, then PERMISSION_DENIED when visible but not owned. For a name that
+  // does not exist yet, use CheckCreate.
+  absl::Status CheckChange(const char* what, const std::string& name) const;
+  // CheckCreate: PERMISSION_DENIED naming the namespaces the caller may create in.
+  absl::Status CheckCreate(const char* what, const std::string& name) const;
+
+  const auth::Principal& principal() const { return principal_; }
+  // Tenant: the tenant's name for audit lines ("-" on an open server).
+  std::string Tenant() const { return principal_.tenant.empty() ? "-" : principal_.tenant; }
+
+ private:
+  bool OwnsNamespace(const std::string& name_space) const;
+  auth::Principal principal_;
+};
+
+// Gatekeeper: what every service does at the door: authenticate the caller of an RPC from its
+// "authorization" metadata (UNAUTHENTICATED on failure), and write the audit line of a mutating
+// RPC. The authenticator and audit log must outlive it.
+class Gatekeeper {
+ public:
+  Gatekeeper(const auth::Authenticator* authenticator, auth::AuditLog* audit)
+      : authenticator_(authenticator), audit_(audit) {}
+  absl::StatusOr<Access> Admit(const grpc::ServerContextBase& context) const;
+  // Audit records a mutating RPC; `caller` is null when it was not authenticated.
+  void Audit(const Access* caller, const char* rpc, const std::string& target, const absl::Status& outcome) const;
+
+ private:
+  const auth::Authenticator* authenticator_;
+  auth::AuditLog* audit_;
+};
+
+}  // namespace deltaserve::api

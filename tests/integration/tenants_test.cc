@@ -1,0 +1,259 @@
+// Integration: tenants on the real server (--config). Every service refuses a missing or wrong
+// key with UNAUTHENTICATED (health stays open for probes); a tenant sees its own variants,
+// datasets and jobs and the shared variants, never another tenant's (NOT_FOUND, absent from
+// lists), creates only in its namespaces and cannot change shared variants (PERMISSION_DENIED);
+// an admin sees everything; mutating RPCs are audited; SIGHUP reloads the keys and a broken file
+// keeps the old ones; an open server refuses a non-loopback address; deltactl sends --api-key or
+// DELTASERVE_API_KEY.
+#include <signal.h>
+#include <stdlib.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "server/common/file_util.h"
+#include "server/common/sha256.h"
+#include "tests/integration/rpc_helpers.h"
+#include "tests/integration/server_process.h"
+#include "tests/support/test_models.h"
+#include "tools/demo_model.h"
+
+namespace deltaserve::testing {
+namespace {
+
+std::string Tenants(const std::string& acme_key) {
+  auto digest = [](const std::string& key) { return common::Sha256Hex(key); };
+  return "tenants { name: \"acme\" role: TENANT api_key_sha256: \"" + digest(acme_key) +
+         "\" namespaces: \"acme\" }\n"
+         "tenants { name: \"beta\" role: TENANT api_key_sha256: \"" + digest("beta-key") +
+         "\" namespaces: \"beta\" }\n"
+         "tenants { name: \"ops\" role: ADMIN api_key_sha256: \"" + digest("ops-key") + "\" }\n";
+}
+
+class TenantsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    adapters_ = MakeTempDir("tenant-adapters");
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters_, 2, 4).ok());  // shared: demo-000, demo-001
+    data_dir_ = MakeTempDir("tenant-data");
+    config_ = data_dir_ + "/config.textproto";
+    ASSERT_TRUE(common::WriteFileAtomically(config_, Tenants("acme-key")).ok());
+    ASSERT_TRUE(server_.Start(TinyModelDir(), {"--config", config_, "--adapter-dir", adapters_, "--data-dir", data_dir_}));
+    anonymous_ = DeltaserveClient::Connect(server_.target());
+    acme_ = DeltaserveClient::Connect(server_.target(), "acme-key");
+    beta_ = DeltaserveClient::Connect(server_.target(), "beta-key");
+    ops_ = DeltaserveClient::Connect(server_.target(), "ops-key");
+  }
+
+  std::string adapters_, data_dir_, config_;
+  ServerProcess server_;
+  std::unique_ptr<DeltaserveClient> anonymous_, acme_, beta_, ops_;
+};
+
+grpc::StatusCode ListVariantsCode(DeltaserveClient& client, v1::ListVariantsResponse* response) {
+  grpc::ClientContext context;
+  return client.variants().ListVariants(&context, v1::ListVariantsRequest(), response).error_code();
+}
+
+TEST_F(TenantsTest, EveryServiceNeedsAKeyButHealthDoesNot) {
+  auto wrong = DeltaserveClient::Connect(server_.target(), "not-a-key");
+  for (DeltaserveClient* client : {anonymous_.get(), wrong.get()}) {
+    Stream stream = RunStream(*client, Generate("hello", 2));
+    EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << stream.status.error_message();
+    EXPECT_NE(stream.status.error_message().find("authorization: Bearer <key>"), std::string::npos);
+    v1::ScoreRequest score;
+    score.set_text("hello");
+    v1::ScoreResponse scored;
+    EXPECT_EQ(client->Score(score, &scored).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    v1::TokenizeRequest tokenize;
+    tokenize.set_text("hello");
+    v1::TokenizeResponse tokens;
+    EXPECT_EQ(client->Tokenize(tokenize, &tokens).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    v1::ListVariantsResponse variants;
+    EXPECT_EQ(ListVariantsCode(*client, &variants), grpc::StatusCode::UNAUTHENTICATED);
+    {
+      grpc::ClientContext context;
+      v1::ListJobsResponse jobs;
+      EXPECT_EQ(client->jobs().ListJobs(&context, v1::ListJobsRequest(), &jobs).error_code(),
+                grpc::StatusCode::UNAUTHENTICATED);
+    }
+    {
+      grpc::ClientContext context;
+      v1::ListDatasetsResponse datasets;
+      EXPECT_EQ(client->datasets().ListDatasets(&context, v1::ListDatasetsRequest(), &datasets).error_code(),
+                grpc::StatusCode::UNAUTHENTICATED);
+    }
+    v1::Variant variant;
+    EXPECT_EQ(client->UploadAdapter("acme/x", adapters_ + "/demo-000", &variant).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    client::HealthStatus health;
+    EXPECT_TRUE(client->Health("", &health).ok()) << "probes need no key";
+  }
+  EXPECT_TRUE(RunStream(*acme_, Generate("hello", 2)).status.ok());
+  EXPECT_TRUE(RunStream(*acme_, Generate("hello", 2, "demo-000")).status.ok()) << "shared variants serve everyone";
+}
+
+TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
+  v1::Variant variant;
+  ASSERT_TRUE(acme_->UploadAdapter("acme/bot", adapters_ + "/demo-001", &variant).ok());
+  v1::Dataset dataset;
+  ASSERT_TRUE(acme_->UploadDataset("acme/data", "{\"text\": \"the cat reads\"}\n", &dataset).ok());
+  v1::Job job;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(acme_->jobs().SubmitMerge(&context, Merge("cat", "acme/merged", {{"acme/bot", 0.5}, {"demo-000", 0.5}}),
+                                          &job).ok());
+  }
+  // Another tenant: nothing of acme's exists for it.
+  EXPECT_EQ(GetVariant(*beta_, "acme/bot", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
+  Stream stream = RunStream(*beta_, Generate("hello", 2, "acme/bot"));
+  EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(stream.status.error_message().find("variant \"acme/bot\" does not exist"), std::string::npos);
+  v1::Job seen;
+  EXPECT_EQ(GetJob(*beta_, job.id(), &seen).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(CancelJob(*beta_, job.id(), &seen).error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::Status watched;
+  WatchJob(*beta_, job.id(), &watched);
+  EXPECT_EQ(watched.error_code(), grpc::StatusCode::NOT_FOUND);
+  {
+    grpc::ClientContext context;
+    v1::GetDatasetRequest request;
+    request.set_name("acme/data");
+    EXPECT_EQ(beta_->datasets().GetDataset(&context, request, &dataset).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext context;
+    v1::DeleteVariantRequest request;
+    request.set_name("acme/bot");
+    v1::DeleteVariantResponse response;
+    EXPECT_EQ(beta_->variants().DeleteVariant(&context, request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext context;
+    v1::Job refused;
+    EXPECT_EQ(beta_->jobs().SubmitMerge(&context, Merge("cat", "beta/stolen", {{"acme/bot", 1}}), &refused).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext context;
+    v1::FinetuneRequest request;
+    request.set_output("beta/ft");
+    request.set_dataset("acme/data");
+    v1::Job refused;
+    EXPECT_EQ(beta_->jobs().SubmitFinetune(&context, request, &refused).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // Creating outside one's namespaces, or changing a shared variant, is refused.
+  grpc::Status outside = beta_->UploadAdapter("acme/intruder", adapters_ + "/demo-000", &variant);
+  EXPECT_EQ(outside.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(outside.error_message().find("NAMESPACE one of: beta"), std::string::npos) << outside.error_message();
+  EXPECT_EQ(beta_->UploadAdapter("unscoped", adapters_ + "/demo-000", &variant).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  {
+    grpc::ClientContext context;
+    v1::DeleteVariantRequest request;
+    request.set_name("demo-000");
+    v1::DeleteVariantResponse response;
+    grpc::Status status = beta_->variants().DeleteVariant(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_NE(status.error_message().find("only an admin"), std::string::npos);
+  }
+
+  // Lists show each tenant its own and the shared names only.
+  auto all_text = [](const google::protobuf::Message& message) { return message.DebugString(); };
+  v1::ListVariantsResponse variants;
+  ASSERT_EQ(ListVariantsCode(*beta_, &variants), grpc::StatusCode::OK);
+  EXPECT_EQ(all_text(variants).find("acme"), std::string::npos) << all_text(variants);
+  EXPECT_NE(all_text(variants).find("demo-000"), std::string::npos);
+  v1::ListJobsResponse jobs;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(beta_->jobs().ListJobs(&context, v1::ListJobsRequest(), &jobs).ok());
+  }
+  EXPECT_EQ(jobs.jobs_size(), 0) << all_text(jobs);
+  v1::ListDatasetsResponse datasets;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(beta_->datasets().ListDatasets(&context, v1::ListDatasetsRequest(), &datasets).ok());
+  }
+  EXPECT_EQ(datasets.datasets_size(), 0);
+
+  // The owner and the admin see it all.
+  ASSERT_EQ(WatchJob(*acme_, job.id()).back().state(), v1::SUCCEEDED);
+  EXPECT_TRUE(GetVariant(*acme_, "acme/merged", &variant).ok());
+  ASSERT_EQ(ListVariantsCode(*ops_, &variants), grpc::StatusCode::OK);
+  EXPECT_NE(all_text(variants).find("acme/bot"), std::string::npos);
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(ops_->jobs().ListJobs(&context, v1::ListJobsRequest(), &jobs).ok());
+  }
+  EXPECT_EQ(jobs.jobs_size(), 1);
+  EXPECT_TRUE(RunStream(*ops_, Generate("hello", 2, "acme/bot")).status.ok());
+
+  // Each mutating call left an audit line with the tenant, RPC, target and outcome.
+  std::ifstream file(data_dir_ + "/audit.log");
+  std::stringstream audit;
+  audit << file.rdbuf();
+  const std::string log = audit.str();
+  for (const std::string expected :
+       {"\"outcome\":\"OK\",\"rpc\":\"UploadAdapter\",\"target\":\"acme/bot\",\"tenant\":\"acme\"",
+        "\"rpc\":\"UploadDataset\",\"target\":\"acme/data\",\"tenant\":\"acme\"",
+        "\"outcome\":\"OK\",\"rpc\":\"SubmitMerge\",\"target\":\"acme/merged\",\"tenant\":\"acme\"",
+        "\"outcome\":\"PERMISSION_DENIED\",\"rpc\":\"UploadAdapter\",\"target\":\"acme/intruder\",\"tenant\":\"beta\"",
+        "\"outcome\":\"NOT_FOUND\",\"rpc\":\"DeleteVariant\",\"target\":\"acme/bot\",\"tenant\":\"beta\"",
+        "\"rpc\":\"CancelJob\""}) {
+    EXPECT_NE(log.find(expected), std::string::npos) << expected << "\n" << log;
+  }
+}
+
+TEST_F(TenantsTest, SighupReloadsKeysAndABrokenFileKeepsTheOldOnes) {
+  ASSERT_TRUE(common::WriteFileAtomically(config_, Tenants("acme-new-key")).ok());
+  server_.Signal(SIGHUP);
+  auto renewed = DeltaserveClient::Connect(server_.target(), "acme-new-key");
+  v1::ListVariantsResponse variants;
+  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
+  for (int i = 0; i < 200 && code != grpc::StatusCode::OK; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    code = ListVariantsCode(*renewed, &variants);
+  }
+  EXPECT_EQ(code, grpc::StatusCode::OK) << "the new key works";
+  EXPECT_EQ(ListVariantsCode(*acme_, &variants), grpc::StatusCode::UNAUTHENTICATED) << "the removed key does not";
+
+  ASSERT_TRUE(common::WriteFileAtomically(config_, "tenants { name: \"acme\" role: TENANT\n").ok());
+  server_.Signal(SIGHUP);
+  for (int i = 0; i < 200 && server_.Log().find("NOT reloaded") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_NE(server_.Log().find("configuration NOT reloaded, the previous one stays: " + config_ + ":2:"),
+            std::string::npos)
+      << server_.Log();
+  EXPECT_EQ(ListVariantsCode(*renewed, &variants), grpc::StatusCode::OK) << "the old configuration stays";
+}
+
+TEST_F(TenantsTest, DeltactlSendsTheKeyFromTheFlagOrTheEnvironment) {
+  std::string out, err;
+  const std::string ctl = "--target " + server_.target() + " ";
+  EXPECT_EQ(RunDeltactl(ctl + "variants list", &out, &err), 1);
+  EXPECT_NE(err.find("not authenticated (give --api-key or set DELTASERVE_API_KEY)"), std::string::npos) << err;
+  ASSERT_EQ(RunDeltactl(ctl + "--api-key beta-key variants list", &out, &err), 0) << err;
+  EXPECT_NE(out.find("demo-000"), std::string::npos) << out;
+  ::setenv("DELTASERVE_API_KEY", "ops-key", 1);
+  const int code = RunDeltactl(ctl + "variants list", &out, &err);
+  ::unsetenv("DELTASERVE_API_KEY");
+  EXPECT_EQ(code, 0) << err;
+}
+
+TEST(OpenServerTest, ANonLoopbackAddressNeedsTenantsOrAnExplicitFlag) {
+  ServerProcess server;
+  EXPECT_FALSE(server.Start(TinyModelDir(), {"--host", "0.0.0.0"}));
+  EXPECT_NE(server.Log().find("no tenants are configured"), std::string::npos) << server.Log();
+  // (Starting it with --allow-unauthenticated would listen beyond loopback, which tests never do.)
+  ServerProcess loopback;
+  ASSERT_TRUE(loopback.Start(TinyModelDir()));
+  EXPECT_NE(loopback.Log().find("open server"), std::string::npos) << "the start-up log says it is open";
+}
+
+}  // namespace
+}  // namespace deltaserve::testing
