@@ -399,7 +399,10 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
     if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
     RETURN_IF_ERROR(CheckAccess(*access, request));
     ASSIGN_OR_RETURN(auto spec, FromProto(request));
-    return kind->Submit(std::move(spec), request.idempotency_key());
+    // Idempotency keys are per tenant: another tenant's key never returns (or blocks) its job.
+    const std::string& tenant = access->principal().tenant;
+    const std::string& key = request.idempotency_key();
+    return kind->Submit(std::move(spec), tenant.empty() || key.empty() ? key : tenant + ":" + key);
   }();
   gate_->Audit(access.ok() ? &*access : nullptr, method, job.ok() ? job->output_variant : request.output(),
                job.status());

@@ -102,10 +102,23 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
   v1::Dataset dataset;
   ASSERT_TRUE(acme_->UploadDataset("acme/data", "{\"text\": \"the cat reads\"}\n", &dataset).ok());
   v1::Job job;
+  v1::MergeRequest merge = Merge("cat", "acme/merged", {{"acme/bot", 0.5}, {"demo-000", 0.5}});
+  merge.set_idempotency_key("nightly");
   {
     grpc::ClientContext context;
-    ASSERT_TRUE(acme_->jobs().SubmitMerge(&context, Merge("cat", "acme/merged", {{"acme/bot", 0.5}, {"demo-000", 0.5}}),
-                                          &job).ok());
+    ASSERT_TRUE(acme_->jobs().SubmitMerge(&context, merge, &job).ok());
+  }
+  {
+    // The same idempotency key from another tenant is that tenant's own key: a new job.
+    grpc::ClientContext context;
+    v1::Job theirs;
+    ASSERT_TRUE(beta_->jobs().SubmitMerge(&context, [] {
+      v1::MergeRequest request = Merge("cat", "beta/merged", {{"demo-000", 1}});
+      request.set_idempotency_key("nightly");
+      return request;
+    }(), &theirs).ok());
+    EXPECT_NE(theirs.id(), job.id());
+    ASSERT_EQ(WatchJob(*beta_, theirs.id()).back().state(), v1::SUCCEEDED);
   }
   // Another tenant: nothing of acme's exists for it.
   EXPECT_EQ(GetVariant(*beta_, "acme/bot", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
@@ -172,7 +185,8 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
     grpc::ClientContext context;
     ASSERT_TRUE(beta_->jobs().ListJobs(&context, v1::ListJobsRequest(), &jobs).ok());
   }
-  EXPECT_EQ(jobs.jobs_size(), 0) << all_text(jobs);
+  ASSERT_EQ(jobs.jobs_size(), 1) << all_text(jobs);
+  EXPECT_EQ(jobs.jobs(0).output_variant(), "beta/merged");
   v1::ListDatasetsResponse datasets;
   {
     grpc::ClientContext context;
@@ -189,7 +203,7 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
     grpc::ClientContext context;
     ASSERT_TRUE(ops_->jobs().ListJobs(&context, v1::ListJobsRequest(), &jobs).ok());
   }
-  EXPECT_EQ(jobs.jobs_size(), 1);
+  EXPECT_EQ(jobs.jobs_size(), 2);
   EXPECT_TRUE(RunStream(*ops_, Generate("hello", 2, "acme/bot")).status.ok());
 
   // Each mutating call left an audit line with the tenant, RPC, target and outcome.
