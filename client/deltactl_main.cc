@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -29,6 +31,9 @@
 #include "server/common/sha256.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA to trust: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, api_key, "", "API key sent as \"authorization: Bearer KEY\" (default: $DELTASERVE_API_KEY)");
 ABSL_FLAG(std::string, variant, "", "variant name (empty = base model)");
 ABSL_FLAG(int32_t, max_tokens, 0, "tokens to generate (0 = server default)");
@@ -178,11 +183,30 @@ int main(int argc, char** argv) {
     text += positional[i];
   }
   if (command == "keys") return HashKey(positional);
-  std::string api_key = absl::GetFlag(FLAGS_api_key);
-  if (const char* from_environment = std::getenv("DELTASERVE_API_KEY"); api_key.empty() && from_environment != nullptr) {
-    api_key = from_environment;
+  deltaserve::client::ConnectOptions options;
+  options.api_key = absl::GetFlag(FLAGS_api_key);
+  if (const char* from_environment = std::getenv("DELTASERVE_API_KEY");
+      options.api_key.empty() && from_environment != nullptr) {
+    options.api_key = from_environment;
   }
-  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target), api_key);
+  for (const auto& [path, pem] : {std::pair{absl::GetFlag(FLAGS_tls_ca), &options.tls_ca_pem},
+                                  std::pair{absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_pem},
+                                  std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_key_pem}}) {
+    if (path.empty()) continue;
+    std::ifstream file(path);
+    if (!file) {
+      std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
+      return 2;
+    }
+    std::stringstream text;
+    text << file.rdbuf();
+    *pem = text.str();
+  }
+  if (options.tls_ca_pem.empty() && !options.tls_cert_pem.empty()) {
+    std::fprintf(stderr, "deltactl: --tls-cert needs --tls-ca (the CA that signed the server's certificate)\n");
+    return 2;
+  }
+  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target), options);
   if (command == "health") return Health(*client);
   if (command == "variants") {
     return deltaserve::client::RunVariantsCommand(

@@ -34,12 +34,20 @@ class ApiKeyInterceptorFactory : public grpc::experimental::ClientInterceptorFac
   const std::string header_;
 };
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const std::string& api_key) {
-  if (api_key.empty()) return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const ConnectOptions& options) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_ca_pem;
+    ssl.pem_cert_chain = options.tls_cert_pem;
+    ssl.pem_private_key = options.tls_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  if (options.api_key.empty()) return grpc::CreateChannel(target, credentials);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<ApiKeyInterceptorFactory>(api_key));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(target, grpc::InsecureChannelCredentials(),
-                                                                 grpc::ChannelArguments(), std::move(interceptors));
+  interceptors.push_back(std::make_unique<ApiKeyInterceptorFactory>(options.api_key));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, grpc::ChannelArguments(),
+                                                                 std::move(interceptors));
 }
 
 void ApplyTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeout) {
@@ -48,13 +56,19 @@ void ApplyTimeout(grpc::ClientContext& context, std::chrono::milliseconds timeou
 
 }  // namespace
 
-std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target, const std::string& api_key) {
-  return std::unique_ptr<DeltaserveClient>(new DeltaserveClient(target, api_key));
+std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target, const ConnectOptions& options) {
+  return std::unique_ptr<DeltaserveClient>(new DeltaserveClient(target, options));
 }
 
-DeltaserveClient::DeltaserveClient(const std::string& target, const std::string& api_key)
+std::unique_ptr<DeltaserveClient> DeltaserveClient::Connect(const std::string& target, const std::string& api_key) {
+  ConnectOptions options;
+  options.api_key = api_key;
+  return Connect(target, options);
+}
+
+DeltaserveClient::DeltaserveClient(const std::string& target, const ConnectOptions& options)
     : target_(target),
-      channel_(MakeChannel(target, api_key)),
+      channel_(MakeChannel(target, options)),
       generation_(deltaserve::v1::Generation::NewStub(channel_)),
       variants_(deltaserve::v1::Variants::NewStub(channel_)),
       jobs_(deltaserve::v1::Jobs::NewStub(channel_)),

@@ -23,9 +23,20 @@ namespace deltaserve::client {
 
 enum class HealthStatus { kUnknown, kServing, kNotServing };
 
+// How to reach a server. Without tls_ca_pem the channel is plaintext; with it, TLS that trusts
+// that CA, presenting tls_cert_pem/tls_key_pem when given (mutual TLS). api_key, when set, goes
+// with every call as "authorization: Bearer <api_key>".
+struct ConnectOptions {
+  std::string api_key;
+  std::string tls_ca_pem;
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+};
+
 class DeltaserveClient {
  public:
-  // Connect: with an api_key, every call sends "authorization: Bearer <api_key>".
+  static std::unique_ptr<DeltaserveClient> Connect(const std::string& target, const ConnectOptions& options);
+  // Connect: plaintext; with an api_key, every call sends "authorization: Bearer <api_key>".
   static std::unique_ptr<DeltaserveClient> Connect(const std::string& target, const std::string& api_key = "");
 
   // Generate calls on_response for every streamed message; a zero timeout means none.
@@ -57,7 +68,7 @@ class DeltaserveClient {
   const std::string& target() const { return target_; }
 
  private:
-  DeltaserveClient(const std::string& target, const std::string& api_key);
+  DeltaserveClient(const std::string& target, const ConnectOptions& options);
   std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<deltaserve::v1::Generation::Stub> generation_;

@@ -22,6 +22,7 @@
 #include "server/api/datasets_service.h"
 #include "server/api/generation_service.h"
 #include "server/api/jobs_service.h"
+#include "server/api/server_credentials.h"
 #include "server/api/serving_state.h"
 #include "server/api/variants_service.h"
 #include "server/auth/audit_log.h"
@@ -71,6 +72,12 @@ ABSL_FLAG(std::string, config, "", "server configuration file (protobuf text for
           "tenants and their API-key digests); reloaded on SIGHUP");
 ABSL_FLAG(bool, allow_unauthenticated, false,
           "serve a non-loopback --host without tenants (anyone who can connect may do anything)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require client certificates it signed (mutual TLS)");
+ABSL_FLAG(int, health_port, -1,
+          "a plaintext port serving only grpc.health.v1 on --host, for probes when gRPC uses TLS "
+          "(0 = pick one, -1 = off)");
 ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{256} << 20, "largest JSONL file UploadDataset accepts");
 ABSL_FLAG(int32_t, job_workers, 1, "jobs (merges, ...) that run at once, beside serving");
 ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
@@ -224,7 +231,10 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string address = absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  auto credentials = deltaserve::api::ServerCredentialsFor(
+      absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca));
+  if (!credentials.ok()) return Fail(credentials.status());
+  builder.AddListeningPort(address, *credentials, &port);
   builder.RegisterService(&generation);
   builder.RegisterService(&variants);
   builder.RegisterService(&jobs);
@@ -234,6 +244,20 @@ int main(int argc, char** argv) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  // The plaintext probe port: its own server, with nothing but the health service.
+  std::unique_ptr<grpc::Server> health_server;
+  if (absl::GetFlag(FLAGS_health_port) >= 0) {
+    grpc::ServerBuilder health_builder;
+    int health_port = 0;
+    health_builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_health_port)),
+                                    grpc::InsecureServerCredentials(), &health_port);
+    health_server = health_builder.BuildAndStart();
+    if (health_server == nullptr || health_port == 0) {
+      return Fail(absl::UnavailableError(absl::StrCat("cannot listen on health port ", absl::GetFlag(FLAGS_health_port))));
+    }
+    health_server->GetHealthCheckService()->SetServingStatus(true);
+    Log(absl::StrCat("health (plaintext) on port ", health_port));
+  }
   // Tests and scripts read this line to find the ports.
   std::printf("deltaserve: serving model \"%s\" on %s:%d, metrics on port %d\n", model_name.c_str(),
               absl::GetFlag(FLAGS_host).c_str(), port, metrics_port);
@@ -248,6 +272,7 @@ int main(int argc, char** argv) {
   Log(absl::StrCat("received signal ", signal_number, ": draining"));
   serving_state.StartDraining();
   server->GetHealthCheckService()->SetServingStatus(false);
+  if (health_server != nullptr) health_server->GetHealthCheckService()->SetServingStatus(false);
   const absl::Time grace_end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
   while ((*engine)->Snapshot().active_requests > 0 && absl::Now() < grace_end) {
     absl::SleepFor(absl::Milliseconds(20));
@@ -259,6 +284,7 @@ int main(int argc, char** argv) {
   (*job_runner)->Stop();
   (*engine)->Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (health_server != nullptr) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   Log("stopped");
   return 0;
 }
