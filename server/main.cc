@@ -27,6 +27,7 @@
 #include "server/api/variants_service.h"
 #include "server/auth/audit_log.h"
 #include "server/auth/authenticator.h"
+#include "server/auth/quota_tracker.h"
 #include "server/common/file_util.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
@@ -214,7 +215,8 @@ int main(int argc, char** argv) {
   }
   auto audit = deltaserve::auth::AuditLog::Open(deltaserve::common::JoinPath(data_dir, "audit.log"));
   if (!audit.ok()) return Fail(audit.status());
-  deltaserve::api::Gatekeeper gate(authenticator->get(), audit->get());
+  deltaserve::auth::QuotaTracker quotas;
+  deltaserve::api::Gatekeeper gate(authenticator->get(), audit->get(), &quotas);
 
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
@@ -223,7 +225,7 @@ int main(int argc, char** argv) {
                                                 &serving_state, &gate, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
   deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);
-  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, registry->get(), metrics.get(),
                                     &serving_state, &gate);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -1,6 +1,7 @@
 #include "server/api/access.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -57,6 +58,43 @@ absl::StatusOr<Access> Gatekeeper::Admit(const grpc::ServerContextBase& context)
   absl::StatusOr<auth::Principal> principal = authenticator_->Authenticate(value);
   if (!principal.ok()) return principal.status();
   return Access(std::move(*principal));
+}
+
+void Gatekeeper::AddPushback(grpc::ServerContextBase& context, const absl::Status& status) {
+  std::optional<absl::Duration> retry_after = auth::RetryAfter(status);
+  if (retry_after.has_value()) {
+    context.AddTrailingMetadata("grpc-retry-pushback-ms", std::to_string(absl::ToInt64Milliseconds(*retry_after)));
+  }
+}
+
+absl::Status CheckVariantQuota(const Access& access, const control::VariantRegistry& registry) {
+  const auth::Principal& principal = access.principal();
+  const int64_t limit = principal.quotas.max_variants;
+  if (limit <= 0) return absl::OkStatus();
+  int64_t stored = 0;
+  for (const std::string& name_space : principal.namespaces) {
+    stored += static_cast<int64_t>(registry.List(name_space + "/", "", static_cast<size_t>(limit) + 1).size());
+  }
+  if (stored < limit) return absl::OkStatus();
+  return auth::QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" stores ", stored,
+                                          " variants, its max_variants quota; delete one first"),
+                             std::nullopt);
+}
+
+absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runner) {
+  const auth::Principal& principal = access.principal();
+  const int64_t limit = principal.quotas.max_running_jobs;
+  if (limit <= 0) return absl::OkStatus();
+  int64_t active = 0;
+  for (const char* state : {"QUEUED", "RUNNING"}) {
+    control::JobFilter filter;
+    filter.state = state;
+    for (const control::JobRecord& job : runner.List(filter, 0, 100000)) active += access.Owns(job.output_variant) ? 1 : 0;
+  }
+  if (active < limit) return absl::OkStatus();
+  return auth::QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" has ", active,
+                                          " jobs queued or running, its max_running_jobs quota; retry when one ends"),
+                             absl::Seconds(5));
 }
 
 void Gatekeeper::Audit(const Access* caller, const char* rpc, const std::string& target,

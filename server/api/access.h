@@ -12,6 +12,7 @@
 //   RETURN_IF_ERROR(access.CheckChange("variant", request->name()));
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include <grpcpp/server_context.h>
@@ -19,6 +20,9 @@
 #include "absl/status/statusor.h"
 #include "server/auth/audit_log.h"
 #include "server/auth/authenticator.h"
+#include "server/auth/quota_tracker.h"
+#include "server/control/job_runner.h"
+#include "server/control/variant_registry.h"
 
 namespace deltaserve::api {
 
@@ -51,15 +55,28 @@ class Access {
 // RPC. The authenticator and audit log must outlive it.
 class Gatekeeper {
  public:
-  Gatekeeper(const auth::Authenticator* authenticator, auth::AuditLog* audit)
-      : authenticator_(authenticator), audit_(audit) {}
+  Gatekeeper(const auth::Authenticator* authenticator, auth::AuditLog* audit, auth::QuotaTracker* quotas)
+      : authenticator_(authenticator), audit_(audit), quotas_(quotas) {}
   absl::StatusOr<Access> Admit(const grpc::ServerContextBase& context) const;
+  // Lease: one Generate/Score request of the caller against its serving quotas.
+  absl::StatusOr<std::shared_ptr<auth::RequestLease>> Lease(const Access& access) const {
+    return quotas_->Admit(access.principal());
+  }
+  // AddPushback tells gRPC clients when to retry a call refused over a quota
+  // (grpc-retry-pushback-ms trailing metadata); nothing for other errors.
+  static void AddPushback(grpc::ServerContextBase& context, const absl::Status& status);
   // Audit records a mutating RPC; `caller` is null when it was not authenticated.
   void Audit(const Access* caller, const char* rpc, const std::string& target, const absl::Status& outcome) const;
 
  private:
   const auth::Authenticator* authenticator_;
   auth::AuditLog* audit_;
+  auth::QuotaTracker* quotas_;
 };
+
+// The storage quotas, checked before something new is stored in the caller's namespaces:
+// CheckVariantQuota (max_variants) and CheckJobQuota (max_running_jobs, queued or running).
+absl::Status CheckVariantQuota(const Access& access, const control::VariantRegistry& registry);
+absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runner);
 
 }  // namespace deltaserve::api

@@ -81,8 +81,14 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   GenerateCall(engine::Engine* engine, const control::VariantRegistry* variants, telemetry::ServerMetrics* metrics)
       : engine_(engine), variants_(variants), metrics_(metrics) {}
 
-  void Start(absl::StatusOr<engine::EngineRequest> request) {
+  // Start submits the request; `lease` (the tenant's quota slot) is held until the call is
+  // gone and charged with the tokens generated.
+  void Start(absl::StatusOr<engine::EngineRequest> request, std::shared_ptr<auth::RequestLease> lease) {
     self_ = shared_from_this();
+    {
+      absl::MutexLock lock(&mutex_);
+      lease_ = std::move(lease);
+    }
     if (!request.ok()) {
       FinishNow(ToGrpcStatus(request.status()));
       return;
@@ -114,6 +120,10 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
 
   void OnFinished(engine::RequestResult result) override {
     absl::MutexLock lock(&mutex_);
+    if (lease_ != nullptr) {  // the request is over: its tokens are charged and its slot is free
+      lease_->Charge(result.usage.completion_tokens);
+      lease_.reset();
+    }
     if (finish_pending_ || done_) return;
     final_status_ = FinalStatus(result);
     if (final_status_.ok()) {
@@ -194,6 +204,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   absl::Mutex mutex_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
   std::string request_id_;
+  std::shared_ptr<auth::RequestLease> lease_ ABSL_GUARDED_BY(mutex_);  // until the request is over
   std::string variant_ ABSL_GUARDED_BY(mutex_);
   int64_t variant_version_ ABSL_GUARDED_BY(mutex_) = 0;
   // Responses to write, front is in flight while writing_ (deque keeps addresses stable).
@@ -213,10 +224,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
 class ScoreSink final : public engine::RequestSink {
  public:
   ScoreSink(grpc::ServerUnaryReactor* reactor, v1::ScoreResponse* response,
-            telemetry::ServerMetrics* metrics)
-      : reactor_(reactor), response_(response), metrics_(metrics) {}
+            telemetry::ServerMetrics* metrics, std::shared_ptr<auth::RequestLease> lease)
+      : reactor_(reactor), response_(response), metrics_(metrics), lease_(std::move(lease)) {}
   void OnOutput(engine::GenerationOutput) override {}
   void OnFinished(engine::RequestResult result) override {
+    lease_.reset();  // the request is over: its slot is free
     grpc::Status status = FinalStatus(result);
     if (status.ok()) {
       response_->mutable_token_ids()->Add(result.scored_token_ids.begin(),
@@ -236,6 +248,7 @@ class ScoreSink final : public engine::RequestSink {
   grpc::ServerUnaryReactor* reactor_;
   v1::ScoreResponse* response_;
   telemetry::ServerMetrics* metrics_;
+  std::shared_ptr<auth::RequestLease> lease_;  // the tenant's concurrency slot until OnFinished
 };
 
 // InputIds resolves the "text or token ids, exactly one" input of Generate and Score.
@@ -288,10 +301,11 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
     engine::RequestKind kind, const grpc::CallbackServerContext& context,
     const std::string& variant, const std::string& text,
     const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
-    const char* ids_field) const {
+    const char* ids_field, std::shared_ptr<auth::RequestLease>* lease) const {
   RETURN_IF_ERROR(CheckServing());
   ASSIGN_OR_RETURN(Access access, gate_->Admit(context));
   if (!variant.empty() && variant != base_model_name_) RETURN_IF_ERROR(access.CheckSee("variant", variant));
+  ASSIGN_OR_RETURN(*lease, gate_->Lease(access));
   engine::EngineRequest result;
   result.kind = kind;
   ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
@@ -308,11 +322,12 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto call = std::make_shared<GenerateCall>(engine_, variants_, metrics_);
+  std::shared_ptr<auth::RequestLease> lease;
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
     ASSIGN_OR_RETURN(engine::EngineRequest result,
                      NewEngineRequest(engine::RequestKind::kGenerate, *context, request->variant(),
                                       request->prompt(), request->prompt_token_ids(), "prompt",
-                                      "prompt_token_ids"));
+                                      "prompt_token_ids", &lease));
     const v1::SamplingParams& sampling = request->sampling();
     result.sampling.max_tokens = sampling.max_tokens();
     result.sampling.temperature = sampling.temperature();
@@ -331,7 +346,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     if (result.request_id.empty()) result.request_id = absl::StrCat("req-", next_request_number_++);
     return result;
   }();
-  call->Start(std::move(converted));
+  Gatekeeper::AddPushback(*context, converted.status());
+  call->Start(std::move(converted), std::move(lease));
   return call.get();
 }
 
@@ -339,13 +355,15 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                                                    const v1::ScoreRequest* request,
                                                    v1::ScoreResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::shared_ptr<auth::RequestLease> lease;
   absl::StatusOr<engine::EngineRequest> converted =
       NewEngineRequest(engine::RequestKind::kScore, *context, request->variant(), request->text(),
-                       request->token_ids(), "text", "token_ids");
+                       request->token_ids(), "text", "token_ids", &lease);
   absl::Status status = converted.status();
+  Gatekeeper::AddPushback(*context, status);
   if (status.ok()) {
     status = SubmitResolved(*engine_, *variants_, std::move(*converted),
-                            std::make_shared<ScoreSink>(reactor, response, metrics_),
+                            std::make_shared<ScoreSink>(reactor, response, metrics_, std::move(lease)),
                             [](const engine::EngineRequest&) {})
                  .status();
   }

@@ -40,13 +40,14 @@ class GenerationService final : public deltaserve::v1::Generation::CallbackServi
   absl::Status CheckServing() const;
   // ResolveVariant returns the variant (null for the base model) or NOT_FOUND.
   absl::StatusOr<std::shared_ptr<const control::Variant>> ResolveVariant(const std::string& variant) const;
-  // NewEngineRequest does what Generate and Score share: the serving check, the variant, the
+  // NewEngineRequest does what Generate and Score share: the serving check, the caller and its
+  // quota lease (into *lease), the variant, the
   // input (exactly one of text and ids) and the deadline.
   absl::StatusOr<engine::EngineRequest> NewEngineRequest(
       engine::RequestKind kind, const grpc::CallbackServerContext& context,
       const std::string& variant, const std::string& text,
       const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
-      const char* ids_field) const;
+      const char* ids_field, std::shared_ptr<auth::RequestLease>* lease) const;
 
   engine::Engine* engine_;
   const control::VariantRegistry* variants_;

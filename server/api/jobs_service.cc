@@ -251,6 +251,12 @@ absl::Status CheckAccess(const Access& access, const v1::UnlearnRequest& request
   return absl::OkStatus();
 }
 
+// AddsVariant: whether the job's success stores one more variant (a replace without
+// keep_previous only swaps one).
+bool AddsVariant(const v1::MergeRequest&) { return true; }
+bool AddsVariant(const v1::FinetuneRequest&) { return true; }
+bool AddsVariant(const v1::UnlearnRequest& request) { return !request.replace_target() || request.keep_previous(); }
+
 // WatchJob's reactor and the runner's listener for the job. Owns itself; deleted once gRPC is
 // done with it and the runner can no longer call it.
 class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
@@ -355,12 +361,13 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 }  // namespace
 
 JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state,
-                         const Gatekeeper* gate)
+                         control::UnlearnJobs* unlearns, const control::VariantRegistry* registry,
+                         telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate)
     : runner_(runner),
       merges_(merges),
       finetunes_(finetunes),
       unlearns_(unlearns),
+      registry_(registry),
       metrics_(metrics),
       state_(state),
       gate_(gate) {}
@@ -398,6 +405,8 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
     if (!access.ok()) return access.status();
     if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
     RETURN_IF_ERROR(CheckAccess(*access, request));
+    RETURN_IF_ERROR(CheckJobQuota(*access, *runner_));
+    if (AddsVariant(request)) RETURN_IF_ERROR(CheckVariantQuota(*access, *registry_));
     ASSIGN_OR_RETURN(auto spec, FromProto(request));
     // Idempotency keys are per tenant: another tenant's key never returns (or blocks) its job.
     const std::string& tenant = access->principal().tenant;
@@ -406,6 +415,7 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
   }();
   gate_->Audit(access.ok() ? &*access : nullptr, method, job.ok() ? job->output_variant : request.output(),
                job.status());
+  Gatekeeper::AddPushback(*context, job.status());
   return FinishWithJob(context, method, job, response);
 }
 

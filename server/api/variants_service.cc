@@ -89,6 +89,7 @@ grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext* context, cons
   absl::StatusOr<control::VariantStatus> status = [&]() -> absl::StatusOr<control::VariantStatus> {
     if (!access.ok()) return access.status();
     RETURN_IF_ERROR(access->CheckCreate("variant", request->name()));
+    RETURN_IF_ERROR(CheckVariantQuota(*access, *registry_));
     return registry_->RegisterAdapter(request->name(), request->path());
   }();
   if (status.ok()) ToProto(*status, response);
@@ -107,6 +108,7 @@ absl::Status VariantsService::Upload(const Access& access, grpc::ServerReader<v1
   const v1::UploadAdapterHeader& header = chunk.header();
   *name = header.name();
   RETURN_IF_ERROR(access.CheckCreate("variant", *name));
+  RETURN_IF_ERROR(CheckVariantQuota(access, *registry_));
   if (!header.base_model().empty() && header.base_model() != base_model_name_) {
     return absl::FailedPreconditionError(absl::StrCat("the adapter is for base model \"",
                                                       header.base_model(), "\"; this server serves \"",

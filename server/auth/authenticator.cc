@@ -67,8 +67,12 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::string_view authoriza
     }
   }
   if (found == nullptr) return refused;
-  return Principal{found->name(), found->role() == v1::ADMIN,
-                   std::vector<std::string>(found->namespaces().begin(), found->namespaces().end())};
+  Principal principal{found->name(), found->role() == v1::ADMIN,
+                      std::vector<std::string>(found->namespaces().begin(), found->namespaces().end()), {}};
+  const v1::TenantQuotas& quotas = found->quotas();
+  principal.quotas = {quotas.max_concurrent_requests(), quotas.generated_tokens_per_minute(), quotas.max_variants(),
+                      quotas.max_running_jobs()};
+  return principal;
 }
 
 }  // namespace deltaserve::auth

@@ -9,6 +9,7 @@
 //   ASSIGN_OR_RETURN(Principal caller, authenticator->Authenticate(header_value));
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,10 +22,19 @@
 
 namespace deltaserve::auth {
 
+// A tenant's limits (config.proto's TenantQuotas); 0 = unlimited.
+struct TenantQuotas {
+  int64_t max_concurrent_requests = 0;
+  int64_t generated_tokens_per_minute = 0;
+  int64_t max_variants = 0;
+  int64_t max_running_jobs = 0;
+};
+
 struct Principal {
   std::string tenant;  // "" when the server is open
   bool admin = false;
   std::vector<std::string> namespaces;
+  TenantQuotas quotas;
 };
 
 class Authenticator {

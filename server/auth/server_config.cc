@@ -53,6 +53,11 @@ absl::Status Check(const v1::ServerConfig& config, const std::string& source) {
       if (!digests.insert(digest).second) return invalid("an api_key_sha256 is used twice");
     }
     if (tenant.role() == v1::TENANT && tenant.namespaces().empty()) return invalid("a TENANT needs namespaces");
+    const v1::TenantQuotas& quotas = tenant.quotas();
+    if (quotas.max_concurrent_requests() < 0 || quotas.generated_tokens_per_minute() < 0 || quotas.max_variants() < 0 ||
+        quotas.max_running_jobs() < 0) {
+      return invalid("quotas must not be negative (0 = unlimited)");
+    }
     for (const std::string& name : tenant.namespaces()) {
       if (!IsName(name)) return invalid(absl::StrCat("namespace \"", name, "\" must be [a-z0-9][a-z0-9._-]{0,63}"));
       if (!namespaces.insert(name).second) return invalid(absl::StrCat("namespace \"", name, "\" belongs to two tenants"));

@@ -10,6 +10,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <atomic>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -267,6 +268,109 @@ TEST(OpenServerTest, ANonLoopbackAddressNeedsTenantsOrAnExplicitFlag) {
   ServerProcess loopback;
   ASSERT_TRUE(loopback.Start(TinyModelDir()));
   EXPECT_NE(loopback.Log().find("open server"), std::string::npos) << "the start-up log says it is open";
+}
+
+}  // namespace
+}  // namespace deltaserve::testing
+
+namespace deltaserve::testing {
+namespace {
+
+// Quotas, each tripped: acme may run one request at a time and store one variant; beta may
+// generate 300 tokens a minute; gamma may have one job queued or running.
+class QuotasTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    adapters_ = MakeTempDir("quota-adapters");
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters_, 1, 4).ok());
+    const std::string config = MakeTempDir("quota-config") + "/config.textproto";
+    auto tenant = [](const std::string& name, const std::string& quotas) {
+      return "tenants { name: \"" + name + "\" role: TENANT api_key_sha256: \"" + common::Sha256Hex(name + "-key") +
+             "\" namespaces: \"" + name + "\" quotas { " + quotas + " } }\n";
+    };
+    ASSERT_TRUE(common::WriteFileAtomically(config, tenant("acme", "max_concurrent_requests: 1 max_variants: 1") +
+                                                        tenant("beta", "generated_tokens_per_minute: 300") +
+                                                        tenant("gamma", "max_running_jobs: 1"))
+                    .ok());
+    ASSERT_TRUE(server_.Start(TinyModelDir(), {"--config", config, "--adapter-dir", adapters_,
+                                               "--job-step-pause-ms", "200"}));
+  }
+
+  // Score through a raw stub, to read the trailing metadata.
+  grpc::Status RawScore(const std::string& key, std::string* pushback_ms) {
+    auto channel = grpc::CreateChannel(server_.target(), grpc::InsecureChannelCredentials());
+    auto stub = v1::Generation::NewStub(channel);
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + key);
+    v1::ScoreRequest request;
+    request.set_text("the cat reads");
+    v1::ScoreResponse response;
+    grpc::Status status = stub->Score(&context, request, &response);
+    const auto& trailers = context.GetServerTrailingMetadata();
+    auto found = trailers.find("grpc-retry-pushback-ms");
+    *pushback_ms = found == trailers.end() ? "" : std::string(found->second.data(), found->second.size());
+    return status;
+  }
+
+  std::string adapters_;
+  ServerProcess server_;
+};
+
+TEST_F(QuotasTest, ConcurrentRequestsAndStoredVariantsAreCapped) {
+  auto acme = DeltaserveClient::Connect(server_.target(), "acme-key");
+  std::atomic<bool> first_token{false};
+  std::thread long_request([&] {
+    v1::GenerateRequest request = Generate("the cat", 400);
+    Stream stream = RunStream(*acme, request, std::chrono::seconds(120), [&] {
+      first_token = true;
+      return false;
+    });
+    EXPECT_TRUE(stream.status.ok()) << stream.status.error_message();
+  });
+  for (int i = 0; i < 2000 && !first_token; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::string pushback;
+  grpc::Status refused = RawScore("acme-key", &pushback);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("max_concurrent_requests"), std::string::npos) << refused.error_message();
+  EXPECT_EQ(pushback, "1000");
+  long_request.join();
+  EXPECT_TRUE(RawScore("acme-key", &pushback).ok()) << "the slot is free again";
+
+  v1::Variant variant;
+  ASSERT_TRUE(acme->UploadAdapter("acme/one", adapters_ + "/demo-000", &variant).ok());
+  grpc::Status second = acme->UploadAdapter("acme/two", adapters_ + "/demo-000", &variant);
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(second.error_message().find("max_variants"), std::string::npos) << second.error_message();
+}
+
+TEST_F(QuotasTest, TheTokenBucketEmptiesAndRefills) {
+  auto beta = DeltaserveClient::Connect(server_.target(), "beta-key");
+  // 310 generated tokens from a bucket of 300 (5 a second): 10 owed.
+  Stream stream = RunStream(*beta, Generate("the cat", 310));
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  ASSERT_EQ(stream.tokens.size(), 310u);
+  std::string pushback;
+  grpc::Status refused = RawScore("beta-key", &pushback);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("generated_tokens_per_minute quota of 300; retry in"), std::string::npos)
+      << refused.error_message();
+  ASSERT_FALSE(pushback.empty());
+  const int wait_ms = std::stoi(pushback);
+  EXPECT_GT(wait_ms, 0);
+  EXPECT_LE(wait_ms, 2200) << "at most (10 + 1) tokens at 5 a second";
+  std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms + 300));
+  EXPECT_TRUE(RawScore("beta-key", &pushback).ok()) << "the bucket refilled";
+}
+
+TEST_F(QuotasTest, RunningJobsAreCapped) {
+  auto gamma = DeltaserveClient::Connect(server_.target(), "gamma-key");
+  v1::Job first, second;
+  ASSERT_TRUE(SubmitMerge(*gamma, Merge("ties", "gamma/one", {{"demo-000", 1}}, 2), &first).ok());
+  grpc::Status refused = SubmitMerge(*gamma, Merge("cat", "gamma/two", {{"demo-000", 1}}), &second);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("max_running_jobs"), std::string::npos) << refused.error_message();
+  ASSERT_EQ(WatchJob(*gamma, first.id()).back().state(), v1::SUCCEEDED);
+  EXPECT_TRUE(SubmitMerge(*gamma, Merge("cat", "gamma/two", {{"demo-000", 1}}), &second).ok());
 }
 
 }  // namespace
