@@ -308,6 +308,8 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
   ASSIGN_OR_RETURN(*lease, gate_->Lease(access));
   engine::EngineRequest result;
   result.kind = kind;
+  result.tenant = access.principal().tenant;
+  result.tenant_weight = access.principal().weight;
   ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
   if (found != nullptr) {
     result.adapter_id = found->adapter_id;

@@ -53,7 +53,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::string_view authoriza
     absl::MutexLock lock(&mutex_);
     config = config_;
   }
-  if (config->tenants().empty()) return Principal{"", true, {}};
+  if (config->tenants().empty()) return Principal{"", true, {}, {}, 1.0};
   const absl::Status refused = absl::UnauthenticatedError(
       "a valid API key is required: send the metadata \"authorization: Bearer <key>\" (deltactl --api-key)");
   constexpr std::string_view kScheme = "Bearer ";
@@ -68,10 +68,11 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::string_view authoriza
   }
   if (found == nullptr) return refused;
   Principal principal{found->name(), found->role() == v1::ADMIN,
-                      std::vector<std::string>(found->namespaces().begin(), found->namespaces().end()), {}};
+                      std::vector<std::string>(found->namespaces().begin(), found->namespaces().end()), {}, 1.0};
   const v1::TenantQuotas& quotas = found->quotas();
   principal.quotas = {quotas.max_concurrent_requests(), quotas.generated_tokens_per_minute(), quotas.max_variants(),
                       quotas.max_running_jobs()};
+  if (found->weight() > 0) principal.weight = found->weight();
   return principal;
 }
 

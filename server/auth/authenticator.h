@@ -35,6 +35,7 @@ struct Principal {
   bool admin = false;
   std::vector<std::string> namespaces;
   TenantQuotas quotas;
+  double weight = 1.0;  // share in fair scheduling
 };
 
 class Authenticator {

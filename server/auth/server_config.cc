@@ -58,6 +58,7 @@ absl::Status Check(const v1::ServerConfig& config, const std::string& source) {
         quotas.max_running_jobs() < 0) {
       return invalid("quotas must not be negative (0 = unlimited)");
     }
+    if (!(tenant.weight() >= 0) || tenant.weight() > 1e6) return invalid("weight must be 0 (= 1) to 1e6");
     for (const std::string& name : tenant.namespaces()) {
       if (!IsName(name)) return invalid(absl::StrCat("namespace \"", name, "\" must be [a-z0-9][a-z0-9._-]{0,63}"));
       if (!namespaces.insert(name).second) return invalid(absl::StrCat("namespace \"", name, "\" belongs to two tenants"));

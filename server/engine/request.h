@@ -44,6 +44,10 @@ struct EngineRequest {
   // which version served; empty and 0 for the base.
   std::string variant_name;
   int64_t variant_version = 0;
+  // Who asked, for fair scheduling between tenants ("" = one shared tenant), and the tenant's
+  // share weight (its virtual token counter grows by tokens / weight).
+  std::string tenant;
+  double tenant_weight = 1.0;
   std::vector<int32_t> prompt_token_ids;
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();

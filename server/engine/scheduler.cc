@@ -30,6 +30,47 @@ void Scheduler::Preempt(RequestState* request) {
   ++preemptions_;
 }
 
+void Scheduler::Enqueue(RequestState* request) {
+  const std::string& tenant = request->request.tenant;
+  if (active_requests_[tenant]++ == 0) {
+    // Newly active: lift to the smallest counter among the tenants with work.
+    bool any = false;
+    double lowest = 0;
+    for (const auto& [other, count] : active_requests_) {
+      if (other == tenant || count == 0) continue;
+      const double value = counters_[other];
+      lowest = any ? std::min(lowest, value) : value;
+      any = true;
+    }
+    if (any) counters_[tenant] = std::max(counters_[tenant], lowest);
+  }
+  waiting_.push_back(request);
+}
+
+double Scheduler::counter(const std::string& tenant) const {
+  auto it = counters_.find(tenant);
+  return it == counters_.end() ? 0.0 : it->second;
+}
+
+void Scheduler::Charge(const RequestState* request, int64_t tokens) {
+  const double weight = request->request.tenant_weight > 0 ? request->request.tenant_weight : 1.0;
+  counters_[request->request.tenant] += static_cast<double>(tokens) / weight;
+}
+
+size_t Scheduler::NextCandidate(const std::vector<const RequestState*>& skipped) const {
+  size_t best = waiting_.size();
+  double best_counter = 0;
+  for (size_t i = 0; i < waiting_.size(); ++i) {
+    if (std::find(skipped.begin(), skipped.end(), waiting_[i]) != skipped.end()) continue;
+    const double value = counter(waiting_[i]->request.tenant);
+    if (best == waiting_.size() || value < best_counter) {
+      best = i;
+      best_counter = value;
+    }
+  }
+  return best;
+}
+
 void Scheduler::Remove(RequestState* request) {
   allocator_->Release(request->kv_blocks);
   request->kv_blocks = 0;
@@ -41,6 +82,7 @@ void Scheduler::Remove(RequestState* request) {
   }
   auto waiting = std::find(waiting_.begin(), waiting_.end(), request);
   if (waiting != waiting_.end()) waiting_.erase(waiting);
+  if (running != running_.end() || waiting != waiting_.end()) --active_requests_[request->request.tenant];
   request->running = false;
 }
 
@@ -76,6 +118,7 @@ Schedule Scheduler::Next() {
     }
     schedule.slices.push_back({request, request->computed, 1});
     scheduled.push_back(request);
+    Charge(request, 1);
     --budget;
     ++i;
   }
@@ -92,16 +135,19 @@ Schedule Scheduler::Next() {
     }
     if (length <= 0) continue;
     schedule.slices.push_back({request, request->computed, length});
+    Charge(request, length);
     budget -= length;
   }
 
-  // 3. Admit waiting requests in order while there is room, skipping those whose variant is
-  // not ready; not in a step that had to preempt (the freed blocks would only be fought over
+  // 3. Admit waiting requests while there is room, the smallest tenant counter first (oldest
+  // first within a tenant), skipping those whose variant is not ready; not in a step that had to preempt (the freed blocks would only be fought over
   // again).
   if (gate_ != nullptr) gate_->StartAdmission();
-  for (size_t next = 0; preemptions_ == preemptions_before && next < waiting_.size() &&
-                        budget > 0 &&
-                        static_cast<int64_t>(running_.size()) < options_.max_running_requests;) {
+  std::vector<const RequestState*> skipped;  // not ready this step
+  for (size_t next = NextCandidate(skipped); preemptions_ == preemptions_before && next < waiting_.size() &&
+                                             budget > 0 &&
+                                             static_cast<int64_t>(running_.size()) < options_.max_running_requests;
+       next = NextCandidate(skipped)) {
     RequestState* request = waiting_[next];
     int64_t length = std::min(request->PendingTokens(), budget);
     int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
@@ -110,13 +156,14 @@ Schedule Scheduler::Next() {
       if (running_.empty()) {
         // Nothing will ever free blocks for it.
         waiting_.erase(waiting_.begin() + next);
+        --active_requests_[request->request.tenant];
         schedule.out_of_memory.push_back(request);
         continue;
       }
       break;
     }
     if (gate_ != nullptr && !gate_->Acquire(request)) {
-      ++next;
+      skipped.push_back(request);
       continue;
     }
     Reserve(request, length);
@@ -125,6 +172,7 @@ Schedule Scheduler::Next() {
     request->admission = next_admission_++;
     running_.push_back(request);
     schedule.slices.push_back({request, request->computed, length});
+    Charge(request, length);
     budget -= length;
   }
 

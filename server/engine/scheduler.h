@@ -6,11 +6,20 @@
 // the youngest running request is preempted (its blocks freed; it is recomputed later) — a
 // request alone in the engine that outgrows the whole cache is reported for finishing instead.
 // A waiting request is admitted only when its VariantGate says its variant is ready; requests
-// behind it that are ready go first. Engine-thread only.
+// behind it that are ready go first.
+// Fairness between tenants (EngineRequest::tenant) follows the virtual token counter scheme
+// (VTC, Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024): each tenant's
+// counter grows by the tokens scheduled for it (prompt and generated) divided by its weight;
+// admission takes the waiting request of the tenant with the smallest counter (oldest first
+// within a tenant, so one tenant alone is served FIFO); a tenant that becomes active (no
+// request waiting or running before) starts at least at the smallest counter among the active
+// tenants, so idle time earns no credit. Engine-thread only.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "server/engine/kv_block_allocator.h"
@@ -54,7 +63,7 @@ class Scheduler {
   Scheduler(SchedulerOptions options, KvBlockAllocator* allocator, VariantGate* gate = nullptr)
       : options_(options), allocator_(allocator), gate_(gate) {}
 
-  void Enqueue(RequestState* request) { waiting_.push_back(request); }
+  void Enqueue(RequestState* request);
   // Remove takes a request out of the running or waiting set and frees its blocks.
   void Remove(RequestState* request);
   Schedule Next();
@@ -62,10 +71,17 @@ class Scheduler {
   const std::vector<RequestState*>& running() const { return running_; }
   const std::deque<RequestState*>& waiting() const { return waiting_; }
   int64_t preemptions() const { return preemptions_; }
+  // The virtual token counter of a tenant (0 for one never seen).
+  double counter(const std::string& tenant) const;
 
  private:
   bool Reserve(RequestState* request, int64_t tokens);
   void Preempt(RequestState* request);
+  // Charge adds scheduled tokens to the request's tenant's counter.
+  void Charge(const RequestState* request, int64_t tokens);
+  // NextCandidate: the index in waiting_ of the request to try admitting next (smallest
+  // counter, then oldest), skipping `skipped`; waiting_.size() when none is left.
+  size_t NextCandidate(const std::vector<const RequestState*>& skipped) const;
 
   SchedulerOptions options_;
   KvBlockAllocator* allocator_;
@@ -74,6 +90,8 @@ class Scheduler {
   std::deque<RequestState*> waiting_;   // FIFO; preempted requests go to the front
   uint64_t next_admission_ = 0;
   int64_t preemptions_ = 0;
+  std::map<std::string, double> counters_;          // virtual token counters by tenant
+  std::map<std::string, int64_t> active_requests_;  // waiting or running, by tenant
 };
 
 }  // namespace deltaserve::engine

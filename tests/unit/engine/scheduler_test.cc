@@ -1,5 +1,5 @@
-// Scheduler: token budget, chunked prefill, running limit, block accounting and preemption of
-// the youngest request.
+// Scheduler: token budget, chunked prefill, running limit, block accounting, preemption of the
+// youngest request, and fairness between tenants (virtual token counters).
 #include <gtest/gtest.h>
 
 #include "server/engine/scheduler.h"
@@ -7,10 +7,12 @@
 namespace deltaserve::engine {
 namespace {
 
-std::unique_ptr<RequestState> Request(int64_t prompt_tokens) {
+std::unique_ptr<RequestState> Request(int64_t prompt_tokens, const std::string& tenant = "", double weight = 1.0) {
   auto request = std::make_unique<RequestState>();
   request->tokens.assign(prompt_tokens, 5);
   request->prompt_tokens = prompt_tokens;
+  request->request.tenant = tenant;
+  request->request.tenant_weight = weight;
   return request;
 }
 
@@ -88,6 +90,61 @@ TEST(SchedulerTest, AloneAndTooLargeIsReported) {
   Schedule schedule = scheduler.Next();
   ASSERT_EQ(schedule.out_of_memory.size(), 1u);
   EXPECT_EQ(schedule.out_of_memory[0], request.get());
+}
+
+// Each tenant's counter grows by its scheduled tokens over its weight; a tenant becoming active
+// starts at the smallest active counter, not at the zero of its idle past.
+TEST(SchedulerTest, CountersGrowByTokensOverWeightAndNewcomersStartAtTheMinimum) {
+  KvBlockAllocator allocator(1000, 4);
+  Scheduler scheduler({/*max_batch_tokens=*/64, /*max_running_requests=*/8}, &allocator);
+  auto a = Request(12, "a"), heavy = Request(12, "w2", 2.0);
+  scheduler.Enqueue(a.get());
+  scheduler.Enqueue(heavy.get());
+  Apply(scheduler.Next());
+  EXPECT_DOUBLE_EQ(scheduler.counter("a"), 12);
+  EXPECT_DOUBLE_EQ(scheduler.counter("w2"), 6) << "weight 2: half the charge";
+  Apply(scheduler.Next());  // one decode token each
+  EXPECT_DOUBLE_EQ(scheduler.counter("a"), 13);
+  EXPECT_DOUBLE_EQ(scheduler.counter("w2"), 6.5);
+  auto late = Request(4, "late");
+  scheduler.Enqueue(late.get());
+  EXPECT_DOUBLE_EQ(scheduler.counter("late"), 6.5) << "lifted to the smallest active counter";
+  scheduler.Remove(a.get());
+  scheduler.Remove(heavy.get());
+  scheduler.Remove(late.get());
+  auto again = Request(4, "a");
+  scheduler.Enqueue(again.get());
+  EXPECT_DOUBLE_EQ(scheduler.counter("a"), 13) << "alone: nothing to lift to";
+}
+
+// One running slot; a tenant with ten requests queued ahead of another tenant's one: the other
+// tenant's request runs next, not after the ten (FIFO would put it last).
+TEST(SchedulerTest, AFloodingTenantCannotQueueAheadOfAnother) {
+  KvBlockAllocator allocator(1000, 4);
+  Scheduler scheduler({/*max_batch_tokens=*/64, /*max_running_requests=*/1}, &allocator);
+  std::vector<std::unique_ptr<RequestState>> flood;
+  for (int i = 0; i < 10; ++i) {
+    flood.push_back(Request(8, "flood"));
+    scheduler.Enqueue(flood.back().get());
+  }
+  auto light = Request(8, "light");
+  std::vector<const RequestState*> order;
+  for (int step = 0; step < 200 && order.size() < 11; ++step) {
+    if (step == 1) scheduler.Enqueue(light.get());  // arrives while the flood's first runs
+    Schedule schedule = scheduler.Next();
+    Apply(schedule);
+    for (const ScheduledSlice& slice : schedule.slices) {
+      RequestState* request = slice.request;
+      if (slice.start == 0) order.push_back(request);
+      // Each request generates 4 tokens, then finishes.
+      if (static_cast<int64_t>(request->tokens.size()) - request->prompt_tokens >= 4) scheduler.Remove(request);
+    }
+  }
+  ASSERT_EQ(order.size(), 11u);
+  EXPECT_EQ(order[0], flood[0].get());
+  EXPECT_EQ(order[1], light.get()) << "the light tenant runs as soon as the slot frees";
+  // Within a tenant the order stays FIFO.
+  for (int i = 1; i < 10; ++i) EXPECT_EQ(order[i + 1], flood[i].get());
 }
 
 }  // namespace
