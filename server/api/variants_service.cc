@@ -57,6 +57,22 @@ void ToProto(const control::VariantStatus& status, v1::Variant* out) {
   out->set_state_reason(variant.broken_reason);
 }
 
+// Redact keeps other tenants' names out of a variant the caller may see: when it was built from
+// variants the caller cannot see (an admin's shared merge of a tenant's adapter), those parents
+// are dropped and the recipe and evaluation, which name its inputs, are withheld.
+void Redact(const Access& access, v1::Variant* out) {
+  v1::Lineage* lineage = out->mutable_lineage();
+  std::vector<std::string> visible;
+  for (const std::string& parent : lineage->parents()) {
+    if (access.Sees(parent)) visible.push_back(parent);
+  }
+  if (static_cast<int>(visible.size()) == lineage->parents_size()) return;
+  lineage->clear_parents();
+  for (const std::string& parent : visible) lineage->add_parents(parent);
+  lineage->set_recipe_json(R"({"withheld":"built from variants you cannot see"})");
+  out->set_evaluation_json("{}");
+}
+
 }  // namespace
 
 VariantsService::VariantsService(control::VariantRegistry* registry, telemetry::ServerMetrics* metrics,
@@ -140,12 +156,16 @@ grpc::Status VariantsService::UploadAdapter(grpc::ServerContext* context,
 
 grpc::Status VariantsService::GetVariant(grpc::ServerContext* context, const v1::GetVariantRequest* request,
                                          v1::Variant* response) {
+  absl::StatusOr<Access> access = gate_->Admit(*context);
   absl::StatusOr<control::VariantStatus> status = [&]() -> absl::StatusOr<control::VariantStatus> {
-    ASSIGN_OR_RETURN(Access access, gate_->Admit(*context));
-    RETURN_IF_ERROR(access.CheckSee("variant", request->name()));
+    if (!access.ok()) return access.status();
+    RETURN_IF_ERROR(access->CheckSee("variant", request->name()));
     return registry_->Get(request->name());
   }();
-  if (status.ok()) ToProto(*status, response);
+  if (status.ok()) {
+    ToProto(*status, response);
+    Redact(*access, response);
+  }
   return Finish("GetVariant", status.status());
 }
 
@@ -166,7 +186,11 @@ grpc::Status VariantsService::ListVariants(grpc::ServerContext* context, const v
             request->page_token(), page_size + 1));
     const bool more = page.size() > page_size;
     if (more) page.pop_back();
-    for (const control::VariantStatus& variant : page) ToProto(variant, response->add_variants());
+    for (const control::VariantStatus& variant : page) {
+      v1::Variant* out = response->add_variants();
+      ToProto(variant, out);
+      Redact(access, out);
+    }
     if (more) response->set_next_page_token(page.back().variant->name);
     return absl::OkStatus();
   }();

@@ -207,6 +207,22 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
   EXPECT_EQ(jobs.jobs_size(), 2);
   EXPECT_TRUE(RunStream(*ops_, Generate("hello", 2, "acme/bot")).status.ok());
 
+  // An admin's shared merge of acme's adapter does not tell beta where it came from.
+  {
+    grpc::ClientContext context;
+    v1::Job shared;
+    ASSERT_TRUE(ops_->jobs().SubmitMerge(&context, Merge("cat", "shared-merge", {{"acme/bot", 1}}), &shared).ok());
+    ASSERT_EQ(WatchJob(*ops_, shared.id()).back().state(), v1::SUCCEEDED);
+  }
+  ASSERT_TRUE(GetVariant(*beta_, "shared-merge", &variant).ok());
+  EXPECT_EQ(variant.lineage().parents_size(), 0);
+  EXPECT_EQ(variant.DebugString().find("acme"), std::string::npos) << variant.DebugString();
+  ASSERT_EQ(ListVariantsCode(*beta_, &variants), grpc::StatusCode::OK);
+  EXPECT_EQ(all_text(variants).find("acme"), std::string::npos) << all_text(variants);
+  ASSERT_TRUE(GetVariant(*acme_, "shared-merge", &variant).ok());
+  ASSERT_EQ(variant.lineage().parents_size(), 1) << "acme sees its own adapter as the parent";
+  EXPECT_EQ(variant.lineage().parents(0), "acme/bot");
+
   // Each mutating call left an audit line with the tenant, RPC, target and outcome.
   std::ifstream file(data_dir_ + "/audit.log");
   std::stringstream audit;
