@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/common/file_util.h"
+#include "server/common/json_limits.h"
 #include "server/common/sha256.h"
 #include "server/common/status_macros.h"
 #include "server/control/job_runner.h"
@@ -18,6 +19,7 @@ namespace deltaserve::control {
 namespace {
 
 constexpr size_t kMaxLineBytes = size_t{1} << 20;
+constexpr int kMaxJsonDepth = 16;
 constexpr const char* kLineShape = R"(each line must be {"text": "..."} or {"prompt": "...", "completion": "..."})";
 
 std::string NamespaceOf(const std::string& name) {
@@ -41,6 +43,9 @@ absl::StatusOr<ops::train::TrainingRow> ParseDatasetLine(std::string_view line, 
     return absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": ", why, "; ", kLineShape));
   };
   if (line.size() > kMaxLineBytes) return failed(absl::StrCat("the line is longer than ", kMaxLineBytes, " bytes"));
+  if (!common::JsonNestingWithin(line, kMaxJsonDepth)) {
+    return failed(absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
+  }
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(line);

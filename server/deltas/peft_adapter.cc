@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/common/file_util.h"
+#include "server/common/json_limits.h"
 #include "server/common/status_macros.h"
 #include "server/model/safetensors_file.h"
 #include "server/model/safetensors_tensor.h"
@@ -52,6 +53,8 @@ std::string ModuleName(int64_t layer, Projection projection) {
 
 absl::StatusOr<PeftAdapterConfig> PeftAdapterConfig::FromJson(const std::string& text) {
   const std::string where = "adapter_config.json";
+  // A real adapter_config.json nests 3 levels (rank_pattern and the like); 16 is plenty.
+  if (!common::JsonNestingWithin(text, 16)) return Invalid(where, "the JSON is nested too deeply");
   Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) return Invalid(where, "not a JSON object");
   PeftAdapterConfig config;

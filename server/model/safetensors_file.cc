@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/json_limits.h"
 #include "server/common/status_macros.h"
 
 namespace deltaserve::model {
@@ -25,27 +26,6 @@ constexpr DtypeEntry kDtypes[] = {
     {"BOOL", StoredDtype::kBool, 1},
 };
 
-// nlohmann's parser recurses per nesting level; a hostile header of a million '[' would
-// overflow the stack. A safetensors header is never deeper than 3.
-bool NestingWithin(const char* text, size_t size, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < size; ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-      continue;
-    }
-    if (c == '"') in_string = true;
-    else if (c == '{' || c == '[') {
-      if (++depth > max_depth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -93,7 +73,10 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size
   }
   const char* header = reinterpret_cast<const char*>(data + 8);
   if (header_size == 0 || header[0] != '{') return invalid("header is not a JSON object");
-  if (!NestingWithin(header, header_size, 4)) return invalid("header JSON is nested too deeply");
+  // A safetensors header is never deeper than 3.
+  if (!common::JsonNestingWithin(std::string_view(header, header_size), 4)) {
+    return invalid("header JSON is nested too deeply");
+  }
   Json json = Json::parse(header, header + header_size, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) return invalid("header is not valid JSON");
 

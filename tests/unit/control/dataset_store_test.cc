@@ -41,6 +41,8 @@ TEST(DatasetStoreTest, MalformedLinesAreRefusedWithTheirNumber) {
       {"{\"id\": 1}\n", "no \"text\" and no \"prompt\"/\"completion\""},
       {"{\"text\": \"\xff\xfe\"}\n", "line 1: not valid JSON"},
       {"\n  \n", "has no rows"},
+      {"{\"text\": \"ok\"}\n{\"text\": \"a\", \"x\": " + std::string(100000, '[') + std::string(100000, ']') + "}\n",
+       "line 2: JSON nested deeper than 16 levels"},
   };
   for (const Case& test : cases) {
     absl::Status status = UploadError(test.jsonl);

@@ -247,6 +247,11 @@ TEST(PeftConfigTest, TargetsAndPatternsFollowPeft) {
   EXPECT_FALSE(regex->Targets("model.layers.1.self_attn.o_proj"));
   EXPECT_DOUBLE_EQ(regex->ScaleFor("model.layers.1.self_attn.v_proj"), 3.0);
   EXPECT_FALSE(PeftAdapterConfig::FromJson(R"json({"r":4,"target_modules":"(unclosed"})json").ok());
+  // A hostile config nested a hundred thousand levels deep is refused before parsing (printing
+  // such a value back in an error would overflow the stack).
+  auto deep = PeftAdapterConfig::FromJson("{\"peft_type\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  ASSERT_FALSE(deep.ok());
+  EXPECT_NE(deep.status().message().find("nested too deeply"), std::string::npos) << deep.status();
 }
 
 }  // namespace
