@@ -172,6 +172,29 @@ JobRecord ReadJobRow(Statement& row) {
   return record;
 }
 
+// SelectAll runs a query and reads every row with `read`; `what` names the rows in errors.
+template <typename Record>
+absl::StatusOr<std::vector<Record>> SelectAll(sqlite3* database, const std::string& sql, Record (*read)(Statement&),
+                                              const char* what) {
+  Statement select(database, sql);
+  if (!select.ok()) return SqliteError(database, "preparing a query");
+  std::vector<Record> records;
+  int result;
+  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(read(select));
+  if (result != SQLITE_DONE) return SqliteError(database, absl::StrCat("listing ", what, "s"));
+  return records;
+}
+
+// DeleteByName deletes the row `name` of `table` (variants or datasets); NOT_FOUND when absent.
+absl::Status DeleteByName(sqlite3* database, const char* table, const char* what, const std::string& name) {
+  Statement remove(database, absl::StrCat("DELETE FROM ", table, " WHERE name = ?"));
+  if (!remove.ok()) return SqliteError(database, "preparing a delete");
+  remove.Bind(1, name);
+  if (sqlite3_step(remove.get()) != SQLITE_DONE) return SqliteError(database, absl::StrCat("deleting a ", what));
+  if (sqlite3_changes(database) == 0) return absl::NotFoundError(absl::StrCat(what, " \"", name, "\" does not exist"));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::string& path) {
@@ -264,14 +287,7 @@ absl::Status CatalogStore::SetEvaluation(const std::string& name, const std::str
 
 absl::Status CatalogStore::DeleteVariant(const std::string& name) {
   absl::MutexLock lock(&mutex_);
-  Statement remove(database_, "DELETE FROM variants WHERE name = ?");
-  if (!remove.ok()) return SqliteError(database_, "preparing a delete");
-  remove.Bind(1, name);
-  if (sqlite3_step(remove.get()) != SQLITE_DONE) return SqliteError(database_, "deleting a variant");
-  if (sqlite3_changes(database_) == 0) {
-    return absl::NotFoundError(absl::StrCat("variant \"", name, "\" does not exist"));
-  }
-  return absl::OkStatus();
+  return DeleteByName(database_, "variants", "variant", name);
 }
 
 absl::Status CatalogStore::ReplaceVariant(const std::string& name, const std::string& previous_name,
@@ -314,13 +330,7 @@ absl::StatusOr<VariantRecord> CatalogStore::GetVariant(const std::string& name) 
 
 absl::StatusOr<std::vector<VariantRecord>> CatalogStore::ListVariants() const {
   absl::MutexLock lock(&mutex_);
-  Statement select(database_, absl::StrCat("SELECT ", kColumns, " FROM variants ORDER BY name"));
-  if (!select.ok()) return SqliteError(database_, "preparing a query");
-  std::vector<VariantRecord> records;
-  int result;
-  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadRow(select));
-  if (result != SQLITE_DONE) return SqliteError(database_, "listing variants");
-  return records;
+  return SelectAll(database_, absl::StrCat("SELECT ", kColumns, " FROM variants ORDER BY name"), &ReadRow, "variant");
 }
 
 absl::Status CatalogStore::InsertDataset(const DatasetRecord& record) {
@@ -345,25 +355,13 @@ absl::Status CatalogStore::InsertDataset(const DatasetRecord& record) {
 
 absl::Status CatalogStore::DeleteDataset(const std::string& name) {
   absl::MutexLock lock(&mutex_);
-  Statement remove(database_, "DELETE FROM datasets WHERE name = ?");
-  if (!remove.ok()) return SqliteError(database_, "preparing a delete");
-  remove.Bind(1, name);
-  if (sqlite3_step(remove.get()) != SQLITE_DONE) return SqliteError(database_, "deleting a dataset");
-  if (sqlite3_changes(database_) == 0) {
-    return absl::NotFoundError(absl::StrCat("dataset \"", name, "\" does not exist"));
-  }
-  return absl::OkStatus();
+  return DeleteByName(database_, "datasets", "dataset", name);
 }
 
 absl::StatusOr<std::vector<DatasetRecord>> CatalogStore::ListDatasets() const {
   absl::MutexLock lock(&mutex_);
-  Statement select(database_, absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY name"));
-  if (!select.ok()) return SqliteError(database_, "preparing a query");
-  std::vector<DatasetRecord> records;
-  int result;
-  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadDatasetRow(select));
-  if (result != SQLITE_DONE) return SqliteError(database_, "listing datasets");
-  return records;
+  return SelectAll(database_, absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY name"), &ReadDatasetRow,
+                   "dataset");
 }
 
 absl::Status CatalogStore::InsertJob(JobRecord& record) {
@@ -420,13 +418,7 @@ absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
 
 absl::StatusOr<std::vector<JobRecord>> CatalogStore::ListJobs() const {
   absl::MutexLock lock(&mutex_);
-  Statement select(database_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY number"));
-  if (!select.ok()) return SqliteError(database_, "preparing a query");
-  std::vector<JobRecord> records;
-  int result;
-  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(ReadJobRow(select));
-  if (result != SQLITE_DONE) return SqliteError(database_, "listing jobs");
-  return records;
+  return SelectAll(database_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY number"), &ReadJobRow, "job");
 }
 
 }  // namespace deltaserve::control

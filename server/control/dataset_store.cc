@@ -22,11 +22,6 @@ constexpr size_t kMaxLineBytes = size_t{1} << 20;
 constexpr int kMaxJsonDepth = 16;
 constexpr const char* kLineShape = R"(each line must be {"text": "..."} or {"prompt": "...", "completion": "..."})";
 
-std::string NamespaceOf(const std::string& name) {
-  const size_t slash = name.find('/');
-  return slash == std::string::npos ? "" : name.substr(0, slash);
-}
-
 bool IsBlank(std::string_view line) { return line.find_first_not_of(" \t\r") == std::string_view::npos; }
 
 absl::Status ValidateDatasetName(const std::string& name) {

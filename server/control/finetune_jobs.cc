@@ -49,10 +49,6 @@ int64_t StepsFor(const FinetuneJobSpec& spec, size_t rows) {
   return std::max<int64_t>(1, spec.epochs * batches);
 }
 
-int64_t MicroBatchSize(const FinetuneJobSpec& spec) {
-  return spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, spec.batch_size) : spec.batch_size;
-}
-
 // The recipe recorded in the output's lineage: the spec with its data's sources, not the data.
 std::string RecipeJson(const FinetuneJobSpec& spec, size_t rows) {
   nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
@@ -134,15 +130,8 @@ absl::StatusOr<int64_t> FinetuneJobs::Check(FinetuneJobSpec& spec) const {
   if (spec.train.empty()) return absl::InvalidArgumentError("a fine-tune needs training data: texts or a dataset");
   RETURN_IF_ERROR(spec.train.Resolve(*datasets_, "training", spec.output));
   RETURN_IF_ERROR(spec.validation.Resolve(*datasets_, "validation", spec.output));
-  if (spec.rank < 1 || spec.rank > 256) return absl::InvalidArgumentError(absl::StrCat("rank must be 1 to 256, got ", spec.rank));
+  RETURN_IF_ERROR(CheckTrainingParameters(spec.rank, spec.learning_rate, spec.batch_size, spec.micro_batch_size));
   if (!(spec.alpha > 0)) return absl::InvalidArgumentError("alpha must be positive");
-  if (!(spec.learning_rate > 0 && spec.learning_rate < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("learning_rate must be in (0, 1), got ", spec.learning_rate));
-  }
-  if (spec.batch_size < 1 || spec.batch_size > 1024) {
-    return absl::InvalidArgumentError(absl::StrCat("batch_size must be 1 to 1024, got ", spec.batch_size));
-  }
-  if (spec.micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must not be negative");
   if (spec.warmup_steps < 0) return absl::InvalidArgumentError("warmup_steps must not be negative");
   ASSIGN_OR_RETURN(std::vector<model::Projection> targets, Targets(spec.target_modules));
   const model::Tokenizer& tokenizer = registry_->tokenizer();
@@ -156,7 +145,7 @@ absl::StatusOr<int64_t> FinetuneJobs::Check(FinetuneJobSpec& spec) const {
   }
   int64_t longest = 0;
   for (const TrainingExample& example : examples) longest = std::max<int64_t>(longest, example.token_ids.size());
-  const int64_t micro_batch = std::min<int64_t>(MicroBatchSize(spec), static_cast<int64_t>(examples.size()));
+  const int64_t micro_batch = std::min<int64_t>(MicroBatchSize(spec.batch_size, spec.micro_batch_size), static_cast<int64_t>(examples.size()));
   return ops::train::EstimateTrainingBytes(registry_->model().config(), targets, spec.rank, longest * micro_batch);
 }
 
@@ -213,7 +202,7 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
       int64_t targets = 0;
       for (const TrainingExample* example : batch) targets += ops::train::TargetCount(*example);
       double loss_sum = 0;
-      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec))) {
+      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
         ASSIGN_OR_RETURN(ops::train::SequenceLosses sequence, trainer->Losses(micro));
         at::Tensor loss = sequence.nll_sums.sum() / static_cast<double>(std::max<int64_t>(targets, 1));
         loss.backward();

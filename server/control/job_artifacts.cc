@@ -48,6 +48,23 @@ std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t t
                       static_cast<int64_t>(tokens / std::max(seconds, 1e-9)), " tokens/s");
 }
 
+absl::Status CheckTrainingParameters(int64_t rank, double learning_rate, int64_t batch_size,
+                                     int64_t micro_batch_size) {
+  if (rank < 1 || rank > 256) return absl::InvalidArgumentError(absl::StrCat("rank must be 1 to 256, got ", rank));
+  if (!(learning_rate > 0 && learning_rate < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("learning_rate must be in (0, 1), got ", learning_rate));
+  }
+  if (batch_size < 1 || batch_size > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("batch_size must be 1 to 1024, got ", batch_size));
+  }
+  if (micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must not be negative");
+  return absl::OkStatus();
+}
+
+int64_t MicroBatchSize(int64_t batch_size, int64_t micro_batch_size) {
+  return micro_batch_size > 0 ? std::min(micro_batch_size, batch_size) : batch_size;
+}
+
 bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {
   std::shared_ptr<const Variant> output = registry.Find(record.output_variant);
   return output != nullptr && output->lineage.job_id == JobId(record.number);

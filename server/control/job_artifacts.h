@@ -29,6 +29,14 @@ std::string TextsSha256(const std::vector<std::string>& texts);
 // TrainingProgress: a training job's progress message, "step 12/200 loss 0.4213, 13240 tokens/s".
 std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t tokens, double seconds);
 
+// CheckTrainingParameters: INVALID_ARGUMENT naming the first of a training job's LoRA rank (1
+// to 256), learning rate (0 to 1, open), batch size (1 to 1024) and micro-batch size (>= 0)
+// that is out of range. Fine-tune and unlearn jobs check theirs alike.
+absl::Status CheckTrainingParameters(int64_t rank, double learning_rate, int64_t batch_size,
+                                     int64_t micro_batch_size);
+// MicroBatchSize: the rows per forward pass for a batch (micro_batch_size 0 = the whole batch).
+int64_t MicroBatchSize(int64_t batch_size, int64_t micro_batch_size);
+
 // OutputPublished: the job's output variant exists and records the job as its maker (a job
 // interrupted after publishing succeeded); JobKindHandlers::published for every kind.
 bool OutputPublished(const VariantRegistry& registry, const JobRecord& record);

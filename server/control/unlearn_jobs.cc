@@ -25,10 +25,6 @@ bool KnownMethod(const std::string& method) {
   return method == "grad_ascent" || method == "grad_diff" || method == "npo" || method == "simnpo";
 }
 
-int64_t MicroBatchSize(const UnlearnJobSpec& spec) {
-  return spec.micro_batch_size > 0 ? std::min(spec.micro_batch_size, spec.batch_size) : spec.batch_size;
-}
-
 double Beta(const UnlearnJobSpec& spec) {
   if (spec.beta > 0) return spec.beta;
   return spec.method == "simnpo" ? 4.5 : 0.1;
@@ -197,11 +193,8 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
   RETURN_IF_ERROR(spec.forget.Resolve(*datasets_, "forget", spec.output));
   RETURN_IF_ERROR(spec.retain.Resolve(*datasets_, "retain", spec.output));
   RETURN_IF_ERROR(spec.holdout.Resolve(*datasets_, "holdout", spec.output));
-  if (spec.rank < 1 || spec.rank > 256) return absl::InvalidArgumentError("rank must be 1 to 256");
+  RETURN_IF_ERROR(CheckTrainingParameters(spec.rank, spec.learning_rate, spec.batch_size, spec.micro_batch_size));
   if (spec.steps < 1 || spec.steps > 100000) return absl::InvalidArgumentError("steps must be 1 to 100000");
-  if (!(spec.learning_rate > 0 && spec.learning_rate < 1)) return absl::InvalidArgumentError("learning_rate must be in (0, 1)");
-  if (spec.batch_size < 1 || spec.batch_size > 1024) return absl::InvalidArgumentError("batch_size must be 1 to 1024");
-  if (spec.micro_batch_size < 0) return absl::InvalidArgumentError("micro_batch_size must not be negative");
   if (!std::isfinite(spec.forget_weight) || !std::isfinite(spec.retain_weight) || !std::isfinite(spec.delta)) {
     return absl::InvalidArgumentError("weights and delta must be finite");
   }
@@ -217,7 +210,7 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
   const model::ModelConfig& config = registry_->model().config();
   std::vector<model::Projection> all;
   for (int p = 0; p < deltas::kProjectionCount; ++p) all.push_back(static_cast<model::Projection>(p));
-  return ops::train::EstimateTrainingBytes(config, all, spec.rank, longest * MicroBatchSize(spec));
+  return ops::train::EstimateTrainingBytes(config, all, spec.rank, longest * MicroBatchSize(spec.batch_size, spec.micro_batch_size));
 }
 
 absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
@@ -279,7 +272,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
       for (const TrainingExample* example : batch) forget_targets += ops::train::TargetCount(*example);
       double total = 0;
       size_t offset = 0;
-      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec))) {
+      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
         ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
         const double share = static_cast<double>(micro.size()) / batch.size();
         at::Tensor forget_loss;
@@ -304,7 +297,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
         std::vector<const TrainingExample*> retain_batch = sample(retain, ignored);
         int64_t retain_targets = 0;
         for (const TrainingExample* example : retain_batch) retain_targets += ops::train::TargetCount(*example);
-        for (const auto& micro : ops::train::MicroBatches(retain_batch, MicroBatchSize(spec))) {
+        for (const auto& micro : ops::train::MicroBatches(retain_batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
           ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
           at::Tensor loss = spec.retain_weight * losses.nll_sums.sum() / static_cast<double>(std::max<int64_t>(retain_targets, 1));
           loss.backward();

@@ -8,6 +8,11 @@
 
 namespace deltaserve::control {
 
+std::string NamespaceOf(const std::string& name) {
+  const size_t slash = name.find('/');
+  return slash == std::string::npos ? "" : name.substr(0, slash);
+}
+
 absl::Status CheckServable(const Variant& variant) {
   if (variant.state == "READY") return absl::OkStatus();
   return absl::FailedPreconditionError(

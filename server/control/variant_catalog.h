@@ -52,6 +52,10 @@ struct Variant {
   int64_t version = 1;
 };
 
+// NamespaceOf: the namespace of a variant or dataset name ("acme" for "acme/bot"; "" for a
+// name without one).
+std::string NamespaceOf(const std::string& name);
+
 // CheckServable: OK for a READY variant; FAILED_PRECONDITION naming its state and why
 // otherwise (a BROKEN variant has no adapter to serve).
 absl::Status CheckServable(const Variant& variant);

@@ -46,12 +46,40 @@ VariantLineage LineageOf(const VariantRecord& row) {
   return VariantLineage{row.kind, row.parents, row.recipe_json, row.job_id, row.evaluation_json};
 }
 
+// MakeVariant: the catalog entry of an adapter read from `path` (its adapter id is set once the
+// engine holds it).
+std::shared_ptr<Variant> MakeVariant(const std::string& name, const std::string& path, bool owned,
+                                     const deltas::DeltaSet& host, const std::string& base_model,
+                                     const VariantLineage& lineage, absl::Time created, int64_t version) {
+  auto variant = std::make_shared<Variant>();
+  variant->name = name;
+  variant->path = path;
+  variant->owned = owned;
+  variant->bytes = host.Bytes();
+  variant->ranks = host.Ranks();
+  variant->base_model = base_model;
+  variant->created = created;
+  variant->lineage = lineage;
+  variant->version = version;
+  return variant;
+}
+
+// PlaceFiles moves a staged adapter directory to `final_path` (ALREADY_EXISTS when taken) and
+// makes the move durable; if that fails the moved files are removed again.
+absl::Status PlaceFiles(const std::string& staged, const std::string& final_path) {
+  const std::string parent = final_path.substr(0, final_path.rfind('/'));
+  RETURN_IF_ERROR(common::MakeDirectories(parent));
+  RETURN_IF_ERROR(common::RenameDirectory(staged, final_path));
+  absl::Status synced = common::SyncPath(parent);
+  if (!synced.ok()) common::RemoveRecursively(final_path).IgnoreError();
+  return synced;
+}
+
 // RecordOf: the catalog row of a variant whose files are in place.
 absl::StatusOr<VariantRecord> RecordOf(const Variant& variant, const deltas::DeltaSet& deltas) {
   VariantRecord record;
   record.name = variant.name;
-  const size_t slash = variant.name.find('/');
-  record.owner_namespace = slash == std::string::npos ? "" : variant.name.substr(0, slash);
+  record.owner_namespace = NamespaceOf(variant.name);
   record.kind = variant.lineage.kind;
   record.parents = variant.lineage.parents;
   record.recipe_json = variant.lineage.recipe_json;
@@ -185,16 +213,8 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
                                                         const VariantLineage& lineage, absl::Time created,
                                                         int64_t version) {
   auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
-  auto variant = std::make_shared<Variant>();
-  variant->name = name;
-  variant->path = path;
-  variant->owned = owned;
-  variant->bytes = host->Bytes();
-  variant->ranks = host->Ranks();
-  variant->base_model = adapter.config.base_model_name_or_path;
-  variant->created = created;
-  variant->lineage = lineage;
-  variant->version = version;
+  std::shared_ptr<Variant> variant =
+      MakeVariant(name, path, owned, *host, adapter.config.base_model_name_or_path, lineage, created, version);
   VariantRecord record;
   if (persist) {
     absl::StatusOr<VariantRecord> made = RecordOf(*variant, *host);
@@ -282,20 +302,15 @@ absl::StatusOr<VariantStatus> VariantRegistry::Publish(const std::string& name, 
 absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, const std::string& staged,
                                                      deltas::PeftAdapter adapter, const VariantLineage& lineage) {
   const std::string final_path = common::JoinPath(AdaptersDir(), name);
-  const std::string parent = final_path.substr(0, final_path.rfind('/'));
-  RETURN_IF_ERROR(common::MakeDirectories(parent));
-  absl::Status moved = common::RenameDirectory(staged, final_path);
-  if (absl::IsAlreadyExists(moved)) {
+  absl::Status placed = PlaceFiles(staged, final_path);
+  if (absl::IsAlreadyExists(placed)) {
     return absl::AlreadyExistsError(absl::StrCat("variant \"", name, "\" already exists"));
   }
-  RETURN_IF_ERROR(moved);
+  RETURN_IF_ERROR(placed);
   // From here the files are ours: a failure removes them (and a crash leaves a directory
   // without a row, which the next start-up removes).
-  absl::Status synced = common::SyncPath(parent);
   absl::StatusOr<VariantStatus> registered =
-      synced.ok() ? Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage,
-                             absl::Now())
-                  : absl::StatusOr<VariantStatus>(synced);
+      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage, absl::Now());
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }
@@ -323,20 +338,11 @@ absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::str
 
   // The new version's files go to adapters/NAME@VERSION (a name no upload can take).
   const std::string final_path = common::JoinPath(AdaptersDir(), VariantCatalog::VersionName(name, old->version + 1));
-  const std::string parent = final_path.substr(0, final_path.rfind('/'));
-  RETURN_IF_ERROR(common::MakeDirectories(parent));
-  RETURN_IF_ERROR(common::RenameDirectory(staged, final_path));
-  auto new_variant = std::make_shared<Variant>();
+  RETURN_IF_ERROR(PlaceFiles(staged, final_path));
   auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
-  new_variant->name = name;
-  new_variant->path = final_path;
-  new_variant->owned = true;
-  new_variant->bytes = host->Bytes();
-  new_variant->ranks = host->Ranks();
-  new_variant->base_model = adapter.config.base_model_name_or_path;
-  new_variant->created = absl::Now();
-  new_variant->lineage = lineage;
-  new_variant->version = old->version + 1;
+  std::shared_ptr<Variant> new_variant = MakeVariant(name, final_path, /*owned=*/true, *host,
+                                                     adapter.config.base_model_name_or_path, lineage, absl::Now(),
+                                                     old->version + 1);
   // Until the catalog row switches, a failure removes the new files (and a crash leaves a
   // directory without a row, which the next start-up removes).
   auto undo = [&](absl::Status status, uint64_t id) {
@@ -344,7 +350,6 @@ absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::str
     common::RemoveRecursively(final_path).IgnoreError();
     return status;
   };
-  RETURN_IF_ERROR(common::SyncPath(parent));
   absl::StatusOr<VariantRecord> record = RecordOf(*new_variant, *host);
   if (!record.ok()) return undo(record.status(), 0);
   absl::StatusOr<uint64_t> id = engine_->adapters().Add(final_path, host);
@@ -365,20 +370,12 @@ absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::str
   }
   if (!keep_previous) {
     // Retire the old version once the requests that run on it finish.
-    engine::AdapterCache& cache = engine_->adapters();
-    while (true) {
-      absl::Status removed = cache.Remove(old->adapter_id);
-      if (removed.ok() || absl::IsNotFound(removed)) break;
-      if (absl::Now() >= drain_deadline) {
-        common::Log(absl::StrCat("variant \"", previous_name, "\" is still in use at the deadline; its files go at the next start-up"));
-        return StatusOf(std::move(new_variant));
-      }
-      absl::SleepFor(absl::Milliseconds(10));
+    if (!RemoveAdapterWhenUnused(old->adapter_id, drain_deadline)) {
+      common::Log(absl::StrCat("variant \"", previous_name,
+                               "\" is still in use at the deadline; its files go at the next start-up"));
+      return StatusOf(std::move(new_variant));
     }
-    if (old->owned) {
-      absl::Status files = common::RemoveRecursively(old->path);
-      if (!files.ok()) common::Log(absl::StrCat("retired variant \"", previous_name, "\" left files: ", files.message()));
-    }
+    DeleteFilesOf(*old, previous_name);
     absl::Status forgot = store_->DeleteVariant(previous_name);
     if (!forgot.ok()) common::Log(absl::StrCat("retired variant \"", previous_name, "\": ", forgot.message()));
   }
@@ -427,26 +424,33 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
   // from here on finishes the delete at the next start-up.
   RETURN_IF_ERROR(set_row_state("DELETING"));
   ASSIGN_OR_RETURN(variant, catalog_.Remove(name));
+  if (!RemoveAdapterWhenUnused(variant->adapter_id, drain ? deadline : absl::InfinitePast())) {
+    RETURN_IF_ERROR(catalog_.Register(variant));  // back as it was
+    RETURN_IF_ERROR(set_row_state("READY"));
+    return drain ? absl::DeadlineExceededError(absl::StrCat(
+                       "variant \"", name, "\" is still used by ", users(),
+                       " request(s) at the deadline; it was not deleted"))
+                 : absl::FailedPreconditionError(absl::StrCat(
+                       "variant \"", name, "\" is used by ", users(),
+                       " request(s); retry when they finish, or delete with drain"));
+  }
+  DeleteFilesOf(*variant, name);
+  return forget_row();
+}
+
+bool VariantRegistry::RemoveAdapterWhenUnused(uint64_t adapter_id, absl::Time deadline) {
   while (true) {
-    absl::Status removed = cache.Remove(variant->adapter_id);
-    if (removed.ok() || absl::IsNotFound(removed)) break;
-    if (!drain || absl::Now() >= deadline) {
-      RETURN_IF_ERROR(catalog_.Register(variant));  // back as it was
-      RETURN_IF_ERROR(set_row_state("READY"));
-      return drain ? absl::DeadlineExceededError(absl::StrCat(
-                         "variant \"", name, "\" is still used by ", users(),
-                         " request(s) at the deadline; it was not deleted"))
-                   : absl::FailedPreconditionError(absl::StrCat(
-                         "variant \"", name, "\" is used by ", users(),
-                         " request(s); retry when they finish, or delete with drain"));
-    }
+    absl::Status removed = engine_->adapters().Remove(adapter_id);
+    if (removed.ok() || absl::IsNotFound(removed)) return true;
+    if (absl::Now() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  if (variant->owned) {
-    absl::Status files = common::RemoveRecursively(variant->path);
-    if (!files.ok()) common::Log(absl::StrCat("deleted variant \"", name, "\" left files: ", files.message()));
-  }
-  return forget_row();
+}
+
+void VariantRegistry::DeleteFilesOf(const Variant& variant, const std::string& name) const {
+  if (!variant.owned) return;
+  absl::Status files = common::RemoveRecursively(variant.path);
+  if (!files.ok()) common::Log(absl::StrCat("removed variant \"", name, "\" left files: ", files.message()));
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Pin(const std::string& name) {

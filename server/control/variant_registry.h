@@ -117,6 +117,12 @@ class VariantRegistry {
   absl::StatusOr<VariantStatus> Adopt(const std::string& name, const std::string& staged,
                                       deltas::PeftAdapter adapter, const VariantLineage& lineage);
   absl::Status Restore();
+  // RemoveAdapterWhenUnused frees an adapter once no request uses it, trying until `deadline`
+  // (once for a past one); false when requests still used it then.
+  bool RemoveAdapterWhenUnused(uint64_t adapter_id, absl::Time deadline);
+  // DeleteFilesOf removes an uploaded variant's directory (logging, not failing, on error);
+  // registered server paths are left alone.
+  void DeleteFilesOf(const Variant& variant, const std::string& name) const;
   bool IsOwned(const std::string& path) const;
   VariantStatus StatusOf(std::shared_ptr<const Variant> variant) const;
   absl::StatusOr<std::shared_ptr<const Variant>> FindOrNotFound(const std::string& name) const;
