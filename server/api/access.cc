@@ -7,14 +7,8 @@
 #include "absl/strings/str_join.h"
 
 namespace deltaserve::api {
-namespace {
 
-std::string NamespaceOf(const std::string& name) {
-  const size_t slash = name.find('/');
-  return slash == std::string::npos ? "" : name.substr(0, slash);
-}
-
-}  // namespace
+using control::NamespaceOf;
 
 bool Access::OwnsNamespace(const std::string& name_space) const {
   return std::find(principal_.namespaces.begin(), principal_.namespaces.end(), name_space) !=
@@ -97,9 +91,19 @@ absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runne
                              absl::Seconds(5));
 }
 
-void Gatekeeper::Audit(const Access* caller, const char* rpc, const std::string& target,
+absl::Status Gatekeeper::Change(const grpc::ServerContextBase& context, const char* rpc, const char* what,
+                               const std::string& name, const std::function<absl::Status()>& change) const {
+  absl::StatusOr<Access> access = Admit(context);
+  absl::Status status = access.status();
+  if (status.ok()) status = access->CheckChange(what, name);
+  if (status.ok()) status = change();
+  Audit(access, rpc, name, status);
+  return status;
+}
+
+void Gatekeeper::Audit(const absl::StatusOr<Access>& caller, const char* rpc, const std::string& target,
                        const absl::Status& outcome) const {
-  audit_->Record(caller == nullptr ? "?" : caller->Tenant(), rpc, target, outcome);
+  audit_->Record(caller.ok() ? caller->Tenant() : "?", rpc, target, outcome);
 }
 
 }  // namespace deltaserve::api

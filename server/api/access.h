@@ -12,6 +12,7 @@
 //   RETURN_IF_ERROR(access.CheckChange("variant", request->name()));
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -65,8 +66,14 @@ class Gatekeeper {
   // AddPushback tells gRPC clients when to retry a call refused over a quota
   // (grpc-retry-pushback-ms trailing metadata); nothing for other errors.
   static void AddPushback(grpc::ServerContextBase& context, const absl::Status& status);
-  // Audit records a mutating RPC; `caller` is null when it was not authenticated.
-  void Audit(const Access* caller, const char* rpc, const std::string& target, const absl::Status& outcome) const;
+  // Change runs a mutating RPC on one existing named thing (`what`: "variant", "dataset"):
+  // admit the caller, check it may change the name (Access::CheckChange), run `change`, and
+  // audit the outcome, which it returns.
+  absl::Status Change(const grpc::ServerContextBase& context, const char* rpc, const char* what,
+                      const std::string& name, const std::function<absl::Status()>& change) const;
+  // Audit records a mutating RPC of `caller` (an error when it was not authenticated).
+  void Audit(const absl::StatusOr<Access>& caller, const char* rpc, const std::string& target,
+             const absl::Status& outcome) const;
 
  private:
   const auth::Authenticator* authenticator_;

@@ -55,7 +55,7 @@ grpc::Status DatasetsService::UploadDataset(grpc::ServerContext* context,
   absl::Status status = access.ok() ? Upload(*access, reader, response, &name) : access.status();
   // A client that went away mid-stream ends Read early: its partial upload must not count.
   if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the upload was cancelled");
-  gate_->Audit(access.ok() ? &*access : nullptr, "UploadDataset", name, status);
+  gate_->Audit(access, "UploadDataset", name, status);
   return Finish("UploadDataset", status);
 }
 
@@ -93,11 +93,8 @@ grpc::Status DatasetsService::ListDatasets(grpc::ServerContext* context, const v
 
 grpc::Status DatasetsService::DeleteDataset(grpc::ServerContext* context, const v1::DeleteDatasetRequest* request,
                                             v1::DeleteDatasetResponse*) {
-  absl::StatusOr<Access> access = gate_->Admit(*context);
-  absl::Status status = access.status();
-  if (status.ok()) status = access->CheckChange("dataset", request->name());
-  if (status.ok()) status = datasets_->Delete(request->name());
-  gate_->Audit(access.ok() ? &*access : nullptr, "DeleteDataset", request->name(), status);
+  absl::Status status = gate_->Change(*context, "DeleteDataset", "dataset", request->name(),
+                                      [&] { return datasets_->Delete(request->name()); });
   return Finish("DeleteDataset", status);
 }
 

@@ -413,7 +413,7 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
     const std::string& key = request.idempotency_key();
     return kind->Submit(std::move(spec), tenant.empty() || key.empty() ? key : tenant + ":" + key);
   }();
-  gate_->Audit(access.ok() ? &*access : nullptr, method, job.ok() ? job->output_variant : request.output(),
+  gate_->Audit(access, method, job.ok() ? job->output_variant : request.output(),
                job.status());
   Gatekeeper::AddPushback(*context, job.status());
   return FinishWithJob(context, method, job, response);
@@ -460,16 +460,14 @@ grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* con
     }
     // One more than a page tells whether another page follows; jobs the caller may not see are
     // skipped (fetching on past them).
-    std::vector<control::JobRecord> jobs;
-    while (jobs.size() < page_size + 1) {
-      std::vector<control::JobRecord> batch = runner_->List(filter, before, page_size + 1);
-      for (control::JobRecord& job : batch) {
-        before = job.number;
-        if (access.Owns(job.output_variant)) jobs.push_back(std::move(job));
-        if (jobs.size() == page_size + 1) break;
-      }
-      if (batch.size() < page_size + 1) break;
-    }
+    ASSIGN_OR_RETURN(std::vector<control::JobRecord> jobs,
+                     VisiblePage<control::JobRecord>(
+                         [&](int64_t after, size_t limit) -> absl::StatusOr<std::vector<control::JobRecord>> {
+                           return runner_->List(filter, after, limit);
+                         },
+                         [](const control::JobRecord& job) { return job.number; },
+                         [&](const control::JobRecord& job) { return access.Owns(job.output_variant); }, before,
+                         page_size + 1));
     const bool more = jobs.size() > page_size;
     if (more) jobs.pop_back();
     for (const control::JobRecord& job : jobs) ToProto(job, response->add_jobs());
@@ -498,7 +496,7 @@ grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* co
     ASSIGN_OR_RETURN(control::JobRecord visible, VisibleJob(*access, request->id()));
     return runner_->Cancel(visible.number);
   }();
-  gate_->Audit(access.ok() ? &*access : nullptr, "CancelJob", request->id(), job.status());
+  gate_->Audit(access, "CancelJob", request->id(), job.status());
   return FinishWithJob(context, "CancelJob", job, response);
 }
 

@@ -1,8 +1,9 @@
 // What every List RPC shares so that they agree:
 //   - PageSize: the page size for the request's page_size field: 0 means 100; INVALID_ARGUMENT
 //     outside [0, 1000].
-//   - VisiblePage: up to `want` items after `after` that the caller may see, fetching more from
-//     a name-ordered source as filtered-out items leave gaps.
+//   - VisiblePage: up to `want` items past the cursor `after` that the caller may see, fetching
+//     more from an ordered source (names for variants and datasets, job numbers for jobs) as
+//     filtered-out items leave gaps.
 //   ASSIGN_OR_RETURN(size_t page_size, PageSize(request->page_size()));
 #pragma once
 
@@ -25,17 +26,17 @@ inline absl::StatusOr<size_t> PageSize(int32_t requested) {
   return requested == 0 ? kDefault : requested;
 }
 
-// fetch(after, limit) returns up to `limit` items after the name `after`, in name order;
-// name(item) is an item's name; keep(item) whether the caller may see it.
-template <typename T, typename Fetch, typename Name, typename Keep>
-absl::StatusOr<std::vector<T>> VisiblePage(const Fetch& fetch, const Name& name, const Keep& keep, std::string after,
+// fetch(after, limit) returns up to `limit` items past the cursor `after`, in cursor order;
+// cursor(item) is an item's cursor; keep(item) whether the caller may see it.
+template <typename T, typename Cursor, typename Fetch, typename CursorOf, typename Keep>
+absl::StatusOr<std::vector<T>> VisiblePage(const Fetch& fetch, const CursorOf& cursor, const Keep& keep, Cursor after,
                                            size_t want) {
   std::vector<T> page;
   while (page.size() < want) {
     absl::StatusOr<std::vector<T>> batch = fetch(after, want);
     if (!batch.ok()) return batch.status();
     for (T& item : *batch) {
-      after = name(item);
+      after = cursor(item);
       if (keep(item)) page.push_back(std::move(item));
       if (page.size() == want) break;
     }

@@ -83,16 +83,6 @@ VariantsService::VariantsService(control::VariantRegistry* registry, telemetry::
       gate_(gate),
       base_model_name_(std::move(base_model_name)) {}
 
-grpc::Status VariantsService::Change(grpc::ServerContext* context, const char* method, const std::string& name,
-                                     const std::function<absl::Status()>& change) {
-  absl::StatusOr<Access> access = gate_->Admit(*context);
-  absl::Status status = access.status();
-  if (status.ok()) status = access->CheckChange("variant", name);
-  if (status.ok()) status = change();
-  gate_->Audit(access.ok() ? &*access : nullptr, method, name, status);
-  return Finish(method, status);
-}
-
 grpc::Status VariantsService::Finish(const char* method, const absl::Status& status) {
   grpc::Status converted = ToGrpcStatus(status);
   metrics_->RecordRpc(method, GrpcCodeName(converted.error_code()));
@@ -109,7 +99,7 @@ grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext* context, cons
     return registry_->RegisterAdapter(request->name(), request->path());
   }();
   if (status.ok()) ToProto(*status, response);
-  gate_->Audit(access.ok() ? &*access : nullptr, "RegisterAdapter", request->name(), status.status());
+  gate_->Audit(access, "RegisterAdapter", request->name(), status.status());
   return Finish("RegisterAdapter", status.status());
 }
 
@@ -150,7 +140,7 @@ grpc::Status VariantsService::UploadAdapter(grpc::ServerContext* context,
   absl::Status status = access.ok() ? Upload(*access, reader, response, &name) : access.status();
   // A client that went away mid-stream ends Read early: its partial upload must not count.
   if (status.ok() && context->IsCancelled()) status = absl::CancelledError("the upload was cancelled");
-  gate_->Audit(access.ok() ? &*access : nullptr, "UploadAdapter", name, status);
+  gate_->Audit(access, "UploadAdapter", name, status);
   return Finish("UploadAdapter", status);
 }
 
@@ -202,26 +192,30 @@ grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
                                             v1::DeleteVariantResponse*) {
   absl::Time deadline = DeadlineOf(*context);
   if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + kDefaultDrainTimeout;
-  return Change(context, "DeleteVariant", request->name(),
-                [&] { return registry_->Delete(request->name(), request->drain(), deadline); });
+  absl::Status status = gate_->Change(*context, "DeleteVariant", "variant", request->name(), [&] {
+    return registry_->Delete(request->name(), request->drain(), deadline);
+  });
+  return Finish("DeleteVariant", status);
 }
 
 grpc::Status VariantsService::PinVariant(grpc::ServerContext* context, const v1::PinVariantRequest* request,
                                          v1::Variant* response) {
-  return Change(context, "PinVariant", request->name(), [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(control::VariantStatus status, registry_->Pin(request->name()));
-    ToProto(status, response);
+  absl::Status status = gate_->Change(*context, "PinVariant", "variant", request->name(), [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(control::VariantStatus pinned, registry_->Pin(request->name()));
+    ToProto(pinned, response);
     return absl::OkStatus();
   });
+  return Finish("PinVariant", status);
 }
 
 grpc::Status VariantsService::UnpinVariant(grpc::ServerContext* context, const v1::UnpinVariantRequest* request,
                                            v1::Variant* response) {
-  return Change(context, "UnpinVariant", request->name(), [&]() -> absl::Status {
-    ASSIGN_OR_RETURN(control::VariantStatus status, registry_->Unpin(request->name()));
-    ToProto(status, response);
+  absl::Status status = gate_->Change(*context, "UnpinVariant", "variant", request->name(), [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(control::VariantStatus unpinned, registry_->Unpin(request->name()));
+    ToProto(unpinned, response);
     return absl::OkStatus();
   });
+  return Finish("UnpinVariant", status);
 }
 
 }  // namespace deltaserve::api

@@ -5,7 +5,6 @@
 // Thread-safe; the registry, metrics and state must outlive it.
 #pragma once
 
-#include <functional>
 #include <string>
 
 #include "deltaserve/v1/variants.grpc.pb.h"
@@ -46,10 +45,6 @@ class VariantsService final : public deltaserve::v1::Variants::Service {
   grpc::Status Finish(const char* method, const absl::Status& status);
   absl::Status Upload(const Access& access, grpc::ServerReader<deltaserve::v1::UploadAdapterChunk>* reader,
                       deltaserve::v1::Variant* response, std::string* name);
-  // Change runs a mutating call on one named variant: admit, check the caller may change it,
-  // run, audit.
-  grpc::Status Change(grpc::ServerContext* context, const char* method, const std::string& name,
-                      const std::function<absl::Status()>& change);
 
   control::VariantRegistry* registry_;
   telemetry::ServerMetrics* metrics_;
