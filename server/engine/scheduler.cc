@@ -60,9 +60,15 @@ void Scheduler::Charge(const RequestState* request, int64_t tokens) {
 size_t Scheduler::NextCandidate(const std::vector<const RequestState*>& skipped) const {
   size_t best = waiting_.size();
   double best_counter = 0;
+  // Requests of one tenant come in runs: look its counter up once per run.
+  const std::string* tenant = nullptr;
+  double value = 0;
   for (size_t i = 0; i < waiting_.size(); ++i) {
     if (std::find(skipped.begin(), skipped.end(), waiting_[i]) != skipped.end()) continue;
-    const double value = counter(waiting_[i]->request.tenant);
+    if (tenant == nullptr || *tenant != waiting_[i]->request.tenant) {
+      tenant = &waiting_[i]->request.tenant;
+      value = counter(*tenant);
+    }
     if (best == waiting_.size() || value < best_counter) {
       best = i;
       best_counter = value;
@@ -140,14 +146,15 @@ Schedule Scheduler::Next() {
   }
 
   // 3. Admit waiting requests while there is room, the smallest tenant counter first (oldest
-  // first within a tenant), skipping those whose variant is not ready; not in a step that had to preempt (the freed blocks would only be fought over
-  // again).
+  // first within a tenant), skipping those whose variant is not ready; not in a step that had
+  // to preempt (the freed blocks would only be fought over again).
   if (gate_ != nullptr) gate_->StartAdmission();
   std::vector<const RequestState*> skipped;  // not ready this step
-  for (size_t next = NextCandidate(skipped); preemptions_ == preemptions_before && next < waiting_.size() &&
-                                             budget > 0 &&
-                                             static_cast<int64_t>(running_.size()) < options_.max_running_requests;
-       next = NextCandidate(skipped)) {
+  while (preemptions_ == preemptions_before && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
+    // Only when there is room is the queue scanned for the next candidate.
+    const size_t next = NextCandidate(skipped);
+    if (next == waiting_.size()) break;
     RequestState* request = waiting_[next];
     int64_t length = std::min(request->PendingTokens(), budget);
     int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
