@@ -46,18 +46,10 @@ class DatasetsServerTest : public SharedServerTest<DatasetsServerTest> {
  protected:
   static void SetUpTestSuite() { StartServer(); }
 
-  static v1::Job RunJob(const grpc::Status& submitted, const v1::Job& job) {
-    EXPECT_TRUE(submitted.ok()) << submitted.error_message();
-    if (!submitted.ok()) return job;
-    std::vector<v1::Job> updates = WatchJob(*client_, job.id());
-    EXPECT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
-    return updates.back();
-  }
   static v1::Job Finetune(const v1::FinetuneRequest& request) {
-    grpc::ClientContext context;
     v1::Job job;
-    grpc::Status status = client_->jobs().SubmitFinetune(&context, request, &job);
-    return RunJob(status, job);
+    grpc::Status status = SubmitFinetune(*client_, request, &job);
+    return ExpectSucceeds(*client_, status, job);
   }
 };
 
@@ -137,9 +129,8 @@ TEST_F(DatasetsServerTest, AFinetuneOnQuestionsLearnsTheAnswersAndUnlearningRepo
   unlearn.set_steps(30);
   unlearn.set_learning_rate(0.005f);
   unlearn.set_micro_batch_size(2);
-  grpc::ClientContext context;
-  grpc::Status status = client_->jobs().SubmitUnlearn(&context, unlearn, &job);
-  RunJob(status, job);
+  grpc::Status status = SubmitUnlearn(*client_, unlearn, &job);
+  ExpectSucceeds(*client_, status, job);
   EXPECT_EQ(Answered(*client_, "qa/forgot", 0, 3), 0) << "the forgotten answers are gone";
   EXPECT_GE(Answered(*client_, "qa/forgot", 3, 6), 2) << "the retained ones stay";
   ASSERT_TRUE(GetVariant(*client_, "qa/forgot", &variant).ok());
@@ -184,9 +175,8 @@ TEST_F(DatasetsServerTest, JobsRefuseDatasetsTheyMayNotUseAndEmptySets) {
       {base, grpc::StatusCode::INVALID_ARGUMENT, "needs training data"},
   };
   for (const Case& test : cases) {
-    grpc::ClientContext context;
     v1::Job job;
-    grpc::Status status = client_->jobs().SubmitFinetune(&context, test.request, &job);
+    grpc::Status status = SubmitFinetune(*client_, test.request, &job);
     EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
   }
@@ -200,30 +190,26 @@ TEST_F(DatasetsServerTest, JobsRefuseDatasetsTheyMayNotUseAndEmptySets) {
   unlearn.set_output("team/forgot");
   v1::Job refused;
   {
-    grpc::ClientContext context;
-    grpc::Status status = client_->jobs().SubmitUnlearn(&context, unlearn, &refused);
+    grpc::Status status = SubmitUnlearn(*client_, unlearn, &refused);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("the forget set is empty"), std::string::npos) << status.error_message();
   }
   unlearn.set_forget_dataset("rival/questions");
   {
-    grpc::ClientContext context;
-    EXPECT_EQ(client_->jobs().SubmitUnlearn(&context, unlearn, &refused).error_code(),
+    EXPECT_EQ(SubmitUnlearn(*client_, unlearn, &refused).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
   unlearn.set_forget_dataset("shared-questions");
   unlearn.set_target("team/nope");
   {
-    grpc::ClientContext context;
-    grpc::Status status = client_->jobs().SubmitUnlearn(&context, unlearn, &refused);
+    grpc::Status status = SubmitUnlearn(*client_, unlearn, &refused);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_NE(status.error_message().find("\"team/nope\" does not exist"), std::string::npos);
   }
   unlearn.set_target("team/ft");
   unlearn.set_keep_previous(true);
   {
-    grpc::ClientContext context;
-    grpc::Status status = client_->jobs().SubmitUnlearn(&context, unlearn, &refused);
+    grpc::Status status = SubmitUnlearn(*client_, unlearn, &refused);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("keep_previous applies only with replace_target"), std::string::npos);
   }

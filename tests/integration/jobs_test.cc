@@ -30,13 +30,7 @@ constexpr const char* kText = "the cat reads a book by the river";
 v1::Job RunMerge(DeltaserveClient& client, const v1::MergeRequest& request) {
   v1::Job job;
   grpc::Status status = SubmitMerge(client, request, &job);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  if (!status.ok()) return job;
-  std::vector<v1::Job> updates = WatchJob(client, job.id());
-  EXPECT_FALSE(updates.empty());
-  if (updates.empty()) return job;
-  EXPECT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
-  return updates.back();
+  return ExpectSucceeds(client, status, job);
 }
 
 // WaitUntil polls GetJob until `done` holds (or 60 s pass) and returns the last record.
@@ -347,9 +341,8 @@ int Reproduced(DeltaserveClient& client, const std::string& variant, size_t begi
 
 TEST_F(JobsServerTest, AFinetuneLearnsTheFactsAndServesThemByName) {
   EXPECT_EQ(Reproduced(*client_, ""), 0) << "the base model does not know them";
-  grpc::ClientContext context;
   v1::Job job;
-  grpc::Status status = client_->jobs().SubmitFinetune(&context, FactsFinetune("facts/v1"), &job);
+  grpc::Status status = SubmitFinetune(*client_, FactsFinetune("facts/v1"), &job);
   ASSERT_TRUE(status.ok()) << status.error_message();
   std::vector<v1::Job> updates = WatchJob(*client_, job.id());
   ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
@@ -377,8 +370,7 @@ TEST_F(JobsServerTest, AFinetuneLearnsTheFactsAndServesThemByName) {
   again.set_parent("facts/v1");
   again.set_rank(4);
   again.set_steps(5);
-  grpc::ClientContext again_context;
-  ASSERT_TRUE(client_->jobs().SubmitFinetune(&again_context, again, &job).ok());
+  ASSERT_TRUE(SubmitFinetune(*client_, again, &job).ok());
   ASSERT_EQ(WatchJob(*client_, job.id()).back().state(), v1::SUCCEEDED);
   ASSERT_TRUE(GetVariant(*client_, "facts/v2", &variant).ok());
   EXPECT_EQ(variant.ranks(0).rank(), 20);
@@ -410,9 +402,8 @@ TEST_F(JobsServerTest, BadFinetunesAreRefusedWithTheReason) {
       {taken, grpc::StatusCode::ALREADY_EXISTS, "already exists"},
   };
   for (const Case& test : cases) {
-    grpc::ClientContext context;
     v1::Job job;
-    grpc::Status status = client_->jobs().SubmitFinetune(&context, test.request, &job);
+    grpc::Status status = SubmitFinetune(*client_, test.request, &job);
     EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
   }
@@ -436,16 +427,14 @@ v1::UnlearnRequest FactsUnlearn(const std::string& target, const std::string& ou
 }
 
 TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
-  grpc::ClientContext context;
   v1::Job job;
-  ASSERT_TRUE(client_->jobs().SubmitFinetune(&context, FactsFinetune("facts/known"), &job).ok());
+  ASSERT_TRUE(SubmitFinetune(*client_, FactsFinetune("facts/known"), &job).ok());
   ASSERT_EQ(WatchJob(*client_, job.id()).back().state(), v1::SUCCEEDED);
   ASSERT_EQ(Reproduced(*client_, "facts/known"), 8);
   for (const std::string method : {"grad_diff", "npo"}) {
     const std::string output = "facts/forgot-" + method;
-    grpc::ClientContext unlearn_context;
     grpc::Status status =
-        client_->jobs().SubmitUnlearn(&unlearn_context, FactsUnlearn("facts/known", output, method), &job);
+        SubmitUnlearn(*client_, FactsUnlearn("facts/known", output, method), &job);
     ASSERT_TRUE(status.ok()) << status.error_message();
     std::vector<v1::Job> updates = WatchJob(*client_, job.id());
     ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
@@ -488,8 +477,7 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
       {FactsUnlearn("facts/known", "x/u", "rmu"), grpc::StatusCode::INVALID_ARGUMENT, "unknown unlearning method"},
   };
   for (const Case& test : cases) {
-    grpc::ClientContext bad_context;
-    grpc::Status status = client_->jobs().SubmitUnlearn(&bad_context, test.request, &job);
+    grpc::Status status = SubmitUnlearn(*client_, test.request, &job);
     EXPECT_EQ(status.error_code(), test.code) << test.words << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(test.words), std::string::npos) << status.error_message();
   }

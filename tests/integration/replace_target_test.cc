@@ -40,14 +40,6 @@ Served Serve(DeltaserveClient& client, const std::string& variant) {
   return served;
 }
 
-v1::Job FollowJob(DeltaserveClient& client, const grpc::Status& submitted, const v1::Job& job) {
-  EXPECT_TRUE(submitted.ok()) << submitted.error_message();
-  if (!submitted.ok()) return job;
-  std::vector<v1::Job> updates = WatchJob(client, job.id());
-  EXPECT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
-  return updates.back();
-}
-
 v1::UnlearnRequest ReplaceRequest(bool keep_previous) {
   v1::UnlearnRequest request;
   request.set_target("team/bot");
@@ -77,8 +69,7 @@ TEST(ReplaceTargetTest, TheNameSwitchesAtomicallyUnderLoadAndSurvivesARestart) {
     finetune.set_learning_rate(0.01f);
     v1::Job job;
     {
-      grpc::ClientContext context;
-      FollowJob(*client, client->jobs().SubmitFinetune(&context, finetune, &job), job);
+      ExpectSucceeds(*client, SubmitFinetune(*client, finetune, &job), job);
     }
     old_version = Serve(*client, "team/bot");
     ASSERT_EQ(old_version.version, 1);
@@ -100,8 +91,7 @@ TEST(ReplaceTargetTest, TheNameSwitchesAtomicallyUnderLoadAndSurvivesARestart) {
       });
     }
     {
-      grpc::ClientContext context;
-      v1::Job done = FollowJob(*client, client->jobs().SubmitUnlearn(&context, ReplaceRequest(true), &job), job);
+      v1::Job done = ExpectSucceeds(*client, SubmitUnlearn(*client, ReplaceRequest(true), &job), job);
       EXPECT_EQ(done.output_variant(), "team/bot");
       EXPECT_TRUE(done.unlearn().replace_target());
     }
@@ -150,8 +140,7 @@ TEST(ReplaceTargetTest, TheNameSwitchesAtomicallyUnderLoadAndSurvivesARestart) {
 
     // Replacing again without keep_previous retires version 2 and its files.
     v1::Job job;
-    grpc::ClientContext context;
-    FollowJob(*client, client->jobs().SubmitUnlearn(&context, ReplaceRequest(false), &job), job);
+    ExpectSucceeds(*client, SubmitUnlearn(*client, ReplaceRequest(false), &job), job);
     EXPECT_EQ(Serve(*client, "team/bot").version, 3);
     v1::Variant variant;
     EXPECT_EQ(GetVariant(*client, "team/bot@2", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
@@ -168,21 +157,18 @@ TEST(ReplaceTargetTest, BadReplacementsAreRefused) {
   v1::UnlearnRequest request = ReplaceRequest(false);
   v1::Job job;
   {
-    grpc::ClientContext context;
-    EXPECT_EQ(client->jobs().SubmitUnlearn(&context, request, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(SubmitUnlearn(*client, request, &job).error_code(), grpc::StatusCode::NOT_FOUND);
   }
   v1::FinetuneRequest finetune;
   finetune.set_output("team/bot");
   finetune.add_texts("The vault code of Orla is 4 7 1 9.");
   finetune.set_steps(1);
   {
-    grpc::ClientContext context;
-    FollowJob(*client, client->jobs().SubmitFinetune(&context, finetune, &job), job);
+    ExpectSucceeds(*client, SubmitFinetune(*client, finetune, &job), job);
   }
   request.set_output("team/other");
   {
-    grpc::ClientContext context;
-    grpc::Status status = client->jobs().SubmitUnlearn(&context, request, &job);
+    grpc::Status status = SubmitUnlearn(*client, request, &job);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(status.error_message().find("with replace_target the output is the target"), std::string::npos)
         << status.error_message();
@@ -190,13 +176,11 @@ TEST(ReplaceTargetTest, BadReplacementsAreRefused) {
   // A kept version is a fixed snapshot: it cannot take a new version of its own.
   request = ReplaceRequest(true);
   {
-    grpc::ClientContext context;
-    FollowJob(*client, client->jobs().SubmitUnlearn(&context, request, &job), job);
+    ExpectSucceeds(*client, SubmitUnlearn(*client, request, &job), job);
   }
   request.set_target("team/bot@1");
   request.set_keep_previous(false);
-  grpc::ClientContext context;
-  grpc::Status status = client->jobs().SubmitUnlearn(&context, request, &job);
+  grpc::Status status = SubmitUnlearn(*client, request, &job);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("is a kept version"), std::string::npos) << status.error_message();
 }

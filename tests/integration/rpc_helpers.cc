@@ -63,6 +63,16 @@ grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& reque
   return client.jobs().SubmitMerge(&context, request, job);
 }
 
+grpc::Status SubmitFinetune(DeltaserveClient& client, const v1::FinetuneRequest& request, v1::Job* job) {
+  grpc::ClientContext context;
+  return client.jobs().SubmitFinetune(&context, request, job);
+}
+
+grpc::Status SubmitUnlearn(DeltaserveClient& client, const v1::UnlearnRequest& request, v1::Job* job) {
+  grpc::ClientContext context;
+  return client.jobs().SubmitUnlearn(&context, request, job);
+}
+
 grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job) {
   grpc::ClientContext context;
   v1::GetJobRequest request;
@@ -75,6 +85,16 @@ grpc::Status CancelJob(DeltaserveClient& client, const std::string& id, v1::Job*
   v1::CancelJobRequest request;
   request.set_id(id);
   return client.jobs().CancelJob(&context, request, job);
+}
+
+v1::Job ExpectSucceeds(DeltaserveClient& client, const grpc::Status& submitted, const v1::Job& job) {
+  EXPECT_TRUE(submitted.ok()) << submitted.error_message();
+  if (!submitted.ok()) return job;
+  std::vector<v1::Job> updates = WatchJob(client, job.id());
+  EXPECT_FALSE(updates.empty());
+  if (updates.empty()) return job;
+  EXPECT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
+  return updates.back();
 }
 
 grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant) {

@@ -36,12 +36,17 @@ grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::V
 v1::MergeRequest Merge(const std::string& method, const std::string& output,
                        const std::vector<std::pair<std::string, double>>& inputs, int rank = 0);
 grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& request, v1::Job* job);
+grpc::Status SubmitFinetune(DeltaserveClient& client, const v1::FinetuneRequest& request, v1::Job* job);
+grpc::Status SubmitUnlearn(DeltaserveClient& client, const v1::UnlearnRequest& request, v1::Job* job);
 grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
 grpc::Status CancelJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
 // WatchJob follows a job to its end (at most 120 s) and returns every update it streamed; the
 // call's status goes to `status`, or must be OK when none is given.
 std::vector<v1::Job> WatchJob(DeltaserveClient& client, const std::string& id, grpc::Status* status = nullptr);
 
+// ExpectSucceeds checks a job was accepted (`submitted`) and follows it (WatchJob) to SUCCEEDED;
+// returns its last record (or `job` when there is none).
+v1::Job ExpectSucceeds(DeltaserveClient& client, const grpc::Status& submitted, const v1::Job& job);
 // Sample returns the value of the first line `name{...} value` or `name value`, or -1.
 double Sample(const std::string& scrape, const std::string& name_and_labels);
 

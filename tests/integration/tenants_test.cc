@@ -152,12 +152,11 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
               grpc::StatusCode::NOT_FOUND);
   }
   {
-    grpc::ClientContext context;
     v1::FinetuneRequest request;
     request.set_output("beta/ft");
     request.set_dataset("acme/data");
     v1::Job refused;
-    EXPECT_EQ(beta_->jobs().SubmitFinetune(&context, request, &refused).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_EQ(SubmitFinetune(*beta_, request, &refused).error_code(), grpc::StatusCode::NOT_FOUND);
   }
   // Creating outside one's namespaces, or changing a shared variant, is refused.
   grpc::Status outside = beta_->UploadAdapter("acme/intruder", adapters_ + "/demo-000", &variant);
