@@ -2,7 +2,9 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -12,12 +14,14 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server_builder.h>
+#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "server/api/datasets_service.h"
 #include "server/api/generation_service.h"
@@ -28,6 +32,8 @@
 #include "server/auth/audit_log.h"
 #include "server/auth/authenticator.h"
 #include "server/auth/quota_tracker.h"
+#include "server/auth/server_config.h"
+#include "server/auth/settings_flags.h"
 #include "server/common/file_util.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
@@ -70,7 +76,8 @@ ABSL_FLAG(int64_t, adapter_host_cache_bytes, int64_t{4} << 30,
           "host memory for adapters evicted from the device; beyond it they are re-read from disk");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest adapter_model.safetensors UploadAdapter accepts");
 ABSL_FLAG(std::string, config, "", "server configuration file (protobuf text format, deltaserve.v1.ServerConfig: "
-          "tenants and their API-key digests); reloaded on SIGHUP");
+          "tenants and their API-key digests, and any of these flags under `server { }`; a flag on the command "
+          "line wins); tenants are reloaded on SIGHUP");
 ABSL_FLAG(bool, allow_unauthenticated, false,
           "serve a non-loopback --host without tenants (anyone who can connect may do anything)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls-key)");
@@ -80,6 +87,9 @@ ABSL_FLAG(int, health_port, -1,
           "a plaintext port serving only grpc.health.v1 on --host, for probes when gRPC uses TLS "
           "(0 = pick one, -1 = off)");
 ABSL_FLAG(int64_t, max_dataset_bytes, int64_t{256} << 20, "largest JSONL file UploadDataset accepts");
+ABSL_FLAG(int64_t, max_dataset_rows, 1'000'000, "most rows (non-blank lines) UploadDataset accepts");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{4} << 20,
+          "largest gRPC message the server receives (uploads stream in chunks below it)");
 ABSL_FLAG(int32_t, job_workers, 1, "jobs (merges, ...) that run at once, beside serving");
 ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
           "memory all running jobs may use together (their estimates); a job that needs more is refused");
@@ -110,6 +120,22 @@ int main(int argc, char** argv) {
   std::vector<std::string> argument_storage;
   std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, argument_storage);
   absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  // Every flag here can be set in the configuration file too: its schema must know them all.
+  if (auto missing = deltaserve::auth::FlagsWithoutSettings("server/main.cc", {"config"}); !missing.empty()) {
+    return Fail(absl::InternalError(absl::StrCat("flags without a ServerSettings field in config.proto: ",
+                                                 absl::StrJoin(missing, ", "))));
+  }
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  deltaserve::v1::ServerConfig config;
+  if (!config_path.empty()) {
+    auto loaded = deltaserve::auth::LoadServerConfig(config_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    config = std::move(*loaded);
+    if (absl::Status applied = deltaserve::auth::ApplySettingsToFlags(config.server(), config_path, argument_storage);
+        !applied.ok()) {
+      return Fail(applied);
+    }
+  }
 
   // Signals are taken by sigwait below, never by a handler; block them before any thread starts.
   sigset_t signals;
@@ -181,8 +207,8 @@ int main(int argc, char** argv) {
     Log(absl::StrCat("registered ", *registered, " adapters from ", directory));
   }
 
-  auto datasets = deltaserve::control::DatasetStore::Create(data_dir, absl::GetFlag(FLAGS_max_dataset_bytes),
-                                                           (*registry)->store());
+  auto datasets = deltaserve::control::DatasetStore::Create(
+      data_dir, {absl::GetFlag(FLAGS_max_dataset_bytes), absl::GetFlag(FLAGS_max_dataset_rows)}, (*registry)->store());
   if (!datasets.ok()) return Fail(datasets.status());
 
   deltaserve::control::JobRunnerOptions job_options;
@@ -201,10 +227,9 @@ int main(int argc, char** argv) {
   // however main ends.
   absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
-  auto authenticator = deltaserve::auth::Authenticator::Create(absl::GetFlag(FLAGS_config));
-  if (!authenticator.ok()) return Fail(authenticator.status());
+  auto authenticator = std::make_unique<deltaserve::auth::Authenticator>(config, config_path);
   const std::string host = absl::GetFlag(FLAGS_host);
-  if ((*authenticator)->open()) {
+  if (authenticator->open()) {
     const bool loopback = host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]";
     if (!loopback && !absl::GetFlag(FLAGS_allow_unauthenticated)) {
       return Fail(absl::FailedPreconditionError(absl::StrCat(
@@ -216,7 +241,8 @@ int main(int argc, char** argv) {
   auto audit = deltaserve::auth::AuditLog::Open(deltaserve::common::JoinPath(data_dir, "audit.log"));
   if (!audit.ok()) return Fail(audit.status());
   deltaserve::auth::QuotaTracker quotas;
-  deltaserve::api::Gatekeeper gate(authenticator->get(), audit->get(), &quotas);
+  deltaserve::api::Gatekeeper gate(authenticator.get(), audit->get(), &quotas,
+                                   {registry->get(), datasets->get(), job_runner->get()});
 
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
@@ -225,7 +251,7 @@ int main(int argc, char** argv) {
                                                 &serving_state, &gate, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
   deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);
-  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, registry->get(), metrics.get(),
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
                                     &serving_state, &gate);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -237,6 +263,8 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca));
   if (!credentials.ok()) return Fail(credentials.status());
   builder.AddListeningPort(address, *credentials, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(
+      std::clamp<int64_t>(absl::GetFlag(FLAGS_max_message_bytes), 1024, std::numeric_limits<int32_t>::max())));
   builder.RegisterService(&generation);
   builder.RegisterService(&variants);
   builder.RegisterService(&jobs);
@@ -267,9 +295,13 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
-    absl::Status reloaded = (*authenticator)->Reload();
+    absl::Status reloaded = authenticator->Reload();
     Log(reloaded.ok() ? std::string("SIGHUP: configuration reloaded")
                       : absl::StrCat("SIGHUP: configuration NOT reloaded, the previous one stays: ", reloaded.message()));
+    if (reloaded.ok() &&
+        !google::protobuf::util::MessageDifferencer::Equals(authenticator->config()->server(), config.server())) {
+      Log("SIGHUP: the file's server settings changed; they take effect at the next start");
+    }
   }
   Log(absl::StrCat("received signal ", signal_number, ": draining"));
   serving_state.StartDraining();

@@ -1,10 +1,13 @@
 #include "server/api/access.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/common/retry_after.h"
+#include "server/common/status_macros.h"
 
 namespace deltaserve::api {
 
@@ -55,27 +58,52 @@ absl::StatusOr<Access> Gatekeeper::Admit(const grpc::ServerContextBase& context)
 }
 
 void Gatekeeper::AddPushback(grpc::ServerContextBase& context, const absl::Status& status) {
-  std::optional<absl::Duration> retry_after = auth::RetryAfter(status);
+  std::optional<absl::Duration> retry_after = common::RetryAfter(status);
   if (retry_after.has_value()) {
     context.AddTrailingMetadata("grpc-retry-pushback-ms", std::to_string(absl::ToInt64Milliseconds(*retry_after)));
   }
 }
 
-absl::Status CheckVariantQuota(const Access& access, const control::VariantRegistry& registry) {
-  const auth::Principal& principal = access.principal();
-  const int64_t limit = principal.quotas.max_variants;
-  if (limit <= 0) return absl::OkStatus();
-  int64_t stored = 0;
-  for (const std::string& name_space : principal.namespaces) {
-    stored += static_cast<int64_t>(registry.List(name_space + "/", "", static_cast<size_t>(limit) + 1).size());
-  }
-  if (stored < limit) return absl::OkStatus();
-  return auth::QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" stores ", stored,
-                                          " variants, its max_variants quota; delete one first"),
-                             std::nullopt);
+absl::Status StorageBudget::Take(int64_t bytes) {
+  stored_ += bytes;
+  if (limit_ <= 0 || stored_ <= limit_) return absl::OkStatus();
+  return common::ResourceExhaustedWithRetry(
+      absl::StrCat("tenant \"", tenant_, "\" would store more than its max_stored_bytes quota of ", limit_,
+                   " bytes; delete variants or datasets first"),
+      std::nullopt);
 }
 
-absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runner) {
+absl::StatusOr<StorageBudget> Gatekeeper::CheckStorage(const Access& access, bool adds_variant) const {
+  const auth::Principal& principal = access.principal();
+  const int64_t max_variants = principal.quotas.max_variants;
+  const int64_t max_bytes = principal.quotas.max_stored_bytes;
+  if ((max_variants <= 0 || !adds_variant) && max_bytes <= 0) return StorageBudget(principal.tenant, 0, 0);
+  int64_t variants = 0;
+  int64_t bytes = 0;
+  constexpr size_t kAll = std::numeric_limits<int32_t>::max();
+  for (const std::string& name_space : principal.namespaces) {
+    for (const control::VariantStatus& held : holdings_.variants->List(name_space + "/", "", kAll)) {
+      ++variants;
+      bytes += held.variant->bytes;
+    }
+    ASSIGN_OR_RETURN(std::vector<control::DatasetRecord> datasets, holdings_.datasets->List(name_space + "/", "", kAll));
+    for (const control::DatasetRecord& dataset : datasets) bytes += dataset.size_bytes;
+  }
+  if (adds_variant && max_variants > 0 && variants >= max_variants) {
+    return common::ResourceExhaustedWithRetry(absl::StrCat("tenant \"", principal.tenant, "\" stores ", variants,
+                                                           " variants, its max_variants quota; delete one first"),
+                                              std::nullopt);
+  }
+  if (max_bytes > 0 && bytes >= max_bytes) {
+    return common::ResourceExhaustedWithRetry(
+        absl::StrCat("tenant \"", principal.tenant, "\" stores ", bytes, " bytes, at its max_stored_bytes quota of ",
+                     max_bytes, "; delete variants or datasets first"),
+        std::nullopt);
+  }
+  return StorageBudget(principal.tenant, max_bytes, bytes);
+}
+
+absl::Status Gatekeeper::CheckJobs(const Access& access) const {
   const auth::Principal& principal = access.principal();
   const int64_t limit = principal.quotas.max_running_jobs;
   if (limit <= 0) return absl::OkStatus();
@@ -83,12 +111,15 @@ absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runne
   for (const char* state : {"QUEUED", "RUNNING"}) {
     control::JobFilter filter;
     filter.state = state;
-    for (const control::JobRecord& job : runner.List(filter, 0, 100000)) active += access.Owns(job.output_variant) ? 1 : 0;
+    for (const control::JobRecord& job : holdings_.jobs->List(filter, 0, 100000)) {
+      active += access.Owns(job.output_variant) ? 1 : 0;
+    }
   }
   if (active < limit) return absl::OkStatus();
-  return auth::QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" has ", active,
-                                          " jobs queued or running, its max_running_jobs quota; retry when one ends"),
-                             absl::Seconds(5));
+  return common::ResourceExhaustedWithRetry(
+      absl::StrCat("tenant \"", principal.tenant, "\" has ", active,
+                   " jobs queued or running, its max_running_jobs quota; retry when one ends"),
+      absl::Seconds(5));
 }
 
 absl::Status Gatekeeper::Change(const grpc::ServerContextBase& context, const char* rpc, const char* what,

@@ -22,6 +22,7 @@
 #include "server/auth/audit_log.h"
 #include "server/auth/authenticator.h"
 #include "server/auth/quota_tracker.h"
+#include "server/control/dataset_store.h"
 #include "server/control/job_runner.h"
 #include "server/control/variant_registry.h"
 
@@ -51,18 +52,48 @@ class Access {
   auth::Principal principal_;
 };
 
+// What the storage and job quotas count: the variants, datasets and jobs the server holds.
+struct Holdings {
+  const control::VariantRegistry* variants = nullptr;
+  const control::DatasetStore* datasets = nullptr;
+  const control::JobRunner* jobs = nullptr;
+};
+
+// StorageBudget: the bytes a caller may still store (its max_stored_bytes quota less what its
+// namespaces hold), counted down as an upload's bytes arrive.
+class StorageBudget {
+ public:
+  StorageBudget(std::string tenant, int64_t limit, int64_t stored)
+      : tenant_(std::move(tenant)), limit_(limit), stored_(stored) {}
+  // Take: RESOURCE_EXHAUSTED naming the quota once the bytes taken pass what it leaves.
+  absl::Status Take(int64_t bytes);
+
+ private:
+  std::string tenant_;
+  int64_t limit_;  // 0 = unlimited
+  int64_t stored_;
+};
+
 // Gatekeeper: what every service does at the door: authenticate the caller of an RPC from its
-// "authorization" metadata (UNAUTHENTICATED on failure), and write the audit line of a mutating
-// RPC. The authenticator and audit log must outlive it.
+// "authorization" metadata (UNAUTHENTICATED on failure), check its quotas, and write the audit
+// line of a mutating RPC. Everything it points to must outlive it.
 class Gatekeeper {
  public:
-  Gatekeeper(const auth::Authenticator* authenticator, auth::AuditLog* audit, auth::QuotaTracker* quotas)
-      : authenticator_(authenticator), audit_(audit), quotas_(quotas) {}
+  Gatekeeper(const auth::Authenticator* authenticator, auth::AuditLog* audit, auth::QuotaTracker* quotas,
+             Holdings holdings)
+      : authenticator_(authenticator), audit_(audit), quotas_(quotas), holdings_(holdings) {}
   absl::StatusOr<Access> Admit(const grpc::ServerContextBase& context) const;
   // Lease: one Generate/Score request of the caller against its serving quotas.
   absl::StatusOr<std::shared_ptr<auth::RequestLease>> Lease(const Access& access) const {
     return quotas_->Admit(access.principal());
   }
+  // CheckStorage: before storing something new in the caller's namespaces (a variant when
+  // `adds_variant`, else a dataset or a new version): RESOURCE_EXHAUSTED when its namespaces
+  // already hold max_variants variants or max_stored_bytes bytes; otherwise the budget an
+  // upload draws on.
+  absl::StatusOr<StorageBudget> CheckStorage(const Access& access, bool adds_variant) const;
+  // CheckJobs: RESOURCE_EXHAUSTED when the caller has max_running_jobs jobs queued or running.
+  absl::Status CheckJobs(const Access& access) const;
   // AddPushback tells gRPC clients when to retry a call refused over a quota
   // (grpc-retry-pushback-ms trailing metadata); nothing for other errors.
   static void AddPushback(grpc::ServerContextBase& context, const absl::Status& status);
@@ -79,11 +110,7 @@ class Gatekeeper {
   const auth::Authenticator* authenticator_;
   auth::AuditLog* audit_;
   auth::QuotaTracker* quotas_;
+  Holdings holdings_;
 };
-
-// The storage quotas, checked before something new is stored in the caller's namespaces:
-// CheckVariantQuota (max_variants) and CheckJobQuota (max_running_jobs, queued or running).
-absl::Status CheckVariantQuota(const Access& access, const control::VariantRegistry& registry);
-absl::Status CheckJobQuota(const Access& access, const control::JobRunner& runner);
 
 }  // namespace deltaserve::api

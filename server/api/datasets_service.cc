@@ -37,9 +37,11 @@ absl::Status DatasetsService::Upload(const Access& access, grpc::ServerReader<v1
   if (!chunk.has_header()) return absl::InvalidArgumentError("the first message of an upload must be the header (name)");
   *name = chunk.header().name();
   RETURN_IF_ERROR(access.CheckCreate("dataset", *name));
+  ASSIGN_OR_RETURN(StorageBudget budget, gate_->CheckStorage(access, false));
   ASSIGN_OR_RETURN(std::unique_ptr<control::DatasetUpload> upload, datasets_->BeginUpload(chunk.header().name()));
   while (reader->Read(&chunk)) {
     if (chunk.has_header()) return absl::InvalidArgumentError("only the first message of an upload may be a header");
+    RETURN_IF_ERROR(budget.Take(static_cast<int64_t>(chunk.data().size())));
     RETURN_IF_ERROR(upload->Append(chunk.data()));
   }
   ASSIGN_OR_RETURN(control::DatasetRecord record, datasets_->Commit(std::move(upload)));

@@ -82,14 +82,17 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       : engine_(engine), variants_(variants), metrics_(metrics) {}
 
   // Start submits the request; `lease` (the tenant's quota slot) is held until the call is
-  // gone and charged with the tokens generated.
-  void Start(absl::StatusOr<engine::EngineRequest> request, std::shared_ptr<auth::RequestLease> lease) {
+  // gone and charged with the tokens generated. A refusal tells the client when to retry, if
+  // there is a time.
+  void Start(grpc::ServerContextBase& context, absl::StatusOr<engine::EngineRequest> request,
+             std::shared_ptr<auth::RequestLease> lease) {
     self_ = shared_from_this();
     {
       absl::MutexLock lock(&mutex_);
       lease_ = std::move(lease);
     }
     if (!request.ok()) {
+      Gatekeeper::AddPushback(context, request.status());
       FinishNow(ToGrpcStatus(request.status()));
       return;
     }
@@ -102,6 +105,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
                          variant_version_ = submitted.variant_version;
                        });
     if (!id.ok()) {
+      Gatekeeper::AddPushback(context, id.status());
       FinishNow(ToGrpcStatus(id.status()));
       return;
     }
@@ -310,6 +314,7 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
   result.kind = kind;
   result.tenant = access.principal().tenant;
   result.tenant_weight = access.principal().weight;
+  result.tenant_max_queued = access.principal().quotas.max_queued_requests;
   ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
   if (found != nullptr) {
     result.adapter_id = found->adapter_id;
@@ -348,8 +353,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     if (result.request_id.empty()) result.request_id = absl::StrCat("req-", next_request_number_++);
     return result;
   }();
-  Gatekeeper::AddPushback(*context, converted.status());
-  call->Start(std::move(converted), std::move(lease));
+  call->Start(*context, std::move(converted), std::move(lease));
   return call.get();
 }
 
@@ -362,7 +366,6 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
       NewEngineRequest(engine::RequestKind::kScore, *context, request->variant(), request->text(),
                        request->token_ids(), "text", "token_ids", &lease);
   absl::Status status = converted.status();
-  Gatekeeper::AddPushback(*context, status);
   if (status.ok()) {
     status = SubmitResolved(*engine_, *variants_, std::move(*converted),
                             std::make_shared<ScoreSink>(reactor, response, metrics_, std::move(lease)),
@@ -370,6 +373,7 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                  .status();
   }
   if (!status.ok()) {
+    Gatekeeper::AddPushback(*context, status);
     grpc::Status failed = ToGrpcStatus(status);
     metrics_->RecordRpc("Score", GrpcCodeName(failed.error_code()));
     reactor->Finish(failed);

@@ -361,13 +361,11 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 }  // namespace
 
 JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-                         control::UnlearnJobs* unlearns, const control::VariantRegistry* registry,
-                         telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate)
+                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate)
     : runner_(runner),
       merges_(merges),
       finetunes_(finetunes),
       unlearns_(unlearns),
-      registry_(registry),
       metrics_(metrics),
       state_(state),
       gate_(gate) {}
@@ -405,8 +403,8 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
     if (!access.ok()) return access.status();
     if (state_->draining()) return absl::UnavailableError("the server is shutting down; submit the job elsewhere");
     RETURN_IF_ERROR(CheckAccess(*access, request));
-    RETURN_IF_ERROR(CheckJobQuota(*access, *runner_));
-    if (AddsVariant(request)) RETURN_IF_ERROR(CheckVariantQuota(*access, *registry_));
+    RETURN_IF_ERROR(gate_->CheckJobs(*access));
+    RETURN_IF_ERROR(gate_->CheckStorage(*access, AddsVariant(request)).status());
     ASSIGN_OR_RETURN(auto spec, FromProto(request));
     // Idempotency keys are per tenant: another tenant's key never returns (or blocks) its job.
     const std::string& tenant = access->principal().tenant;

@@ -23,8 +23,7 @@ namespace deltaserve::api {
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
   JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-              control::UnlearnJobs* unlearns, const control::VariantRegistry* registry,
-              telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate);
+              control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
@@ -66,7 +65,6 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   control::MergeJobs* merges_;
   control::FinetuneJobs* finetunes_;
   control::UnlearnJobs* unlearns_;
-  const control::VariantRegistry* registry_;  // for the caller's variant quota
   // VisibleJob: the job with that id if the caller may see it (its output lies in the caller's
   // namespaces), NOT_FOUND otherwise.
   absl::StatusOr<control::JobRecord> VisibleJob(const Access& access, const std::string& id) const;

@@ -95,7 +95,7 @@ grpc::Status VariantsService::RegisterAdapter(grpc::ServerContext* context, cons
   absl::StatusOr<control::VariantStatus> status = [&]() -> absl::StatusOr<control::VariantStatus> {
     if (!access.ok()) return access.status();
     RETURN_IF_ERROR(access->CheckCreate("variant", request->name()));
-    RETURN_IF_ERROR(CheckVariantQuota(*access, *registry_));
+    RETURN_IF_ERROR(gate_->CheckStorage(*access, true).status());
     return registry_->RegisterAdapter(request->name(), request->path());
   }();
   if (status.ok()) ToProto(*status, response);
@@ -114,7 +114,7 @@ absl::Status VariantsService::Upload(const Access& access, grpc::ServerReader<v1
   const v1::UploadAdapterHeader& header = chunk.header();
   *name = header.name();
   RETURN_IF_ERROR(access.CheckCreate("variant", *name));
-  RETURN_IF_ERROR(CheckVariantQuota(access, *registry_));
+  ASSIGN_OR_RETURN(StorageBudget budget, gate_->CheckStorage(access, true));
   if (!header.base_model().empty() && header.base_model() != base_model_name_) {
     return absl::FailedPreconditionError(absl::StrCat("the adapter is for base model \"",
                                                       header.base_model(), "\"; this server serves \"",
@@ -125,6 +125,7 @@ absl::Status VariantsService::Upload(const Access& access, grpc::ServerReader<v1
     if (!chunk.has_file()) {
       return absl::InvalidArgumentError("only the first message of an upload may be a header");
     }
+    RETURN_IF_ERROR(budget.Take(static_cast<int64_t>(chunk.file().data().size())));
     RETURN_IF_ERROR(upload->Append(chunk.file().file_name(), chunk.file().data()));
   }
   ASSIGN_OR_RETURN(control::VariantStatus status, registry_->CommitUpload(std::move(upload)));

@@ -27,9 +27,12 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
     if (!loaded.ok()) return loaded.status();
     config = std::move(*loaded);
   }
-  auto authenticator = std::make_unique<Authenticator>(std::move(config));
-  authenticator->path_ = config_path;
-  return authenticator;
+  return std::make_unique<Authenticator>(std::move(config), config_path);
+}
+
+std::shared_ptr<const v1::ServerConfig> Authenticator::config() const {
+  absl::MutexLock lock(&mutex_);
+  return config_;
 }
 
 absl::Status Authenticator::Reload() {
@@ -71,7 +74,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::string_view authoriza
                       std::vector<std::string>(found->namespaces().begin(), found->namespaces().end()), {}, 1.0};
   const v1::TenantQuotas& quotas = found->quotas();
   principal.quotas = {quotas.max_concurrent_requests(), quotas.generated_tokens_per_minute(), quotas.max_variants(),
-                      quotas.max_running_jobs()};
+                      quotas.max_running_jobs(),       quotas.max_queued_requests(),          quotas.max_stored_bytes()};
   if (found->weight() > 0) principal.weight = found->weight();
   return principal;
 }

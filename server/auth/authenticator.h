@@ -28,6 +28,8 @@ struct TenantQuotas {
   int64_t generated_tokens_per_minute = 0;
   int64_t max_variants = 0;
   int64_t max_running_jobs = 0;
+  int64_t max_queued_requests = 0;
+  int64_t max_stored_bytes = 0;
 };
 
 struct Principal {
@@ -42,11 +44,15 @@ class Authenticator {
  public:
   // Create loads `config_path` ("" = no file: open).
   static absl::StatusOr<std::unique_ptr<Authenticator>> Create(const std::string& config_path);
-  explicit Authenticator(deltaserve::v1::ServerConfig config) : config_(std::make_shared<const deltaserve::v1::ServerConfig>(std::move(config))) {}
+  // `config` as loaded from `config_path` (which Reload reads again; "" = no file).
+  explicit Authenticator(deltaserve::v1::ServerConfig config, std::string config_path = "")
+      : path_(std::move(config_path)), config_(std::make_shared<const deltaserve::v1::ServerConfig>(std::move(config))) {}
 
   // Reload reads the file again; on error the configuration in force stays and the error says
   // where the file is wrong.
   absl::Status Reload();
+  // config: the configuration in force.
+  std::shared_ptr<const deltaserve::v1::ServerConfig> config() const;
   // open: no tenants are configured.
   bool open() const;
   // Authenticate: UNAUTHENTICATED when the value is missing, not "Bearer <key>", or the key is

@@ -3,30 +3,11 @@
 #include <algorithm>
 #include <cmath>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/common/retry_after.h"
 
 namespace deltaserve::auth {
-namespace {
-
-constexpr const char* kRetryAfterPayload = "type.deltaserve/retry-after-ms";
-
-}  // namespace
-
-absl::Status QuotaExceeded(const std::string& message, std::optional<absl::Duration> retry_after) {
-  absl::Status status = absl::ResourceExhaustedError(message);
-  if (retry_after.has_value()) {
-    status.SetPayload(kRetryAfterPayload, absl::Cord(std::to_string(absl::ToInt64Milliseconds(*retry_after))));
-  }
-  return status;
-}
-
-std::optional<absl::Duration> RetryAfter(const absl::Status& status) {
-  auto payload = status.GetPayload(kRetryAfterPayload);
-  if (!payload.has_value()) return std::nullopt;
-  return absl::Milliseconds(std::stoll(std::string(*payload)));
-}
 
 RequestLease::~RequestLease() { tracker_->Release(tenant_); }
 
@@ -52,13 +33,13 @@ absl::StatusOr<std::shared_ptr<RequestLease>> QuotaTracker::Admit(const Principa
   }
   RefillLocked(state, now);
   if (quotas.max_concurrent_requests > 0 && state.running >= quotas.max_concurrent_requests) {
-    return QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" has ", state.running,
+    return common::ResourceExhaustedWithRetry(absl::StrCat("tenant \"", principal.tenant, "\" has ", state.running,
                                       " requests in flight, its max_concurrent_requests quota; retry when one finishes"),
                          absl::Seconds(1));
   }
   if (state.capacity > 0 && state.bucket <= 0) {
     const absl::Duration wait = absl::Seconds((1.0 - state.bucket) / (state.capacity / 60.0));
-    return QuotaExceeded(absl::StrCat("tenant \"", principal.tenant, "\" used its generated_tokens_per_minute quota of ",
+    return common::ResourceExhaustedWithRetry(absl::StrCat("tenant \"", principal.tenant, "\" used its generated_tokens_per_minute quota of ",
                                       state.capacity, "; retry in ", absl::FormatDuration(absl::Ceil(wait, absl::Milliseconds(100)))),
                          wait);
   }

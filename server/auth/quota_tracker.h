@@ -4,7 +4,8 @@
 // Charge takes the tokens its request generated from the bucket. The bucket starts full,
 // refills continuously at the per-minute rate up to one minute's worth, and admits while it is
 // not empty (a request's tokens are unknown in advance, so it may go below zero; the tenant
-// then waits until it refills). Over a quota Admit returns QuotaExceeded.
+// then waits until it refills). Over a quota Admit returns RESOURCE_EXHAUSTED with the time to
+// wait (common/retry_after.h).
 // Thread-safe; leases may outlive nothing but the tracker.
 //   ASSIGN_OR_RETURN(std::shared_ptr<RequestLease> lease, quotas.Admit(principal));
 //   lease->Charge(generated_tokens);   // when the request ends
@@ -23,11 +24,6 @@
 #include "server/auth/authenticator.h"
 
 namespace deltaserve::auth {
-
-// QuotaExceeded: RESOURCE_EXHAUSTED with `message`, carrying when to retry (RetryAfter) when
-// there is a time that helps.
-absl::Status QuotaExceeded(const std::string& message, std::optional<absl::Duration> retry_after);
-std::optional<absl::Duration> RetryAfter(const absl::Status& status);
 
 class QuotaTracker;
 
@@ -48,7 +44,7 @@ class RequestLease {
 
 class QuotaTracker {
  public:
-  // Admit: a lease for one request of `principal`, or QuotaExceeded naming the quota.
+  // Admit: a lease for one request of `principal`, or RESOURCE_EXHAUSTED naming the quota.
   absl::StatusOr<std::shared_ptr<RequestLease>> Admit(const Principal& principal);
 
  private:

@@ -55,7 +55,7 @@ absl::Status Check(const v1::ServerConfig& config, const std::string& source) {
     if (tenant.role() == v1::TENANT && tenant.namespaces().empty()) return invalid("a TENANT needs namespaces");
     const v1::TenantQuotas& quotas = tenant.quotas();
     if (quotas.max_concurrent_requests() < 0 || quotas.generated_tokens_per_minute() < 0 || quotas.max_variants() < 0 ||
-        quotas.max_running_jobs() < 0) {
+        quotas.max_running_jobs() < 0 || quotas.max_queued_requests() < 0 || quotas.max_stored_bytes() < 0) {
       return invalid("quotas must not be negative (0 = unlimited)");
     }
     if (!(tenant.weight() >= 0) || tenant.weight() > 1e6) return invalid("weight must be 0 (= 1) to 1e6");

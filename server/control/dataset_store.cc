@@ -93,13 +93,17 @@ absl::Status DatasetUpload::ValidateLine(std::string_view line) {
   if (IsBlank(line)) return absl::OkStatus();
   ASSIGN_OR_RETURN(ops::train::TrainingRow row, ParseDatasetLine(line, lines_));
   ++(row.is_prompt_completion() ? prompt_completion_rows_ : text_rows_);
+  if (text_rows_ + prompt_completion_rows_ > limits_.max_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("line ", lines_, ": dataset \"", name_, "\" has more than ",
+                                                   limits_.max_rows, " rows, the server's limit"));
+  }
   return absl::OkStatus();
 }
 
 absl::Status DatasetUpload::Append(std::string_view data) {
-  if (static_cast<int64_t>(bytes_.size() + data.size()) > max_bytes_) {
+  if (static_cast<int64_t>(bytes_.size() + data.size()) > limits_.max_bytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("dataset \"", name_, "\" is larger than the server's limit of ", max_bytes_, " bytes"));
+        absl::StrCat("dataset \"", name_, "\" is larger than the server's limit of ", limits_.max_bytes, " bytes"));
   }
   bytes_.append(data);
   size_t end;
@@ -133,9 +137,9 @@ absl::Status CheckDatasetAccess(const std::string& dataset, const std::string& o
                                                   "namespace or datasets without one"));
 }
 
-absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const std::string& data_dir, int64_t max_bytes,
+absl::StatusOr<std::unique_ptr<DatasetStore>> DatasetStore::Create(const std::string& data_dir, DatasetLimits limits,
                                                                    CatalogStore* store) {
-  std::unique_ptr<DatasetStore> datasets(new DatasetStore(common::JoinPath(data_dir, "datasets"), max_bytes, store));
+  std::unique_ptr<DatasetStore> datasets(new DatasetStore(common::JoinPath(data_dir, "datasets"), limits, store));
   RETURN_IF_ERROR(common::MakeDirectories(datasets->directory_));
   absl::MutexLock lock(&datasets->mutex_);
   RETURN_IF_ERROR(datasets->RemoveUnreferenced({}));
@@ -149,7 +153,7 @@ std::string DatasetStore::FileOf(const std::string& sha256) const {
 absl::StatusOr<std::unique_ptr<DatasetUpload>> DatasetStore::BeginUpload(const std::string& name) const {
   RETURN_IF_ERROR(ValidateDatasetName(name));
   if (Get(name).ok()) return absl::AlreadyExistsError(absl::StrCat("dataset \"", name, "\" already exists"));
-  return std::make_unique<DatasetUpload>(name, max_bytes_);
+  return std::make_unique<DatasetUpload>(name, limits_);
 }
 
 absl::StatusOr<DatasetRecord> DatasetStore::Commit(std::unique_ptr<DatasetUpload> upload) {

@@ -11,7 +11,7 @@
 // accepted job trains on: Delete keeps a file that a queued or running job still refers to,
 // and start-up removes files nothing refers to any more.
 // Thread-safe. The CatalogStore must outlive the store.
-//   ASSIGN_OR_RETURN(auto datasets, DatasetStore::Create(data_dir, max_bytes, store));
+//   ASSIGN_OR_RETURN(auto datasets, DatasetStore::Create(data_dir, {max_bytes, max_rows}, store));
 //   ASSIGN_OR_RETURN(auto upload, datasets->BeginUpload("acme/facts"));
 //   RETURN_IF_ERROR(upload->Append(chunk));
 //   ASSIGN_OR_RETURN(DatasetRecord record, datasets->Commit(std::move(upload)));
@@ -37,11 +37,17 @@ absl::StatusOr<ops::train::TrainingRow> ParseDatasetLine(std::string_view line, 
 absl::StatusOr<std::vector<ops::train::TrainingRow>> ParseDatasetRows(std::string_view jsonl);
 
 // A dataset upload in progress: the bytes so far and their validation. Not thread-safe.
+// The largest dataset an upload may store (--max-dataset-bytes, --max-dataset-rows).
+struct DatasetLimits {
+  int64_t max_bytes = int64_t{256} << 20;
+  int64_t max_rows = 1'000'000;
+};
+
 class DatasetUpload {
  public:
-  DatasetUpload(std::string name, int64_t max_bytes) : name_(std::move(name)), max_bytes_(max_bytes) {}
+  DatasetUpload(std::string name, DatasetLimits limits) : name_(std::move(name)), limits_(limits) {}
   // Append adds a chunk and validates every line it completes; the first invalid line fails the
-  // upload (INVALID_ARGUMENT with its line number), as does going over the size limit.
+  // upload (INVALID_ARGUMENT with its line number), as does going over a limit.
   absl::Status Append(std::string_view data);
   // Finish validates the last line (which needs no newline); INVALID_ARGUMENT for no rows.
   absl::Status Finish();
@@ -55,7 +61,7 @@ class DatasetUpload {
   absl::Status ValidateLine(std::string_view line);
 
   std::string name_;
-  int64_t max_bytes_;
+  DatasetLimits limits_;
   std::string bytes_;
   size_t validated_ = 0;  // bytes_ up to here are whole validated lines
   int64_t lines_ = 0;
@@ -68,7 +74,7 @@ absl::Status CheckDatasetAccess(const std::string& dataset, const std::string& o
 
 class DatasetStore {
  public:
-  static absl::StatusOr<std::unique_ptr<DatasetStore>> Create(const std::string& data_dir, int64_t max_bytes,
+  static absl::StatusOr<std::unique_ptr<DatasetStore>> Create(const std::string& data_dir, DatasetLimits limits,
                                                               CatalogStore* store);
 
   // BeginUpload: INVALID_ARGUMENT for a malformed name, ALREADY_EXISTS for a taken one.
@@ -88,15 +94,15 @@ class DatasetStore {
   absl::StatusOr<std::vector<ops::train::TrainingRow>> ReadRows(const std::string& sha256) const;
 
  private:
-  DatasetStore(std::string directory, int64_t max_bytes, CatalogStore* store)
-      : directory_(std::move(directory)), max_bytes_(max_bytes), store_(store) {}
+  DatasetStore(std::string directory, DatasetLimits limits, CatalogStore* store)
+      : directory_(std::move(directory)), limits_(limits), store_(store) {}
   std::string FileOf(const std::string& sha256) const;
   // RemoveUnreferenced deletes the files among `candidates` (all when empty) that no dataset row
   // and no queued or running job refers to.
   absl::Status RemoveUnreferenced(const std::vector<std::string>& candidates) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   const std::string directory_;
-  const int64_t max_bytes_;
+  const DatasetLimits limits_;
   CatalogStore* const store_;
   absl::Mutex mutex_;  // orders commits and deletes (a file is never removed while committed)
 };

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <unordered_set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "server/common/retry_after.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
 #include "server/deltas/peft_adapter.h"
@@ -226,9 +228,22 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
   if (stopping_) return absl::UnavailableError("the server is shutting down");
   int64_t queued = static_cast<int64_t>(incoming_.size()) + snapshot_.queued_requests;
   if (queued >= options_.max_queued_requests) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request queue is full (", queued, " requests waiting, --max-queued-requests ",
-        options_.max_queued_requests, "); retry later"));
+    return common::ResourceExhaustedWithRetry(
+        absl::StrCat("the request queue is full (", queued, " requests waiting, --max-queued-requests ",
+                     options_.max_queued_requests, "); retry later"),
+        absl::Seconds(1));
+  }
+  if (const int64_t limit = state->request.tenant_max_queued; limit > 0) {
+    const std::string& tenant = state->request.tenant;
+    auto published = queued_by_tenant_.find(tenant);
+    int64_t tenant_queued = published == queued_by_tenant_.end() ? 0 : published->second;
+    for (const auto& waiting : incoming_) tenant_queued += waiting->request.tenant == tenant ? 1 : 0;
+    if (tenant_queued >= limit) {
+      return common::ResourceExhaustedWithRetry(
+          absl::StrCat("tenant \"", tenant, "\" has ", tenant_queued,
+                       " requests waiting, its max_queued_requests quota; retry when they start"),
+          absl::Seconds(1));
+    }
   }
   if (state->request.adapter_id != 0) {
     absl::Status user = adapters_->AddUser(state->request.adapter_id);
@@ -287,7 +302,10 @@ void Engine::PublishSnapshot() {
     state.waiting_variants = names(scheduler_->waiting().begin(), scheduler_->waiting().end());
     observer_->OnState(state);
   }
+  std::map<std::string, int64_t> queued_by_tenant;
+  for (const RequestState* request : scheduler_->waiting()) ++queued_by_tenant[request->request.tenant];
   absl::MutexLock lock(&mutex_);
+  queued_by_tenant_.swap(queued_by_tenant);
   snapshot_.active_requests = static_cast<int64_t>(requests_.size() + incoming_.size());
   snapshot_.queued_requests = static_cast<int64_t>(scheduler_->waiting().size());
   snapshot_.running_requests = static_cast<int64_t>(scheduler_->running().size());
@@ -368,6 +386,9 @@ void Engine::Loop() {
       }
       adapters_changed_ = false;
       arrivals.swap(incoming_);
+      // They wait in the scheduler now; count them there until the next snapshot says.
+      snapshot_.queued_requests += static_cast<int64_t>(arrivals.size());
+      for (const auto& arrival : arrivals) ++queued_by_tenant_[arrival->request.tenant];
       cancels.swap(cancelled_);
       stopping = stopping_;
     }

@@ -15,7 +15,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -91,8 +93,10 @@ class Engine {
   std::vector<uint64_t> cancelled_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
-  // What the loop last published; Submit bounds the queue with incoming_ + queued_requests.
+  // What the loop last published (plus the requests it has taken since); Submit bounds the
+  // queue with incoming_ + queued_requests, and a tenant's with incoming_ + queued_by_tenant_.
   EngineSnapshot snapshot_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, int64_t> queued_by_tenant_ ABSL_GUARDED_BY(mutex_);
   // An adapter load finished since the loop last looked.
   bool adapters_changed_ ABSL_GUARDED_BY(mutex_) = false;
   // Declared after mutex_: destroyed first, its loader's listener locks mutex_.

@@ -48,6 +48,9 @@ struct EngineRequest {
   // share weight (its virtual token counter grows by tokens / weight).
   std::string tenant;
   double tenant_weight = 1.0;
+  // The tenant's max_queued_requests quota: Submit refuses the request (RESOURCE_EXHAUSTED)
+  // while that many of the tenant's requests wait for the running batch. 0 = no limit.
+  int64_t tenant_max_queued = 0;
   std::vector<int32_t> prompt_token_ids;
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();

@@ -285,6 +285,43 @@ TEST(OpenServerTest, ANonLoopbackAddressNeedsTenantsOrAnExplicitFlag) {
   EXPECT_NE(loopback.Log().find("open server"), std::string::npos) << "the start-up log says it is open";
 }
 
+TEST(ConfigFileTest, EveryFlagCanBeSetInTheFileAndTheCommandLineWins) {
+  const std::string config = MakeTempDir("config-settings") + "/config.textproto";
+  // The harness passes --port 0 on the command line: it wins over the file's port.
+  ASSERT_TRUE(common::WriteFileAtomically(config, "server { max_tokens_limit: 7 default_max_tokens: 3 port: 1 max_message_bytes: 4096 }\n").ok());
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--config", config})) << server.Log();
+  auto client = DeltaserveClient::Connect(server.target());
+  Stream refused = RunStream(*client, Generate("the cat", 8));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("[0, 7]"), std::string::npos) << refused.status.error_message();
+  Stream defaulted = RunStream(*client, Generate("the cat", 0));
+  ASSERT_TRUE(defaulted.status.ok()) << defaulted.status.error_message();
+  EXPECT_LE(defaulted.tokens.size(), 3u) << "default_max_tokens from the file";
+  EXPECT_GT(defaulted.tokens.size(), 0u);
+  Stream too_big = RunStream(*client, Generate(std::string(8192, 'a'), 1));
+  EXPECT_EQ(too_big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << "max_message_bytes from the file";
+
+  // Settings are read at start-up: a reload says that changed ones wait for a restart.
+  ASSERT_TRUE(common::WriteFileAtomically(config, "server { max_tokens_limit: 9 }\n").ok());
+  server.Signal(SIGHUP);
+  for (int i = 0; i < 500 && server.Log().find("take effect at the next start") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_NE(server.Log().find("take effect at the next start"), std::string::npos) << server.Log();
+  EXPECT_EQ(RunStream(*client, Generate("the cat", 8)).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // A setting the server refuses stops it with the reason, as the flag would.
+  ASSERT_TRUE(common::WriteFileAtomically(config, "server { dtype: \"float64\" }\n").ok());
+  ServerProcess refused_start;
+  EXPECT_FALSE(refused_start.Start(TinyModelDir(), {"--config", config}));
+  EXPECT_NE(refused_start.Log().find("float64"), std::string::npos) << refused_start.Log();
+  ASSERT_TRUE(common::WriteFileAtomically(config, "server {\n  max_tokens_limit: \"many\"\n}\n").ok());
+  ServerProcess mistyped;
+  EXPECT_FALSE(mistyped.Start(TinyModelDir(), {"--config", config}));
+  EXPECT_NE(mistyped.Log().find("config.textproto:2:"), std::string::npos) << "line and column: " << mistyped.Log();
+}
+
 }  // namespace
 }  // namespace deltaserve::testing
 
@@ -292,7 +329,8 @@ namespace deltaserve::testing {
 namespace {
 
 // Quotas, each tripped: acme may run one request at a time and store one variant; beta may
-// generate 300 tokens a minute; gamma may have one job queued or running.
+// generate 300 tokens a minute; gamma may have one job queued or running; delta may have one
+// request waiting; eps may store about one adapter's bytes.
 class QuotasTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -303,12 +341,23 @@ class QuotasTest : public ::testing::Test {
       return "tenants { name: \"" + name + "\" role: TENANT api_key_sha256: \"" + common::Sha256Hex(name + "-key") +
              "\" namespaces: \"" + name + "\" quotas { " + quotas + " } }\n";
     };
-    ASSERT_TRUE(common::WriteFileAtomically(config, tenant("acme", "max_concurrent_requests: 1 max_variants: 1") +
-                                                        tenant("beta", "generated_tokens_per_minute: 300") +
-                                                        tenant("gamma", "max_running_jobs: 1"))
+    // eps may store the first demo adapter's files and a little more, not a second copy.
+    const int64_t adapter_bytes = FileBytes(adapters_ + "/demo-000/adapter_model.safetensors") +
+                                  FileBytes(adapters_ + "/demo-000/adapter_config.json");
+    ASSERT_TRUE(common::WriteFileAtomically(
+                    config, tenant("acme", "max_concurrent_requests: 1 max_variants: 1") +
+                                tenant("beta", "generated_tokens_per_minute: 300") +
+                                tenant("gamma", "max_running_jobs: 1") + tenant("delta", "max_queued_requests: 1") +
+                                tenant("eps", "max_stored_bytes: " + std::to_string(adapter_bytes + 64)))
                     .ok());
+    // One request runs at a time, so that a second one waits.
     ASSERT_TRUE(server_.Start(TinyModelDir(), {"--config", config, "--adapter-dir", adapters_,
-                                               "--job-step-pause-ms", "200"}));
+                                               "--job-step-pause-ms", "200", "--max-running-requests", "1"}));
+  }
+
+  static int64_t FileBytes(const std::string& path) {
+    std::ifstream file(path, std::ios::binary | std::ios::ate);
+    return static_cast<int64_t>(file.tellg());
   }
 
   // Score through a raw stub, to read the trailing metadata.
@@ -356,6 +405,63 @@ TEST_F(QuotasTest, ConcurrentRequestsAndStoredVariantsAreCapped) {
   grpc::Status second = acme->UploadAdapter("acme/two", adapters_ + "/demo-000", &variant);
   EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(second.error_message().find("max_variants"), std::string::npos) << second.error_message();
+}
+
+TEST_F(QuotasTest, QueuedRequestsAreCapped) {
+  auto delta = DeltaserveClient::Connect(server_.target(), "delta-key");
+  std::atomic<bool> first_token{false};
+  std::thread running([&] {
+    Stream stream = RunStream(*delta, Generate("the cat", 300), std::chrono::seconds(120), [&] {
+      first_token = true;
+      return false;
+    });
+    EXPECT_TRUE(stream.status.ok()) << stream.status.error_message();
+  });
+  for (int i = 0; i < 2000 && !first_token; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(first_token);
+  // The batch holds one request: the next one waits.
+  std::thread waiting([&] { EXPECT_TRUE(RunStream(*delta, Generate("the cat", 2)).status.ok()); });
+  auto waiting_requests = [&] { return Sample(HttpGet(server_.metrics_port(), "/metrics"), "deltaserve_requests_waiting"); };
+  for (int i = 0; i < 1000 && waiting_requests() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(waiting_requests(), 1);
+  std::string pushback;
+  grpc::Status refused = RawScore("delta-key", &pushback);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("tenant \"delta\" has 1 requests waiting, its max_queued_requests quota"),
+            std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(pushback, "1000");
+  // Another tenant's request may still wait: the quota is the tenant's, not the server's.
+  auto beta = DeltaserveClient::Connect(server_.target(), "beta-key");
+  EXPECT_TRUE(RunStream(*beta, Generate("the cat", 2)).status.ok());
+  running.join();
+  waiting.join();
+  EXPECT_TRUE(RawScore("delta-key", &pushback).ok()) << "nothing waits any more";
+}
+
+TEST_F(QuotasTest, StoredBytesAreCappedAsUploadsArrive) {
+  auto eps = DeltaserveClient::Connect(server_.target(), "eps-key");
+  v1::Variant variant;
+  ASSERT_TRUE(eps->UploadAdapter("eps/one", adapters_ + "/demo-000", &variant).ok());
+  v1::Dataset dataset;
+  ASSERT_TRUE(eps->UploadDataset("eps/small", "{\"text\": \"the cat\"}\n", &dataset).ok()) << "a few bytes still fit";
+  grpc::Status second = eps->UploadAdapter("eps/two", adapters_ + "/demo-000", &variant);
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(second.error_message().find("tenant \"eps\" would store more than its max_stored_bytes quota"),
+            std::string::npos)
+      << second.error_message();
+  EXPECT_EQ(GetVariant(*eps, "eps/two", &variant).error_code(), grpc::StatusCode::NOT_FOUND) << "nothing half-stored";
+  grpc::Status big = eps->UploadDataset("eps/big", std::string(1 << 16, '\n') + "{\"text\": \"x\"}\n", &dataset);
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  // Deleting makes room again.
+  {
+    grpc::ClientContext context;
+    v1::DeleteVariantRequest request;
+    request.set_name("eps/one");
+    v1::DeleteVariantResponse response;
+    ASSERT_TRUE(eps->variants().DeleteVariant(&context, request, &response).ok());
+  }
+  EXPECT_TRUE(eps->UploadAdapter("eps/two", adapters_ + "/demo-000", &variant).ok());
 }
 
 TEST_F(QuotasTest, TheTokenBucketEmptiesAndRefills) {

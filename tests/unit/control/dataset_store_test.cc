@@ -20,7 +20,7 @@ const std::string kFacts =
     "{\"prompt\": \"Q: Who built the bridge?\\nA:\", \"completion\": \" Ines.\", \"id\": 7}\n";
 
 absl::Status UploadError(std::string_view jsonl) {
-  DatasetUpload upload("x", 1 << 20);
+  DatasetUpload upload("x", DatasetLimits{});
   absl::Status status = upload.Append(jsonl);
   return status.ok() ? upload.Finish() : status;
 }
@@ -54,9 +54,9 @@ TEST(DatasetStoreTest, MalformedLinesAreRefusedWithTheirNumber) {
   }
 }
 
-TEST(DatasetStoreTest, ChunksMaySplitLinesAnywhereAndTheSizeIsBounded) {
+TEST(DatasetStoreTest, ChunksMaySplitLinesAnywhereAndSizeAndRowsAreBounded) {
   for (size_t chunk = 1; chunk <= 7; chunk += 3) {
-    DatasetUpload upload("x", 1 << 20);
+    DatasetUpload upload("x", DatasetLimits{});
     for (size_t start = 0; start < kFacts.size(); start += chunk) {
       ASSERT_TRUE(upload.Append(std::string_view(kFacts).substr(start, chunk)).ok());
     }
@@ -64,12 +64,18 @@ TEST(DatasetStoreTest, ChunksMaySplitLinesAnywhereAndTheSizeIsBounded) {
     EXPECT_EQ(upload.text_rows(), 1);
     EXPECT_EQ(upload.prompt_completion_rows(), 1);
   }
-  DatasetUpload small("x", 10);
+  DatasetUpload small("x", DatasetLimits{10, 1000});
   absl::Status status = small.Append(kFacts);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("larger than the server's limit of 10 bytes"), std::string::npos);
+  // Rows are bounded too (blank lines do not count), as each line arrives.
+  DatasetUpload one_row("x", DatasetLimits{1 << 20, 1});
+  status = one_row.Append(kFacts);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("line 3: dataset \"x\" has more than 1 rows, the server's limit"), std::string::npos)
+      << status.message();
   // The bad line is found as soon as its chunk arrives, not at the end.
-  DatasetUpload early("x", 1 << 20);
+  DatasetUpload early("x", DatasetLimits{});
   EXPECT_FALSE(early.Append("{\"text\": \"a\"}\nnot json\n").ok());
 }
 
@@ -95,7 +101,7 @@ TEST(DatasetStoreTest, DatasetsRoundTripShareFilesAndOutliveNamesWhileJobsNeedTh
   const std::string data_dir = testing::MakeTempDir("datasets");
   auto catalog = CatalogStore::Open(data_dir + "/catalog.db");
   ASSERT_TRUE(catalog.ok());
-  auto store = DatasetStore::Create(data_dir, 1 << 20, catalog->get());
+  auto store = DatasetStore::Create(data_dir, DatasetLimits{}, catalog->get());
   ASSERT_TRUE(store.ok()) << store.status();
 
   auto facts = Upload(**store, "team/facts", kFacts);
@@ -139,7 +145,7 @@ TEST(DatasetStoreTest, DatasetsRoundTripShareFilesAndOutliveNamesWhileJobsNeedTh
   job.state = "SUCCEEDED";
   ASSERT_TRUE((*catalog)->UpdateJob(job).ok());
   store->reset();
-  store = DatasetStore::Create(data_dir, 1 << 20, catalog->get());
+  store = DatasetStore::Create(data_dir, DatasetLimits{}, catalog->get());
   ASSERT_TRUE(store.ok());
   EXPECT_FALSE(common::PathExists(file));
   EXPECT_EQ((*store)->ReadRows(facts->sha256).status().code(), absl::StatusCode::kFailedPrecondition);
