@@ -20,17 +20,26 @@ absl::Status CheckServable(const Variant& variant) {
 }
 
 absl::Status VariantCatalog::ValidateName(const std::string& name) {
+  // "namespace/name", each part at most 64 bytes; longer input is refused before the regex (and
+  // not echoed whole in the message).
+  constexpr size_t kMaxNameBytes = 64 + 1 + 64;
   static const std::regex kName("([a-z0-9][a-z0-9._-]{0,63}/)?[a-z0-9][a-z0-9._-]{0,63}");
-  if (std::regex_match(name, kName)) return absl::OkStatus();
+  if (name.size() <= kMaxNameBytes && std::regex_match(name, kName)) return absl::OkStatus();
+  const std::string shown = name.size() <= kMaxNameBytes ? name : name.substr(0, kMaxNameBytes) + "...";
   return absl::InvalidArgumentError(absl::StrCat(
-      "variant name \"", name, "\" is invalid: use [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed "
+      "variant name \"", shown, "\" is invalid: use [a-z0-9][a-z0-9._-]{0,63}, optionally prefixed "
       "by \"namespace/\" (lower-case letters, digits, '.', '_', '-')"));
 }
 
 absl::Status VariantCatalog::ValidateReference(const std::string& name) {
-  static const std::regex kVersion("(.*)@[1-9][0-9]{0,17}");
-  std::smatch match;
-  if (std::regex_match(name, match, kVersion)) return ValidateName(match[1].str());
+  // NAME@VERSION: a version of 1 to 18 digits without a leading zero.
+  const size_t at = name.rfind('@');
+  if (at != std::string::npos) {
+    const std::string_view version = std::string_view(name).substr(at + 1);
+    const bool numeric = !version.empty() && version.size() <= 18 && version[0] != '0' &&
+                         version.find_first_not_of("0123456789") == std::string_view::npos;
+    if (numeric) return ValidateName(name.substr(0, at));
+  }
   return ValidateName(name);
 }
 

@@ -4,14 +4,12 @@
 
 #include <cmath>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "server/common/file_util.h"
-#include "server/common/json_limits.h"
 #include "server/common/status_macros.h"
 #include "server/model/safetensors_file.h"
 #include "server/model/safetensors_tensor.h"
@@ -19,21 +17,11 @@
 namespace deltaserve::deltas {
 namespace {
 
-using Json = nlohmann::ordered_json;
 using model::Projection;
 
 constexpr Projection kProjections[] = {Projection::kQuery, Projection::kKey,  Projection::kValue,
                                        Projection::kOutput, Projection::kGate, Projection::kUp,
                                        Projection::kDown};
-
-// PEFT matches a pattern key against a module name as the regex (.*\.)?key$.
-bool PatternMatches(const std::string& key, const std::string& module_name) {
-  try {
-    return std::regex_match(module_name, std::regex("(.*\\.)?" + key));
-  } catch (const std::regex_error&) {
-    return key == module_name;
-  }
-}
 
 absl::Status Invalid(const std::string& where, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(where, ": ", what));
@@ -49,130 +37,6 @@ std::string TensorName(int64_t layer, Projection projection, char which) {
 std::string ModuleName(int64_t layer, Projection projection) {
   return absl::StrCat("model.layers.", layer, ".", ProjectionParent(projection), ".",
                       ProjectionName(projection));
-}
-
-absl::StatusOr<PeftAdapterConfig> PeftAdapterConfig::FromJson(const std::string& text) {
-  const std::string where = "adapter_config.json";
-  // A real adapter_config.json nests 3 levels (rank_pattern and the like); 16 is plenty.
-  if (!common::JsonNestingWithin(text, 16)) return Invalid(where, "the JSON is nested too deeply");
-  Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) return Invalid(where, "not a JSON object");
-  PeftAdapterConfig config;
-  if (json.contains("peft_type") && json["peft_type"] != "LORA") {
-    return Invalid(where, absl::StrCat("peft_type ", json["peft_type"].dump(), " is not supported (only LORA)"));
-  }
-  if (!json.contains("r") || !json["r"].is_number_integer() || json["r"].get<int64_t>() <= 0) {
-    return Invalid(where, "\"r\" must be a positive integer");
-  }
-  config.r = json["r"].get<int64_t>();
-  if (json.contains("lora_alpha")) {
-    if (!json["lora_alpha"].is_number()) return Invalid(where, "\"lora_alpha\" must be a number");
-    config.lora_alpha = json["lora_alpha"].get<double>();
-  }
-  config.use_rslora = json.value("use_rslora", false);
-  if (json.value("use_dora", false)) return Invalid(where, "DoRA adapters (use_dora) are not supported");
-  if (json.value("fan_in_fan_out", false)) {
-    return Invalid(where, "fan_in_fan_out is for Conv1D models (GPT-2); Llama-family projections are Linear");
-  }
-  const std::string bias = json.contains("bias") && json["bias"].is_string() ? json["bias"].get<std::string>() : "none";
-  if (bias != "none") return Invalid(where, absl::StrCat("bias \"", bias, "\" is not supported (only \"none\")"));
-  if (json.contains("modules_to_save") && !json["modules_to_save"].is_null() &&
-      !(json["modules_to_save"].is_array() && json["modules_to_save"].empty())) {
-    return Invalid(where, "modules_to_save (fully trained modules) is not supported: deltas must be low-rank");
-  }
-  const Json& targets = json["target_modules"];
-  if (targets.is_string()) {
-    config.target_modules_regex = targets.get<std::string>();
-    try {
-      std::regex check(config.target_modules_regex);
-    } catch (const std::regex_error& error) {
-      return Invalid(where, absl::StrCat("target_modules regex does not compile: ", error.what()));
-    }
-  } else if (targets.is_array() && !targets.empty()) {
-    for (const Json& target : targets) {
-      if (!target.is_string()) return Invalid(where, "target_modules must list strings");
-      config.target_modules.push_back(target.get<std::string>());
-    }
-  } else {
-    return Invalid(where, "\"target_modules\" must be a non-empty list or a regex string");
-  }
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (!json.contains(key) || json[key].is_null()) continue;
-    if (!json[key].is_object()) return Invalid(where, absl::StrCat("\"", key, "\" must be an object"));
-    for (auto& [pattern, value] : json[key].items()) {
-      if (std::string(key) == "rank_pattern") {
-        if (!value.is_number_integer() || value.get<int64_t>() <= 0) {
-          return Invalid(where, absl::StrCat("rank_pattern[\"", pattern, "\"] must be a positive integer"));
-        }
-        config.rank_pattern.push_back({pattern, value.get<int64_t>()});
-      } else {
-        if (!value.is_number()) return Invalid(where, absl::StrCat("alpha_pattern[\"", pattern, "\"] must be a number"));
-        config.alpha_pattern.push_back({pattern, value.get<double>()});
-      }
-    }
-  }
-  if (json.contains("base_model_name_or_path") && json["base_model_name_or_path"].is_string()) {
-    config.base_model_name_or_path = json["base_model_name_or_path"].get<std::string>();
-  }
-  return config;
-}
-
-std::string PeftAdapterConfig::ToJson() const {
-  Json json;
-  json["peft_type"] = "LORA";
-  json["task_type"] = "CAUSAL_LM";
-  json["base_model_name_or_path"] = base_model_name_or_path;
-  json["r"] = r;
-  json["lora_alpha"] = lora_alpha;
-  json["use_rslora"] = use_rslora;
-  if (target_modules_regex.empty()) {
-    json["target_modules"] = target_modules;
-  } else {
-    json["target_modules"] = target_modules_regex;
-  }
-  json["rank_pattern"] = Json::object();
-  for (const auto& [pattern, rank] : rank_pattern) json["rank_pattern"][pattern] = rank;
-  json["alpha_pattern"] = Json::object();
-  for (const auto& [pattern, alpha] : alpha_pattern) json["alpha_pattern"][pattern] = alpha;
-  json["lora_dropout"] = 0.0;
-  json["fan_in_fan_out"] = false;
-  json["bias"] = "none";
-  json["use_dora"] = false;
-  json["modules_to_save"] = nullptr;
-  return json.dump(2) + "\n";
-}
-
-bool PeftAdapterConfig::Targets(const std::string& module_name) const {
-  if (!target_modules_regex.empty()) {
-    return std::regex_match(module_name, std::regex(target_modules_regex));
-  }
-  for (const std::string& target : target_modules) {
-    if (module_name == target ||
-        (module_name.size() > target.size() &&
-         module_name.compare(module_name.size() - target.size() - 1, target.size() + 1, "." + target) == 0)) {
-      return true;
-    }
-  }
-  return false;
-}
-
-int64_t PeftAdapterConfig::RankFor(const std::string& module_name) const {
-  for (const auto& [pattern, rank] : rank_pattern) {
-    if (PatternMatches(pattern, module_name)) return rank;
-  }
-  return r;
-}
-
-double PeftAdapterConfig::AlphaFor(const std::string& module_name) const {
-  for (const auto& [pattern, alpha] : alpha_pattern) {
-    if (PatternMatches(pattern, module_name)) return alpha;
-  }
-  return lora_alpha;
-}
-
-double PeftAdapterConfig::ScaleFor(const std::string& module_name) const {
-  const double rank = static_cast<double>(RankFor(module_name));
-  return AlphaFor(module_name) / (use_rslora ? std::sqrt(rank) : rank);
 }
 
 absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
@@ -193,7 +57,7 @@ absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
   ASSIGN_OR_RETURN(model::SafetensorsFile file, model::SafetensorsFile::Open(weights_path));
 
   static const std::regex kName(
-      R"(base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_(A|B)\.weight)");
+      R"(base_model\.model\.model\.layers\.(\d{1,6})\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_(A|B)\.weight)");
   struct Pair {
     const model::StoredTensor* a = nullptr;
     const model::StoredTensor* b = nullptr;
@@ -201,7 +65,9 @@ absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
   std::map<std::pair<int64_t, int>, Pair> modules;
   for (const auto& [name, stored] : file.tensors()) {
     std::smatch match;
-    if (!std::regex_match(name, match, kName)) {
+    // Real names are under 80 bytes; std::regex's recursion grows with the input, so a long
+    // name is refused before it.
+    if (name.size() > 256 || !std::regex_match(name, match, kName)) {
       return Invalid(weights_path, absl::StrCat("tensor ", name, " is not a LoRA factor of a q/k/v/o/gate/up/down projection"));
     }
     const int64_t layer = std::stoll(match[1]);

@@ -4,9 +4,8 @@
 // must be base_model.model.model.layers.N.{self_attn,mlp}.<proj>.lora_{A,B}.weight of a
 // targeted module with a layer below the base's depth and the shapes the base and the module's
 // rank imply; errors name the offending tensor or field. Pickled adapter_model.bin files are
-// refused, never read. The scale of a module is alpha / rank (alpha / sqrt(rank) with rsLoRA),
-// with rank_pattern / alpha_pattern overrides matched as PEFT does (key equals the module name
-// or a dotted suffix of it, as a regex).
+// refused, never read. adapter_config.json is read by PeftAdapterConfig (peft_adapter_config.h),
+// which also gives each module's scale.
 //
 // WritePeftAdapter writes a DeltaSet in the same format: modules with one factor are written
 // as they are (bit-identical on read), their scales recorded through alpha_pattern /
@@ -23,30 +22,10 @@
 
 #include "absl/status/statusor.h"
 #include "server/deltas/delta_set.h"
+#include "server/deltas/peft_adapter_config.h"
 #include "server/model/model_config.h"
 
 namespace deltaserve::deltas {
-
-struct PeftAdapterConfig {
-  int64_t r = 8;
-  double lora_alpha = 8;
-  bool use_rslora = false;
-  // Either a list of module names (matching a module whose name is it or ends with "." + it),
-  // or, when target_modules_regex is set, a regex that must match the whole module name.
-  std::vector<std::string> target_modules;
-  std::string target_modules_regex;
-  std::vector<std::pair<std::string, int64_t>> rank_pattern;  // in file order
-  std::vector<std::pair<std::string, double>> alpha_pattern;
-  std::string base_model_name_or_path;
-
-  static absl::StatusOr<PeftAdapterConfig> FromJson(const std::string& text);
-  std::string ToJson() const;
-  // Module names look like "model.layers.3.self_attn.q_proj".
-  bool Targets(const std::string& module_name) const;
-  int64_t RankFor(const std::string& module_name) const;
-  double AlphaFor(const std::string& module_name) const;
-  double ScaleFor(const std::string& module_name) const;
-};
 
 struct PeftAdapter {
   PeftAdapterConfig config;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/json_limits.h"
 #include "server/common/status_macros.h"
 #include "server/model/utf8_stream.h"
 
@@ -15,6 +16,10 @@ namespace deltaserve::model {
 namespace {
 
 using Json = nlohmann::json;
+
+// Token ids are dense in real vocabularies (the largest have about 256k); ids beyond this bound
+// would only make the id-to-bytes table huge.
+constexpr int64_t kMaxVocabulary = int64_t{1} << 22;
 
 // The GPT-2 pre-tokenizer pattern, used by ByteLevel pre-tokenizers with use_regex = true.
 constexpr char kGpt2Pattern[] =
@@ -53,6 +58,15 @@ size_t Utf8Length(uint8_t lead) {
   return 4;
 }
 
+// Member: object[key], or null when `object` is not an object or lacks the key (nlohmann's
+// const operator[] must not be asked for a missing key).
+const Json& Member(const Json& object, const char* key) {
+  static const Json kNull;
+  if (!object.is_object()) return kNull;
+  auto found = object.find(key);
+  return found == object.end() ? kNull : *found;
+}
+
 // Finds the pre-tokenizer regex in a tokenizer.json "pre_tokenizer" entry.
 absl::StatusOr<std::string> PreTokenizerPattern(const Json& pre_tokenizer) {
   if (pre_tokenizer.is_null()) return std::string(kGpt2Pattern);
@@ -61,7 +75,7 @@ absl::StatusOr<std::string> PreTokenizerPattern(const Json& pre_tokenizer) {
     return pre_tokenizer.value("use_regex", true) ? std::string(kGpt2Pattern) : std::string();
   }
   if (type == "Split") {
-    const Json& pattern = pre_tokenizer["pattern"];
+    const Json& pattern = Member(pre_tokenizer, "pattern");
     if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string()) {
       return pattern["Regex"].get<std::string>();
     }
@@ -73,7 +87,9 @@ absl::StatusOr<std::string> PreTokenizerPattern(const Json& pre_tokenizer) {
   }
   if (type == "Sequence") {
     std::string found;
-    for (const Json& item : pre_tokenizer["pretokenizers"]) {
+    const Json& items = Member(pre_tokenizer, "pretokenizers");
+    if (!items.is_array()) return absl::InvalidArgumentError("tokenizer.json: Sequence pre-tokenizer without a list");
+    for (const Json& item : items) {
       ASSIGN_OR_RETURN(std::string pattern, PreTokenizerPattern(item));
       if (!pattern.empty()) {
         if (!found.empty()) {
@@ -105,6 +121,17 @@ ByteLevelBpeTokenizer::~ByteLevelBpeTokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Create(
     const std::string& text) {
+  try {
+    return Build(text);
+  } catch (const nlohmann::json::exception& error) {
+    return absl::InvalidArgumentError(absl::StrCat("tokenizer.json has a value of the wrong type: ", error.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Build(
+    const std::string& text) {
+  // Real tokenizer.json files nest a few levels; parsing deeper input would only risk the stack.
+  if (!common::JsonNestingWithin(text, 64)) return absl::InvalidArgumentError("tokenizer.json is nested too deeply");
   Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError("tokenizer.json is not a JSON object");
@@ -125,7 +152,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Cr
   int32_t max_id = -1;
   for (auto& [token, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
-        id.get<int64_t>() > std::numeric_limits<int32_t>::max() / 2) {
+        id.get<int64_t>() >= kMaxVocabulary) {
       return absl::InvalidArgumentError(
           absl::StrCat("tokenizer.json: vocab entry \"", token, "\" has an invalid id"));
     }
@@ -164,7 +191,7 @@ absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> ByteLevelBpeTokenizer::Cr
         return absl::InvalidArgumentError("tokenizer.json: an added token lacks id or content");
       }
       int32_t id = token["id"].get<int32_t>();
-      if (id < 0 || id > std::numeric_limits<int32_t>::max() / 2) {
+      if (id < 0 || id >= kMaxVocabulary) {
         return absl::InvalidArgumentError("tokenizer.json: an added token has an invalid id");
       }
       std::string content = token["content"].get<std::string>();

@@ -32,6 +32,9 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   int32_t TokenId(const std::string& token) const;
 
  private:
+  // Build does Create's work; it may throw nlohmann's exceptions on values of the wrong type,
+  // which Create turns into INVALID_ARGUMENT.
+  static absl::StatusOr<std::unique_ptr<ByteLevelBpeTokenizer>> Build(const std::string& json);
   struct Regex;
   ByteLevelBpeTokenizer();
   absl::Status EncodePiece(std::string_view piece, std::vector<int32_t>& ids) const;

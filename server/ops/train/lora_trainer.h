@@ -28,6 +28,7 @@
 #include "server/deltas/delta_set.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer.h"
+#include "server/ops/train/training_row.h"
 
 namespace deltaserve::ops::train {
 
@@ -37,14 +38,6 @@ struct TrainingExample {
   std::vector<int64_t> token_ids;
   std::vector<bool> target_mask;
   bool from_prompt_completion = false;  // the targets are a completion of the tokens before them
-};
-
-// One row of training data as uploaded: a plain text (prompt empty: every token is a target),
-// or a prompt and its completion (only the completion's tokens are targets).
-struct TrainingRow {
-  std::string prompt;
-  std::string completion;  // the whole text of a plain row
-  bool is_prompt_completion() const { return !prompt.empty(); }
 };
 
 // TextRows: plain rows from texts.

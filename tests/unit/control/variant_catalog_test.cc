@@ -25,6 +25,14 @@ TEST(VariantCatalogTest, VersionNamesAreReferencesButNeverNewNames) {
   EXPECT_FALSE(VariantCatalog::ValidateReference("team/bot@x").ok());
   EXPECT_FALSE(VariantCatalog::ValidateReference("Team/bot@1").ok());
   EXPECT_EQ(VariantCatalog::VersionName("team/bot", 3), "team/bot@3");
+  EXPECT_FALSE(VariantCatalog::ValidateReference("team/bot@1234567890123456789").ok()) << "19 digits";
+  // A name of a megabyte (a gRPC message holds 4 MiB) once overflowed std::regex's recursion;
+  // it is refused by its length, and not echoed whole.
+  for (const std::string& huge : {std::string(1 << 20, 'a'), std::string(1 << 20, 'a') + "@1"}) {
+    absl::Status status = VariantCatalog::ValidateReference(huge);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_LT(status.message().size(), 400u);
+  }
 }
 
 TEST(VariantCatalogTest, ReplaceSwitchesTheNameAndKeepsThePreviousVersion) {

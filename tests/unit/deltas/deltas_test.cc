@@ -1,6 +1,7 @@
 // PEFT adapters and the mixed-variant data path. Adapters here are written by hand (tensors +
 // adapter_config.json) so the reader is checked against scales computed in the test; the
 // mixed batch is checked against models whose weights were merged as W + scale * B A.
+#include <chrono>
 #include <cmath>
 #include <fstream>
 
@@ -252,6 +253,44 @@ TEST(PeftConfigTest, TargetsAndPatternsFollowPeft) {
   auto deep = PeftAdapterConfig::FromJson("{\"peft_type\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
   ASSERT_FALSE(deep.ok());
   EXPECT_NE(deep.status().message().find("nested too deeply"), std::string::npos) << deep.status();
+}
+
+// Inputs the fuzzer found (tests/fuzz/regressions/peft_config): each used to throw out of the
+// parser (ending the server) or to hit undefined behaviour in std::regex; now each is refused.
+TEST(PeftAdapterTest, ConfigsThatOnceCrashedAreRefused) {
+  struct Case {
+    std::string json;
+    std::string words;
+  };
+  const std::vector<Case> cases = {
+      {R"json({"r":4,"target_modules":["q_proj"],"use_rslora":8})json", "\"use_rslora\" must be true or false"},
+      {R"json({"r":4,"target_modules":["q_proj"],"use_dora":"no"})json", "\"use_dora\" must be true or false"},
+      {R"json({"r":4,"target_modules":".*q\\k<missing>(v_proj)"})json", "the target_modules regex is refused"},
+      {R"json({"r":4,"target_modules":"((a{900}){900}){900}"})json", "the target_modules regex is refused"},
+      {R"json({"r":4,"target_modules":["q_proj"],"rank_pattern":{")json" + std::string(2000, 'x') + R"json(":2}})json",
+       "rank_pattern has a pattern longer than 1024 bytes"},
+  };
+  for (const Case& test : cases) {
+    auto config = PeftAdapterConfig::FromJson(test.json);
+    ASSERT_FALSE(config.ok()) << test.json;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find(test.words), std::string::npos) << config.status();
+  }
+  // Real patterns, counted repetition included, still pass.
+  auto layers = PeftAdapterConfig::FromJson(
+      R"json({"r":4,"target_modules":"model\\.layers\\.\\d{1,2}\\.self_attn\\.(q|v)_proj","use_rslora":null})json");
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  EXPECT_TRUE(layers->Targets("model.layers.11.self_attn.q_proj"));
+  EXPECT_FALSE(layers->Targets("model.layers.111.self_attn.q_proj"));
+  EXPECT_FALSE(layers->use_rslora) << "null is absent";
+  // A back-reference number that overflowed std::regex's parser is plain text to PCRE2.
+  EXPECT_TRUE(PeftAdapterConfig::FromJson(R"json({"r":4,"target_modules":".*q\\8888888888888888888888(v_proj)"})json").ok());
+  // A pattern that backtracks exponentially (it once hung std::regex) matches nothing, at once.
+  auto backtracking = PeftAdapterConfig::FromJson(R"json({"r":4,"target_modules":"(.*)*\\.(x_proj)"})json");
+  ASSERT_TRUE(backtracking.ok()) << backtracking.status();
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_FALSE(backtracking->Targets("model.layers.11.self_attn.q_proj.model.layers.11.self_attn.q_proj"));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(1));
 }
 
 }  // namespace

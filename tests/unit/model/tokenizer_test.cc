@@ -70,6 +70,30 @@ TEST(ByteLevelBpeTest, RejectsUnsupportedOrBrokenFiles) {
   EXPECT_EQ(tokenizer->Encode("\xFF").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Inputs the fuzzer found (tests/fuzz/regressions/tokenizer_json): a value of the wrong type
+// used to throw out of the loader, and a Split without a pattern read past the end of a JSON
+// object; now each is refused, as are nesting and ids beyond any real tokenizer's.
+TEST(ByteLevelBpeTest, FilesThatOnceCrashedAreRefused) {
+  const std::string model = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
+  struct Case {
+    std::string json;
+    std::string words;
+  };
+  const std::vector<Case> cases = {
+      {"{" + model + R"(, "pre_tokenizer": {"type": false})}", "wrong type"},
+      {"{" + model + R"(, "pre_tokenizer": {"type": "Split", "patt[rn": {"Regex": "a"}})}", "Split pre-tokenizer without a pattern"},
+      {"{" + model + R"(, "pre_tokenizer": {"type": "Sequence"})}", "Sequence pre-tokenizer without a list"},
+      {"{" + model + R"(, "x": )" + std::string(1000, '[') + std::string(1000, ']') + "}", "nested too deeply"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 1073741823}, "merges": []}})", "has an invalid id"},
+  };
+  for (const Case& test : cases) {
+    auto tokenizer = ByteLevelBpeTokenizer::Create(test.json);
+    ASSERT_FALSE(tokenizer.ok()) << test.json.substr(0, 200);
+    EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(tokenizer.status().message().find(test.words), std::string::npos) << tokenizer.status();
+  }
+}
+
 TEST(ByteLevelBpeTest, IgnoreMergesTakesWholeWords) {
   std::string json = kBpeJson;
   json.replace(json.find("\"type\": \"BPE\","), 14, "\"type\": \"BPE\", \"ignore_merges\": true,");
