@@ -111,6 +111,14 @@ DeltaSet DeltaSet::To(const at::Device& device, at::ScalarType dtype) const {
   return copy;
 }
 
+void DeltaSet::AddTo(int64_t layer, Projection projection, const at::Tensor& input, at::Tensor& output) const {
+  if (layer >= num_layers()) return;  // an empty set
+  for (const LowRankFactor& factor : Factors(layer, projection)) {
+    const at::Tensor x = input.to(factor.a.scalar_type());
+    output.add_((at::matmul(at::matmul(x, factor.a.t()), factor.b.t()) * factor.scale).to(output.scalar_type()));
+  }
+}
+
 at::Tensor DeltaSet::Merged(int64_t layer, Projection projection) const {
   at::Tensor merged;
   for (const LowRankFactor& factor : Factors(layer, projection)) {

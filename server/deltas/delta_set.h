@@ -63,6 +63,10 @@ class DeltaSet {
   // Merged returns the dense delta sum(scale * B A) of one module ([out, in], float32), or an
   // undefined tensor when the module has none.
   at::Tensor Merged(int64_t layer, model::Projection projection) const;
+  // AddTo adds the module's delta for `input` [tokens, in] into `output` [tokens, out], in
+  // place, with plain differentiable operators (training and editing run through it; serving
+  // uses SegmentedDeltaHook's faster path).
+  void AddTo(int64_t layer, model::Projection projection, const at::Tensor& input, at::Tensor& output) const;
 
  private:
   std::vector<std::vector<LowRankFactor>> factors_;  // [layer * kProjectionCount + projection]

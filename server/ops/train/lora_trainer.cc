@@ -20,11 +20,7 @@ class TrainingDeltaHook : public model::ProjectionDeltaHook {
       : parent_(parent), trained_(trained) {}
   void AddDelta(int64_t layer, Projection projection, const at::Tensor& input, at::Tensor& output) const override {
     for (const deltas::DeltaSet* set : {parent_, trained_}) {
-      if (set == nullptr) continue;
-      for (const deltas::LowRankFactor& factor : set->Factors(layer, projection)) {
-        const at::Tensor x = input.to(factor.a.scalar_type());
-        output.add_((at::matmul(at::matmul(x, factor.a.t()), factor.b.t()) * factor.scale).to(output.scalar_type()));
-      }
+      if (set != nullptr) set->AddTo(layer, projection, input, output);
     }
   }
 
