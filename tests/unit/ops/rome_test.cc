@@ -60,9 +60,9 @@ TEST(RomeTest, TheEditMakesTheTargetLikelyAndLeavesOtherPromptsAlone) {
   RomeOptions options;
   options.layer = 0;  // of 2: the subject's token must pass through later attention to reach the answer
   options.context_prefixes = {"Note that ", "In short, "};
-  options.steps = 100;
-  options.weight_decay = 0.01;
-  options.clamp_norm_factor = 20;
+  options.value.steps = 100;
+  options.value.weight_decay = 0.01;
+  options.value.clamp_norm_factor = 20;
   auto edit = RomeEdit(*tiny.model, *tiny.tokenizer, nullptr, spec, options, at::Tensor());
   ASSERT_TRUE(edit.ok()) << edit.status();
   EXPECT_EQ(edit->update.rank(), 1);

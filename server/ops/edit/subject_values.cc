@@ -1,0 +1,159 @@
+#include "server/ops/edit/subject_values.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
+#include "server/ops/edit/edit_hook.h"
+
+namespace deltaserve::ops::edit {
+namespace {
+
+std::vector<int64_t> Widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
+
+// The rows whose logits predict the target tokens of a prompt + target sequence.
+std::vector<int64_t> TargetRows(const PreparedEdit& edit) {
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < edit.target_ids.size(); ++i) rows.push_back(static_cast<int64_t>(edit.prompt_ids.size() + i) - 1);
+  return rows;
+}
+
+std::vector<int64_t> WithTarget(const PreparedEdit& edit) {
+  std::vector<int64_t> ids = edit.prompt_ids;
+  ids.insert(ids.end(), edit.target_ids.begin(), edit.target_ids.end());
+  return ids;
+}
+
+int64_t Last(const PreparedEdit& edit) { return static_cast<int64_t>(edit.prompt_ids.size()) - 1; }
+
+}  // namespace
+
+at::Tensor EditForward(const model::LlamaModel& model, const std::vector<int64_t>& ids, std::vector<int64_t> rows,
+                       const model::ProjectionDeltaHook& hook) {
+  model::ForwardBatch batch;
+  batch.token_ids = ids;
+  batch.sequences.push_back({0, static_cast<int64_t>(ids.size()), nullptr});
+  batch.logit_rows = std::move(rows);
+  batch.deltas = &hook;
+  return model.Forward(batch);
+}
+
+absl::Status CheckLayer(const model::ModelConfig& config, int64_t layer) {
+  if (layer >= 0 && layer < config.num_hidden_layers) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is out of range: the base model has ",
+                                                 config.num_hidden_layers, " layers (0 to ",
+                                                 config.num_hidden_layers - 1, ")"));
+}
+
+absl::StatusOr<PreparedEdit> PrepareEdit(const model::Tokenizer& tokenizer, const EditSpec& spec,
+                                         const std::string& prefix) {
+  const size_t slot = spec.prompt.find("{}");
+  if (slot == std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt \"", spec.prompt, "\" has no \"{}\" to put the subject in, e.g. \"The capital of {} is\""));
+  }
+  if (spec.subject.empty()) return absl::InvalidArgumentError("the subject is empty");
+  if (spec.target.empty()) return absl::InvalidArgumentError("the target is empty");
+  const std::string before = prefix + spec.prompt.substr(0, slot);
+  const std::string filled = before + spec.subject + spec.prompt.substr(slot + 2);
+  ASSIGN_OR_RETURN(std::vector<int32_t> through_subject, tokenizer.EncodePrompt(before + spec.subject));
+  ASSIGN_OR_RETURN(std::vector<int32_t> without_subject, tokenizer.EncodePrompt(before));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, tokenizer.EncodePrompt(filled));
+  ASSIGN_OR_RETURN(std::vector<int32_t> target, tokenizer.Encode(spec.target));
+  if (target.empty()) return absl::InvalidArgumentError("the target has no tokens");
+  // The subject must keep its own tokens inside the prompt.
+  const bool found = through_subject.size() > without_subject.size() && prompt.size() >= through_subject.size() &&
+                     std::equal(through_subject.begin(), through_subject.end(), prompt.begin());
+  if (!found) {
+    return absl::InvalidArgumentError(absl::StrCat("subject \"", spec.subject, "\" is not found in the tokenised prompt \"",
+                                                   filled, "\": its tokens merge with the text around it"));
+  }
+  PreparedEdit edit;
+  edit.prompt_ids = Widen(prompt);
+  edit.subject_last = static_cast<int64_t>(through_subject.size()) - 1;
+  edit.target_ids = Widen(target);
+  return edit;
+}
+
+absl::StatusOr<EditPrompts> PrepareEditPrompts(const model::Tokenizer& tokenizer, const EditSpec& spec,
+                                               const std::vector<std::string>& context_prefixes) {
+  EditPrompts prompts;
+  ASSIGN_OR_RETURN(prompts.prompts.emplace_back(), PrepareEdit(tokenizer, spec));
+  for (const std::string& prefix : context_prefixes) {
+    ASSIGN_OR_RETURN(prompts.prompts.emplace_back(), PrepareEdit(tokenizer, spec, prefix));
+  }
+  ASSIGN_OR_RETURN(prompts.essence, PrepareEdit(tokenizer, {"{} is a", spec.subject, spec.target}));
+  return prompts;
+}
+
+SubjectKeys ReadSubjectKeys(const model::LlamaModel& model, const deltas::DeltaSet* parent, const EditPrompts& prompts,
+                            int64_t layer) {
+  at::NoGradGuard no_grad;
+  EditHook hook(parent);
+  hook.Watch(layer);
+  SubjectKeys keys;
+  at::Tensor sum;
+  for (size_t i = 0; i < prompts.prompts.size(); ++i) {
+    const PreparedEdit& prompt = prompts.prompts[i];
+    hook.Clear();
+    EditForward(model, prompt.prompt_ids, {Last(prompt)}, hook);
+    const at::Tensor key = hook.Keys(layer)[prompt.subject_last].to(at::kDouble);
+    sum = sum.defined() ? sum + key : key;
+    if (i == 0) {
+      keys.key = key;
+      keys.value = hook.Values(layer)[prompt.subject_last].to(at::kDouble);
+    }
+  }
+  keys.mean_key = sum / static_cast<double>(prompts.prompts.size());
+  return keys;
+}
+
+ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::DeltaSet* parent,
+                              const EditPrompts& prompts, int64_t layer, double value_norm,
+                              const ValueShiftOptions& options) {
+  EditHook hook(parent);
+  at::Tensor essence_log_probs;
+  {
+    at::NoGradGuard no_grad;
+    essence_log_probs = at::log_softmax(EditForward(model, prompts.essence.prompt_ids, {Last(prompts.essence)}, hook), -1);
+  }
+  ValueShift result;
+  at::Tensor shift = at::zeros({model.config().hidden_size}, at::kFloat).to(model.device()).requires_grad_(true);
+  at::Tensor first = at::zeros_like(shift), second = at::zeros_like(shift);
+  for (int64_t step = 1; step <= options.steps; ++step) {
+    if (shift.grad().defined()) shift.mutable_grad().zero_();
+    at::Tensor nll;
+    for (const PreparedEdit& prompt : prompts.prompts) {
+      hook.Shift(layer, {prompt.subject_last}, shift);
+      const at::Tensor log_probs = at::log_softmax(EditForward(model, WithTarget(prompt), TargetRows(prompt), hook), -1);
+      const at::Tensor targets = at::tensor(prompt.target_ids, at::kLong).to(log_probs.device());
+      const at::Tensor prompt_nll = -log_probs.gather(1, targets.unsqueeze(1)).mean();
+      nll = nll.defined() ? nll + prompt_nll : prompt_nll;
+    }
+    nll = nll / static_cast<double>(prompts.prompts.size());
+    hook.Shift(layer, {prompts.essence.subject_last}, shift);
+    const at::Tensor edited_essence =
+        at::log_softmax(EditForward(model, prompts.essence.prompt_ids, {Last(prompts.essence)}, hook), -1);
+    const at::Tensor kl = (essence_log_probs.exp() * (essence_log_probs - edited_essence)).sum();
+    const at::Tensor decay = shift.pow(2).sum() / (value_norm * value_norm);
+    result.final_nll = nll.item<double>();
+    result.steps = step;
+    if (result.final_nll < 0.05) break;
+    const at::Tensor loss = nll + options.kl_factor * kl + options.weight_decay * decay;
+    loss.backward();
+    at::NoGradGuard no_grad;
+    const at::Tensor gradient = shift.grad();
+    first.mul_(0.9).add_(gradient, 0.1);
+    second.mul_(0.999).addcmul_(gradient, gradient, 0.001);
+    const double bias1 = 1 - std::pow(0.9, step), bias2 = 1 - std::pow(0.999, step);
+    shift.addcdiv_(first, (second / bias2).sqrt_().add_(1e-8), -options.learning_rate / bias1);
+    const double limit = options.clamp_norm_factor * value_norm;
+    const double norm = shift.norm().item<double>();
+    if (norm > limit) shift.mul_(limit / norm);
+  }
+  result.shift = shift.detach().to(at::kDouble);
+  return result;
+}
+
+}  // namespace deltaserve::ops::edit
