@@ -2,7 +2,8 @@
 // parent variant's factors (so edits are computed against the model they will stack on), and at
 // the MLP down projection of the layers it watches it records the keys (the projection's input
 // rows) and the values (its output rows, parent included), and may add a shift to chosen rows of
-// the output: ROME's and MEMIT's optimised value offset. Differentiable; not thread-safe (one
+// the output: ROME's and MEMIT's optimised value offset. It also records the attention output
+// projection's rows of watched layers: with the values, what each layer adds to the residual. Differentiable; not thread-safe (one
 // forward at a time), records kept until Clear.
 //   EditHook hook(&parent);
 //   hook.Watch(layer);
@@ -34,6 +35,8 @@ class EditHook : public model::ProjectionDeltaHook {
   // ([tokens, intermediate] and [tokens, hidden]); undefined before any forward.
   at::Tensor Keys(int64_t layer) const;
   at::Tensor Values(int64_t layer) const;
+  // AttentionOutputs: the o_proj output rows recorded at `layer` ([tokens, hidden]).
+  at::Tensor AttentionOutputs(int64_t layer) const;
   void Clear();
 
   void AddDelta(int64_t layer, model::Projection projection, const at::Tensor& input,
@@ -43,6 +46,7 @@ class EditHook : public model::ProjectionDeltaHook {
   struct Record {
     std::vector<at::Tensor> keys;
     std::vector<at::Tensor> values;
+    std::vector<at::Tensor> attention;
   };
   struct ShiftSpec {
     int64_t layer = -1;
