@@ -68,7 +68,7 @@ absl::StatusOr<PeftAdapterConfig> ParseConfig(const std::string& text) {
     return Invalid(where, "modules_to_save (fully trained modules) is not supported: deltas must be low-rank");
   }
   const Json& targets = json["target_modules"];
-  if (targets.is_string()) {
+  if (targets.is_string() && !targets.get<std::string>().empty()) {  // "" would target nothing
     config.target_modules_regex = targets.get<std::string>();
     if (auto compiled = common::BoundedRegex::Compile(config.target_modules_regex); !compiled.ok()) {
       return Invalid(where, absl::StrCat("the target_modules regex is refused: ", compiled.status().message()));

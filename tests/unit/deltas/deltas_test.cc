@@ -266,6 +266,7 @@ TEST(PeftAdapterTest, ConfigsThatOnceCrashedAreRefused) {
       {R"json({"r":4,"target_modules":["q_proj"],"use_rslora":8})json", "\"use_rslora\" must be true or false"},
       {R"json({"r":4,"target_modules":["q_proj"],"use_dora":"no"})json", "\"use_dora\" must be true or false"},
       {R"json({"r":4,"target_modules":".*q\\k<missing>(v_proj)"})json", "the target_modules regex is refused"},
+      {R"json({"r":4,"target_modules":""})json", "\"target_modules\" must be a non-empty list or a regex string"},
       {R"json({"r":4,"target_modules":"((a{900}){900}){900}"})json", "the target_modules regex is refused"},
       {R"json({"r":4,"target_modules":["q_proj"],"rank_pattern":{")json" + std::string(2000, 'x') + R"json(":2}})json",
        "rank_pattern has a pattern longer than 1024 bytes"},
