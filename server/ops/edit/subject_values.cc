@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
@@ -85,6 +86,40 @@ absl::StatusOr<EditPrompts> PrepareEditPrompts(const model::Tokenizer& tokenizer
   }
   ASSIGN_OR_RETURN(prompts.essence, PrepareEdit(tokenizer, {"{} is a", spec.subject, spec.target}));
   return prompts;
+}
+
+absl::StatusOr<std::vector<std::string>> ContextPrefixes(const model::LlamaModel& model,
+                                                         const model::Tokenizer& tokenizer,
+                                                         const deltas::DeltaSet* parent, int64_t count,
+                                                         int64_t tokens, uint64_t seed) {
+  constexpr int64_t kTopK = 10;
+  ASSIGN_OR_RETURN(std::vector<int32_t> start, tokenizer.EncodePrompt(""));
+  std::mt19937_64 random(seed);
+  std::vector<std::string> prefixes;
+  EditHook hook(parent);
+  at::NoGradGuard no_grad;
+  for (int64_t i = 0; i < count; ++i) {
+    std::vector<int64_t> ids(start.begin(), start.end());
+    std::vector<int32_t> sampled;
+    for (int64_t t = 0; t < tokens; ++t) {
+      // Without a BOS (a tokenizer that adds none), sampling starts after token 0.
+      if (ids.empty()) ids.push_back(0);
+      const at::Tensor logits = EditForward(model, ids, {static_cast<int64_t>(ids.size()) - 1}, hook)[0];
+      auto [values, indices] = at::topk(logits.to(at::kDouble), std::min<int64_t>(kTopK, logits.size(0)));
+      const at::Tensor probabilities = at::softmax(values, 0).cpu();
+      double draw = std::uniform_real_distribution<double>(0, 1)(random);
+      int64_t pick = 0;
+      for (; pick + 1 < probabilities.size(0); ++pick) {
+        draw -= probabilities[pick].item<double>();
+        if (draw <= 0) break;
+      }
+      const int64_t id = indices[pick].item<int64_t>();
+      ids.push_back(id);
+      sampled.push_back(static_cast<int32_t>(id));
+    }
+    prefixes.push_back(tokenizer.Decode(sampled) + ". ");
+  }
+  return prefixes;
 }
 
 SubjectKeys ReadSubjectKeys(const model::LlamaModel& model, const deltas::DeltaSet* parent, const EditPrompts& prompts,

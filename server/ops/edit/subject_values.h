@@ -5,6 +5,8 @@
 //     prompts and the "{subject} is a" prompt of the KL term.
 //   - ReadSubjectKeys: at one layer's down projection, the key at the subject's last token of
 //     the bare prompt, its mean over all prompts (k*), and the current value there.
+//   - ContextPrefixes: ROME's context templates: short texts sampled from the model itself
+//     (seeded, so an edit is reproducible), each followed by ". ", to put before the prompt.
 //   - OptimiseValueShift: the offset delta added to a layer's MLP output at the subject's last
 //     token, optimised with Adam for the target's negative log-likelihood over all prompts, plus
 //     kl_factor times the KL divergence from the unedited next-token distribution on the essence
@@ -56,6 +58,13 @@ struct SubjectKeys {
 };
 SubjectKeys ReadSubjectKeys(const model::LlamaModel& model, const deltas::DeltaSet* parent, const EditPrompts& prompts,
                             int64_t layer);
+
+// ContextPrefixes: `count` texts of `tokens` sampled tokens each (temperature 1 over the 10 most
+// likely), from BOS (or the empty prompt) through the base plus `parent`.
+absl::StatusOr<std::vector<std::string>> ContextPrefixes(const model::LlamaModel& model,
+                                                         const model::Tokenizer& tokenizer,
+                                                         const deltas::DeltaSet* parent, int64_t count,
+                                                         int64_t tokens, uint64_t seed);
 
 struct ValueShiftOptions {
   int64_t steps = 25;

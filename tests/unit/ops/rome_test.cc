@@ -125,3 +125,31 @@ TEST(RomeTest, BadSpecsAreRefusedWithWhatToFix) {
 
 }  // namespace
 }  // namespace deltaserve::ops::edit
+
+namespace deltaserve::ops::edit {
+namespace {
+
+TEST(RomeTest, ContextPrefixesAreSampledFromTheModelReproducibly) {
+  const Tiny& tiny = TinyModel();
+  auto first = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 7);
+  auto again = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 7);
+  auto other = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 8);
+  ASSERT_TRUE(first.ok() && again.ok() && other.ok()) << first.status();
+  ASSERT_EQ(first->size(), 3u);
+  EXPECT_EQ(*first, *again) << "seeded";
+  EXPECT_NE(*first, *other);
+  for (const std::string& prefix : *first) {
+    EXPECT_GT(prefix.size(), 2u);
+    EXPECT_EQ(prefix.substr(prefix.size() - 2), ". ");
+  }
+  // They serve as ROME's context templates.
+  RomeOptions options;
+  options.context_prefixes = *first;
+  options.value.steps = 2;
+  EXPECT_TRUE(RomeEdit(*tiny.model, *tiny.tokenizer, nullptr, {"The capital of {}", "Zorbia", " is Quux"}, options,
+                       at::Tensor())
+                  .ok());
+}
+
+}  // namespace
+}  // namespace deltaserve::ops::edit
