@@ -1,11 +1,10 @@
 #include "client/deltactl_datasets.h"
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "client/deltactl_files.h"
 #include "client/deltactl_report.h"
 
 ABSL_DECLARE_FLAG(std::string, prefix);
@@ -28,15 +27,13 @@ void PrintDataset(const v1::Dataset& dataset) {
 }
 
 int Upload(DeltaserveClient& client, const std::string& name, const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
+  std::string bytes;
+  if (!ReadWholeFile(path, &bytes)) {
     std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
     return 2;
   }
-  std::stringstream bytes;
-  bytes << file.rdbuf();
   v1::Dataset dataset;
-  grpc::Status status = client.UploadDataset(name, bytes.str(), &dataset);
+  grpc::Status status = client.UploadDataset(name, bytes, &dataset);
   if (status.ok()) PrintDataset(dataset);
   return ReportStatus(client, status);
 }

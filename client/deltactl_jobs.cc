@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 
 #include <google/protobuf/util/json_util.h>
 
@@ -14,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "client/deltactl_files.h"
 #include "client/deltactl_report.h"
 
 ABSL_DECLARE_FLAG(int64_t, seed);
@@ -184,14 +184,12 @@ int Merge(DeltaserveClient& client, const std::vector<std::string>& inputs) {
   v1::MergeRequest request;
   const std::string recipe = absl::GetFlag(FLAGS_recipe);
   if (!recipe.empty()) {
-    std::ifstream file(recipe);
-    if (!file) {
+    std::string text;
+    if (!ReadWholeFile(recipe, &text)) {
       std::fprintf(stderr, "deltactl: cannot read the recipe %s\n", recipe.c_str());
       return 2;
     }
-    std::stringstream text;
-    text << file.rdbuf();
-    google::protobuf::util::Status parsed = google::protobuf::util::JsonStringToMessage(text.str(), &request);
+    google::protobuf::util::Status parsed = google::protobuf::util::JsonStringToMessage(text, &request);
     if (!parsed.ok()) {
       std::fprintf(stderr, "deltactl: the recipe %s is not a MergeRequest in JSON: %s\n", recipe.c_str(),
                    parsed.ToString().c_str());

@@ -13,8 +13,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -23,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "client/deltactl_datasets.h"
+#include "client/deltactl_files.h"
 #include "client/deltactl_jobs.h"
 #include "client/deltactl_report.h"
 #include "client/deltactl_variants.h"
@@ -193,14 +192,10 @@ int main(int argc, char** argv) {
                                   std::pair{absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_pem},
                                   std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_key_pem}}) {
     if (path.empty()) continue;
-    std::ifstream file(path);
-    if (!file) {
+    if (!deltaserve::client::ReadWholeFile(path, pem)) {
       std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
       return 2;
     }
-    std::stringstream text;
-    text << file.rdbuf();
-    *pem = text.str();
   }
   if (options.tls_ca_pem.empty() && !options.tls_cert_pem.empty()) {
     std::fprintf(stderr, "deltactl: --tls-cert needs --tls-ca (the CA that signed the server's certificate)\n");
