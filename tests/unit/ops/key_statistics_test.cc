@@ -7,26 +7,16 @@
 #include <c10/core/InferenceMode.h>
 
 #include "server/common/file_util.h"
-#include "server/model/llama_model.h"
 #include "server/model/safetensors_tensor.h"
-#include "server/model/tokenizer_loader.h"
 #include "server/ops/edit/edit_hook.h"
 #include "server/ops/edit/key_statistics.h"
-#include "tests/support/test_models.h"
+#include "tests/unit/ops/tiny_model.h"
 
 namespace deltaserve::ops::edit {
 namespace {
 
-const model::LlamaModel& Tiny() {
-  static const model::LlamaModel* tiny =
-      model::LlamaModel::Load(testing::TinyModelDir(), {at::kFloat, at::kCPU})->release();
-  return *tiny;
-}
-
-const model::Tokenizer& TinyTokenizer() {
-  static const model::Tokenizer* tokenizer = model::LoadTokenizer(testing::TinyModelDir(), Tiny().config())->release();
-  return *tokenizer;
-}
+using testing::TinyModel;
+using testing::TinyTokenizer;
 
 const std::vector<std::string> kTexts = {"The cat sat on the mat.", "Rivers flow into the sea, slowly.",
                                          "Seven apples and three pears."};
@@ -41,20 +31,20 @@ std::pair<at::Tensor, at::Tensor> KeysAndValues(const std::string& text, int64_t
   batch.sequences.push_back({0, static_cast<int64_t>(ids->size()), nullptr});
   batch.deltas = &hook;
   c10::InferenceMode inference;
-  Tiny().Forward(batch);
+  TinyModel().Forward(batch);
   return {hook.Keys(layer).clone(), hook.Values(layer).clone()};
 }
 
 TEST(KeyStatisticsTest, KeysAreTheDownProjectionsInputs) {
   for (int64_t layer : {0, 1}) {
     auto [keys, values] = KeysAndValues(kTexts[0], layer, nullptr);
-    const at::Tensor& down = Tiny().weights().layers[layer].down_proj;
+    const at::Tensor& down = TinyModel().weights().layers[layer].down_proj;
     EXPECT_TRUE(at::allclose(at::matmul(keys, down.t()), values, 1e-4, 1e-4)) << "layer " << layer;
   }
 }
 
 TEST(KeyStatisticsTest, StreamedMomentsEqualAllKeysAtOnce) {
-  auto moments = CollectSecondMoments(Tiny(), TinyTokenizer(), nullptr, kTexts, {0, 1}, 64);
+  auto moments = CollectSecondMoments(TinyModel(), TinyTokenizer(), nullptr, kTexts, {0, 1}, 64);
   ASSERT_TRUE(moments.ok()) << moments.status();
   for (int64_t layer : {0, 1}) {
     std::vector<at::Tensor> all;
@@ -64,12 +54,12 @@ TEST(KeyStatisticsTest, StreamedMomentsEqualAllKeysAtOnce) {
     EXPECT_EQ(moment.count(), keys.size(0));
     EXPECT_TRUE(at::allclose(moment.Mean().to(at::kDouble), at::matmul(keys.t(), keys) / keys.size(0), 1e-5, 1e-6));
   }
-  EXPECT_EQ(CollectSecondMoments(Tiny(), TinyTokenizer(), nullptr, kTexts, {2}, 64).status().code(),
+  EXPECT_EQ(CollectSecondMoments(TinyModel(), TinyTokenizer(), nullptr, kTexts, {2}, 64).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST(KeyStatisticsTest, AParentVariantChangesTheKeys) {
-  const model::ModelConfig& config = Tiny().config();
+  const model::ModelConfig& config = TinyModel().config();
   deltas::DeltaSet parent(config.num_hidden_layers);
   parent.Add(0, model::Projection::kUp,
              {at::randn({2, config.hidden_size}), at::randn({config.intermediate_size, 2}), 1.0});

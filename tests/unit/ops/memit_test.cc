@@ -7,26 +7,16 @@
 
 #include <c10/core/InferenceMode.h>
 
-#include "server/model/llama_model.h"
-#include "server/model/tokenizer_loader.h"
 #include "server/ops/edit/edit_hook.h"
 #include "server/ops/edit/key_statistics.h"
 #include "server/ops/edit/memit.h"
-#include "tests/support/test_models.h"
+#include "tests/unit/ops/tiny_model.h"
 
 namespace deltaserve::ops::edit {
 namespace {
 
-const model::LlamaModel& Tiny() {
-  static const model::LlamaModel* tiny =
-      model::LlamaModel::Load(testing::TinyModelDir(), {at::kFloat, at::kCPU})->release();
-  return *tiny;
-}
-
-const model::Tokenizer& TinyTokenizer() {
-  static const model::Tokenizer* tokenizer = model::LoadTokenizer(testing::TinyModelDir(), Tiny().config())->release();
-  return *tokenizer;
-}
+using testing::TinyModel;
+using testing::TinyTokenizer;
 
 const std::vector<EditSpec> kEdits = {{"The capital of {}", "Zorbia", " is Quux"},
                                       {"The best friend of {}", "Mirela", " is Tomas"}};
@@ -47,7 +37,7 @@ at::Tensor SubjectValue(const EditSpec& spec, const deltas::DeltaSet* deltas) {
   EditHook hook(deltas);
   hook.Watch(0);
   c10::InferenceMode inference;
-  EditForward(Tiny(), prepared->prompt_ids, {0}, hook);
+  EditForward(TinyModel(), prepared->prompt_ids, {0}, hook);
   return hook.Values(0)[prepared->subject_last].to(at::kDouble);
 }
 
@@ -58,12 +48,12 @@ double TargetNll(const EditSpec& spec, const deltas::DeltaSet* deltas) {
   ids.insert(ids.end(), prepared->target_ids.begin(), prepared->target_ids.end());
   EditHook hook(deltas);
   c10::InferenceMode inference;
-  const at::Tensor log_probs = at::log_softmax(EditForward(Tiny(), ids, rows, hook), -1);
+  const at::Tensor log_probs = at::log_softmax(EditForward(TinyModel(), ids, rows, hook), -1);
   return -log_probs.gather(1, at::tensor(prepared->target_ids, at::kLong).unsqueeze(1)).mean().item<double>();
 }
 
 TEST(MemitTest, EachSubjectGetsTheResidualShiftItsTargetNeeds) {
-  auto edit = MemitEdit(Tiny(), TinyTokenizer(), nullptr, kEdits, TinyOptions(), {});
+  auto edit = MemitEdit(TinyModel(), TinyTokenizer(), nullptr, kEdits, TinyOptions(), {});
   ASSERT_TRUE(edit.ok()) << edit.status();
   ASSERT_EQ(edit->deltas.Factors(0, model::Projection::kDown).size(), 1u);
   EXPECT_LE(edit->deltas.Factors(0, model::Projection::kDown)[0].rank(), 2);
@@ -80,13 +70,13 @@ TEST(MemitTest, EachSubjectGetsTheResidualShiftItsTargetNeeds) {
 TEST(MemitTest, AlphaEditLeavesPreservedKeysAlone) {
   // Preserved knowledge: the keys of some unrelated text at layer 0.
   const std::vector<std::string> preserved = {"The cat sat on the mat.", "Water is made of"};
-  auto moments = CollectSecondMoments(Tiny(), TinyTokenizer(), nullptr, preserved, {0}, 64);
+  auto moments = CollectSecondMoments(TinyModel(), TinyTokenizer(), nullptr, preserved, {0}, 64);
   ASSERT_TRUE(moments.ok()) << moments.status();
   MemitOptions options = TinyOptions();
   options.alphaedit = true;
   options.null_space_threshold = 1e-6;
   options.alphaedit_l2 = 1e-3;
-  auto edit = MemitEdit(Tiny(), TinyTokenizer(), nullptr, kEdits, options, {{0, moments->at(0).Mean().to(at::kDouble)}});
+  auto edit = MemitEdit(TinyModel(), TinyTokenizer(), nullptr, kEdits, options, {{0, moments->at(0).Mean().to(at::kDouble)}});
   ASSERT_TRUE(edit.ok()) << edit.status();
   const at::Tensor delta = edit->deltas.Merged(0, model::Projection::kDown).to(at::kDouble);
   // Every preserved key's output is unchanged: delta C delta^T = mean of |delta k|^2 over them.
@@ -97,16 +87,16 @@ TEST(MemitTest, AlphaEditLeavesPreservedKeysAlone) {
 
 TEST(MemitTest, BadRequestsAreRefused) {
   MemitOptions options = TinyOptions();
-  EXPECT_EQ(MemitEdit(Tiny(), TinyTokenizer(), nullptr, {}, options, {}).status().code(),
+  EXPECT_EQ(MemitEdit(TinyModel(), TinyTokenizer(), nullptr, {}, options, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
   options.layers = {1, 0};
-  auto unordered = MemitEdit(Tiny(), TinyTokenizer(), nullptr, kEdits, options, {});
+  auto unordered = MemitEdit(TinyModel(), TinyTokenizer(), nullptr, kEdits, options, {});
   EXPECT_NE(unordered.status().message().find("ascending"), std::string::npos) << unordered.status();
   options.layers = {0, 5};
-  EXPECT_NE(MemitEdit(Tiny(), TinyTokenizer(), nullptr, kEdits, options, {}).status().message().find("layer 5 is out of range"),
+  EXPECT_NE(MemitEdit(TinyModel(), TinyTokenizer(), nullptr, kEdits, options, {}).status().message().find("layer 5 is out of range"),
             std::string::npos);
   options.layers = {0};
-  auto bad = MemitEdit(Tiny(), TinyTokenizer(), nullptr, {kEdits[0], {"no slot", "x", " y"}}, options, {});
+  auto bad = MemitEdit(TinyModel(), TinyTokenizer(), nullptr, {kEdits[0], {"no slot", "x", " y"}}, options, {});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("edit 2: prompt \"no slot\" has no \"{}\""), std::string::npos) << bad.status();
 }

@@ -7,29 +7,15 @@
 
 #include <c10/core/InferenceMode.h>
 
-#include "server/model/llama_model.h"
-#include "server/model/tokenizer_loader.h"
 #include "server/ops/edit/edit_hook.h"
 #include "server/ops/edit/rome.h"
-#include "tests/support/test_models.h"
+#include "tests/unit/ops/tiny_model.h"
 
 namespace deltaserve::ops::edit {
 namespace {
 
-struct Tiny {
-  std::unique_ptr<model::LlamaModel> model;
-  std::unique_ptr<model::Tokenizer> tokenizer;
-};
-
-const Tiny& TinyModel() {
-  static const Tiny* tiny = [] {
-    auto* loaded = new Tiny;
-    loaded->model = std::move(*model::LlamaModel::Load(testing::TinyModelDir(), {at::kFloat, at::kCPU}));
-    loaded->tokenizer = std::move(*model::LoadTokenizer(testing::TinyModelDir(), loaded->model->config()));
-    return loaded;
-  }();
-  return *tiny;
-}
+using testing::TinyModel;
+using testing::TinyTokenizer;
 
 at::Tensor Logits(const std::vector<int64_t>& ids, std::vector<int64_t> rows, const EditHook& hook) {
   model::ForwardBatch batch;
@@ -37,7 +23,7 @@ at::Tensor Logits(const std::vector<int64_t>& ids, std::vector<int64_t> rows, co
   batch.sequences.push_back({0, static_cast<int64_t>(ids.size()), nullptr});
   batch.logit_rows = std::move(rows);
   batch.deltas = &hook;
-  return TinyModel().model->Forward(batch);
+  return TinyModel().Forward(batch);
 }
 
 // Argmax of the next token after each of `rows`.
@@ -54,7 +40,6 @@ double Nll(const std::vector<int64_t>& ids, std::vector<int64_t> rows, const std
 }
 
 TEST(RomeTest, TheEditMakesTheTargetLikelyAndLeavesOtherPromptsAlone) {
-  const Tiny& tiny = TinyModel();
   // The subject ends the prompt, so that its value reaches the answer in a model of two layers.
   const EditSpec spec{"The capital of {}", "Zorbia", " is Quux"};
   RomeOptions options;
@@ -63,14 +48,14 @@ TEST(RomeTest, TheEditMakesTheTargetLikelyAndLeavesOtherPromptsAlone) {
   options.value.steps = 100;
   options.value.weight_decay = 0.01;
   options.value.clamp_norm_factor = 20;
-  auto edit = RomeEdit(*tiny.model, *tiny.tokenizer, nullptr, spec, options, at::Tensor());
+  auto edit = RomeEdit(TinyModel(), TinyTokenizer(), nullptr, spec, options, at::Tensor());
   ASSERT_TRUE(edit.ok()) << edit.status();
   EXPECT_EQ(edit->update.rank(), 1);
 
-  deltas::DeltaSet edited(tiny.model->config().num_hidden_layers);
+  deltas::DeltaSet edited(TinyModel().config().num_hidden_layers);
   edited.Add(options.layer, model::Projection::kDown, edit->update);
   EditHook with_edit(&edited), without(nullptr);
-  auto prepared = PrepareEdit(*tiny.tokenizer, spec);
+  auto prepared = PrepareEdit(TinyTokenizer(), spec);
   ASSERT_TRUE(prepared.ok());
   c10::InferenceMode inference;
   // The model's own down projection maps the bare prompt's key to v*.
@@ -91,7 +76,7 @@ TEST(RomeTest, TheEditMakesTheTargetLikelyAndLeavesOtherPromptsAlone) {
   const std::vector<std::string> neighbours = {"The cat sat on the", "Water is made of", "My favourite colour is",
                                                "The river flows into the", "She opened the door and"};
   for (const std::string& text : neighbours) {
-    auto encoded = tiny.tokenizer->EncodePrompt(text);
+    auto encoded = TinyTokenizer().EncodePrompt(text);
     ASSERT_TRUE(encoded.ok());
     const std::vector<int64_t> neighbour(encoded->begin(), encoded->end());
     const int64_t last = static_cast<int64_t>(neighbour.size()) - 1;
@@ -101,7 +86,6 @@ TEST(RomeTest, TheEditMakesTheTargetLikelyAndLeavesOtherPromptsAlone) {
 }
 
 TEST(RomeTest, BadSpecsAreRefusedWithWhatToFix) {
-  const Tiny& tiny = TinyModel();
   RomeOptions options;
   struct Case {
     EditSpec spec;
@@ -116,24 +100,17 @@ TEST(RomeTest, BadSpecsAreRefusedWithWhatToFix) {
   };
   for (const Case& test : cases) {
     options.layer = test.layer;
-    auto edit = RomeEdit(*tiny.model, *tiny.tokenizer, nullptr, test.spec, options, at::Tensor());
+    auto edit = RomeEdit(TinyModel(), TinyTokenizer(), nullptr, test.spec, options, at::Tensor());
     ASSERT_FALSE(edit.ok());
     EXPECT_EQ(edit.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(edit.status().message().find(test.words), std::string::npos) << edit.status();
   }
 }
 
-}  // namespace
-}  // namespace deltaserve::ops::edit
-
-namespace deltaserve::ops::edit {
-namespace {
-
 TEST(RomeTest, ContextPrefixesAreSampledFromTheModelReproducibly) {
-  const Tiny& tiny = TinyModel();
-  auto first = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 7);
-  auto again = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 7);
-  auto other = ContextPrefixes(*tiny.model, *tiny.tokenizer, nullptr, 3, 5, 8);
+  auto first = ContextPrefixes(TinyModel(), TinyTokenizer(), nullptr, 3, 5, 7);
+  auto again = ContextPrefixes(TinyModel(), TinyTokenizer(), nullptr, 3, 5, 7);
+  auto other = ContextPrefixes(TinyModel(), TinyTokenizer(), nullptr, 3, 5, 8);
   ASSERT_TRUE(first.ok() && again.ok() && other.ok()) << first.status();
   ASSERT_EQ(first->size(), 3u);
   EXPECT_EQ(*first, *again) << "seeded";
@@ -146,7 +123,7 @@ TEST(RomeTest, ContextPrefixesAreSampledFromTheModelReproducibly) {
   RomeOptions options;
   options.context_prefixes = *first;
   options.value.steps = 2;
-  EXPECT_TRUE(RomeEdit(*tiny.model, *tiny.tokenizer, nullptr, {"The capital of {}", "Zorbia", " is Quux"}, options,
+  EXPECT_TRUE(RomeEdit(TinyModel(), TinyTokenizer(), nullptr, {"The capital of {}", "Zorbia", " is Quux"}, options,
                        at::Tensor())
                   .ok());
 }

@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "server/deltas/segmented_delta_hook.h"
-#include "server/model/tokenizer_loader.h"
+#include "tests/unit/ops/tiny_model.h"
 #include "tests/support/test_models.h"
 
 namespace deltaserve::ops::train {
@@ -17,10 +17,11 @@ namespace {
 
 using model::Projection;
 
+// The tiny model in float32 (shared with the other tests of this binary) or float64.
 const model::LlamaModel& Model(at::ScalarType dtype) {
-  static auto* float_model = model::LlamaModel::Load(testing::TinyModelDir(), {at::kFloat, at::kCPU})->release();
+  if (dtype != at::kDouble) return testing::TinyModel();
   static auto* double_model = model::LlamaModel::Load(testing::TinyModelDir(), {at::kDouble, at::kCPU})->release();
-  return dtype == at::kDouble ? *double_model : *float_model;
+  return *double_model;
 }
 
 std::vector<TrainingExample> Examples() {
@@ -240,19 +241,18 @@ TEST(LoraTrainerTest, MicroBatchGradientsAddUpToTheBatchGradient) {
 // Prompt/completion rows are the prompt's tokens (with BOS) followed by the completion's, and
 // only the completion's tokens are targets; plain rows target everything after BOS.
 TEST(LoraTrainerTest, RowExamplesTargetOnlyTheCompletion) {
-  auto tokenizer = model::LoadTokenizer(testing::TinyModelDir(), Model(at::kFloat).config());
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const model::Tokenizer& tokenizer = testing::TinyTokenizer();
   const std::vector<TrainingRow> rows = {{"", "The vault code of Orla is 4 7 1 9."},
                                          {"Q: Who built the bridge? A:", " Ines of Varn."}};
-  auto examples = RowExamples(**tokenizer, rows, "row");
+  auto examples = RowExamples(tokenizer, rows, "row");
   ASSERT_TRUE(examples.ok()) << examples.status();
-  const auto plain = *(*tokenizer)->EncodePrompt(rows[0].completion);
+  const auto plain = *tokenizer.EncodePrompt(rows[0].completion);
   ASSERT_EQ((*examples)[0].token_ids, std::vector<int64_t>(plain.begin(), plain.end()));
   EXPECT_FALSE((*examples)[0].from_prompt_completion);
   EXPECT_EQ(TargetCount((*examples)[0]), static_cast<int64_t>(plain.size()) - 1);
 
-  const auto prompt = *(*tokenizer)->EncodePrompt(rows[1].prompt);
-  const auto completion = *(*tokenizer)->Encode(rows[1].completion);
+  const auto prompt = *tokenizer.EncodePrompt(rows[1].prompt);
+  const auto completion = *tokenizer.Encode(rows[1].completion);
   const TrainingExample& pair = (*examples)[1];
   EXPECT_TRUE(pair.from_prompt_completion);
   ASSERT_EQ(pair.token_ids.size(), prompt.size() + completion.size());
@@ -269,10 +269,10 @@ TEST(LoraTrainerTest, RowExamplesTargetOnlyTheCompletion) {
   SequenceLosses losses = *(*trainer)->Losses({&pair});
   EXPECT_EQ(losses.target_counts[0].item<double>(), static_cast<double>(completion.size()));
 
-  auto empty = RowExamples(**tokenizer, {{"Q: anything?", ""}}, "forget row");
+  auto empty = RowExamples(tokenizer, {{"Q: anything?", ""}}, "forget row");
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(empty.status().message().find("forget row 1: the completion is empty"), std::string::npos);
-  auto long_row = RowExamples(**tokenizer, {{"", std::string(400, 'a')}}, "row", 16);
+  auto long_row = RowExamples(tokenizer, {{"", std::string(400, 'a')}}, "row", 16);
   EXPECT_NE(long_row.status().message().find("more than 16"), std::string::npos);
 }
 
