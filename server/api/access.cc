@@ -75,8 +75,8 @@ absl::Status StorageBudget::Take(int64_t bytes) {
 
 absl::StatusOr<StorageBudget> Gatekeeper::CheckStorage(const Access& access, bool adds_variant) const {
   const auth::Principal& principal = access.principal();
-  const int64_t max_variants = principal.quotas.max_variants;
-  const int64_t max_bytes = principal.quotas.max_stored_bytes;
+  const int64_t max_variants = principal.quotas.max_variants();
+  const int64_t max_bytes = principal.quotas.max_stored_bytes();
   if ((max_variants <= 0 || !adds_variant) && max_bytes <= 0) return StorageBudget(principal.tenant, 0, 0);
   int64_t variants = 0;
   int64_t bytes = 0;
@@ -105,7 +105,7 @@ absl::StatusOr<StorageBudget> Gatekeeper::CheckStorage(const Access& access, boo
 
 absl::Status Gatekeeper::CheckJobs(const Access& access) const {
   const auth::Principal& principal = access.principal();
-  const int64_t limit = principal.quotas.max_running_jobs;
+  const int64_t limit = principal.quotas.max_running_jobs();
   if (limit <= 0) return absl::OkStatus();
   int64_t active = 0;
   for (const char* state : {"QUEUED", "RUNNING"}) {

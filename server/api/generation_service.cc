@@ -314,7 +314,7 @@ absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
   result.kind = kind;
   result.tenant = access.principal().tenant;
   result.tenant_weight = access.principal().weight;
-  result.tenant_max_queued = access.principal().quotas.max_queued_requests;
+  result.tenant_max_queued = access.principal().quotas.max_queued_requests();
   ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
   if (found != nullptr) {
     result.adapter_id = found->adapter_id;

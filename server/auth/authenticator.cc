@@ -72,9 +72,7 @@ absl::StatusOr<Principal> Authenticator::Authenticate(std::string_view authoriza
   if (found == nullptr) return refused;
   Principal principal{found->name(), found->role() == v1::ADMIN,
                       std::vector<std::string>(found->namespaces().begin(), found->namespaces().end()), {}, 1.0};
-  const v1::TenantQuotas& quotas = found->quotas();
-  principal.quotas = {quotas.max_concurrent_requests(), quotas.generated_tokens_per_minute(), quotas.max_variants(),
-                      quotas.max_running_jobs(),       quotas.max_queued_requests(),          quotas.max_stored_bytes()};
+  principal.quotas = found->quotas();
   if (found->weight() > 0) principal.weight = found->weight();
   return principal;
 }

@@ -22,21 +22,11 @@
 
 namespace deltaserve::auth {
 
-// A tenant's limits (config.proto's TenantQuotas); 0 = unlimited.
-struct TenantQuotas {
-  int64_t max_concurrent_requests = 0;
-  int64_t generated_tokens_per_minute = 0;
-  int64_t max_variants = 0;
-  int64_t max_running_jobs = 0;
-  int64_t max_queued_requests = 0;
-  int64_t max_stored_bytes = 0;
-};
-
 struct Principal {
   std::string tenant;  // "" when the server is open
   bool admin = false;
   std::vector<std::string> namespaces;
-  TenantQuotas quotas;
+  deltaserve::v1::TenantQuotas quotas;  // as configured; 0 = unlimited
   double weight = 1.0;  // share in fair scheduling
 };
 

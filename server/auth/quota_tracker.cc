@@ -21,18 +21,18 @@ void QuotaTracker::RefillLocked(TenantState& state, absl::Time now) {
 }
 
 absl::StatusOr<std::shared_ptr<RequestLease>> QuotaTracker::Admit(const Principal& principal) {
-  const TenantQuotas& quotas = principal.quotas;
+  const deltaserve::v1::TenantQuotas& quotas = principal.quotas;
   const absl::Time now = absl::Now();
   absl::MutexLock lock(&mutex_);
   auto [it, fresh] = tenants_.try_emplace(principal.tenant);
   TenantState& state = it->second;
-  if (state.capacity != quotas.generated_tokens_per_minute) {  // first use, or a reloaded quota
-    state.bucket = fresh ? quotas.generated_tokens_per_minute : std::min<double>(state.bucket, quotas.generated_tokens_per_minute);
-    state.capacity = quotas.generated_tokens_per_minute;
+  if (state.capacity != quotas.generated_tokens_per_minute()) {  // first use, or a reloaded quota
+    state.bucket = fresh ? quotas.generated_tokens_per_minute() : std::min<double>(state.bucket, quotas.generated_tokens_per_minute());
+    state.capacity = quotas.generated_tokens_per_minute();
     state.refilled = now;
   }
   RefillLocked(state, now);
-  if (quotas.max_concurrent_requests > 0 && state.running >= quotas.max_concurrent_requests) {
+  if (quotas.max_concurrent_requests() > 0 && state.running >= quotas.max_concurrent_requests()) {
     return common::ResourceExhaustedWithRetry(absl::StrCat("tenant \"", principal.tenant, "\" has ", state.running,
                                       " requests in flight, its max_concurrent_requests quota; retry when one finishes"),
                          absl::Seconds(1));

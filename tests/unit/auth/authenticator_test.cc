@@ -81,7 +81,7 @@ TEST(AuthenticatorTest, KeysAuthenticateByTheirDigestAndNothingElseDoes) {
   auto ops = authenticator.Authenticate("Bearer ops-key");
   ASSERT_TRUE(ops.ok());
   EXPECT_TRUE(ops->admin);
-  EXPECT_EQ(ops->quotas.max_concurrent_requests, 0) << "no quotas: unlimited";
+  EXPECT_EQ(ops->quotas.max_concurrent_requests(), 0) << "no quotas: unlimited";
 
   for (const char* refused : {"", "acme-key", "bearer acme-key", "Bearer ", "Bearer acme-keyx", "Bearer acme-ke",
                               "Basic YWNtZTprZXk=", "Bearer ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}) {
