@@ -17,8 +17,10 @@
 #include "client/deltactl_report.h"
 
 ABSL_DECLARE_FLAG(int64_t, seed);
+ABSL_DECLARE_FLAG(std::string, target);  // in `jobs edit`: the new completion (deltactl_main.cc)
 ABSL_FLAG(std::string, method, "", "jobs merge: cat, linear, svd, task_arithmetic, ties, dare_linear, dare_ties, "
-                                   "breadcrumbs, breadcrumbs_ties or magnitude_prune");
+                                   "breadcrumbs, breadcrumbs_ties or magnitude_prune; jobs edit: rome (default), "
+                                   "memit or alphaedit");
 ABSL_FLAG(std::string, out, "", "jobs merge: the new variant's name");
 ABSL_FLAG(int32_t, rank, 0, "jobs merge: output rank (0 = the largest input rank; ignored by cat)");
 ABSL_FLAG(double, density, std::nan(""), "jobs merge: fraction of entries kept (default 1)");
@@ -53,8 +55,18 @@ ABSL_FLAG(std::string, holdout_dataset, "", "jobs unlearn: a holdout dataset ins
 ABSL_FLAG(int32_t, micro_batch_size, 0, "jobs finetune/unlearn: rows per forward pass, gradients accumulate (0 = batch)");
 ABSL_FLAG(bool, replace_target, false, "jobs unlearn: switch the target's name to the result (no --out)");
 ABSL_FLAG(bool, keep_previous, false, "jobs unlearn: with --replace-target, keep the old version as TARGET@N");
+ABSL_FLAG(std::string, prompt, "", "jobs edit: the fact's prompt, with {} where the subject goes");
+ABSL_FLAG(std::string, subject, "", "jobs edit: the fact's subject");
+ABSL_FLAG(std::vector<std::string>, paraphrase, {}, "jobs edit: paraphrases of the prompt for the evaluation (comma-separated)");
+ABSL_FLAG(std::vector<std::string>, neighborhood, {}, "jobs edit: unrelated prompts for the locality measure (comma-separated)");
+ABSL_FLAG(std::string, edits_file, "", "jobs edit: a JSONL file of edits, one {\"prompt\", \"subject\", \"target\", "
+                                       "\"paraphrases\", \"neighborhood_prompts\"} per line");
+ABSL_FLAG(std::vector<std::string>, layers, {}, "jobs edit/stats: layers to edit or collect statistics for (default: by depth)");
+ABSL_FLAG(double, mom2_weight, std::nan(""), "jobs edit: weight of the key statistics (0 = none)");
+ABSL_FLAG(std::string, covariance_dataset, "", "jobs edit/stats: dataset the statistics are collected over (default: built-in text)");
+ABSL_FLAG(std::vector<std::string>, param, {}, "jobs edit: hyper-parameters as NAME=VALUE, e.g. v_steps=50,clamp_norm_factor=8");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
-ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge)");
+ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge, finetune, unlearn, edit, stats)");
 
 namespace deltaserve::client {
 namespace {
@@ -78,6 +90,8 @@ std::string KindName(v1::JobKind kind) {
     case v1::MERGE_JOB: return "merge";
     case v1::FINETUNE_JOB: return "finetune";
     case v1::UNLEARN_JOB: return "unlearn";
+    case v1::EDIT_JOB: return "edit";
+    case v1::STATS_JOB: return "stats";
     default: return "unknown";
   }
 }
@@ -115,11 +129,18 @@ void PrintDetail(const v1::Job& job) {
               Percent(job.progress()).c_str(), job.message().c_str(), job.output_variant().c_str(),
               FormatTime(job.created()).c_str(), FormatTime(job.started()).c_str(), FormatTime(job.finished()).c_str());
   if (!job.error().empty()) std::printf("error:    %s: %s\n", job.error_code().c_str(), job.error().c_str());
-  if (job.has_merge()) {
+  // What was asked, whichever kind.
+  for (const google::protobuf::Message* asked :
+       {static_cast<const google::protobuf::Message*>(job.has_merge() ? &job.merge() : nullptr),
+        static_cast<const google::protobuf::Message*>(job.has_finetune() ? &job.finetune() : nullptr),
+        static_cast<const google::protobuf::Message*>(job.has_unlearn() ? &job.unlearn() : nullptr),
+        static_cast<const google::protobuf::Message*>(job.has_edit() ? &job.edit() : nullptr),
+        static_cast<const google::protobuf::Message*>(job.has_stats() ? &job.stats() : nullptr)}) {
+    if (asked == nullptr) continue;
     std::string request;
     google::protobuf::util::JsonPrintOptions options;
     options.preserve_proto_field_names = true;
-    (void)google::protobuf::util::MessageToJsonString(job.merge(), &request, options);
+    (void)google::protobuf::util::MessageToJsonString(*asked, &request, options);
     std::printf("request:  %s\n", request.c_str());
   }
 }
@@ -282,6 +303,86 @@ int Unlearn(DeltaserveClient& client) {
   return Submit(client, request, &v1::Jobs::Stub::SubmitUnlearn);
 }
 
+// ParseLayers reads --layers; false after saying what is wrong.
+bool ParseLayers(google::protobuf::RepeatedField<int32_t>* layers) {
+  for (const std::string& text : absl::GetFlag(FLAGS_layers)) {
+    int32_t layer = 0;
+    if (!absl::SimpleAtoi(text, &layer)) {
+      std::fprintf(stderr, "deltactl: --layers takes layer numbers, e.g. 4,5,6; got \"%s\"\n", text.c_str());
+      return false;
+    }
+    layers->Add(layer);
+  }
+  return true;
+}
+
+// ReadEdits adds the edits of a JSONL file (one EditSpec per line); false after naming the line.
+bool ReadEdits(const std::string& path, v1::EditRequest* request) {
+  std::ifstream file(path);
+  if (!file) {
+    std::fprintf(stderr, "deltactl: cannot read %s\n", path.c_str());
+    return false;
+  }
+  std::string line;
+  for (int number = 1; std::getline(file, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    google::protobuf::util::Status parsed = google::protobuf::util::JsonStringToMessage(line, request->add_edits());
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "deltactl: %s:%d: not an edit ({\"prompt\", \"subject\", \"target\", ...}): %s\n",
+                   path.c_str(), number, parsed.ToString().c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+int Edit(DeltaserveClient& client) {
+  v1::EditRequest request;
+  request.set_parent(absl::GetFlag(FLAGS_parent));
+  request.set_output(absl::GetFlag(FLAGS_out));
+  request.set_method(absl::GetFlag(FLAGS_method));
+  const bool inline_edit = !absl::GetFlag(FLAGS_prompt).empty() || !absl::GetFlag(FLAGS_subject).empty() ||
+                           !absl::GetFlag(FLAGS_target).empty();
+  if (request.output().empty() || inline_edit == !absl::GetFlag(FLAGS_edits_file).empty()) {
+    return Usage("edit --out NAME (--prompt \"... {} ...\" --subject S --target T [--paraphrase P,...] "
+                 "[--neighborhood N,...] | --edits-file FILE.jsonl) [--method rome|memit|alphaedit] [--parent V] "
+                 "[--layers L,...] [--mom2-weight W] [--covariance-dataset D] [--param NAME=VALUE,...] [--seed S] [--wait]");
+  }
+  if (inline_edit) {
+    v1::EditSpec* edit = request.add_edits();
+    edit->set_prompt(absl::GetFlag(FLAGS_prompt));
+    edit->set_subject(absl::GetFlag(FLAGS_subject));
+    edit->set_target(absl::GetFlag(FLAGS_target));
+    for (const std::string& paraphrase : absl::GetFlag(FLAGS_paraphrase)) edit->add_paraphrases(paraphrase);
+    for (const std::string& prompt : absl::GetFlag(FLAGS_neighborhood)) edit->add_neighborhood_prompts(prompt);
+  } else if (!ReadEdits(absl::GetFlag(FLAGS_edits_file), &request)) {
+    return 2;
+  }
+  if (!ParseLayers(request.mutable_layers())) return 2;
+  if (!std::isnan(absl::GetFlag(FLAGS_mom2_weight))) request.set_mom2_weight(absl::GetFlag(FLAGS_mom2_weight));
+  request.set_covariance_dataset(absl::GetFlag(FLAGS_covariance_dataset));
+  for (const std::string& parameter : absl::GetFlag(FLAGS_param)) {
+    const size_t equals = parameter.find('=');
+    double value = 0;
+    if (equals == std::string::npos || !absl::SimpleAtod(parameter.substr(equals + 1), &value)) {
+      std::fprintf(stderr, "deltactl: --param takes NAME=VALUE, got \"%s\"\n", parameter.c_str());
+      return 2;
+    }
+    (*request.mutable_parameters())[parameter.substr(0, equals)] = value;
+  }
+  if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  return Submit(client, request, &v1::Jobs::Stub::SubmitEdit);
+}
+
+int Stats(DeltaserveClient& client) {
+  v1::StatsRequest request;
+  if (!ParseLayers(request.mutable_layers())) return 2;
+  request.set_covariance_dataset(absl::GetFlag(FLAGS_covariance_dataset));
+  request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  return Submit(client, request, &v1::Jobs::Stub::SubmitStats);
+}
+
 int List(DeltaserveClient& client) {
   v1::ListJobsRequest request;
   const std::string state = absl::AsciiStrToUpper(absl::GetFlag(FLAGS_state));
@@ -292,8 +393,12 @@ int List(DeltaserveClient& client) {
   }
   const std::string kind = absl::AsciiStrToLower(absl::GetFlag(FLAGS_kind));
   if (!kind.empty()) {
-    if (kind != "merge" && kind != "finetune" && kind != "unlearn") return Usage("list [--kind merge|finetune|unlearn]");
-    request.set_kind(kind == "merge" ? v1::MERGE_JOB : kind == "finetune" ? v1::FINETUNE_JOB : v1::UNLEARN_JOB);
+    v1::JobKind value = v1::JOB_KIND_UNSPECIFIED;
+    for (int k = v1::MERGE_JOB; k <= v1::STATS_JOB; ++k) {
+      if (KindName(static_cast<v1::JobKind>(k)) == kind) value = static_cast<v1::JobKind>(k);
+    }
+    if (value == v1::JOB_KIND_UNSPECIFIED) return Usage("list [--kind merge|finetune|unlearn|edit|stats]");
+    request.set_kind(value);
   }
   std::printf("%-10s %-6s %-10s %5s  %-32s %-19s  %s\n", "ID", "KIND", "STATE", "DONE", "OUTPUT", "CREATED", "MESSAGE");
   do {
@@ -319,9 +424,11 @@ int RunJobsCommand(DeltaserveClient& client, const std::vector<std::string>& arg
   if (command == "merge") return Merge(client, std::vector<std::string>(arguments.begin() + 1, arguments.end()));
   if (command == "finetune") return Finetune(client);
   if (command == "unlearn") return Unlearn(client);
+  if (command == "edit") return Edit(client);
+  if (command == "stats") return Stats(client);
   if (command == "list") return List(client);
   if (arguments.size() != 2 || (command != "get" && command != "watch" && command != "cancel")) {
-    return Usage("merge|finetune|unlearn|get|list|watch|cancel [ID]");
+    return Usage("merge|finetune|unlearn|edit|stats|get|list|watch|cancel [ID]");
   }
   const std::string& id = arguments[1];
   if (command == "watch") return Follow(client, id);

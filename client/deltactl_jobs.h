@@ -16,7 +16,12 @@
 //                 [--unlearn-method npo|simnpo|grad_diff|grad_ascent] [--steps N]
 //                 [--learning-rate LR] [--rank R] [--beta B] [--micro-batch-size M] [--seed S] [--wait]
 //   deltactl jobs get ID
-//   deltactl jobs list [--state RUNNING] [--kind merge|finetune|unlearn]   newest first, all pages
+//   deltactl jobs edit --out NAME (--prompt "The capital of {} is" --subject S --target " T"
+//                 [--paraphrase P,...] [--neighborhood N,...] | --edits-file FILE.jsonl)
+//                 [--method rome|memit|alphaedit] [--parent V] [--layers L,...] [--mom2-weight W]
+//                 [--covariance-dataset D] [--param v_steps=50,...] [--seed S] [--wait]
+//   deltactl jobs stats [--layers L,...] [--covariance-dataset D] [--wait]      (admins)
+//   deltactl jobs list [--state RUNNING] [--kind merge|finetune|unlearn|edit|stats]   newest first, all pages
 //   deltactl jobs watch ID       a progress line per update (bar, percentage, step, loss,
 //                                tokens/s) until the job ends
 //   deltactl jobs cancel ID

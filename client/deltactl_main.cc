@@ -5,7 +5,7 @@
 //   deltactl tokenize --target host:port "text"          prints token ids and pieces
 //   deltactl health --target host:port                   SERVING / NOT_SERVING (exit 0 / 1)
 //   deltactl variants list|get|register|upload|delete|pin|unpin ...   (see deltactl_variants.h)
-//   deltactl jobs merge|finetune|unlearn|get|list|watch|cancel ...    (see deltactl_jobs.h)
+//   deltactl jobs merge|finetune|unlearn|edit|stats|get|list|watch|cancel ...  (see deltactl_jobs.h)
 //   deltactl datasets upload|list|get|delete ...                      (see deltactl_datasets.h)
 //   deltactl keys hash [KEY]      the SHA-256 digest a --config tenant's api_key_sha256 holds
 //                                 (KEY read from standard input when not given, so it stays
@@ -29,7 +29,10 @@
 #include "server/common/flag_names.h"
 #include "server/common/sha256.h"
 
-ABSL_FLAG(std::string, target, "127.0.0.1:50051", "server address host:port");
+ABSL_FLAG(std::string, target, "",
+          "server address host:port (default 127.0.0.1:50051); in `jobs edit` it is the edit's new completion "
+          "instead, and the address is --server");
+ABSL_FLAG(std::string, server, "", "server address host:port; wins over --target (needed with `jobs edit`)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA to trust: connect over TLS");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls-key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
@@ -201,7 +204,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "deltactl: --tls-cert needs --tls-ca (the CA that signed the server's certificate)\n");
     return 2;
   }
-  auto client = DeltaserveClient::Connect(absl::GetFlag(FLAGS_target), options);
+  // `jobs edit --target " Paris"` names the fact's target, as knowledge-editing tools do.
+  const bool target_is_edit = command == "jobs" && positional.size() > 2 && std::string(positional[2]) == "edit";
+  std::string address = absl::GetFlag(FLAGS_server);
+  if (address.empty() && !target_is_edit) address = absl::GetFlag(FLAGS_target);
+  if (address.empty()) address = "127.0.0.1:50051";
+  auto client = DeltaserveClient::Connect(address, options);
   if (command == "health") return Health(*client);
   if (command == "variants") {
     return deltaserve::client::RunVariantsCommand(

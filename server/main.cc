@@ -42,6 +42,8 @@
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
 #include "server/control/unlearn_jobs.h"
+#include "server/control/edit_jobs.h"
+#include "server/model/model_fingerprint.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
@@ -222,8 +224,13 @@ int main(int argc, char** argv) {
   deltaserve::control::MergeJobs merges(registry->get(), job_runner->get());
   deltaserve::control::FinetuneJobs finetunes(registry->get(), datasets->get(), job_runner->get());
   deltaserve::control::UnlearnJobs unlearns(registry->get(), datasets->get(), job_runner->get());
+  // Edit statistics are cached per base model: its fingerprint tells models of the same name apart.
+  auto fingerprint = deltaserve::model::ModelFingerprint(model_dir);
+  if (!fingerprint.ok()) return Fail(fingerprint.status());
+  deltaserve::control::EditJobs edits(registry->get(), datasets->get(), job_runner->get(),
+                                      {deltaserve::common::JoinPath(data_dir, "stats"), *fingerprint});
   if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);
-  // Running jobs use `merges`, `finetunes`, `unlearns`, the datasets and the registry: they stop before any goes,
+  // Running jobs use `merges`, `finetunes`, `unlearns`, `edits`, the datasets and the registry: they stop before any goes,
   // however main ends.
   absl::Cleanup stop_jobs = [&job_runner] { (*job_runner)->Stop(); };
 
@@ -251,7 +258,7 @@ int main(int argc, char** argv) {
                                                 &serving_state, &gate, model_name);
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
   deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);
-  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, metrics.get(),
+  deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, &edits, metrics.get(),
                                     &serving_state, &gate);
 
   grpc::EnableDefaultHealthCheckService(true);

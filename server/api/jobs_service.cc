@@ -1,6 +1,7 @@
 #include "server/api/jobs_service.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 
@@ -20,7 +21,9 @@ namespace v1 = deltaserve::v1;
 // Job kinds: the API's enum and the runner's names.
 constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind},
                                                           {v1::FINETUNE_JOB, control::kFinetuneJobKind},
-                                                          {v1::UNLEARN_JOB, control::kUnlearnJobKind}};
+                                                          {v1::UNLEARN_JOB, control::kUnlearnJobKind},
+                                                          {v1::EDIT_JOB, control::kEditJobKind},
+                                                          {v1::STATS_JOB, control::kStatsJobKind}};
 
 v1::JobKind KindToProto(const std::string& kind) {
   for (const auto& [value, name] : kKinds) {
@@ -109,6 +112,39 @@ void ToProto(const control::UnlearnJobSpec& spec, v1::UnlearnRequest* out) {
   out->set_seed(spec.seed);
 }
 
+void ToProto(const control::EditJobSpec& spec, v1::EditRequest* out) {
+  out->set_parent(spec.parent);
+  out->set_output(spec.output);
+  out->set_method(spec.method);
+  for (const control::EditFact& fact : spec.edits) {
+    v1::EditSpec* edit = out->add_edits();
+    edit->set_prompt(fact.prompt);
+    edit->set_subject(fact.subject);
+    edit->set_target(fact.target);
+    for (const std::string& paraphrase : fact.paraphrases) edit->add_paraphrases(paraphrase);
+    for (const std::string& prompt : fact.neighborhood_prompts) edit->add_neighborhood_prompts(prompt);
+  }
+  for (int64_t layer : spec.layers) out->add_layers(static_cast<int32_t>(layer));
+  if (spec.mom2_weight >= 0) out->set_mom2_weight(spec.mom2_weight);
+  out->set_covariance_dataset(spec.covariance.dataset);
+  auto& parameters = *out->mutable_parameters();
+  parameters["v_steps"] = static_cast<double>(spec.value.steps);
+  parameters["v_lr"] = spec.value.learning_rate;
+  parameters["v_weight_decay"] = spec.value.weight_decay;
+  parameters["clamp_norm_factor"] = spec.value.clamp_norm_factor;
+  parameters["kl_factor"] = spec.value.kl_factor;
+  parameters["context_prefixes"] = static_cast<double>(spec.context_prefixes);
+  parameters["context_tokens"] = static_cast<double>(spec.context_tokens);
+  parameters["null_space_threshold"] = spec.null_space_threshold;
+  parameters["alphaedit_l2"] = spec.alphaedit_l2;
+  out->set_seed(spec.seed);
+}
+
+void ToProto(const control::StatsJobSpec& spec, v1::StatsRequest* out) {
+  for (int64_t layer : spec.layers) out->add_layers(static_cast<int32_t>(layer));
+  out->set_covariance_dataset(spec.covariance.dataset);
+}
+
 void ToProto(const control::JobRecord& record, v1::Job* out) {
   out->set_id(control::JobId(record.number));
   out->set_kind(KindToProto(record.kind));
@@ -131,6 +167,12 @@ void ToProto(const control::JobRecord& record, v1::Job* out) {
   } else if (record.kind == control::kUnlearnJobKind) {
     absl::StatusOr<control::UnlearnJobSpec> spec = control::UnlearnJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_unlearn());
+  } else if (record.kind == control::kEditJobKind) {
+    absl::StatusOr<control::EditJobSpec> spec = control::EditJobSpec::FromJson(record.spec_json);
+    if (spec.ok()) ToProto(*spec, out->mutable_edit());
+  } else if (record.kind == control::kStatsJobKind) {
+    absl::StatusOr<control::StatsJobSpec> spec = control::StatsJobSpec::FromJson(record.spec_json);
+    if (spec.ok()) ToProto(*spec, out->mutable_stats());
   }
 }
 
@@ -221,6 +263,66 @@ absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& requ
   return spec;
 }
 
+absl::StatusOr<control::EditJobSpec> FromProto(const v1::EditRequest& request) {
+  control::EditJobSpec spec;
+  spec.parent = request.parent();
+  spec.output = request.output();
+  if (!request.method().empty()) spec.method = request.method();
+  for (const v1::EditSpec& edit : request.edits()) {
+    spec.edits.push_back({edit.prompt(), edit.subject(), edit.target(),
+                          {edit.paraphrases().begin(), edit.paraphrases().end()},
+                          {edit.neighborhood_prompts().begin(), edit.neighborhood_prompts().end()}});
+  }
+  spec.layers.assign(request.layers().begin(), request.layers().end());
+  if (request.has_mom2_weight()) {
+    if (!(request.mom2_weight() >= 0)) return absl::InvalidArgumentError("mom2_weight must not be negative");
+    spec.mom2_weight = request.mom2_weight();
+  }
+  spec.covariance.dataset = request.covariance_dataset();
+  for (const auto& [name, value] : request.parameters()) {
+    // Counts must be whole numbers.
+    auto count = [&, name = name, value = value](int64_t& field) -> absl::Status {
+      if (value != std::floor(value) || std::abs(value) > 1e9) {
+        return absl::InvalidArgumentError(absl::StrCat("parameter ", name, " must be a whole number, got ", value));
+      }
+      field = static_cast<int64_t>(value);
+      return absl::OkStatus();
+    };
+    if (name == "v_steps") {
+      RETURN_IF_ERROR(count(spec.value.steps));
+    } else if (name == "context_prefixes") {
+      RETURN_IF_ERROR(count(spec.context_prefixes));
+    } else if (name == "context_tokens") {
+      RETURN_IF_ERROR(count(spec.context_tokens));
+    } else if (name == "v_lr") {
+      spec.value.learning_rate = value;
+    } else if (name == "v_weight_decay") {
+      spec.value.weight_decay = value;
+    } else if (name == "clamp_norm_factor") {
+      spec.value.clamp_norm_factor = value;
+    } else if (name == "kl_factor") {
+      spec.value.kl_factor = value;
+    } else if (name == "null_space_threshold") {
+      spec.null_space_threshold = value;
+    } else if (name == "alphaedit_l2") {
+      spec.alphaedit_l2 = value;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown edit parameter \"", name, "\": known are v_steps, v_lr, v_weight_decay, clamp_norm_factor, ",
+          "kl_factor, context_prefixes, context_tokens, null_space_threshold and alphaedit_l2"));
+    }
+  }
+  spec.seed = request.seed();
+  return spec;
+}
+
+absl::StatusOr<control::StatsJobSpec> FromProto(const v1::StatsRequest& request) {
+  control::StatsJobSpec spec;
+  spec.layers.assign(request.layers().begin(), request.layers().end());
+  spec.covariance.dataset = request.covariance_dataset();
+  return spec;
+}
+
 // CheckAccess: what a submission names must be visible to the caller, and its output must lie
 // in the caller's namespaces (or be a target it may change, for replace_target).
 absl::Status CheckAccess(const Access& access, const v1::MergeRequest& request) {
@@ -251,11 +353,41 @@ absl::Status CheckAccess(const Access& access, const v1::UnlearnRequest& request
   return absl::OkStatus();
 }
 
+absl::Status CheckAccess(const Access& access, const v1::EditRequest& request) {
+  RETURN_IF_ERROR(access.CheckCreate("variant", request.output()));
+  if (!request.parent().empty()) RETURN_IF_ERROR(access.CheckSee("variant", request.parent()));
+  if (!request.covariance_dataset().empty()) RETURN_IF_ERROR(access.CheckSee("dataset", request.covariance_dataset()));
+  return absl::OkStatus();
+}
+
+// Statistics belong to no tenant: they are shared by every edit on the base.
+absl::Status CheckAccess(const Access& access, const v1::StatsRequest& request) {
+  if (!access.Owns("")) {
+    return absl::PermissionDeniedError(
+        "statistics jobs are for admins (statistics are shared by every tenant); an edit job collects the "
+        "statistics it lacks itself");
+  }
+  if (!request.covariance_dataset().empty()) RETURN_IF_ERROR(access.CheckSee("dataset", request.covariance_dataset()));
+  return absl::OkStatus();
+}
+
 // AddsVariant: whether the job's success stores one more variant (a replace without
 // keep_previous only swaps one).
 bool AddsVariant(const v1::MergeRequest&) { return true; }
 bool AddsVariant(const v1::FinetuneRequest&) { return true; }
 bool AddsVariant(const v1::UnlearnRequest& request) { return !request.replace_target() || request.keep_previous(); }
+bool AddsVariant(const v1::EditRequest&) { return true; }
+bool AddsVariant(const v1::StatsRequest&) { return false; }
+
+// The output a request names, for the audit log (statistics have none).
+const std::string& OutputOf(const v1::StatsRequest&) {
+  static const std::string none;
+  return none;
+}
+template <typename Request>
+const std::string& OutputOf(const Request& request) {
+  return request.output();
+}
 
 // WatchJob's reactor and the runner's listener for the job. Owns itself; deleted once gRPC is
 // done with it and the runner can no longer call it.
@@ -361,11 +493,13 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
 }  // namespace
 
 JobsService::JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-                         control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate)
+                         control::UnlearnJobs* unlearns, control::EditJobs* edits, telemetry::ServerMetrics* metrics,
+                         const ServingState* state, const Gatekeeper* gate)
     : runner_(runner),
       merges_(merges),
       finetunes_(finetunes),
       unlearns_(unlearns),
+      edits_(edits),
       metrics_(metrics),
       state_(state),
       gate_(gate) {}
@@ -411,7 +545,7 @@ grpc::ServerUnaryReactor* JobsService::SubmitJob(grpc::CallbackServerContext* co
     const std::string& key = request.idempotency_key();
     return kind->Submit(std::move(spec), tenant.empty() || key.empty() ? key : tenant + ":" + key);
   }();
-  gate_->Audit(access, method, job.ok() ? job->output_variant : request.output(),
+  gate_->Audit(access, method, job.ok() ? job->output_variant : OutputOf(request),
                job.status());
   Gatekeeper::AddPushback(*context, job.status());
   return FinishWithJob(context, method, job, response);
@@ -430,6 +564,16 @@ grpc::ServerUnaryReactor* JobsService::SubmitFinetune(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* JobsService::SubmitUnlearn(grpc::CallbackServerContext* context,
                                                      const v1::UnlearnRequest* request, v1::Job* response) {
   return SubmitJob(context, "SubmitUnlearn", *request, unlearns_, response);
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitEdit(grpc::CallbackServerContext* context,
+                                                  const v1::EditRequest* request, v1::Job* response) {
+  return SubmitJob(context, "SubmitEdit", *request, edits_, response);
+}
+
+grpc::ServerUnaryReactor* JobsService::SubmitStats(grpc::CallbackServerContext* context,
+                                                   const v1::StatsRequest* request, v1::Job* response) {
+  return SubmitJob(context, "SubmitStats", *request, edits_, response);
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context, const v1::GetJobRequest* request,

@@ -4,7 +4,7 @@
 // from OnWriteDone (one write in flight; updates in between are coalesced, so a slow watcher
 // sees fewer progress steps but always the final state) and ends OK after the job's terminal
 // state. While the server drains, SubmitMerge answers UNAVAILABLE (a job started then would be
-// interrupted), as do SubmitFinetune and SubmitUnlearn. Callers see only their own jobs and
+// interrupted), as do the other Submit calls. Callers see only their own jobs and
 // submit only what Access allows; submissions and cancels are audited. Thread-safe; the
 // runner, job kinds, metrics, state and gatekeeper must outlive it.
 #pragma once
@@ -12,6 +12,7 @@
 #include "deltaserve/v1/jobs.grpc.pb.h"
 #include "server/api/access.h"
 #include "server/api/serving_state.h"
+#include "server/control/edit_jobs.h"
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
 #include "server/control/merge_jobs.h"
@@ -23,7 +24,8 @@ namespace deltaserve::api {
 class JobsService final : public deltaserve::v1::Jobs::CallbackService {
  public:
   JobsService(control::JobRunner* runner, control::MergeJobs* merges, control::FinetuneJobs* finetunes,
-              control::UnlearnJobs* unlearns, telemetry::ServerMetrics* metrics, const ServingState* state, const Gatekeeper* gate);
+              control::UnlearnJobs* unlearns, control::EditJobs* edits, telemetry::ServerMetrics* metrics,
+              const ServingState* state, const Gatekeeper* gate);
 
   grpc::ServerUnaryReactor* SubmitMerge(grpc::CallbackServerContext* context,
                                         const deltaserve::v1::MergeRequest* request,
@@ -34,6 +36,12 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   grpc::ServerUnaryReactor* SubmitUnlearn(grpc::CallbackServerContext* context,
                                           const deltaserve::v1::UnlearnRequest* request,
                                           deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* SubmitEdit(grpc::CallbackServerContext* context,
+                                       const deltaserve::v1::EditRequest* request,
+                                       deltaserve::v1::Job* response) override;
+  grpc::ServerUnaryReactor* SubmitStats(grpc::CallbackServerContext* context,
+                                        const deltaserve::v1::StatsRequest* request,
+                                        deltaserve::v1::Job* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const deltaserve::v1::GetJobRequest* request,
                                    deltaserve::v1::Job* response) override;
@@ -56,7 +64,7 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
                                           deltaserve::v1::Job* response);
   // SubmitJob is every Submit* call: the caller admitted and allowed what the request names,
   // refused while draining, else the request's spec submitted to `kind` (MergeJobs,
-  // FinetuneJobs or UnlearnJobs); audited.
+  // FinetuneJobs, UnlearnJobs or EditJobs); audited.
   template <typename Request, typename Kind>
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const char* method,
                                       const Request& request, Kind* kind, deltaserve::v1::Job* response);
@@ -65,6 +73,7 @@ class JobsService final : public deltaserve::v1::Jobs::CallbackService {
   control::MergeJobs* merges_;
   control::FinetuneJobs* finetunes_;
   control::UnlearnJobs* unlearns_;
+  control::EditJobs* edits_;
   // VisibleJob: the job with that id if the caller may see it (its output lies in the caller's
   // namespaces), NOT_FOUND otherwise.
   absl::StatusOr<control::JobRecord> VisibleJob(const Access& access, const std::string& id) const;

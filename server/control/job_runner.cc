@@ -186,18 +186,18 @@ void JobRunner::Work() {
     }
     absl::MutexLock lock(&mutex_);
     reserved_bytes_ -= job->record.memory_bytes;
-    FinishLocked(*job, status);
+    FinishLocked(*job, status, context.result());
     work_available_.SignalAll();
   }
 }
 
-void JobRunner::FinishLocked(Job& job, const absl::Status& status) {
+void JobRunner::FinishLocked(Job& job, const absl::Status& status, const std::string& result) {
   JobRecord& record = job.record;
   const std::string from = record.state;
   if (status.ok()) {
     record.state = "SUCCEEDED";
     record.progress = 1.0;
-    record.message = "succeeded";
+    record.message = result;
   } else if (absl::IsCancelled(status) && stopping_) {
     record.state = "FAILED";
     record.error = "interrupted: the server shut down while the job was running; submit it again";

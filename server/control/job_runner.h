@@ -59,10 +59,15 @@ class JobContext {
   absl::Status Step(double progress, const std::string& message);
   // The job as it started (number, spec, output variant).
   const JobRecord& record() const { return record_; }
+  // SetResult: the message the job keeps once it SUCCEEDED (default "succeeded"), e.g. what a
+  // job without an output variant produced.
+  void SetResult(std::string message) { result_ = std::move(message); }
+  const std::string& result() const { return result_; }
 
  private:
   JobRunner* runner_;
   JobRecord record_;
+  std::string result_ = "succeeded";
 };
 
 // A job's work. OK = SUCCEEDED; CANCELLED after Step said so = CANCELLED; else FAILED with the
@@ -143,7 +148,7 @@ class JobRunner {
   bool CanStartLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Changed persists a state change (persist) and tells the job's watchers.
   void ChangedLocked(const Job& job, bool persist) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void FinishLocked(Job& job, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void FinishLocked(Job& job, const absl::Status& status, const std::string& result = "succeeded") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Observe tells the observer (if any) of a state change, except while Start restores rows
   // that this process never counted.
   void ObserveLocked(const JobRecord& record, const std::string& from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);

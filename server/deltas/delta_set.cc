@@ -52,6 +52,14 @@ void DeltaSet::Add(int64_t layer, Projection projection, LowRankFactor factor) {
   factors_[layer * kProjectionCount + static_cast<int>(projection)].push_back(std::move(factor));
 }
 
+void DeltaSet::Append(const DeltaSet& other) {
+  if (factors_.empty()) factors_.resize(other.factors_.size());
+  TORCH_CHECK(other.factors_.size() == factors_.size(), "Append: the sets have different numbers of layers");
+  for (size_t module = 0; module < factors_.size(); ++module) {
+    factors_[module].insert(factors_[module].end(), other.factors_[module].begin(), other.factors_[module].end());
+  }
+}
+
 const std::vector<LowRankFactor>& DeltaSet::Factors(int64_t layer, Projection projection) const {
   return factors_[layer * kProjectionCount + static_cast<int>(projection)];
 }

@@ -48,6 +48,9 @@ class DeltaSet {
   explicit DeltaSet(int64_t num_layers) : factors_(num_layers * kProjectionCount) {}
 
   void Add(int64_t layer, model::Projection projection, LowRankFactor factor);
+  // Append adds every factor of `other` (same number of layers) after this set's own, so that
+  // the result's delta is the sum of both: how a job stacks its new factors on a parent's.
+  void Append(const DeltaSet& other);
   const std::vector<LowRankFactor>& Factors(int64_t layer, model::Projection projection) const;
 
   int64_t num_layers() const { return static_cast<int64_t>(factors_.size()) / kProjectionCount; }

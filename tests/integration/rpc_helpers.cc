@@ -73,6 +73,16 @@ grpc::Status SubmitUnlearn(DeltaserveClient& client, const v1::UnlearnRequest& r
   return client.jobs().SubmitUnlearn(&context, request, job);
 }
 
+grpc::Status SubmitEdit(DeltaserveClient& client, const v1::EditRequest& request, v1::Job* job) {
+  grpc::ClientContext context;
+  return client.jobs().SubmitEdit(&context, request, job);
+}
+
+grpc::Status SubmitStats(DeltaserveClient& client, const v1::StatsRequest& request, v1::Job* job) {
+  grpc::ClientContext context;
+  return client.jobs().SubmitStats(&context, request, job);
+}
+
 grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job) {
   grpc::ClientContext context;
   v1::GetJobRequest request;

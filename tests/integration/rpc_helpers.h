@@ -38,6 +38,8 @@ v1::MergeRequest Merge(const std::string& method, const std::string& output,
 grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& request, v1::Job* job);
 grpc::Status SubmitFinetune(DeltaserveClient& client, const v1::FinetuneRequest& request, v1::Job* job);
 grpc::Status SubmitUnlearn(DeltaserveClient& client, const v1::UnlearnRequest& request, v1::Job* job);
+grpc::Status SubmitEdit(DeltaserveClient& client, const v1::EditRequest& request, v1::Job* job);
+grpc::Status SubmitStats(DeltaserveClient& client, const v1::StatsRequest& request, v1::Job* job);
 grpc::Status GetJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
 grpc::Status CancelJob(DeltaserveClient& client, const std::string& id, v1::Job* job);
 // WatchJob follows a job to its end (at most 120 s) and returns every update it streamed; the

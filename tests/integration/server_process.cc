@@ -1,5 +1,7 @@
 #include "tests/integration/server_process.h"
 
+#include "tests/support/test_models.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -20,8 +22,7 @@
 namespace deltaserve::testing {
 
 bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::string>& extra_flags) {
-  char data_dir[] = "/tmp/deltaserve-data-XXXXXX";
-  if (::mkdtemp(data_dir) == nullptr) return false;
+  const std::string data_dir = MakeTempDir("deltaserve-data");
   log_path_ = std::string(data_dir) + "/server.log";
   std::vector<std::string> args = {DELTASERVE_SERVER_BINARY, "--model-dir", model_dir,
                                    "--port", "0", "--metrics-port", "0", "--data-dir", data_dir,

@@ -174,6 +174,22 @@ TEST_F(TenantsTest, TenantsSeeAndChangeOnlyTheirOwnAndAdminsEverything) {
     EXPECT_NE(status.error_message().find("only an admin"), std::string::npos);
   }
 
+  // Edits: another tenant's parent does not exist; statistics, shared by all, are for admins.
+  {
+    v1::EditRequest request;
+    request.set_parent("acme/bot");
+    request.set_output("beta/edited");
+    v1::EditSpec* edit = request.add_edits();
+    edit->set_prompt("The capital of {} is");
+    edit->set_subject("Zorbia");
+    edit->set_target(" Quux");
+    v1::Job refused;
+    EXPECT_EQ(SubmitEdit(*beta_, request, &refused).error_code(), grpc::StatusCode::NOT_FOUND);
+    grpc::Status stats = SubmitStats(*beta_, v1::StatsRequest(), &refused);
+    EXPECT_EQ(stats.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_NE(stats.error_message().find("for admins"), std::string::npos) << stats.error_message();
+  }
+
   // Lists show each tenant its own and the shared names only.
   auto all_text = [](const google::protobuf::Message& message) { return message.DebugString(); };
   v1::ListVariantsResponse variants;

@@ -4,8 +4,35 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <vector>
+
+#include <gtest/gtest.h>
 
 namespace deltaserve::testing {
+namespace {
+
+std::mutex temp_dirs_mutex;
+std::vector<std::string>* temp_dirs = nullptr;  // never freed: read at exit
+
+// Removes the process's temporary directories at exit, unless a test failed (they hold the
+// servers' logs and data then) or DELTASERVE_KEEP_TEST_DIRS is set.
+void RemoveTempDirs() {
+  std::lock_guard<std::mutex> lock(temp_dirs_mutex);
+  if (temp_dirs == nullptr) return;
+  const ::testing::UnitTest* unit = ::testing::UnitTest::GetInstance();
+  if (std::getenv("DELTASERVE_KEEP_TEST_DIRS") != nullptr || (unit != nullptr && unit->Failed())) {
+    for (const std::string& directory : *temp_dirs) std::fprintf(stderr, "kept for inspection: %s\n", directory.c_str());
+    return;
+  }
+  for (const std::string& directory : *temp_dirs) {
+    std::error_code ignored;
+    std::filesystem::remove_all(directory, ignored);
+  }
+}
+
+}  // namespace
 
 std::string MakeTempDir(const std::string& prefix) {
   const char* base = std::getenv("TMPDIR");
@@ -14,6 +41,12 @@ std::string MakeTempDir(const std::string& prefix) {
     std::perror("mkdtemp");
     std::abort();
   }
+  std::lock_guard<std::mutex> lock(temp_dirs_mutex);
+  if (temp_dirs == nullptr) {
+    temp_dirs = new std::vector<std::string>;
+    std::atexit(RemoveTempDirs);
+  }
+  temp_dirs->push_back(pattern);
   return pattern;
 }
 

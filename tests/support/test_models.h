@@ -8,7 +8,8 @@
 
 namespace deltaserve::testing {
 
-// A fresh temporary directory (removed by nobody: tests run in scratch space).
+// A fresh temporary directory ($TMPDIR or /tmp), removed when the process exits unless a test
+// failed (then kept, and named on stderr, for inspection) or DELTASERVE_KEEP_TEST_DIRS is set.
 std::string MakeTempDir(const std::string& prefix);
 
 // TinyModelDir returns the tiny demo model, written on first use.

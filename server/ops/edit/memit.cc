@@ -57,12 +57,13 @@ absl::StatusOr<MemitResult> MemitEdit(const model::LlamaModel& model, const mode
   RETURN_IF_ERROR(common::CatchTorchErrors("the MEMIT edit", [&] {
     // 1. The residual shift each edit wants after the last layer.
     std::vector<at::Tensor> before;
+    // As in MEMIT, the shift's scale (decay, clamp, step size) is that of the residual there
+    // (what the layers have added to it), not of one MLP's output.
     for (const EditPrompts& edit : prompts) {
-      const SubjectKeys keys = ReadSubjectKeys(model, &current, edit, last);
-      ValueShift shift = OptimiseValueShift(model, &current, edit, last, keys.value.norm().item<double>(), options.value);
+      before.push_back(ResidualAdded(model, current, edit.prompts[0], last));
+      ValueShift shift = OptimiseValueShift(model, &current, edit, last, before.back().norm().item<double>(), options.value);
       result.shifts.push_back(shift.shift);
       result.final_nll.push_back(shift.final_nll);
-      before.push_back(ResidualAdded(model, current, edit.prompts[0], last));
     }
     // 2. The layers in order, each update in place before the next layer's keys.
     for (size_t j = 0; j < options.layers.size() && failed.ok(); ++j) {

@@ -2,7 +2,8 @@
 // ICLR 2025) on the serving model: a batch of facts becomes low-rank deltas on the MLP down
 // projections of a range of layers, computed against the base plus an optional parent variant.
 //   1. For each edit, the residual shift delta_i wanted after the last edited layer, at the
-//      subject's last token: OptimiseValueShift at that layer (subject_values.h).
+//      subject's last token: OptimiseValueShift at that layer (subject_values.h), scaled (decay,
+//      clamp, step size) by the norm of what the layers up to it add to the residual there.
 //   2. For each layer l in order: the edits' keys K (k*, mean over the context prompts) under
 //      the model as edited so far; what the layers up to the last one now add to the residual
 //      there, compared with before any edit, H; R = (delta - H) / (layers still to edit); the
@@ -37,7 +38,7 @@ struct MemitOptions {
   // AlphaEdit instead of MEMIT's update: the null-space threshold (relative to C's largest
   // eigenvalue), its L2 weight, and the keys of earlier edits of the lineage per layer.
   bool alphaedit = false;
-  double null_space_threshold = 1e-2;
+  double null_space_threshold = 0.1;
   double alphaedit_l2 = 10;
   std::map<int64_t, at::Tensor> previous_keys;  // layer -> [intermediate, m]
 };

@@ -156,6 +156,9 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
   ValueShift result;
   at::Tensor shift = at::zeros({model.config().hidden_size}, at::kFloat).to(model.device()).requires_grad_(true);
   at::Tensor first = at::zeros_like(shift), second = at::zeros_like(shift);
+  // Adam moves each coordinate by about the learning rate: in units of v0's RMS coordinate, so
+  // that the same options suit models whose activations differ in scale.
+  const double step_size = options.learning_rate * value_norm / std::sqrt(static_cast<double>(model.config().hidden_size));
   for (int64_t step = 1; step <= options.steps; ++step) {
     if (shift.grad().defined()) shift.mutable_grad().zero_();
     at::Tensor nll;
@@ -182,7 +185,7 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
     first.mul_(0.9).add_(gradient, 0.1);
     second.mul_(0.999).addcmul_(gradient, gradient, 0.001);
     const double bias1 = 1 - std::pow(0.9, step), bias2 = 1 - std::pow(0.999, step);
-    shift.addcdiv_(first, (second / bias2).sqrt_().add_(1e-8), -options.learning_rate / bias1);
+    shift.addcdiv_(first, (second / bias2).sqrt_().add_(1e-8), -step_size / bias1);
     const double limit = options.clamp_norm_factor * value_norm;
     const double norm = shift.norm().item<double>();
     if (norm > limit) shift.mul_(limit / norm);

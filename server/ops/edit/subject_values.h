@@ -68,6 +68,8 @@ absl::StatusOr<std::vector<std::string>> ContextPrefixes(const model::LlamaModel
 
 struct ValueShiftOptions {
   int64_t steps = 25;
+  // Adam's step, in units of v0's RMS coordinate (|v0| / sqrt(hidden)), so that one setting
+  // suits models whose activations differ in scale.
   double learning_rate = 0.5;
   double weight_decay = 0.5;
   double clamp_norm_factor = 4.0;
