@@ -45,4 +45,6 @@ run "statistics (STATS, layers 1,2)" ctl jobs stats --layers 1,2
 run "ROME, 1 edit (statistics cached)" ctl jobs edit --method rome --out bench/rome --prompt "The capital of {} is" \
   --subject Zorbia --target " Quux"
 run "MEMIT, 16 edits (statistics cached)" ctl jobs edit --method memit --out bench/memit --edits-file "$edits"
-ctl variants get bench/memit | grep -o '"mean":{[^}]*}' || true
+for variant in bench/rome bench/memit; do
+  echo "$variant evaluation: $(ctl variants get "$variant" | grep -o '"mean":{[^}]*}' || true)"
+done

@@ -58,7 +58,12 @@ struct EditJobSpec {
   double mom2_weight = -1;
   TrainingData covariance;  // a dataset; none = the built-in text
   ops::edit::ValueShiftOptions value;
-  int64_t context_prefixes = 5;  // ROME's context templates: how many, of how many tokens
+  // ROME's context templates (texts sampled from the model put before the prompt, k* averaged
+  // over them): how many, of how many tokens. Off by default: from a model whose text is noise
+  // (the demo models) they pull k* away from the prompt's key and no single value fits them all
+  // (measured: efficacy 0 with 5, 1.0 without, on the medium demo model); the paper's setting
+  // for real checkpoints is 5 of 10 tokens.
+  int64_t context_prefixes = 0;
   int64_t context_tokens = 10;
   double null_space_threshold = 0.1;  // AlphaEdit (relative to C's largest eigenvalue)
   double alphaedit_l2 = 10;

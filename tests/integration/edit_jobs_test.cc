@@ -74,10 +74,6 @@ class EditJobsTest : public SharedServerTest<EditJobsTest> {
         if (!edited) edit->add_neighborhood_prompts(Prompt(other));
       }
     }
-    // Two random layers: context prefixes sampled from such a model are noise that moves the
-    // subject's mean key away from its key in the prompt; and a longer value optimisation.
-    (*request.mutable_parameters())["context_prefixes"] = 0;
-    (*request.mutable_parameters())["v_steps"] = 50;
     return request;
   }
 
