@@ -35,15 +35,19 @@ run() {
 }
 
 edits="$data/edits.jsonl"
-names=(Zorbia Quellin Marwick Tessaly Drovan Pellucid Arkon Vestry Olmund Brisca Cathmor Delphin Ember Fanwick Galen Hollis)
+neighbours='"The river flows", "She opened the", "My favourite colour is", "Water is made of", "The cat sat on the"'
+
+# The demo tokenizer spells most names letter by letter, and an edit reads the subject at its last
+# token: each name ends in its own letter (two subjects sharing that key could not both be edited).
+names=(Zorbia Quellib Marwic Pellucid Ambere Olaf Greg Hugh Kiri Tarek Emil Adam Galen Cleo Philip Cathmor)
 for i in "${!names[@]}"; do
-  printf '{"prompt": "The capital of {} is", "subject": "%s", "target": " city %d", "neighborhood_prompts": ["The river flows"]}\n' \
-    "${names[$i]}" "$i" >> "$edits"
+  printf '{"prompt": "The capital of {} is", "subject": "%s", "target": " city %d", "neighborhood_prompts": [%s]}\n' \
+    "${names[$i]}" "$i" "$neighbours" >> "$edits"
 done
 echo "== knowledge edits on the medium demo model (12 layers; default layers, hyper-parameters and statistics)"
 run "statistics (STATS, layers 1,2)" ctl jobs stats --layers 1,2
 run "ROME, 1 edit (statistics cached)" ctl jobs edit --method rome --out bench/rome --prompt "The capital of {} is" \
-  --subject Zorbia --target " Quux"
+  --subject Zorbia --target " Quux" --neighborhood "The river flows,She opened the,My favourite colour is,Water is made of,The cat sat on the"
 run "MEMIT, 16 edits (statistics cached)" ctl jobs edit --method memit --out bench/memit --edits-file "$edits"
 for variant in bench/rome bench/memit; do
   echo "$variant evaluation: $(ctl variants get "$variant" | grep -o '"mean":{[^}]*}' || true)"
