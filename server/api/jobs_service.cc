@@ -1,7 +1,6 @@
 #include "server/api/jobs_service.h"
 
 #include <charconv>
-#include <cmath>
 #include <cstdlib>
 #include <optional>
 
@@ -127,16 +126,7 @@ void ToProto(const control::EditJobSpec& spec, v1::EditRequest* out) {
   for (int64_t layer : spec.layers) out->add_layers(static_cast<int32_t>(layer));
   if (spec.mom2_weight >= 0) out->set_mom2_weight(spec.mom2_weight);
   out->set_covariance_dataset(spec.covariance.dataset);
-  auto& parameters = *out->mutable_parameters();
-  parameters["v_steps"] = static_cast<double>(spec.value.steps);
-  parameters["v_lr"] = spec.value.learning_rate;
-  parameters["v_weight_decay"] = spec.value.weight_decay;
-  parameters["clamp_norm_factor"] = spec.value.clamp_norm_factor;
-  parameters["kl_factor"] = spec.value.kl_factor;
-  parameters["context_prefixes"] = static_cast<double>(spec.context_prefixes);
-  parameters["context_tokens"] = static_cast<double>(spec.context_tokens);
-  parameters["null_space_threshold"] = spec.null_space_threshold;
-  parameters["alphaedit_l2"] = spec.alphaedit_l2;
+  for (const auto& [name, value] : spec.Parameters()) (*out->mutable_parameters())[name] = value;
   out->set_seed(spec.seed);
 }
 
@@ -279,39 +269,7 @@ absl::StatusOr<control::EditJobSpec> FromProto(const v1::EditRequest& request) {
     spec.mom2_weight = request.mom2_weight();
   }
   spec.covariance.dataset = request.covariance_dataset();
-  for (const auto& [name, value] : request.parameters()) {
-    // Counts must be whole numbers.
-    auto count = [&, name = name, value = value](int64_t& field) -> absl::Status {
-      if (value != std::floor(value) || std::abs(value) > 1e9) {
-        return absl::InvalidArgumentError(absl::StrCat("parameter ", name, " must be a whole number, got ", value));
-      }
-      field = static_cast<int64_t>(value);
-      return absl::OkStatus();
-    };
-    if (name == "v_steps") {
-      RETURN_IF_ERROR(count(spec.value.steps));
-    } else if (name == "context_prefixes") {
-      RETURN_IF_ERROR(count(spec.context_prefixes));
-    } else if (name == "context_tokens") {
-      RETURN_IF_ERROR(count(spec.context_tokens));
-    } else if (name == "v_lr") {
-      spec.value.learning_rate = value;
-    } else if (name == "v_weight_decay") {
-      spec.value.weight_decay = value;
-    } else if (name == "clamp_norm_factor") {
-      spec.value.clamp_norm_factor = value;
-    } else if (name == "kl_factor") {
-      spec.value.kl_factor = value;
-    } else if (name == "null_space_threshold") {
-      spec.null_space_threshold = value;
-    } else if (name == "alphaedit_l2") {
-      spec.alphaedit_l2 = value;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown edit parameter \"", name, "\": known are v_steps, v_lr, v_weight_decay, clamp_norm_factor, ",
-          "kl_factor, context_prefixes, context_tokens, null_space_threshold and alphaedit_l2"));
-    }
-  }
+  for (const auto& [name, value] : request.parameters()) RETURN_IF_ERROR(spec.SetParameter(name, value));
   spec.seed = request.seed();
   return spec;
 }

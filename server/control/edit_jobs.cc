@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -141,7 +142,49 @@ absl::Status CheckValueOptions(const ops::edit::ValueShiftOptions& value) {
   return absl::OkStatus();
 }
 
+// ForEachParameter calls `visit(name, field)` for every hyper-parameter of `spec` (field: an
+// int64_t* for counts, a double* otherwise): the one list behind Parameters and SetParameter.
+template <typename Spec, typename Visit>
+void ForEachParameter(Spec& spec, Visit visit) {
+  visit("v_steps", &spec.value.steps);
+  visit("v_lr", &spec.value.learning_rate);
+  visit("v_weight_decay", &spec.value.weight_decay);
+  visit("clamp_norm_factor", &spec.value.clamp_norm_factor);
+  visit("kl_factor", &spec.value.kl_factor);
+  visit("context_prefixes", &spec.context_prefixes);
+  visit("context_tokens", &spec.context_tokens);
+  visit("null_space_threshold", &spec.null_space_threshold);
+  visit("alphaedit_l2", &spec.alphaedit_l2);
+}
+
 }  // namespace
+
+std::map<std::string, double> EditJobSpec::Parameters() const {
+  std::map<std::string, double> parameters;
+  ForEachParameter(*this, [&](const char* name, const auto* field) { parameters[name] = static_cast<double>(*field); });
+  return parameters;
+}
+
+absl::Status EditJobSpec::SetParameter(const std::string& name, double value) {
+  std::vector<std::string> known;
+  std::optional<absl::Status> result;
+  ForEachParameter(*this, [&](const char* parameter, auto* field) {
+    known.push_back(parameter);
+    if (name != parameter) return;
+    using Field = std::remove_pointer_t<decltype(field)>;
+    if constexpr (std::is_integral_v<Field>) {
+      if (value != std::floor(value) || std::abs(value) > 1e9) {
+        result = absl::InvalidArgumentError(absl::StrCat("parameter ", name, " must be a whole number, got ", value));
+        return;
+      }
+    }
+    *field = static_cast<Field>(value);
+    result = absl::OkStatus();
+  });
+  if (result.has_value()) return *result;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown edit parameter \"", name, "\": known are ", absl::StrJoin(known, ", ")));
+}
 
 std::vector<int64_t> EditLayers(const std::string& method, int64_t num_layers) {
   const int64_t last_usable = std::max<int64_t>(0, num_layers - 2);
@@ -163,15 +206,7 @@ std::string EditJobSpec::ToJson() const {
   json["layers"] = layers;
   json["mom2_weight"] = mom2_weight;
   covariance.ToJson(json, "covariance_texts", "covariance_dataset");
-  json["v_steps"] = value.steps;
-  json["v_lr"] = value.learning_rate;
-  json["v_weight_decay"] = value.weight_decay;
-  json["clamp_norm_factor"] = value.clamp_norm_factor;
-  json["kl_factor"] = value.kl_factor;
-  json["context_prefixes"] = context_prefixes;
-  json["context_tokens"] = context_tokens;
-  json["null_space_threshold"] = null_space_threshold;
-  json["alphaedit_l2"] = alphaedit_l2;
+  for (const auto& [name, value] : Parameters()) json[name] = value;
   json["seed"] = seed;
   return json.dump();
 }
@@ -193,15 +228,9 @@ absl::StatusOr<EditJobSpec> EditJobSpec::FromJson(const std::string& text) {
     spec.layers = json.at("layers").get<std::vector<int64_t>>();
     spec.mom2_weight = json.at("mom2_weight").get<double>();
     spec.covariance = TrainingData::FromJson(json, "covariance_texts", "covariance_dataset");
-    spec.value.steps = json.at("v_steps").get<int64_t>();
-    spec.value.learning_rate = json.at("v_lr").get<double>();
-    spec.value.weight_decay = json.at("v_weight_decay").get<double>();
-    spec.value.clamp_norm_factor = json.at("clamp_norm_factor").get<double>();
-    spec.value.kl_factor = json.at("kl_factor").get<double>();
-    spec.context_prefixes = json.at("context_prefixes").get<int64_t>();
-    spec.context_tokens = json.at("context_tokens").get<int64_t>();
-    spec.null_space_threshold = json.at("null_space_threshold").get<double>();
-    spec.alphaedit_l2 = json.at("alphaedit_l2").get<double>();
+    for (const auto& [name, unused] : spec.Parameters()) {
+      if (absl::Status set = spec.SetParameter(name, json.at(name).get<double>()); !set.ok()) return set;
+    }
     spec.seed = json.at("seed").get<uint64_t>();
   } catch (const nlohmann::json::exception& error) {
     return absl::InvalidArgumentError(absl::StrCat("an edit spec is malformed: ", error.what()));

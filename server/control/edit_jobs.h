@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,14 @@ struct EditJobSpec {
   double null_space_threshold = 0.1;  // AlphaEdit (relative to C's largest eigenvalue)
   double alphaedit_l2 = 10;
   uint64_t seed = 0;
+
+  // The hyper-parameters by name (EditRequest.parameters: v_steps, v_lr, v_weight_decay,
+  // clamp_norm_factor, kl_factor, context_prefixes, context_tokens, null_space_threshold,
+  // alphaedit_l2): Parameters lists them with their values; SetParameter sets one
+  // (INVALID_ARGUMENT naming the known ones for an unknown name, or for a count that is not a
+  // whole number). Ranges are checked at submission.
+  std::map<std::string, double> Parameters() const;
+  absl::Status SetParameter(const std::string& name, double value);
 
   std::string ToJson() const;
   static absl::StatusOr<EditJobSpec> FromJson(const std::string& json);
