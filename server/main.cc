@@ -57,6 +57,9 @@ ABSL_FLAG(std::string, data_dir, "deltaserve-data", "directory where the server 
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve gRPC on");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 = pick a free one and print it)");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0 = pick a free one, -1 = off)");
+ABSL_FLAG(bool, vllm_metrics, true,
+          "also export vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc and "
+          "vllm:lora_requests_info, the gauges the Gateway API Inference Extension's endpoint picker reads by default");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
@@ -158,7 +161,8 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
 
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
-      std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests));
+      std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests),
+      absl::GetFlag(FLAGS_vllm_metrics));
   std::unique_ptr<deltaserve::telemetry::MetricsHttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {

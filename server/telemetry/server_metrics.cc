@@ -19,7 +19,7 @@ Histogram& MakeHistogram(prometheus::Registry& registry, const std::string& name
 
 }  // namespace
 
-ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora)
+ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora, bool vllm_gauges)
     : registry_(std::move(registry)),
       rpcs_(prometheus::BuildCounter()
                 .Name("deltaserve_requests_total")
@@ -98,12 +98,31 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                                .Help("Memory running jobs reserve of --job-memory-bytes (their estimates)")
                                .Register(*registry_)
                                .Add({})),
-      lora_requests_info_(prometheus::BuildGauge()
-                              .Name("deltaserve_lora_requests_info")
-                              .Help("Adapters of running and waiting requests (comma-separated "
-                                    "labels); value: Unix time of the last change")
-                              .Register(*registry_)),
       max_lora_(std::to_string(max_lora)) {
+  constexpr const char* kLoraInfoHelp =
+      "Adapters of running and waiting requests (comma-separated labels); value: Unix time of the last change";
+  lora_requests_info_.family =
+      &prometheus::BuildGauge().Name("deltaserve_lora_requests_info").Help(kLoraInfoHelp).Register(*registry_);
+  if (vllm_gauges) {
+    // The endpoint picker's default metric names (vLLM's); the same values as the twins above.
+    vllm_running_ = &prometheus::BuildGauge()
+                         .Name("vllm:num_requests_running")
+                         .Help("Requests in the running batch (= deltaserve_requests_running)")
+                         .Register(*registry_)
+                         .Add({});
+    vllm_waiting_ = &prometheus::BuildGauge()
+                         .Name("vllm:num_requests_waiting")
+                         .Help("Requests waiting to run (= deltaserve_requests_waiting)")
+                         .Register(*registry_)
+                         .Add({});
+    vllm_kv_cache_usage_ = &prometheus::BuildGauge()
+                                .Name("vllm:kv_cache_usage_perc")
+                                .Help("Fraction of the KV cache in use, 0 to 1 (= deltaserve_kv_cache_usage_ratio)")
+                                .Register(*registry_)
+                                .Add({});
+    vllm_lora_requests_info_.family =
+        &prometheus::BuildGauge().Name("vllm:lora_requests_info").Help(kLoraInfoHelp).Register(*registry_);
+  }
   auto& resident = prometheus::BuildGauge()
                        .Name("deltaserve_adapters_resident")
                        .Help("Registered adapters by where their deltas are (device, host, disk)")
@@ -146,16 +165,26 @@ void ServerMetrics::OnState(const engine::EngineState& state) {
   waiting_.Set(static_cast<double>(state.waiting_requests));
   kv_cache_usage_.Set(state.kv_cache_usage_ratio);
   waiting_for_adapter_.Set(static_cast<double>(state.requests_waiting_for_adapter));
-  std::string running = absl::StrJoin(state.running_variants, ",");
-  std::string waiting = absl::StrJoin(state.waiting_variants, ",");
-  if (lora_series_ != nullptr && running == lora_running_ && waiting == lora_waiting_) return;
-  if (lora_series_ != nullptr) lora_requests_info_.Remove(lora_series_);
-  lora_series_ = &lora_requests_info_.Add({{"running_lora_adapters", running},
-                                           {"waiting_lora_adapters", waiting},
-                                           {"max_lora", max_lora_}});
-  lora_series_->SetToCurrentTime();
-  lora_running_ = std::move(running);
-  lora_waiting_ = std::move(waiting);
+  const std::string running = absl::StrJoin(state.running_variants, ",");
+  const std::string waiting = absl::StrJoin(state.waiting_variants, ",");
+  lora_requests_info_.Set(running, waiting, max_lora_);
+  if (vllm_running_ != nullptr) {
+    vllm_running_->Set(static_cast<double>(state.running_requests));
+    vllm_waiting_->Set(static_cast<double>(state.waiting_requests));
+    vllm_kv_cache_usage_->Set(state.kv_cache_usage_ratio);
+    vllm_lora_requests_info_.Set(running, waiting, max_lora_);
+  }
+}
+
+void ServerMetrics::LoraInfo::Set(const std::string& running_now, const std::string& waiting_now,
+                                  const std::string& max_lora) {
+  if (series != nullptr && running_now == running && waiting_now == waiting) return;
+  if (series != nullptr) family->Remove(series);
+  series = &family->Add(
+      {{"running_lora_adapters", running_now}, {"waiting_lora_adapters", waiting_now}, {"max_lora", max_lora}});
+  series->SetToCurrentTime();
+  running = running_now;
+  waiting = waiting_now;
 }
 
 void ServerMetrics::OnPromptTokens(int64_t count) { prompt_tokens_.Increment(static_cast<double>(count)); }

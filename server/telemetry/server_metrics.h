@@ -1,5 +1,10 @@
 // ServerMetrics: every Prometheus metric family deltaserve exports, defined here and nowhere
-// else (names prefixed deltaserve_, base units, help text on each). It implements
+// else (names prefixed deltaserve_, base units, help text on each). With vllm_gauges it also
+// exports, under vLLM's names, the four gauges the Kubernetes Gateway API Inference Extension's
+// endpoint picker reads by default: vllm:num_requests_waiting, vllm:num_requests_running,
+// vllm:kv_cache_usage_perc (a fraction from 0 to 1, as vLLM's despite the name) and
+// vllm:lora_requests_info (labels running_lora_adapters, waiting_lora_adapters, max_lora; value
+// the Unix time of the last change), each the same value as its deltaserve_ twin. It implements
 // engine::EngineObserver for the engine's measurements, control::JobObserver for the job
 // runner's, and RecordRpc for the front ends.
 // Thread-safe (prometheus-cpp metrics are); the registry outlives nothing it does not own.
@@ -22,7 +27,7 @@ namespace deltaserve::telemetry {
 class ServerMetrics : public engine::EngineObserver, public control::JobObserver {
  public:
   // max_lora: how many distinct adapters one batch may hold (reported on lora_requests_info).
-  ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora);
+  ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int64_t max_lora, bool vllm_gauges = true);
 
   // RecordRpc counts one finished RPC by method and gRPC status code name (e.g. "OK").
   void RecordRpc(const std::string& method, const std::string& code);
@@ -70,13 +75,22 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   prometheus::Family<prometheus::Counter>& jobs_finished_;
   prometheus::Family<prometheus::Histogram>& job_run_seconds_;
   prometheus::Gauge& job_memory_reserved_;
-  // deltaserve_lora_requests_info: one series whose labels list the running and waiting
-  // adapters (the contract routers read, as vLLM's vllm:lora_requests_info); replaced when the
-  // lists change. Touched only from OnState (the engine thread).
-  prometheus::Family<prometheus::Gauge>& lora_requests_info_;
-  prometheus::Gauge* lora_series_ = nullptr;
-  std::string lora_running_, lora_waiting_;
+  // A lora_requests_info family: one series whose labels list the running and waiting
+  // adapters (the contract routers read); replaced when the lists change. Touched only from
+  // OnState (the engine thread).
+  struct LoraInfo {
+    prometheus::Family<prometheus::Gauge>* family = nullptr;
+    prometheus::Gauge* series = nullptr;
+    std::string running, waiting;
+    void Set(const std::string& running_now, const std::string& waiting_now, const std::string& max_lora);
+  };
+  LoraInfo lora_requests_info_;
   const std::string max_lora_;
+  // The vLLM-named twins (absent without vllm_gauges).
+  prometheus::Gauge* vllm_running_ = nullptr;
+  prometheus::Gauge* vllm_waiting_ = nullptr;
+  prometheus::Gauge* vllm_kv_cache_usage_ = nullptr;
+  LoraInfo vllm_lora_requests_info_;
 };
 
 }  // namespace deltaserve::telemetry

@@ -317,12 +317,25 @@ TEST_F(AdapterServerTest, LoraRequestsInfoListsRunningAdapters) {
       "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"demo-003\",waiting_lora_adapters=\"\"}";
   double while_running = -1;
   int seen = 0;
+  std::string running_scrape;
   Stream stream = RunStream(*client_, Generate("the cat", 400, "demo-003"), std::chrono::seconds(30), [&] {
-    if (++seen == 3) while_running = Sample(HttpGet(server_->metrics_port(), "/metrics"), running_series);
+    if (++seen == 3) {
+      running_scrape = HttpGet(server_->metrics_port(), "/metrics");
+      while_running = Sample(running_scrape, running_series);
+    }
     return seen >= 3;
   });
   EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_GT(while_running, 1.7e9);  // a Unix timestamp
+  // The endpoint picker's vLLM-named gauges say the same, in the same scrape.
+  EXPECT_EQ(Sample(running_scrape, "vllm:lora_requests_info{max_lora=\"64\",running_lora_adapters=\"demo-003\","
+                                   "waiting_lora_adapters=\"\"}"),
+            while_running);
+  EXPECT_EQ(Sample(running_scrape, "vllm:num_requests_running"), 1);
+  EXPECT_EQ(Sample(running_scrape, "vllm:num_requests_running"), Sample(running_scrape, "deltaserve_requests_running"));
+  EXPECT_EQ(Sample(running_scrape, "vllm:num_requests_waiting"), Sample(running_scrape, "deltaserve_requests_waiting"));
+  EXPECT_GT(Sample(running_scrape, "vllm:kv_cache_usage_perc"), 0);
+  EXPECT_EQ(Sample(running_scrape, "vllm:kv_cache_usage_perc"), Sample(running_scrape, "deltaserve_kv_cache_usage_ratio"));
   const std::string idle_series =
       "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}";
   std::string scrape;
@@ -370,6 +383,42 @@ TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
   EXPECT_GE(exhausted, 1);
   EXPECT_GE(ok, 1);
   EXPECT_EQ(exhausted + ok, 6);
+}
+
+// The gauges the Gateway API Inference Extension's endpoint picker reads, under vLLM's names:
+// one request runs and two wait while the server admits one at a time; --vllm-metrics=false
+// leaves only deltaserve_ families.
+TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--max-running-requests", "1"}));
+  auto client = DeltaserveClient::Connect(server.target());
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&] {
+      RunStream(*client, Generate("the cat", 500), std::chrono::seconds(30), [&done] { return done.load(); });
+    });
+  }
+  std::string scrape;
+  bool seen = false;
+  for (int i = 0; i < 500 && !seen; ++i) {
+    scrape = HttpGet(server.metrics_port(), "/metrics");
+    seen = Sample(scrape, "vllm:num_requests_running") == 1 && Sample(scrape, "vllm:num_requests_waiting") == 2;
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  done = true;
+  for (std::thread& thread : threads) thread.join();
+  ASSERT_TRUE(seen) << scrape;
+  EXPECT_EQ(Sample(scrape, "deltaserve_requests_waiting"), 2);
+  EXPECT_GT(Sample(scrape, "vllm:kv_cache_usage_perc"), 0);
+  EXPECT_LE(Sample(scrape, "vllm:kv_cache_usage_perc"), 1);
+  EXPECT_NE(scrape.find("# TYPE vllm:lora_requests_info gauge"), std::string::npos);
+
+  ServerProcess plain;
+  ASSERT_TRUE(plain.Start(TinyModelDir(), {"--vllm-metrics=false"}));
+  const std::string plain_scrape = HttpGet(plain.metrics_port(), "/metrics");
+  EXPECT_NE(plain_scrape.find("deltaserve_requests_waiting"), std::string::npos);
+  EXPECT_EQ(plain_scrape.find("vllm:"), std::string::npos);
 }
 
 TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
