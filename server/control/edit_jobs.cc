@@ -336,9 +336,7 @@ absl::StatusOr<int64_t> EditJobs::Check(EditJobSpec& spec) const {
           absl::StrCat("at most ", kMaxEvaluationPrompts, " paraphrases and neighbourhood prompts per edit")));
     }
     for (const std::string& paraphrase : fact.paraphrases) {
-      const ops::edit::EditSpec probe = paraphrase.find("{}") != std::string::npos
-                                            ? ops::edit::EditSpec{paraphrase, fact.subject, fact.target}
-                                            : ops::edit::EditSpec{"{}", paraphrase, fact.target};
+      const ops::edit::EditSpec probe = ops::edit::ParaphraseSpec(Core(fact), paraphrase);
       if (absl::Status prepared = ops::edit::PrepareEdit(tokenizer, probe).status(); !prepared.ok()) {
         return where(absl::InvalidArgumentError(absl::StrCat("paraphrase \"", paraphrase, "\": ", prepared.message())));
       }
@@ -430,14 +428,12 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
                    ops::edit::ContextPrefixes(model, tokenizer, parent_deltas, spec.context_prefixes,
                                               spec.context_tokens, spec.seed));
 
-  // The edit (0.4 to 0.8).
-  deltas::DeltaSet edit(config.num_hidden_layers);
+  // The edit (0.4 to 0.8), stacked on the parent's factors: what gets published.
+  deltas::DeltaSet combined = parent_deltas != nullptr ? *parent_deltas : deltas::DeltaSet(config.num_hidden_layers);
   std::vector<double> value_nll;
   if (spec.method == "rome") {
     const int64_t layer = spec.layers.front();
     const at::Tensor covariance = mom2_weight > 0 ? Regularised(statistics.covariances.at(layer)) : at::Tensor();
-    deltas::DeltaSet current(config.num_hidden_layers);  // the parent plus the edits so far
-    if (parent_deltas != nullptr) current.Append(*parent_deltas);
     for (size_t i = 0; i < spec.edits.size(); ++i) {
       RETURN_IF_ERROR(context.Step(0.4 + 0.4 * i / spec.edits.size(),
                                    absl::StrCat("rome: edit ", i + 1, "/", spec.edits.size())));
@@ -446,10 +442,10 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
       options.value = spec.value;
       options.context_prefixes = prefixes;
       ASSIGN_OR_RETURN(ops::edit::RomeResult result,
-                       ops::edit::RomeEdit(model, tokenizer, &current, Core(spec.edits[i]), options, covariance));
-      deltas::LowRankFactor factor{result.update.a.to(at::kFloat), result.update.b.to(at::kFloat), result.update.scale};
-      edit.Add(layer, model::Projection::kDown, factor);
-      current.Add(layer, model::Projection::kDown, factor);
+                       ops::edit::RomeEdit(model, tokenizer, &combined, Core(spec.edits[i]), options, covariance));
+      // Each edit is computed on the parent plus the edits before it.
+      combined.Add(layer, model::Projection::kDown,
+                   {result.update.a.to(at::kFloat), result.update.b.to(at::kFloat), result.update.scale});
       value_nll.push_back(result.final_nll);
     }
   } else {
@@ -485,14 +481,11 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
     }
     ASSIGN_OR_RETURN(ops::edit::MemitResult result,
                      ops::edit::MemitEdit(model, tokenizer, parent_deltas, Cores(spec.edits), options, covariances));
-    edit = result.deltas.To(at::kCPU, at::kFloat);
+    combined.Append(result.deltas.To(at::kCPU, at::kFloat));
     value_nll = result.final_nll;
   }
 
   // The parent plus the edit, measured (0.8 to 0.95).
-  deltas::DeltaSet combined(config.num_hidden_layers);
-  if (parent_deltas != nullptr) combined.Append(*parent_deltas);
-  combined.Append(edit);
   std::vector<EditMeasures> after;
   for (size_t i = 0; i < probes.size(); ++i) {
     RETURN_IF_ERROR(context.Step(0.8 + 0.15 * i / probes.size(), absl::StrCat("measuring edit ", i + 1, " after")));

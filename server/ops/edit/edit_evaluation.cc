@@ -18,13 +18,15 @@ constexpr int64_t kNeighborhoodTokens = 8;
 // The log-probabilities of `answer` after `prompt_ids`, teacher-forced: [answer tokens, vocab].
 at::Tensor AnswerLogProbs(const model::LlamaModel& model, const EditHook& hook, const std::vector<int64_t>& prompt_ids,
                           const std::vector<int64_t>& answer) {
-  std::vector<int64_t> ids = prompt_ids, rows;
-  for (size_t i = 0; i < answer.size(); ++i) rows.push_back(static_cast<int64_t>(prompt_ids.size() + i) - 1);
-  ids.insert(ids.end(), answer.begin(), answer.end());
-  return at::log_softmax(EditForward(model, ids, rows, hook).to(at::kFloat), -1);
+  return at::log_softmax(TargetLogits(model, prompt_ids, answer, hook).to(at::kFloat), -1);
 }
 
 }  // namespace
+
+EditSpec ParaphraseSpec(const EditSpec& spec, const std::string& paraphrase) {
+  if (paraphrase.find("{}") != std::string::npos) return {paraphrase, spec.subject, spec.target};
+  return {"{}", paraphrase, spec.target};
+}
 
 std::vector<int64_t> GreedyContinuation(const model::LlamaModel& model, const deltas::DeltaSet* deltas,
                                         std::vector<int64_t> prompt_ids, int64_t tokens) {
@@ -46,11 +48,7 @@ absl::StatusOr<EditMeasures> MeasureEdit(const model::LlamaModel& model, const m
   ASSIGN_OR_RETURN(PreparedEdit edit, PrepareEdit(tokenizer, probe.spec));
   std::vector<PreparedEdit> paraphrases;
   for (const std::string& paraphrase : probe.paraphrases) {
-    // A paraphrase with "{}" gets the subject; one without is a whole prompt.
-    const EditSpec spec = paraphrase.find("{}") != std::string::npos
-                              ? EditSpec{paraphrase, probe.spec.subject, probe.spec.target}
-                              : EditSpec{"{}", paraphrase, probe.spec.target};
-    ASSIGN_OR_RETURN(paraphrases.emplace_back(), PrepareEdit(tokenizer, spec));
+    ASSIGN_OR_RETURN(paraphrases.emplace_back(), PrepareEdit(tokenizer, ParaphraseSpec(probe.spec, paraphrase)));
   }
   std::vector<std::vector<int64_t>> neighbors;
   for (const std::string& prompt : probe.neighborhood_prompts) {

@@ -41,6 +41,10 @@ struct EditMeasures {
   double fluency = 0;
 };
 
+// ParaphraseSpec: how a paraphrase is measured: one with "{}" gets the edit's subject, one
+// without is a whole prompt (its last token stands for the subject).
+EditSpec ParaphraseSpec(const EditSpec& spec, const std::string& paraphrase);
+
 // MeasureEdit: `original_answer` empty = take the greedy continuation now (before the edit);
 // after the edit, pass the one measured before.
 absl::StatusOr<EditMeasures> MeasureEdit(const model::LlamaModel& model, const model::Tokenizer& tokenizer,

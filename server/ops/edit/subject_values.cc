@@ -13,19 +13,6 @@ namespace {
 
 std::vector<int64_t> Widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
 
-// The rows whose logits predict the target tokens of a prompt + target sequence.
-std::vector<int64_t> TargetRows(const PreparedEdit& edit) {
-  std::vector<int64_t> rows;
-  for (size_t i = 0; i < edit.target_ids.size(); ++i) rows.push_back(static_cast<int64_t>(edit.prompt_ids.size() + i) - 1);
-  return rows;
-}
-
-std::vector<int64_t> WithTarget(const PreparedEdit& edit) {
-  std::vector<int64_t> ids = edit.prompt_ids;
-  ids.insert(ids.end(), edit.target_ids.begin(), edit.target_ids.end());
-  return ids;
-}
-
 int64_t Last(const PreparedEdit& edit) { return static_cast<int64_t>(edit.prompt_ids.size()) - 1; }
 
 }  // namespace
@@ -38,6 +25,14 @@ at::Tensor EditForward(const model::LlamaModel& model, const std::vector<int64_t
   batch.logit_rows = std::move(rows);
   batch.deltas = &hook;
   return model.Forward(batch);
+}
+
+at::Tensor TargetLogits(const model::LlamaModel& model, const std::vector<int64_t>& prompt_ids,
+                        const std::vector<int64_t>& target_ids, const model::ProjectionDeltaHook& hook) {
+  std::vector<int64_t> ids = prompt_ids, rows;
+  for (size_t i = 0; i < target_ids.size(); ++i) rows.push_back(static_cast<int64_t>(prompt_ids.size() + i) - 1);
+  ids.insert(ids.end(), target_ids.begin(), target_ids.end());
+  return EditForward(model, ids, std::move(rows), hook);
 }
 
 absl::Status CheckLayer(const model::ModelConfig& config, int64_t layer) {
@@ -164,7 +159,7 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
     at::Tensor nll;
     for (const PreparedEdit& prompt : prompts.prompts) {
       hook.Shift(layer, {prompt.subject_last}, shift);
-      const at::Tensor log_probs = at::log_softmax(EditForward(model, WithTarget(prompt), TargetRows(prompt), hook), -1);
+      const at::Tensor log_probs = at::log_softmax(TargetLogits(model, prompt.prompt_ids, prompt.target_ids, hook), -1);
       const at::Tensor targets = at::tensor(prompt.target_ids, at::kLong).to(log_probs.device());
       const at::Tensor prompt_nll = -log_probs.gather(1, targets.unsqueeze(1)).mean();
       nll = nll.defined() ? nll + prompt_nll : prompt_nll;

@@ -92,5 +92,9 @@ absl::Status CheckLayer(const model::ModelConfig& config, int64_t layer);
 // Logits of `rows` for `ids` run as one sequence through `hook` (without a cache).
 at::Tensor EditForward(const model::LlamaModel& model, const std::vector<int64_t>& ids, std::vector<int64_t> rows,
                        const model::ProjectionDeltaHook& hook);
+// TargetLogits: teacher-forced, the logits of the rows that predict each of `target_ids` after
+// `prompt_ids` ([target tokens, vocab]), through `hook`.
+at::Tensor TargetLogits(const model::LlamaModel& model, const std::vector<int64_t>& prompt_ids,
+                        const std::vector<int64_t>& target_ids, const model::ProjectionDeltaHook& hook);
 
 }  // namespace deltaserve::ops::edit
