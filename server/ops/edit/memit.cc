@@ -71,7 +71,10 @@ absl::StatusOr<MemitResult> MemitEdit(const model::LlamaModel& model, const mode
       std::vector<at::Tensor> keys, residuals;
       for (size_t i = 0; i < prompts.size(); ++i) {
         keys.push_back(ReadSubjectKeys(model, &current, prompts[i], layer).mean_key);
-        const at::Tensor missing = result.shifts[i] - (ResidualAdded(model, current, prompts[i].prompts[0], last) - before[i]);
+        // Before the first update the model is as in step 1: nothing added yet.
+        const at::Tensor added =
+            j == 0 ? at::zeros_like(before[i]) : ResidualAdded(model, current, prompts[i].prompts[0], last) - before[i];
+        const at::Tensor missing = result.shifts[i] - added;
         residuals.push_back(missing / static_cast<double>(options.layers.size() - j));
       }
       const at::Tensor k = at::stack(keys, 1), r = at::stack(residuals, 1);
