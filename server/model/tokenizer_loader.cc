@@ -13,13 +13,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-Json ReadOptionalJson(const std::string& path) {
-  absl::StatusOr<std::string> text = common::ReadFileToString(path, 64u << 20);
-  if (!text.ok()) return Json();
-  Json json = Json::parse(*text, nullptr, false);
-  return json.is_discarded() ? Json() : json;
-}
-
 std::vector<int32_t> IdList(const Json& json, const char* key) {
   std::vector<int32_t> ids;
   if (!json.is_object() || !json.contains(key)) return ids;
@@ -31,17 +24,6 @@ std::vector<int32_t> IdList(const Json& json, const char* key) {
     }
   }
   return ids;
-}
-
-// "bos_token": "<s>" or {"content": "<s>", ...}
-std::string TokenString(const Json& config, const char* key) {
-  if (!config.is_object() || !config.contains(key)) return "";
-  const Json& value = config[key];
-  if (value.is_string()) return value.get<std::string>();
-  if (value.is_object() && value.contains("content") && value["content"].is_string()) {
-    return value["content"].get<std::string>();
-  }
-  return "";
 }
 
 // Whether a TemplateProcessing post-processor starts single sequences with `bos`.
@@ -62,13 +44,30 @@ bool PostProcessorAddsBos(const Json& processor, const std::string& bos) {
 
 }  // namespace
 
+Json ReadOptionalJson(const std::string& path) {
+  absl::StatusOr<std::string> text = common::ReadFileToString(path, 64u << 20);
+  if (!text.ok()) return Json();
+  Json json = Json::parse(*text, nullptr, false);
+  return json.is_discarded() ? Json() : json;
+}
+
+std::string SpecialTokenString(const Json& config, const char* key) {
+  if (!config.is_object() || !config.contains(key)) return "";
+  const Json& value = config[key];
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_object() && value.contains("content") && value["content"].is_string()) {
+    return value["content"].get<std::string>();
+  }
+  return "";
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir,
                                                          const ModelConfig& config) {
   const Json tokenizer_config = ReadOptionalJson(common::JoinPath(model_dir, "tokenizer_config.json"));
   const Json generation_config =
       ReadOptionalJson(common::JoinPath(model_dir, "generation_config.json"));
-  const std::string bos_string = TokenString(tokenizer_config, "bos_token");
-  const std::string eos_string = TokenString(tokenizer_config, "eos_token");
+  const std::string bos_string = SpecialTokenString(tokenizer_config, "bos_token");
+  const std::string eos_string = SpecialTokenString(tokenizer_config, "eos_token");
 
   std::unique_ptr<Tokenizer> tokenizer;
   SpecialTokens special;

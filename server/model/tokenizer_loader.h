@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/status/statusor.h"
 #include "server/model/model_config.h"
 #include "server/model/tokenizer.h"
@@ -16,5 +18,11 @@ namespace deltaserve::model {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir,
                                                          const ModelConfig& config);
+
+// ReadOptionalJson: the JSON in `path`, or null when it is missing or not JSON.
+nlohmann::json ReadOptionalJson(const std::string& path);
+// SpecialTokenString: tokenizer_config.json's token string under `key` ("bos_token": "<s>" or
+// {"content": "<s>", ...}), or "".
+std::string SpecialTokenString(const nlohmann::json& config, const char* key);
 
 }  // namespace deltaserve::model
