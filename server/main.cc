@@ -24,7 +24,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "server/api/datasets_service.h"
+#include "server/api/generation_front.h"
 #include "server/api/generation_service.h"
+#include "server/api/http_server.h"
+#include "server/api/openai_api.h"
 #include "server/api/jobs_service.h"
 #include "server/api/server_credentials.h"
 #include "server/api/serving_state.h"
@@ -46,9 +49,9 @@
 #include "server/model/model_fingerprint.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
+#include "server/model/chat_template.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
-#include "server/telemetry/metrics_http_server.h"
 #include "server/telemetry/server_metrics.h"
 
 ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory (config.json, safetensors, tokenizer)");
@@ -57,6 +60,10 @@ ABSL_FLAG(std::string, data_dir, "deltaserve-data", "directory where the server 
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to serve gRPC on");
 ABSL_FLAG(int, port, 50051, "gRPC port (0 = pick a free one and print it)");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0 = pick a free one, -1 = off)");
+ABSL_FLAG(int, http_port, 8000,
+          "OpenAI-compatible HTTP API port on --host: /v1/completions, /v1/chat/completions, /v1/models, /health, "
+          "/metrics (0 = pick a free one, -1 = off)");
+ABSL_FLAG(int, http_threads, 64, "HTTP requests handled at once (a streamed response holds one until it ends)");
 ABSL_FLAG(bool, vllm_metrics, true,
           "also export vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc and "
           "vllm:lora_requests_info, the gauges the Gateway API Inference Extension's endpoint picker reads by default");
@@ -163,11 +170,15 @@ int main(int argc, char** argv) {
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
       std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests),
       absl::GetFlag(FLAGS_vllm_metrics));
-  std::unique_ptr<deltaserve::telemetry::MetricsHttpServer> metrics_server;
+  // /metrics, also served on the HTTP API port (the endpoint picker scrapes the serving port).
+  const deltaserve::api::HttpRoute metrics_route{
+      "GET", "/metrics", [&metrics](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
+        response.Send(200, deltaserve::telemetry::ServerMetrics::kExpositionContentType, metrics->Exposition());
+      }};
+  std::unique_ptr<deltaserve::api::HttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
-    auto started = deltaserve::telemetry::MetricsHttpServer::Start(
-        absl::GetFlag(FLAGS_metrics_host), metrics_port, metrics->registry());
+    auto started = deltaserve::api::HttpServer::Start({absl::GetFlag(FLAGS_metrics_host), metrics_port, 2}, {metrics_route});
     if (!started.ok()) return Fail(started.status());
     metrics_server = std::move(*started);
     metrics_port = metrics_server->port();
@@ -258,8 +269,8 @@ int main(int argc, char** argv) {
   deltaserve::api::ServingState serving_state;
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
-  deltaserve::api::GenerationService generation(engine->get(), registry->get(), metrics.get(),
-                                                &serving_state, &gate, model_name);
+  deltaserve::api::GenerationFront front(engine->get(), registry->get(), &serving_state, &gate, model_name);
+  deltaserve::api::GenerationService generation(&front, metrics.get());
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
   deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);
   deltaserve::api::JobsService jobs(job_runner->get(), &merges, &finetunes, &unlearns, &edits, metrics.get(),
@@ -299,9 +310,27 @@ int main(int argc, char** argv) {
     health_server->GetHealthCheckService()->SetServingStatus(true);
     Log(absl::StrCat("health (plaintext) on port ", health_port));
   }
+  // The OpenAI-compatible HTTP API, on the same front as gRPC's Generation.
+  std::unique_ptr<deltaserve::api::HttpServer> http_server;
+  int http_port = absl::GetFlag(FLAGS_http_port);
+  absl::StatusOr<std::shared_ptr<const deltaserve::model::ChatTemplate>> chat_template =
+      deltaserve::model::ChatTemplate::Load(model_dir);
+  if (!chat_template.ok()) Log(absl::StrCat("warning: chat completions are off: ", chat_template.status().message()));
+  deltaserve::api::OpenAiApi openai(&front, chat_template, &serving_state, metrics.get());
+  if (http_port >= 0) {
+    std::vector<deltaserve::api::HttpRoute> routes = openai.Routes();
+    routes.push_back(metrics_route);
+    deltaserve::api::HttpServerOptions http_options{host, http_port, absl::GetFlag(FLAGS_http_threads)};
+    http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+    http_options.not_found = &deltaserve::api::OpenAiApi::SendHttpError;
+    auto started = deltaserve::api::HttpServer::Start(std::move(http_options), std::move(routes));
+    if (!started.ok()) return Fail(started.status());
+    http_server = std::move(*started);
+    http_port = http_server->port();
+  }
   // Tests and scripts read this line to find the ports.
-  std::printf("deltaserve: serving model \"%s\" on %s:%d, metrics on port %d\n", model_name.c_str(),
-              absl::GetFlag(FLAGS_host).c_str(), port, metrics_port);
+  std::printf("deltaserve: serving model \"%s\" on %s:%d, metrics on port %d, http on port %d\n", model_name.c_str(),
+              absl::GetFlag(FLAGS_host).c_str(), port, metrics_port, http_port);
   std::fflush(stdout);
 
   int signal_number = 0;

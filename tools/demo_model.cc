@@ -7,6 +7,8 @@
 #include <sstream>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "server/common/file_util.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/model/llama_weights.h"
@@ -187,11 +189,17 @@ absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions
   if (!status.ok()) return status;
   status = common::WriteFileAtomically(common::JoinPath(directory, "config.json"), config.ToJson());
   if (!status.ok()) return status;
-  status = common::WriteFileAtomically(
-      common::JoinPath(directory, "tokenizer_config.json"),
-      "{\n  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n  \"bos_token\": \"<s>\",\n"
-      "  \"eos_token\": \"</s>\",\n  \"unk_token\": \"<unk>\",\n"
-      "  \"tokenizer_class\": \"LlamaTokenizer\"\n}\n");
+  // The chat template is in the style of Llama 2's ([INST] turns, a <<SYS>> block).
+  const nlohmann::ordered_json tokenizer_config = {
+      {"add_bos_token", true},
+      {"add_eos_token", false},
+      {"bos_token", "<s>"},
+      {"eos_token", "</s>"},
+      {"unk_token", "<unk>"},
+      {"tokenizer_class", "LlamaTokenizer"},
+      {"chat_template", kDemoChatTemplate}};
+  status = common::WriteFileAtomically(common::JoinPath(directory, "tokenizer_config.json"),
+                                       tokenizer_config.dump(2) + "\n");
   if (!status.ok()) return status;
   return common::WriteFileAtomically(common::JoinPath(directory, "generation_config.json"),
                                      "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2\n}\n");

@@ -1,6 +1,6 @@
 // WriteDemoModel writes a small deterministic Llama-architecture model in the Hugging Face
 // layout (config.json, model.safetensors, tokenizer.model, tokenizer_config.json,
-// generation_config.json) to a directory. Weights come from a fixed-seed generator and the
+// generation_config.json, with a chat template) to a directory. Weights come from a fixed-seed generator and the
 // SentencePiece tokenizer is trained on a generated corpus, so the same options always give
 // the same files. Used by the deltaserve-make-demo tool, the quickstart, tests and benchmarks.
 // Blocking; the directory is created if missing and its files are overwritten.
@@ -35,6 +35,15 @@ struct DemoModelOptions {
 absl::StatusOr<model::ModelConfig> DemoModelConfig(const DemoModelOptions& options);
 
 absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions& options);
+
+// The chat template the demo model's tokenizer_config.json carries: <s>, then [INST] user
+// [/INST] turns, assistant turns followed by </s>, system prompts as "<<SYS>> ... <</SYS>>\n".
+inline constexpr const char* kDemoChatTemplate =
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<<SYS>> ' + message['content'] | trim + ' <</SYS>>\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] | trim + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] | trim + eos_token }}"
+    "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}{% endif %}{% endfor %}";
 
 // WriteDemoAdapters writes `count` deterministic random PEFT LoRA adapters of rank `rank` for
 // the model in `model_directory`, targeting q/k/v/o/gate/up/down, into

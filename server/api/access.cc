@@ -47,12 +47,18 @@ absl::Status Access::CheckCreate(const char* what, const std::string& name) cons
                                                   absl::StrJoin(principal_.namespaces, ", ")));
 }
 
-absl::StatusOr<Access> Gatekeeper::Admit(const grpc::ServerContextBase& context) const {
+std::string_view AuthorizationOf(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   auto found = metadata.find("authorization");
-  const std::string_view value =
-      found == metadata.end() ? std::string_view() : std::string_view(found->second.data(), found->second.size());
-  absl::StatusOr<auth::Principal> principal = authenticator_->Authenticate(value);
+  return found == metadata.end() ? std::string_view() : std::string_view(found->second.data(), found->second.size());
+}
+
+absl::StatusOr<Access> Gatekeeper::Admit(const grpc::ServerContextBase& context) const {
+  return AdmitAuthorization(AuthorizationOf(context));
+}
+
+absl::StatusOr<Access> Gatekeeper::AdmitAuthorization(std::string_view authorization) const {
+  absl::StatusOr<auth::Principal> principal = authenticator_->Authenticate(authorization);
   if (!principal.ok()) return principal.status();
   return Access(std::move(*principal));
 }

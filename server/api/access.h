@@ -74,6 +74,9 @@ class StorageBudget {
   int64_t stored_;
 };
 
+// AuthorizationOf: the "authorization" metadata of a call ("" when none).
+std::string_view AuthorizationOf(const grpc::ServerContextBase& context);
+
 // Gatekeeper: what every service does at the door: authenticate the caller of an RPC from its
 // "authorization" metadata (UNAUTHENTICATED on failure), check its quotas, and write the audit
 // line of a mutating RPC. Everything it points to must outlive it.
@@ -83,6 +86,8 @@ class Gatekeeper {
              Holdings holdings)
       : authenticator_(authenticator), audit_(audit), quotas_(quotas), holdings_(holdings) {}
   absl::StatusOr<Access> Admit(const grpc::ServerContextBase& context) const;
+  // AdmitAuthorization: the same from an authorization value ("Bearer KEY", "" when none).
+  absl::StatusOr<Access> AdmitAuthorization(std::string_view authorization) const;
   // Lease: one Generate/Score request of the caller against its serving quotas.
   absl::StatusOr<std::shared_ptr<auth::RequestLease>> Lease(const Access& access) const {
     return quotas_->Admit(access.principal());

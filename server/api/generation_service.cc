@@ -49,37 +49,13 @@ grpc::Status FinalStatus(const engine::RequestResult& result) {
   return grpc::Status::OK;
 }
 
-// SubmitResolved submits `request`. When the engine no longer knows its adapter because the name
-// switched to a new version between resolving and submitting (replace_target retires the old
-// adapter as soon as no request uses it), it resolves the name once more and submits to the
-// version now current. `resolved` sees the request finally submitted, before the engine can
-// answer it.
-absl::StatusOr<uint64_t> SubmitResolved(engine::Engine& engine, const control::VariantRegistry& variants,
-                                        engine::EngineRequest request, std::shared_ptr<engine::RequestSink> sink,
-                                        const std::function<void(const engine::EngineRequest&)>& resolved) {
-  std::optional<engine::EngineRequest> again;
-  if (request.adapter_id != 0) again = request;
-  resolved(request);
-  absl::StatusOr<uint64_t> id = engine.Submit(std::move(request), sink);
-  if (!again.has_value() || !absl::IsNotFound(id.status())) return id;
-  std::shared_ptr<const control::Variant> current = variants.Find(again->variant_name);
-  if (current == nullptr || current->adapter_id == again->adapter_id || !control::CheckServable(*current).ok()) {
-    return id;
-  }
-  again->adapter_id = current->adapter_id;
-  again->variant_version = current->version;
-  resolved(*again);
-  return engine.Submit(std::move(*again), std::move(sink));
-}
-
 // Generate's reactor; also the engine's sink for the request. Owns itself from Start until
 // OnDone; the engine may hold a reference longer, after which its callbacks are ignored.
 class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                            public engine::RequestSink,
                            public std::enable_shared_from_this<GenerateCall> {
  public:
-  GenerateCall(engine::Engine* engine, const control::VariantRegistry* variants, telemetry::ServerMetrics* metrics)
-      : engine_(engine), variants_(variants), metrics_(metrics) {}
+  GenerateCall(GenerationFront* front, telemetry::ServerMetrics* metrics) : front_(front), metrics_(metrics) {}
 
   // Start submits the request; `lease` (the tenant's quota slot) is held until the call is
   // gone and charged with the tokens generated. A refusal tells the client when to retry, if
@@ -98,8 +74,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     }
     request_id_ = request->request_id;
     absl::StatusOr<uint64_t> id =
-        SubmitResolved(*engine_, *variants_, std::move(*request), shared_from_this(),
-                       [this](const engine::EngineRequest& submitted) {
+        front_->Submit(std::move(*request), shared_from_this(), [this](const engine::EngineRequest& submitted) {
                          absl::MutexLock lock(&mutex_);
                          variant_ = submitted.variant_name;
                          variant_version_ = submitted.variant_version;
@@ -112,7 +87,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     absl::MutexLock lock(&mutex_);
     engine_id_ = *id;
     submitted_ = true;
-    if (cancel_seen_) engine_->Cancel(engine_id_);
+    if (cancel_seen_) front_->Cancel(engine_id_);
   }
 
   void OnOutput(engine::GenerationOutput output) override {
@@ -155,7 +130,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     if (!pending_.empty()) pending_.pop_front();
     if (!ok) {
       // The client is gone: stop generating and end the call.
-      if (submitted_) engine_->Cancel(engine_id_);
+      if (submitted_) front_->Cancel(engine_id_);
       pending_.clear();
       if (!finish_called_) {
         final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke");
@@ -168,7 +143,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   void OnCancel() override {
     absl::MutexLock lock(&mutex_);
     cancel_seen_ = true;
-    if (submitted_) engine_->Cancel(engine_id_);
+    if (submitted_) front_->Cancel(engine_id_);
   }
 
   void OnDone() override {
@@ -202,8 +177,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     }
   }
 
-  engine::Engine* const engine_;
-  const control::VariantRegistry* const variants_;
+  GenerationFront* const front_;
   telemetry::ServerMetrics* const metrics_;
   absl::Mutex mutex_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
@@ -255,103 +229,32 @@ class ScoreSink final : public engine::RequestSink {
   std::shared_ptr<auth::RequestLease> lease_;  // the tenant's concurrency slot until OnFinished
 };
 
-// InputIds resolves the "text or token ids, exactly one" input of Generate and Score.
-absl::StatusOr<std::vector<int32_t>> InputIds(const engine::Engine& engine, const std::string& text,
-                                              const google::protobuf::RepeatedField<int32_t>& ids,
-                                              const char* text_field, const char* ids_field) {
-  if (!text.empty() && !ids.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("set either ", text_field, " or ", ids_field, ", not both"));
-  }
-  if (!ids.empty()) return std::vector<int32_t>(ids.begin(), ids.end());
-  if (text.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the input is empty: set ", text_field, " or ", ids_field));
-  }
-  return engine.tokenizer().EncodePrompt(text);
-}
-
 }  // namespace
-
-GenerationService::GenerationService(engine::Engine* engine, const control::VariantRegistry* variants,
-                                     telemetry::ServerMetrics* metrics, const ServingState* state,
-                                     const Gatekeeper* gate, std::string base_model_name)
-    : engine_(engine),
-      variants_(variants),
-      metrics_(metrics),
-      state_(state),
-      gate_(gate),
-      base_model_name_(std::move(base_model_name)) {}
-
-absl::Status GenerationService::CheckServing() const {
-  if (state_->draining()) return absl::UnavailableError("the server is shutting down");
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationService::ResolveVariant(
-    const std::string& variant) const {
-  if (variant.empty() || variant == base_model_name_) return nullptr;
-  std::shared_ptr<const control::Variant> found = variants_->Find(variant);
-  if (found != nullptr) {
-    RETURN_IF_ERROR(control::CheckServable(*found));
-    return found;
-  }
-  return absl::NotFoundError(absl::StrCat("variant \"", variant,
-                                          "\" does not exist (the base model is \"",
-                                          base_model_name_, "\" or an empty variant)"));
-}
-
-absl::StatusOr<engine::EngineRequest> GenerationService::NewEngineRequest(
-    engine::RequestKind kind, const grpc::CallbackServerContext& context,
-    const std::string& variant, const std::string& text,
-    const google::protobuf::RepeatedField<int32_t>& ids, const char* text_field,
-    const char* ids_field, std::shared_ptr<auth::RequestLease>* lease) const {
-  RETURN_IF_ERROR(CheckServing());
-  ASSIGN_OR_RETURN(Access access, gate_->Admit(context));
-  if (!variant.empty() && variant != base_model_name_) RETURN_IF_ERROR(access.CheckSee("variant", variant));
-  ASSIGN_OR_RETURN(*lease, gate_->Lease(access));
-  engine::EngineRequest result;
-  result.kind = kind;
-  result.tenant = access.principal().tenant;
-  result.tenant_weight = access.principal().weight;
-  result.tenant_max_queued = access.principal().quotas.max_queued_requests();
-  ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(variant));
-  if (found != nullptr) {
-    result.adapter_id = found->adapter_id;
-    result.variant_name = found->name;
-    result.variant_version = found->version;
-  }
-  ASSIGN_OR_RETURN(result.prompt_token_ids, InputIds(*engine_, text, ids, text_field, ids_field));
-  result.deadline = DeadlineOf(context);
-  return result;
-}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  auto call = std::make_shared<GenerateCall>(engine_, variants_, metrics_);
+  auto call = std::make_shared<GenerateCall>(front_, metrics_);
   std::shared_ptr<auth::RequestLease> lease;
   absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
-    ASSIGN_OR_RETURN(engine::EngineRequest result,
-                     NewEngineRequest(engine::RequestKind::kGenerate, *context, request->variant(),
-                                      request->prompt(), request->prompt_token_ids(), "prompt",
-                                      "prompt_token_ids", &lease));
+    ASSIGN_OR_RETURN(Access access, front_->Admit(AuthorizationOf(*context)));
+    FrontRequest front_request;
+    front_request.variant = request->variant();
+    front_request.text = request->prompt();
+    front_request.ids.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
     const v1::SamplingParams& sampling = request->sampling();
-    result.sampling.max_tokens = sampling.max_tokens();
-    result.sampling.temperature = sampling.temperature();
-    result.sampling.top_k = sampling.top_k();
-    result.sampling.top_p = sampling.top_p() == 0.0f ? 1.0f : sampling.top_p();
-    if (sampling.has_seed()) result.sampling.seed = sampling.seed();
-    result.sampling.stop.assign(sampling.stop().begin(), sampling.stop().end());
-    result.sampling.stop_token_ids.assign(sampling.stop_token_ids().begin(),
-                                          sampling.stop_token_ids().end());
-    result.sampling.ignore_eos = sampling.ignore_eos();
-    result.sampling.logprobs = request->include_logprobs();
-    result.request_id = request->request_id();
-    if (result.request_id.size() > 128 || !model::IsValidUtf8(result.request_id)) {
-      return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes");
-    }
-    if (result.request_id.empty()) result.request_id = absl::StrCat("req-", next_request_number_++);
-    return result;
+    engine::SamplingOptions& options = front_request.sampling;
+    options.max_tokens = sampling.max_tokens();
+    options.temperature = sampling.temperature();
+    options.top_k = sampling.top_k();
+    options.top_p = sampling.top_p() == 0.0f ? 1.0f : sampling.top_p();
+    if (sampling.has_seed()) options.seed = sampling.seed();
+    options.stop.assign(sampling.stop().begin(), sampling.stop().end());
+    options.stop_token_ids.assign(sampling.stop_token_ids().begin(), sampling.stop_token_ids().end());
+    options.ignore_eos = sampling.ignore_eos();
+    options.logprobs = request->include_logprobs();
+    front_request.request_id = request->request_id();
+    front_request.deadline = DeadlineOf(*context);
+    return front_->Prepare(access, std::move(front_request), &lease);
   }();
   call->Start(*context, std::move(converted), std::move(lease));
   return call.get();
@@ -362,14 +265,22 @@ grpc::ServerUnaryReactor* GenerationService::Score(grpc::CallbackServerContext* 
                                                    v1::ScoreResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::shared_ptr<auth::RequestLease> lease;
-  absl::StatusOr<engine::EngineRequest> converted =
-      NewEngineRequest(engine::RequestKind::kScore, *context, request->variant(), request->text(),
-                       request->token_ids(), "text", "token_ids", &lease);
+  absl::StatusOr<engine::EngineRequest> converted = [&]() -> absl::StatusOr<engine::EngineRequest> {
+    ASSIGN_OR_RETURN(Access access, front_->Admit(AuthorizationOf(*context)));
+    FrontRequest front_request;
+    front_request.kind = engine::RequestKind::kScore;
+    front_request.variant = request->variant();
+    front_request.text = request->text();
+    front_request.ids.assign(request->token_ids().begin(), request->token_ids().end());
+    front_request.text_field = "text";
+    front_request.ids_field = "token_ids";
+    front_request.deadline = DeadlineOf(*context);
+    return front_->Prepare(access, std::move(front_request), &lease);
+  }();
   absl::Status status = converted.status();
   if (status.ok()) {
-    status = SubmitResolved(*engine_, *variants_, std::move(*converted),
-                            std::make_shared<ScoreSink>(reactor, response, metrics_, std::move(lease)),
-                            [](const engine::EngineRequest&) {})
+    status = front_->Submit(std::move(*converted),
+                            std::make_shared<ScoreSink>(reactor, response, metrics_, std::move(lease)))
                  .status();
   }
   if (!status.ok()) {
@@ -385,9 +296,9 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
                                                       const v1::TokenizeRequest* request,
                                                       v1::TokenizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  const model::Tokenizer& tokenizer = engine_->tokenizer();
+  const model::Tokenizer& tokenizer = front_->tokenizer();
   absl::StatusOr<std::vector<int32_t>> ids = [&]() -> absl::StatusOr<std::vector<int32_t>> {
-    RETURN_IF_ERROR(gate_->Admit(*context).status());
+    RETURN_IF_ERROR(front_->Admit(AuthorizationOf(*context)).status());
     return request->add_special_tokens() ? tokenizer.EncodePrompt(request->text()) : tokenizer.Encode(request->text());
   }();
   if (ids.ok()) {

@@ -7,7 +7,7 @@
 
 namespace deltaserve::model {
 
-absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& model_dir) {
+absl::StatusOr<std::shared_ptr<const ChatTemplate>> ChatTemplate::Load(const std::string& model_dir) {
   const std::string config_path = common::JoinPath(model_dir, "tokenizer_config.json");
   const nlohmann::json config = ReadOptionalJson(config_path);
   const std::string bos = SpecialTokenString(config, "bos_token");
@@ -32,13 +32,13 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& model_dir) {
     ASSIGN_OR_RETURN(source, common::ReadFileToString(jinja_path, 4u << 20));
     origin = jinja_path;
   }
-  if (source.empty()) return FromSource(kFallbackSource, bos, eos, /*is_fallback=*/true);
-  absl::StatusOr<ChatTemplate> parsed = FromSource(source, bos, eos);
+  const bool is_fallback = source.empty();
+  absl::StatusOr<ChatTemplate> parsed = FromSource(is_fallback ? kFallbackSource : source, bos, eos, is_fallback);
   if (!parsed.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": the chat template is outside the supported Jinja subset: ",
                                                    parsed.status().message()));
   }
-  return parsed;
+  return std::make_shared<const ChatTemplate>(std::move(*parsed));
 }
 
 absl::StatusOr<ChatTemplate> ChatTemplate::FromSource(std::string_view source, std::string bos_token,

@@ -12,6 +12,7 @@
 // <|im_start|>). No BOS is added beyond what the template writes. Thread-safe.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@ class ChatTemplate {
 
   // Load reads the template of a Hugging Face model directory (the fallback when it has none);
   // INVALID_ARGUMENT naming the file when the template is outside the supported subset.
-  static absl::StatusOr<ChatTemplate> Load(const std::string& model_dir);
+  static absl::StatusOr<std::shared_ptr<const ChatTemplate>> Load(const std::string& model_dir);
   static absl::StatusOr<ChatTemplate> FromSource(std::string_view source, std::string bos_token,
                                                  std::string eos_token, bool is_fallback = false);
 

@@ -1,5 +1,7 @@
 #include "server/telemetry/server_metrics.h"
 
+#include <prometheus/text_serializer.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
 
@@ -233,6 +235,10 @@ void ServerMetrics::OnJobState(const std::string& kind, const std::string& from,
     }
   }
   job_memory_reserved_.Set(static_cast<double>(reserved_bytes));
+}
+
+std::string ServerMetrics::Exposition() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 
 }  // namespace deltaserve::telemetry

@@ -45,6 +45,9 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
                   int64_t reserved_bytes) override;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+  // Exposition: every metric in Prometheus' text format 0.0.4 (what GET /metrics returns).
+  std::string Exposition() const;
+  static constexpr const char* kExpositionContentType = "text/plain; version=0.0.4; charset=utf-8";
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -1,5 +1,7 @@
 #include "tests/integration/server_process.h"
 
+#include "tests/integration/http_client.h"
+
 #include "tests/support/test_models.h"
 
 #include <arpa/inet.h>
@@ -25,7 +27,7 @@ bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::s
   const std::string data_dir = MakeTempDir("deltaserve-data");
   log_path_ = std::string(data_dir) + "/server.log";
   std::vector<std::string> args = {DELTASERVE_SERVER_BINARY, "--model-dir", model_dir,
-                                   "--port", "0", "--metrics-port", "0", "--data-dir", data_dir,
+                                   "--port", "0", "--metrics-port", "0", "--http-port", "0", "--data-dir", data_dir,
                                    "--shutdown-grace-seconds", "20"};
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   int out[2];
@@ -45,7 +47,7 @@ bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::s
   ::close(out[1]);
   std::string output;
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  const std::regex ready(R"(on ([0-9.]+:[0-9]+), metrics on port ([0-9]+))");
+  const std::regex ready(R"(on ([0-9.]+:[0-9]+), metrics on port (-?[0-9]+), http on port (-?[0-9]+))");
   std::smatch match;
   while (std::chrono::steady_clock::now() < give_up) {
     pollfd readable{out[0], POLLIN, 0};
@@ -63,6 +65,7 @@ bool ServerProcess::Start(const std::string& model_dir, const std::vector<std::s
     if (std::regex_search(output, match, ready)) {
       target_ = match[1];
       metrics_port_ = std::stoi(match[2]);
+      http_port_ = std::stoi(match[3]);
       ::close(out[0]);
       return true;
     }
@@ -104,33 +107,6 @@ std::string ServerProcess::Log() const {
   return text.str();
 }
 
-std::string HttpGet(int port, const std::string& path) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  ::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    ::close(fd);
-    return "";
-  }
-  std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) < 0) {
-    ::close(fd);
-    return "";
-  }
-  std::string response;
-  char buffer[8192];
-  while (true) {
-    pollfd readable{fd, POLLIN, 0};
-    if (::poll(&readable, 1, 5000) <= 0) break;
-    ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n <= 0) break;
-    response.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
+std::string HttpGet(int port, const std::string& path) { return HttpCall(port, "GET", path).body; }
 
 }  // namespace deltaserve::testing

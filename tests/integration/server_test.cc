@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "client/deltaserve_client.h"
+#include "tests/integration/http_client.h"
 #include "tests/integration/reflection.grpc.pb.h"  // generated under build/proto
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
@@ -421,22 +422,33 @@ TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
   EXPECT_EQ(plain_scrape.find("vllm:"), std::string::npos);
 }
 
+// SIGTERM with 16 streams in flight, 12 over gRPC and 4 over HTTP: health flips to not serving
+// first, new requests get UNAVAILABLE (503 over HTTP), and every stream in flight finishes.
 TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
   ServerProcess server;
   ASSERT_TRUE(server.Start(TinyModelDir()));
   auto client = DeltaserveClient::Connect(server.target());
+  constexpr int kGrpcStreams = 12, kHttpStreams = 4, kTokens = 120;
   std::atomic<int> started{0};
-  std::vector<Stream> streams(3);
+  std::vector<Stream> streams(kGrpcStreams);
+  std::vector<HttpReply> http_streams(kHttpStreams);
   std::vector<std::thread> threads;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kGrpcStreams; ++i) {
     threads.emplace_back([&, i] {
-      streams[i] = RunStream(*client, Generate("the red fox", 120), std::chrono::seconds(60), [&started] {
+      streams[i] = RunStream(*client, Generate("the red fox", kTokens), std::chrono::seconds(60), [&started] {
         started.fetch_add(1);
         return false;
       });
     });
   }
-  while (started.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 0; i < kHttpStreams; ++i) {
+    threads.emplace_back([&, i] {
+      const nlohmann::json body = {{"prompt", "the red fox"}, {"max_tokens", kTokens}, {"temperature", 0},
+                                   {"ignore_eos", true}, {"stream", true}};
+      http_streams[i] = HttpCall(server.http_port(), "POST", "/v1/completions", body.dump());
+    });
+  }
+  while (started.load() < kGrpcStreams) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   server.Signal(SIGTERM);
   // Draining shows as NOT_SERVING (or, once the drain is over, as no server at all).
   bool not_serving = false;
@@ -447,14 +459,56 @@ TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
     if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(not_serving);
+  const int http_health = HttpCall(server.http_port(), "GET", "/health").status;
+  EXPECT_TRUE(http_health == 503 || http_health == 0) << http_health;
   Stream late = RunStream(*client, Generate("too late", 5), std::chrono::seconds(10));
   EXPECT_EQ(late.status.error_code(), grpc::StatusCode::UNAVAILABLE) << late.status.error_message();
   for (std::thread& thread : threads) thread.join();
   for (const Stream& stream : streams) {
     ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
-    EXPECT_EQ(stream.tokens.size(), 120u);
+    EXPECT_EQ(stream.tokens.size(), static_cast<size_t>(kTokens));
     EXPECT_EQ(stream.responses.back().finish_reason(), v1::FINISH_REASON_LENGTH);
   }
+  for (const HttpReply& reply : http_streams) {
+    // A stream that had not reached the server before SIGTERM is refused with 503.
+    if (reply.status == 503) continue;
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    std::vector<std::string> events = SseData(reply.body);
+    ASSERT_GE(events.size(), 2u) << reply.body;
+    EXPECT_EQ(events.back(), "[DONE]");
+    EXPECT_EQ(nlohmann::json::parse(events[events.size() - 2])["choices"][0]["finish_reason"], "length") << reply.body;
+  }
+  EXPECT_EQ(server.WaitForExit(30), 0) << server.Log();
+}
+
+// With no grace period, streams still in flight end with a clean UNAVAILABLE, never another error.
+TEST(ServerLifecycleTest, StreamsBeyondTheGracePeriodEndUnavailable) {
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--shutdown-grace-seconds", "0"}));
+  auto client = DeltaserveClient::Connect(server.target());
+  constexpr int kStreams = 16;
+  std::atomic<int> started{0};
+  std::vector<Stream> streams(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      streams[i] = RunStream(*client, Generate("the red fox", 400), std::chrono::seconds(60), [&started] {
+        started.fetch_add(1);
+        return false;
+      });
+    });
+  }
+  while (started.load() < kStreams) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  server.Signal(SIGTERM);
+  for (std::thread& thread : threads) thread.join();
+  int unavailable = 0;
+  for (const Stream& stream : streams) {
+    if (stream.status.ok()) continue;
+    EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::UNAVAILABLE) << stream.status.error_message();
+    EXPECT_NE(stream.status.error_message().find("shutting down"), std::string::npos) << stream.status.error_message();
+    ++unavailable;
+  }
+  EXPECT_GT(unavailable, 0);
   EXPECT_EQ(server.WaitForExit(30), 0) << server.Log();
 }
 

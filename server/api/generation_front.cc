@@ -1,0 +1,89 @@
+#include "server/api/generation_front.h"
+
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "server/common/status_macros.h"
+#include "server/model/utf8_stream.h"
+
+namespace deltaserve::api {
+
+GenerationFront::GenerationFront(engine::Engine* engine, const control::VariantRegistry* variants,
+                                 const ServingState* state, const Gatekeeper* gate, std::string base_model_name)
+    : engine_(engine), variants_(variants), state_(state), gate_(gate), base_model_name_(std::move(base_model_name)) {}
+
+absl::StatusOr<Access> GenerationFront::Admit(std::string_view authorization) const {
+  if (state_->draining()) return absl::UnavailableError("the server is shutting down");
+  return gate_->AdmitAuthorization(authorization);
+}
+
+absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationFront::ResolveVariant(
+    const std::string& variant) const {
+  if (IsBase(variant)) return nullptr;
+  std::shared_ptr<const control::Variant> found = variants_->Find(variant);
+  if (found != nullptr) {
+    RETURN_IF_ERROR(control::CheckServable(*found));
+    return found;
+  }
+  return absl::NotFoundError(absl::StrCat("variant \"", variant, "\" does not exist (the base model is \"",
+                                          base_model_name_, "\" or an empty variant)"));
+}
+
+absl::StatusOr<engine::EngineRequest> GenerationFront::Prepare(const Access& access, FrontRequest request,
+                                                               std::shared_ptr<auth::RequestLease>* lease) {
+  if (!IsBase(request.variant)) RETURN_IF_ERROR(access.CheckSee("variant", request.variant));
+  if (request.request_id.size() > 128 || !model::IsValidUtf8(request.request_id)) {
+    return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes");
+  }
+  ASSIGN_OR_RETURN(*lease, gate_->Lease(access));
+  engine::EngineRequest result;
+  result.kind = request.kind;
+  result.tenant = access.principal().tenant;
+  result.tenant_weight = access.principal().weight;
+  result.tenant_max_queued = access.principal().quotas.max_queued_requests();
+  ASSIGN_OR_RETURN(std::shared_ptr<const control::Variant> found, ResolveVariant(request.variant));
+  if (found != nullptr) {
+    result.adapter_id = found->adapter_id;
+    result.variant_name = found->name;
+    result.variant_version = found->version;
+  }
+  if (!request.text.empty() && !request.ids.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set either ", request.text_field, " or ", request.ids_field, ", not both"));
+  }
+  if (!request.ids.empty()) {
+    result.prompt_token_ids = std::move(request.ids);
+  } else if (request.text.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the input is empty: set ", request.text_field, " or ", request.ids_field));
+  } else {
+    ASSIGN_OR_RETURN(result.prompt_token_ids, engine_->tokenizer().EncodePrompt(request.text));
+  }
+  result.sampling = std::move(request.sampling);
+  result.deadline = request.deadline;
+  result.request_id = request.request_id.empty() ? absl::StrCat("req-", next_request_number_++) : request.request_id;
+  return result;
+}
+
+absl::StatusOr<uint64_t> GenerationFront::Submit(engine::EngineRequest request,
+                                                 std::shared_ptr<engine::RequestSink> sink,
+                                                 const std::function<void(const engine::EngineRequest&)>& resolved) {
+  // When the engine no longer knows the adapter because the name switched to a new version
+  // between resolving and submitting (replace_target retires the old adapter as soon as no
+  // request uses it), resolve the name once more and submit to the version now current.
+  std::optional<engine::EngineRequest> again;
+  if (request.adapter_id != 0) again = request;
+  if (resolved) resolved(request);
+  absl::StatusOr<uint64_t> id = engine_->Submit(std::move(request), sink);
+  if (!again.has_value() || !absl::IsNotFound(id.status())) return id;
+  std::shared_ptr<const control::Variant> current = variants_->Find(again->variant_name);
+  if (current == nullptr || current->adapter_id == again->adapter_id || !control::CheckServable(*current).ok()) {
+    return id;
+  }
+  again->adapter_id = current->adapter_id;
+  again->variant_version = current->version;
+  if (resolved) resolved(*again);
+  return engine_->Submit(std::move(*again), std::move(sink));
+}
+
+}  // namespace deltaserve::api

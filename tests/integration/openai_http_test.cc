@@ -1,0 +1,242 @@
+// Integration: the OpenAI-compatible HTTP API of the real server on loopback. Completions
+// (whole and streamed) give the same tokens as gRPC Generate for the same seed and variant;
+// chat renders the model's template (checked against the prompt written out by hand and run
+// over gRPC); /v1/models lists the base and the variants with root and parent; errors are
+// OpenAI's JSON with 400/401/404/405/413/429/503; tenants' keys and quotas apply as on gRPC.
+#include <atomic>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "server/common/file_util.h"
+#include "server/common/sha256.h"
+#include "tests/integration/http_client.h"
+#include "tests/integration/shared_server.h"
+#include "tools/demo_model.h"
+
+namespace deltaserve::testing {
+namespace {
+
+using Json = nlohmann::json;
+
+HttpReply Post(int port, const std::string& path, const Json& body, const std::vector<std::string>& headers = {}) {
+  return HttpCall(port, "POST", path, body.dump(), headers);
+}
+
+// ErrorOf checks an OpenAI error reply and returns its message.
+std::string ErrorOf(const HttpReply& reply, int status) {
+  EXPECT_EQ(reply.status, status) << reply.head << "\n" << reply.body;
+  const Json body = reply.Json();
+  EXPECT_TRUE(body.is_object() && body.contains("error")) << reply.body;
+  if (!body.is_object() || !body.contains("error")) return "";
+  EXPECT_EQ(body["error"]["code"], status);
+  EXPECT_TRUE(body["error"]["type"].is_string());
+  return body["error"]["message"].get<std::string>();
+}
+
+class OpenAiHttpTest : public SharedServerTest<OpenAiHttpTest> {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string adapters = MakeTempDir("http-adapters");
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 2, 4).ok());
+    StartServer({"--adapter-dir", adapters, "--max-message-bytes", "65536", "--model-name", "tiny"});
+  }
+  int port() const { return server_->http_port(); }
+};
+
+v1::GenerateRequest Sampled(const std::string& prompt, int max_tokens, const std::string& variant, uint64_t seed) {
+  v1::GenerateRequest request = Generate(prompt, max_tokens, variant);
+  request.mutable_sampling()->set_temperature(0.9f);
+  request.mutable_sampling()->set_top_p(0.95f);
+  request.mutable_sampling()->set_seed(seed);
+  request.mutable_sampling()->set_has_seed(true);
+  request.set_include_logprobs(true);
+  return request;
+}
+
+TEST_F(OpenAiHttpTest, CompletionGivesTheSameTokensAsGrpcForASeed) {
+  for (const std::string variant : {"", "demo-001"}) {
+    Stream grpc_stream = RunStream(*client_, Sampled("the cat reads", 12, variant, 42));
+    ASSERT_TRUE(grpc_stream.status.ok()) << grpc_stream.status.error_message();
+    Json body = {{"prompt", "the cat reads"}, {"max_tokens", 12}, {"temperature", 0.9}, {"top_p", 0.95},
+                 {"seed", 42},  {"ignore_eos", true}, {"logprobs", 0}};
+    if (!variant.empty()) body["model"] = variant;
+    HttpReply reply = Post(port(), "/v1/completions", body);
+    ASSERT_EQ(reply.status, 200) << reply.body;
+    const Json result = reply.Json();
+    EXPECT_EQ(result["object"], "text_completion");
+    EXPECT_EQ(result["model"], variant.empty() ? "tiny" : variant) << result.dump();
+    const Json& choice = result["choices"][0];
+    EXPECT_EQ(choice["text"], grpc_stream.text) << variant;
+    EXPECT_EQ(choice["finish_reason"], "length");
+    EXPECT_EQ(result["usage"]["completion_tokens"], 12);
+    EXPECT_EQ(result["usage"]["total_tokens"].get<int>(),
+              result["usage"]["prompt_tokens"].get<int>() + 12);
+    std::vector<float> grpc_logprobs;
+    for (const v1::GenerateResponse& response : grpc_stream.responses) {
+      grpc_logprobs.insert(grpc_logprobs.end(), response.logprobs().begin(), response.logprobs().end());
+    }
+    const Json& logprobs = choice["logprobs"]["token_logprobs"];
+    ASSERT_EQ(logprobs.size(), grpc_logprobs.size());
+    for (size_t i = 0; i < grpc_logprobs.size(); ++i) EXPECT_FLOAT_EQ(logprobs[i].get<float>(), grpc_logprobs[i]);
+    EXPECT_EQ(choice["logprobs"]["tokens"].size(), 12u);
+  }
+}
+
+TEST_F(OpenAiHttpTest, StreamedCompletionAddsUpToTheWholeOne) {
+  const Json body = {{"prompt", "a distant star"}, {"max_tokens", 16}, {"seed", 7}, {"ignore_eos", true},
+                     {"model", "demo-000"}};
+  HttpReply whole = Post(port(), "/v1/completions", body);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  Json streamed_body = body;
+  streamed_body["stream"] = true;
+  streamed_body["stream_options"] = {{"include_usage", true}};
+  HttpReply stream = Post(port(), "/v1/completions", streamed_body);
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  EXPECT_EQ(stream.Header("Content-Type"), "text/event-stream");
+  std::vector<std::string> events = SseData(stream.body);
+  ASSERT_GE(events.size(), 4u) << stream.body;
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  Json usage;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const Json event = Json::parse(events[i]);
+    EXPECT_EQ(event["object"], "text_completion");
+    if (event.contains("usage")) {
+      usage = event["usage"];
+      EXPECT_TRUE(event["choices"].empty());
+      continue;
+    }
+    text += event["choices"][0]["text"].get<std::string>();
+    if (!event["choices"][0]["finish_reason"].is_null()) finish = event["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, whole.Json()["choices"][0]["text"]);
+  EXPECT_EQ(finish, "length");
+  EXPECT_EQ(usage["completion_tokens"], 16);
+}
+
+TEST_F(OpenAiHttpTest, ChatRendersTheModelsTemplate) {
+  // The demo template (tools/demo_model.h), written out by hand for this conversation.
+  const std::string rendered = "<<SYS>> Be brief. <</SYS>>\n[INST] name a cat [/INST] Tom</s>[INST] another [/INST]";
+  // "</s>" is the EOS token, not text: tokenize around it.
+  v1::TokenizeRequest first, second;
+  first.set_text("<<SYS>> Be brief. <</SYS>>\n[INST] name a cat [/INST] Tom");
+  first.set_add_special_tokens(true);  // BOS
+  second.set_text("[INST] another [/INST]");
+  v1::TokenizeResponse first_ids, second_ids;
+  ASSERT_TRUE(client_->Tokenize(first, &first_ids).ok());
+  ASSERT_TRUE(client_->Tokenize(second, &second_ids).ok());
+  v1::GenerateRequest direct = Generate("", 10);
+  direct.mutable_prompt_token_ids()->Add(first_ids.token_ids().begin(), first_ids.token_ids().end());
+  direct.add_prompt_token_ids(2);  // </s>
+  direct.mutable_prompt_token_ids()->Add(second_ids.token_ids().begin(), second_ids.token_ids().end());
+  Stream expected = RunStream(*client_, direct);
+  ASSERT_TRUE(expected.status.ok()) << expected.status.error_message();
+
+  const Json body = {{"messages",
+                      {{{"role", "system"}, {"content", "Be brief."}},
+                       {{"role", "user"}, {"content", "name a cat"}},
+                       {{"role", "assistant"}, {"content", "Tom"}},
+                       {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "another"}}}}}}},
+                     {"max_tokens", 10},
+                     {"temperature", 0},
+                     {"ignore_eos", true}};
+  HttpReply reply = Post(port(), "/v1/chat/completions", body);
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  const Json result = reply.Json();
+  EXPECT_EQ(result["object"], "chat.completion");
+  EXPECT_EQ(result["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(result["choices"][0]["message"]["content"], expected.text);
+  EXPECT_EQ(result["usage"]["prompt_tokens"].get<int>(), direct.prompt_token_ids_size()) << rendered;
+
+  Json streamed = body;
+  streamed["stream"] = true;
+  HttpReply stream = Post(port(), "/v1/chat/completions", streamed);
+  ASSERT_EQ(stream.status, 200);
+  std::vector<std::string> events = SseData(stream.body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(Json::parse(events[0])["choices"][0]["delta"]["role"], "assistant");
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const Json event = Json::parse(events[i]);
+    EXPECT_EQ(event["object"], "chat.completion.chunk");
+    text += event["choices"][0]["delta"].value("content", "");
+  }
+  EXPECT_EQ(text, expected.text);
+
+  // The template refuses a role it does not know: a 400 with its message.
+  HttpReply refused = Post(port(), "/v1/chat/completions",
+                           {{"messages", {{{"role", "narrator"}, {"content", "x"}}}}, {"max_tokens", 2}});
+  EXPECT_NE(ErrorOf(refused, 400).find("unknown role: narrator"), std::string::npos) << refused.body;
+}
+
+TEST_F(OpenAiHttpTest, ModelsListsTheBaseAndTheVariants) {
+  HttpReply reply = HttpCall(port(), "GET", "/v1/models");
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  const Json models = reply.Json();
+  EXPECT_EQ(models["object"], "list");
+  std::map<std::string, Json> by_id;
+  for (const Json& model : models["data"]) by_id[model["id"]] = model;
+  ASSERT_EQ(by_id.size(), 3u) << reply.body;
+  EXPECT_TRUE(by_id["tiny"]["parent"].is_null());
+  for (const char* variant : {"demo-000", "demo-001"}) {
+    ASSERT_TRUE(by_id.count(variant)) << reply.body;
+    EXPECT_EQ(by_id[variant]["root"], "tiny");
+    EXPECT_EQ(by_id[variant]["parent"], "tiny");
+    EXPECT_EQ(by_id[variant]["object"], "model");
+  }
+}
+
+TEST_F(OpenAiHttpTest, BadRequestsGetOpenAiErrors) {
+  EXPECT_NE(ErrorOf(HttpCall(port(), "POST", "/v1/completions", "{not json"), 400).find("not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"max_tokens", 3}}), 400).find("\"prompt\" is required"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"n", 2}}), 400).find("\"n\""), std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"temperature", "hot"}}), 400).find("temperature"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"logprobs", 5}}), 400).find("top alternatives"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"max_tokens", 100000}}), 400).find("max_tokens"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/chat/completions", {{"messages", Json::array()}}), 400).find("messages"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"model", "nope"}}), 404).find("\"nope\""),
+            std::string::npos);
+  ErrorOf(HttpCall(port(), "GET", "/v1/completions"), 405);
+  ErrorOf(HttpCall(port(), "GET", "/v2/anything"), 404);
+  ErrorOf(HttpCall(port(), "POST", "/v1/completions", std::string(70000, ' ')), 413);
+  // The same server still serves after all of that.
+  EXPECT_EQ(Post(port(), "/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}).status, 200);
+  EXPECT_EQ(HttpCall(port(), "GET", "/health").status, 200);
+  EXPECT_NE(HttpCall(port(), "GET", "/metrics").body.find("vllm:num_requests_running"), std::string::npos);
+}
+
+TEST(OpenAiHttpTenantsTest, KeysAndQuotasApplyAsOnGrpc) {
+  const std::string data_dir = MakeTempDir("http-tenants");
+  const std::string config = data_dir + "/config.textproto";
+  ASSERT_TRUE(common::WriteFileAtomically(
+                  config, "tenants { name: \"acme\" role: TENANT api_key_sha256: \"" + common::Sha256Hex("acme-key") +
+                              "\" namespaces: \"acme\" quotas { generated_tokens_per_minute: 4 } }\n")
+                  .ok());
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--config", config, "--data-dir", data_dir}));
+  const Json body = {{"prompt", "the cat"}, {"max_tokens", 2}};
+  EXPECT_NE(ErrorOf(Post(server.http_port(), "/v1/completions", body), 401).find("Bearer"), std::string::npos);
+  ErrorOf(Post(server.http_port(), "/v1/completions", body, {"Authorization: Bearer wrong"}), 401);
+  ErrorOf(HttpCall(server.http_port(), "GET", "/v1/models"), 401);
+  const std::vector<std::string> acme = {"Authorization: Bearer acme-key"};
+  // Its 8 tokens overdraw the tenant's 4 tokens a minute: the next request must wait.
+  EXPECT_EQ(Post(server.http_port(), "/v1/completions", {{"prompt", "the cat"}, {"max_tokens", 8}, {"ignore_eos", true}},
+                 acme)
+                .status,
+            200);
+  HttpReply refused = Post(server.http_port(), "/v1/completions", body, acme);
+  EXPECT_NE(ErrorOf(refused, 429).find("generated_tokens_per_minute"), std::string::npos);
+  EXPECT_GT(std::atoi(refused.Header("Retry-After").c_str()), 0) << refused.head;
+  EXPECT_EQ(refused.Json()["error"]["type"], "rate_limit_error");
+}
+
+}  // namespace
+}  // namespace deltaserve::testing
