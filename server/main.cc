@@ -1,5 +1,6 @@
 // deltaserve: flags, wiring and the signal loop. Nothing else lives here.
 #include <signal.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -47,6 +48,7 @@
 #include "server/control/unlearn_jobs.h"
 #include "server/control/edit_jobs.h"
 #include "server/model/model_fingerprint.h"
+#include "server/control/shared_variants.h"
 #include "server/control/variant_registry.h"
 #include "server/engine/engine.h"
 #include "server/model/chat_template.h"
@@ -108,6 +110,13 @@ ABSL_FLAG(int64_t, job_memory_bytes, int64_t{4} << 30,
 ABSL_FLAG(int32_t, job_threads, 1, "intra-op CPU threads of each running job");
 ABSL_FLAG(int32_t, job_step_pause_ms, 0,
           "pause between a job's steps, trading job speed for serving latency on a busy CPU");
+ABSL_FLAG(std::string, shared_dir, "",
+          "a directory every replica mounts (a ReadWriteMany volume): variants made on any replica are published "
+          "there with content hashes and become servable on all (empty = off)");
+ABSL_FLAG(double, shared_poll_seconds, 2, "how often replicas look for variants published or deleted by others");
+ABSL_FLAG(std::string, log_format, "text",
+          "text (TIME deltaserve: message key=value...) or json (one object per line, for log collectors); "
+          "every finished request logs one line with its request_id");
 ABSL_FLAG(double, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight requests may finish");
 
 namespace {
@@ -148,6 +157,13 @@ int main(int argc, char** argv) {
       return Fail(applied);
     }
   }
+
+  const std::string log_format = absl::GetFlag(FLAGS_log_format);
+  if (log_format != "text" && log_format != "json") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--log-format must be text or json, not \"", log_format, "\"")));
+  }
+  deltaserve::common::SetLogFormat(log_format == "json" ? deltaserve::common::LogFormat::kJson
+                                                        : deltaserve::common::LogFormat::kText);
 
   // Signals are taken by sigwait below, never by a handler; block them before any thread starts.
   sigset_t signals;
@@ -270,6 +286,20 @@ int main(int argc, char** argv) {
   std::string model_name = absl::GetFlag(FLAGS_model_name);
   if (model_name.empty()) model_name = BaseName(model_dir);
   deltaserve::api::GenerationFront front(engine->get(), registry->get(), &serving_state, &gate, model_name);
+  // Replicas sharing variants: publish ours, import theirs, fetch an unknown one on first request.
+  std::unique_ptr<deltaserve::control::SharedVariants> shared_variants;
+  if (!absl::GetFlag(FLAGS_shared_dir).empty()) {
+    char hostname[256] = "replica";
+    ::gethostname(hostname, sizeof(hostname) - 1);
+    auto started = deltaserve::control::SharedVariants::Start(
+        {absl::GetFlag(FLAGS_shared_dir), absl::Seconds(std::max(0.05, absl::GetFlag(FLAGS_shared_poll_seconds))),
+         absl::StrCat(hostname, ":", ::getpid())},
+        registry->get());
+    if (!started.ok()) return Fail(started.status());
+    shared_variants = std::move(*started);
+    front.SetFetcher([&shared_variants](const std::string& name) { return shared_variants->Fetch(name); });
+    Log(absl::StrCat("sharing variants through ", absl::GetFlag(FLAGS_shared_dir)));
+  }
   deltaserve::api::GenerationService generation(&front, metrics.get());
   deltaserve::api::VariantsService variants(registry->get(), metrics.get(), &serving_state, &gate, model_name);
   deltaserve::api::DatasetsService dataset_service(datasets->get(), metrics.get(), &serving_state, &gate);

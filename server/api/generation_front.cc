@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "server/common/log.h"
 #include "server/common/status_macros.h"
 #include "server/model/utf8_stream.h"
 
@@ -21,6 +22,11 @@ absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationFront::Resolve
     const std::string& variant) const {
   if (IsBase(variant)) return nullptr;
   std::shared_ptr<const control::Variant> found = variants_->Find(variant);
+  if (found == nullptr && fetcher_) {
+    absl::Status fetched = fetcher_(variant);
+    if (!fetched.ok() && !absl::IsNotFound(fetched)) return fetched;
+    found = variants_->Find(variant);
+  }
   if (found != nullptr) {
     RETURN_IF_ERROR(control::CheckServable(*found));
     return found;
@@ -84,6 +90,19 @@ absl::StatusOr<uint64_t> GenerationFront::Submit(engine::EngineRequest request,
   again->variant_version = current->version;
   if (resolved) resolved(*again);
   return engine_->Submit(std::move(*again), std::move(sink));
+}
+
+void GenerationFront::LogFinished(const Finished& finished) {
+  common::Log("request finished",
+              {{"api", finished.api},
+               {"request_id", finished.request_id},
+               {"tenant", finished.tenant.empty() ? "-" : finished.tenant},
+               {"variant", finished.variant.empty() ? "-" : absl::StrCat(finished.variant, "@", finished.variant_version)},
+               {"status", absl::StatusCodeToString(finished.status.code())},
+               {"prompt_tokens", absl::StrCat(finished.usage.prompt_tokens)},
+               {"completion_tokens", absl::StrCat(finished.usage.completion_tokens)},
+               {"ttft_s", absl::StrCat(finished.usage.time_to_first_token_seconds)},
+               {"duration_s", absl::StrCat(absl::ToDoubleSeconds(finished.elapsed))}});
 }
 
 }  // namespace deltaserve::api

@@ -55,8 +55,25 @@ class GenerationFront {
                                   const std::function<void(const engine::EngineRequest&)>& resolved = {});
   void Cancel(uint64_t engine_id) { engine_->Cancel(engine_id); }
 
+  // What the request log says about one finished request (one line per request, both APIs).
+  struct Finished {
+    const char* api = "";  // "grpc", "http"
+    std::string request_id;
+    std::string tenant;
+    std::string variant;  // "" = base
+    int64_t variant_version = 0;
+    absl::Status status;
+    engine::Usage usage;
+    absl::Duration elapsed;
+  };
+  static void LogFinished(const Finished& finished);
+
+  // SetFetcher: how to bring in a variant this replica does not know yet (--shared-dir);
+  // NOT_FOUND from it means there is none. Set before serving.
+  void SetFetcher(std::function<absl::Status(const std::string&)> fetcher) { fetcher_ = std::move(fetcher); }
+
   // ResolveVariant: the variant (null for the base model), NOT_FOUND, or FAILED_PRECONDITION
-  // when it is not servable.
+  // when it is not servable (or, fetched from the shared directory, fails its content hashes).
   absl::StatusOr<std::shared_ptr<const control::Variant>> ResolveVariant(const std::string& variant) const;
   bool IsBase(const std::string& variant) const { return variant.empty() || variant == base_model_name_; }
 
@@ -70,6 +87,7 @@ class GenerationFront {
   const ServingState* state_;
   const Gatekeeper* gate_;
   std::string base_model_name_;
+  std::function<absl::Status(const std::string&)> fetcher_;
   std::atomic<uint64_t> next_request_number_{1};  // for requests that bring no id
 };
 

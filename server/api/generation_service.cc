@@ -73,6 +73,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       return;
     }
     request_id_ = request->request_id;
+    tenant_ = request->tenant;
     absl::StatusOr<uint64_t> id =
         front_->Submit(std::move(*request), shared_from_this(), [this](const engine::EngineRequest& submitted) {
                          absl::MutexLock lock(&mutex_);
@@ -103,6 +104,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       lease_->Charge(result.usage.completion_tokens);
       lease_.reset();
     }
+    usage_ = result.usage;
     if (finish_pending_ || done_) return;
     final_status_ = FinalStatus(result);
     if (final_status_.ok()) {
@@ -152,6 +154,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       absl::MutexLock lock(&mutex_);
       done_ = true;
       metrics_->RecordRpc("Generate", GrpcCodeName(final_status_.error_code()));
+      if (!request_id_.empty()) {
+        GenerationFront::LogFinished({"grpc", request_id_, tenant_, variant_, variant_version_,
+                                      absl::Status(static_cast<absl::StatusCode>(final_status_.error_code()),
+                                                   final_status_.error_message()),
+                                      usage_, absl::Now() - started_});
+      }
       self.swap(self_);
     }
   }
@@ -182,6 +190,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   absl::Mutex mutex_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
   std::string request_id_;
+  std::string tenant_;
+  const absl::Time started_ = absl::Now();
+  engine::Usage usage_ ABSL_GUARDED_BY(mutex_);
   std::shared_ptr<auth::RequestLease> lease_ ABSL_GUARDED_BY(mutex_);  // until the request is over
   std::string variant_ ABSL_GUARDED_BY(mutex_);
   int64_t variant_version_ ABSL_GUARDED_BY(mutex_) = 0;

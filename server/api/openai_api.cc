@@ -201,8 +201,11 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
   std::string request_id;
   std::string served_variant;
   int64_t served_version = 0;
+  std::string tenant;
+  const absl::Time started = absl::Now();
   absl::Status status = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Access access, front_->Admit(http.Header("Authorization")));
+    tenant = access.principal().tenant;
     ASSIGN_OR_RETURN(parsed, chat ? ParseChatRequest(http.body) : ParseCompletionRequest(http.body));
     FrontRequest request;
     request.variant = parsed.model;
@@ -280,6 +283,8 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
     }
     status = FinalStatus(*result);
     metrics_->RecordRpc(endpoint, absl::StatusCodeToString(status.code()));
+    GenerationFront::LogFinished(
+        {"http", request_id, tenant, served_variant, served_version, status, result->usage, absl::Now() - started});
     if (!status.ok()) {
       SendError(status, response);
       return;
@@ -314,6 +319,8 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
   status = FinalStatus(*result);
   if (!open && status.ok()) status = absl::CancelledError("the client closed the stream");
   metrics_->RecordRpc(endpoint, absl::StatusCodeToString(status.code()));
+  GenerationFront::LogFinished(
+      {"http", request_id, tenant, served_variant, served_version, status, result->usage, absl::Now() - started});
   if (!open) return;
   if (status.ok()) {
     event(envelope(Json::array({choice(result->final_output, text_offset, FinishReasonText(result->reason), false)}),

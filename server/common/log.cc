@@ -2,17 +2,58 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <string>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace deltaserve::common {
+namespace {
 
-void Log(std::string_view message) {
-  std::string line = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ ", absl::Now(), absl::UTCTimeZone());
-  line.append("deltaserve: ");
-  line.append(message);
+std::atomic<LogFormat> log_format{LogFormat::kText};
+
+}  // namespace
+
+void SetLogFormat(LogFormat format) { log_format.store(format); }
+
+std::string JsonQuoted(std::string_view text) {
+  std::string out = "\"";
+  for (unsigned char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char escaped[8];
+          std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
+          out += escaped;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+void Log(std::string_view message, const LogFields& fields) {
+  const std::string time = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
+  std::string line;
+  if (log_format.load() == LogFormat::kJson) {
+    line = "{\"time\":" + JsonQuoted(time) + ",\"level\":\"info\",\"logger\":\"deltaserve\",\"message\":" +
+           JsonQuoted(message);
+    for (const auto& [key, value] : fields) line += "," + JsonQuoted(key) + ":" + JsonQuoted(value);
+    line += "}";
+  } else {
+    line = time + " deltaserve: ";
+    line.append(message);
+    for (const auto& [key, value] : fields) line += " " + key + "=" + value;
+  }
   line.push_back('\n');
   ssize_t written = ::write(STDERR_FILENO, line.data(), line.size());
   (void)written;

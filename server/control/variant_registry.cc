@@ -236,6 +236,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::Register(const std::string& name,
       engine_->adapters().Remove(*id).IgnoreError();
       return stored;
     }
+    if (VariantObserver* observer = observer_.load()) observer->OnPublished(*variant);
   }
   return StatusOf(std::move(variant));
 }
@@ -294,13 +295,14 @@ absl::StatusOr<std::string> VariantRegistry::MakeStagingDirectory(const std::str
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Publish(const std::string& name, const std::string& staged,
-                                                       const VariantLineage& lineage) {
+                                                       const VariantLineage& lineage, int64_t version) {
   ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, staged));
-  return Adopt(name, staged, std::move(adapter), lineage);
+  return Adopt(name, staged, std::move(adapter), lineage, version);
 }
 
 absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, const std::string& staged,
-                                                     deltas::PeftAdapter adapter, const VariantLineage& lineage) {
+                                                     deltas::PeftAdapter adapter, const VariantLineage& lineage,
+                                                     int64_t version) {
   const std::string final_path = common::JoinPath(AdaptersDir(), name);
   absl::Status placed = PlaceFiles(staged, final_path);
   if (absl::IsAlreadyExists(placed)) {
@@ -310,7 +312,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, co
   // From here the files are ours: a failure removes them (and a crash leaves a directory
   // without a row, which the next start-up removes).
   absl::StatusOr<VariantStatus> registered =
-      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage, absl::Now());
+      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage, absl::Now(), version);
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }
@@ -368,6 +370,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::str
     common::Log(absl::StrCat("replacing variant \"", name, "\": ", replaced.message()));
     return replaced;
   }
+  if (VariantObserver* observer = observer_.load()) observer->OnPublished(*new_variant);
   if (!keep_previous) {
     // Retire the old version once the requests that run on it finish.
     if (!RemoveAdapterWhenUnused(old->adapter_id, drain_deadline)) {
@@ -435,7 +438,9 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
                        " request(s); retry when they finish, or delete with drain"));
   }
   DeleteFilesOf(*variant, name);
-  return forget_row();
+  RETURN_IF_ERROR(forget_row());
+  if (VariantObserver* observer = observer_.load()) observer->OnDeleted(name);
+  return absl::OkStatus();
 }
 
 bool VariantRegistry::RemoveAdapterWhenUnused(uint64_t adapter_id, absl::Time deadline) {

@@ -24,6 +24,7 @@
 //   ASSIGN_OR_RETURN(VariantStatus status, registry->RegisterAdapter("acme/bot", "bot"));
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,6 +45,16 @@ struct VariantRegistryOptions {
   // Directories RegisterAdapter may read from (--adapter-root); none = RegisterAdapter is off.
   std::vector<std::string> adapter_roots;
   UploadLimits upload_limits;
+};
+
+// VariantObserver hears of variants published into the catalog (persisted: uploads, registered
+// adapters, job outputs, new versions) and of deletions, after they happened; called on the
+// thread that made the change, so it must not call back into the registry for the same name.
+class VariantObserver {
+ public:
+  virtual ~VariantObserver() = default;
+  virtual void OnPublished(const Variant& variant) = 0;
+  virtual void OnDeleted(const std::string& name) = 0;
 };
 
 // A variant with where its adapter is now.
@@ -71,8 +82,9 @@ class VariantRegistry {
   // Publish validates the adapter in `staged` (a staging directory whose files are synced),
   // moves it to DATA_DIR/adapters/NAME and registers it with `lineage`, its catalog row last.
   // On failure the staged files are left to the caller.
+  // `version` is 1 for a new name; a variant copied from another replica keeps its version.
   absl::StatusOr<VariantStatus> Publish(const std::string& name, const std::string& staged,
-                                        const VariantLineage& lineage);
+                                        const VariantLineage& lineage, int64_t version = 1);
 
   // PublishReplacement publishes the adapter in `staged` as the next version of `name` (which
   // must still be at `expected_version`, else ABORTED): its files go to
@@ -85,6 +97,11 @@ class VariantRegistry {
   absl::StatusOr<VariantStatus> PublishReplacement(const std::string& name, const std::string& staged,
                                                    const VariantLineage& lineage, int64_t expected_version,
                                                    bool keep_previous, absl::Time drain_deadline);
+
+  // SetObserver: who hears of publications and deletions (one; set before serving).
+  void SetObserver(VariantObserver* observer) { observer_ = observer; }
+  // Persisted: whether `name` has a catalog row (everything but --adapter-dir variants).
+  bool Persisted(const std::string& name) const { return store_->GetVariant(name).ok(); }
 
   // The catalog's durable store (DATA_DIR/catalog.db), which the job runner shares.
   CatalogStore* store() const { return store_.get(); }
@@ -115,7 +132,7 @@ class VariantRegistry {
                                          const VariantLineage& lineage, absl::Time created, int64_t version = 1);
   // Adopt moves a validated adapter from `staged` to DATA_DIR/adapters/NAME and registers it.
   absl::StatusOr<VariantStatus> Adopt(const std::string& name, const std::string& staged,
-                                      deltas::PeftAdapter adapter, const VariantLineage& lineage);
+                                      deltas::PeftAdapter adapter, const VariantLineage& lineage, int64_t version = 1);
   absl::Status Restore();
   // RemoveAdapterWhenUnused frees an adapter once no request uses it, trying until `deadline`
   // (once for a past one); false when requests still used it then.
@@ -133,6 +150,7 @@ class VariantRegistry {
   engine::Engine* const engine_;
   std::unique_ptr<CatalogStore> store_;
   VariantCatalog catalog_;
+  std::atomic<VariantObserver*> observer_{nullptr};
 };
 
 }  // namespace deltaserve::control

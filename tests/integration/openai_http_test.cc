@@ -4,6 +4,8 @@
 // over gRPC); /v1/models lists the base and the variants with root and parent; errors are
 // OpenAI's JSON with 400/401/404/405/413/429/503; tenants' keys and quotas apply as on gRPC.
 #include <atomic>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -39,7 +41,8 @@ class OpenAiHttpTest : public SharedServerTest<OpenAiHttpTest> {
   static void SetUpTestSuite() {
     const std::string adapters = MakeTempDir("http-adapters");
     ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 2, 4).ok());
-    StartServer({"--adapter-dir", adapters, "--max-message-bytes", "65536", "--model-name", "tiny"});
+    StartServer({"--adapter-dir", adapters, "--max-message-bytes", "65536", "--model-name", "tiny", "--log-format",
+                 "json"});
   }
   int port() const { return server_->http_port(); }
 };
@@ -169,6 +172,35 @@ TEST_F(OpenAiHttpTest, ChatRendersTheModelsTemplate) {
   HttpReply refused = Post(port(), "/v1/chat/completions",
                            {{"messages", {{{"role", "narrator"}, {"content", "x"}}}}, {"max_tokens", 2}});
   EXPECT_NE(ErrorOf(refused, 400).find("unknown role: narrator"), std::string::npos) << refused.body;
+}
+
+// Every finished request logs one JSON line with its request id (X-Request-Id when given).
+TEST_F(OpenAiHttpTest, RequestsLogJsonLinesWithTheirIds) {
+  ASSERT_EQ(Post(port(), "/v1/completions", {{"prompt", "x"}, {"max_tokens", 3}, {"model", "demo-000"}},
+                 {"X-Request-Id: trace-41"})
+                .status,
+            200);
+  v1::GenerateRequest request = Generate("x", 2);
+  request.set_request_id("trace-42");
+  ASSERT_TRUE(RunStream(*client_, request).status.ok());
+  std::map<std::string, Json> by_id;
+  for (int attempt = 0; attempt < 50 && by_id.size() < 2; ++attempt) {
+    std::istringstream log(server_->Log());
+    for (std::string line; std::getline(log, line);) {
+      const Json entry = Json::parse(line, nullptr, false);
+      ASSERT_FALSE(entry.is_discarded()) << "not JSON: " << line;
+      if (entry.value("request_id", "").rfind("trace-4", 0) == 0) by_id[entry["request_id"]] = entry;
+    }
+    if (by_id.size() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(by_id.size(), 2u) << server_->Log();
+  EXPECT_EQ(by_id["trace-41"]["api"], "http");
+  EXPECT_EQ(by_id["trace-41"]["variant"], "demo-000@1");
+  EXPECT_EQ(by_id["trace-41"]["completion_tokens"], "3");
+  EXPECT_EQ(by_id["trace-41"]["status"], "OK");
+  EXPECT_EQ(by_id["trace-42"]["api"], "grpc");
+  EXPECT_EQ(by_id["trace-42"]["message"], "request finished");
+  EXPECT_TRUE(by_id["trace-42"].contains("time"));
 }
 
 TEST_F(OpenAiHttpTest, ModelsListsTheBaseAndTheVariants) {
