@@ -68,7 +68,8 @@ ABSL_FLAG(int, http_port, 8000,
 ABSL_FLAG(int, http_threads, 64, "HTTP requests handled at once (a streamed response holds one until it ends)");
 ABSL_FLAG(bool, vllm_metrics, true,
           "also export vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc and "
-          "vllm:lora_requests_info, the gauges the Gateway API Inference Extension's endpoint picker reads by default");
+          "vllm:lora_requests_info, the gauges the Gateway API Inference Extension's endpoint picker reads by default, "
+          "on the HTTP API port's /metrics (the metrics port keeps to deltaserve_* names, which pass promtool)");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
@@ -186,15 +187,20 @@ int main(int argc, char** argv) {
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
       std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests),
       absl::GetFlag(FLAGS_vllm_metrics));
-  // /metrics, also served on the HTTP API port (the endpoint picker scrapes the serving port).
-  const deltaserve::api::HttpRoute metrics_route{
-      "GET", "/metrics", [&metrics](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
-        response.Send(200, deltaserve::telemetry::ServerMetrics::kExpositionContentType, metrics->Exposition());
-      }};
+  // /metrics: deltaserve_* on the metrics port; on the HTTP API port also the vLLM-named gauges
+  // (see ServerMetrics::Exposition).
+  auto metrics_route = [&metrics](bool with_vllm_gauges) {
+    return deltaserve::api::HttpRoute{
+        "GET", "/metrics",
+        [&metrics, with_vllm_gauges](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
+          response.Send(200, deltaserve::telemetry::ServerMetrics::kExpositionContentType,
+                        metrics->Exposition(with_vllm_gauges));
+        }};
+  };
   std::unique_ptr<deltaserve::api::HttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
-    auto started = deltaserve::api::HttpServer::Start({absl::GetFlag(FLAGS_metrics_host), metrics_port, 2}, {metrics_route});
+    auto started = deltaserve::api::HttpServer::Start({absl::GetFlag(FLAGS_metrics_host), metrics_port, 2}, {metrics_route(false)});
     if (!started.ok()) return Fail(started.status());
     metrics_server = std::move(*started);
     metrics_port = metrics_server->port();
@@ -349,7 +355,7 @@ int main(int argc, char** argv) {
   deltaserve::api::OpenAiApi openai(&front, chat_template, &serving_state, metrics.get());
   if (http_port >= 0) {
     std::vector<deltaserve::api::HttpRoute> routes = openai.Routes();
-    routes.push_back(metrics_route);
+    routes.push_back(metrics_route(true));
     deltaserve::api::HttpServerOptions http_options{host, http_port, absl::GetFlag(FLAGS_http_threads)};
     http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
     http_options.not_found = &deltaserve::api::OpenAiApi::SendHttpError;

@@ -4,7 +4,7 @@
 // Deployment against the server itself: every flag it passes exists (deltaserve --helpfull),
 // container ports, probes, Service and InferencePool ports agree with the flags, and the
 // termination grace period covers preStop plus --shutdown-grace-seconds.
-//   node validate.mjs SERVER_BINARY        (exit 1 and one line per problem on failure)
+//   node validate.mjs SERVER_BINARY [OVERLAYS_DIR]   (exit 1 and one line per problem on failure)
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -13,10 +13,10 @@ import * as yaml from "js-yaml";
 import Ajv from "ajv";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const overlaysDir = join(here, "..", "kustomize", "overlays");
 const serverBinary = process.argv[2];
+const overlaysDir = process.argv[3] ?? join(here, "..", "kustomize", "overlays");
 if (!serverBinary) {
-  console.error("usage: node validate.mjs SERVER_BINARY");
+  console.error("usage: node validate.mjs SERVER_BINARY [OVERLAYS_DIR]");
   process.exit(2);
 }
 
@@ -81,12 +81,13 @@ function checkServer(where, objects, deployment) {
   if (!container) return problem(where, "no container named deltaserve");
   const flags = flagsOf(container.args);
   for (const name of flags.keys()) {
-    if (!serverFlags.has(name)) problem(where, `--${name} is not a flag of deltaserve`);
+    if (!serverFlags.has(name)) problem(where, `--${name.replaceAll("_", "-")} is not a flag of deltaserve`);
   }
   const ports = new Map((container.ports ?? []).map((p) => [p.name, p.containerPort]));
   const expectPort = (portName, flag) => {
     if (String(ports.get(portName)) !== flags.get(flag)) {
-      problem(where, `container port "${portName}" (${ports.get(portName)}) differs from --${flag} (${flags.get(flag)})`);
+      problem(where, `container port "${portName}" (${ports.get(portName)}) differs from --${flag.replaceAll("_", "-")} ` +
+                     `(${flags.get(flag)})`);
     }
   };
   expectPort("grpc", "port");
@@ -116,7 +117,7 @@ function checkServer(where, objects, deployment) {
   for (const flag of ["data_dir", "shared_dir", "config", "model_dir"]) {
     const path = flags.get(flag);
     if (path && !mounts.some((m) => path === m || path.startsWith(m + "/"))) {
-      problem(where, `--${flag}=${path} is not on a mounted volume`);
+      problem(where, `--${flag.replaceAll("_", "-")}=${path} is not on a mounted volume`);
     }
   }
   const labels = deployment.spec.template.metadata.labels;

@@ -106,24 +106,25 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
   lora_requests_info_.family =
       &prometheus::BuildGauge().Name("deltaserve_lora_requests_info").Help(kLoraInfoHelp).Register(*registry_);
   if (vllm_gauges) {
+    vllm_registry_ = std::make_shared<prometheus::Registry>();
     // The endpoint picker's default metric names (vLLM's); the same values as the twins above.
     vllm_running_ = &prometheus::BuildGauge()
                          .Name("vllm:num_requests_running")
                          .Help("Requests in the running batch (= deltaserve_requests_running)")
-                         .Register(*registry_)
+                         .Register(*vllm_registry_)
                          .Add({});
     vllm_waiting_ = &prometheus::BuildGauge()
                          .Name("vllm:num_requests_waiting")
                          .Help("Requests waiting to run (= deltaserve_requests_waiting)")
-                         .Register(*registry_)
+                         .Register(*vllm_registry_)
                          .Add({});
     vllm_kv_cache_usage_ = &prometheus::BuildGauge()
                                 .Name("vllm:kv_cache_usage_perc")
                                 .Help("Fraction of the KV cache in use, 0 to 1 (= deltaserve_kv_cache_usage_ratio)")
-                                .Register(*registry_)
+                                .Register(*vllm_registry_)
                                 .Add({});
     vllm_lora_requests_info_.family =
-        &prometheus::BuildGauge().Name("vllm:lora_requests_info").Help(kLoraInfoHelp).Register(*registry_);
+        &prometheus::BuildGauge().Name("vllm:lora_requests_info").Help(kLoraInfoHelp).Register(*vllm_registry_);
   }
   auto& resident = prometheus::BuildGauge()
                        .Name("deltaserve_adapters_resident")
@@ -237,8 +238,13 @@ void ServerMetrics::OnJobState(const std::string& kind, const std::string& from,
   job_memory_reserved_.Set(static_cast<double>(reserved_bytes));
 }
 
-std::string ServerMetrics::Exposition() const {
-  return prometheus::TextSerializer().Serialize(registry_->Collect());
+std::string ServerMetrics::Exposition(bool with_vllm_gauges) const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  if (with_vllm_gauges && vllm_registry_ != nullptr) {
+    std::vector<prometheus::MetricFamily> vllm = vllm_registry_->Collect();
+    families.insert(families.end(), vllm.begin(), vllm.end());
+  }
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace deltaserve::telemetry

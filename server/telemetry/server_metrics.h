@@ -45,8 +45,12 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
                   int64_t reserved_bytes) override;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
-  // Exposition: every metric in Prometheus' text format 0.0.4 (what GET /metrics returns).
-  std::string Exposition() const;
+  // Exposition: the metrics in Prometheus' text format 0.0.4 (what GET /metrics returns), with
+  // the vLLM-named gauges when asked (and enabled). They are kept apart because ':' is reserved
+  // for recording rules and fails `promtool check metrics`: the metrics port serves
+  // deltaserve_* only (what Prometheus scrapes), the HTTP API port adds the vLLM names (what the
+  // endpoint picker scrapes, on the pool's target port, as from vLLM itself).
+  std::string Exposition(bool with_vllm_gauges) const;
   static constexpr const char* kExpositionContentType = "text/plain; version=0.0.4; charset=utf-8";
 
  private:
@@ -89,7 +93,8 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   };
   LoraInfo lora_requests_info_;
   const std::string max_lora_;
-  // The vLLM-named twins (absent without vllm_gauges).
+  // The vLLM-named twins, in their own registry (absent without vllm_gauges).
+  std::shared_ptr<prometheus::Registry> vllm_registry_;
   prometheus::Gauge* vllm_running_ = nullptr;
   prometheus::Gauge* vllm_waiting_ = nullptr;
   prometheus::Gauge* vllm_kv_cache_usage_ = nullptr;

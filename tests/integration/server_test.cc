@@ -321,7 +321,7 @@ TEST_F(AdapterServerTest, LoraRequestsInfoListsRunningAdapters) {
   std::string running_scrape;
   Stream stream = RunStream(*client_, Generate("the cat", 400, "demo-003"), std::chrono::seconds(30), [&] {
     if (++seen == 3) {
-      running_scrape = HttpGet(server_->metrics_port(), "/metrics");
+      running_scrape = HttpGet(server_->http_port(), "/metrics");  // the picker's scrape: both families
       while_running = Sample(running_scrape, running_series);
     }
     return seen >= 3;
@@ -386,9 +386,10 @@ TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
   EXPECT_EQ(exhausted + ok, 6);
 }
 
-// The gauges the Gateway API Inference Extension's endpoint picker reads, under vLLM's names:
-// one request runs and two wait while the server admits one at a time; --vllm-metrics=false
-// leaves only deltaserve_ families.
+// The gauges the Gateway API Inference Extension's endpoint picker reads, under vLLM's names, on
+// the HTTP API port (the pool's target port, which the picker scrapes): one request runs and two
+// wait while the server admits one at a time. The metrics port keeps to deltaserve_ names, and
+// --vllm-metrics=false leaves only deltaserve_ families everywhere.
 TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
   ServerProcess server;
   ASSERT_TRUE(server.Start(TinyModelDir(), {"--max-running-requests", "1"}));
@@ -403,7 +404,7 @@ TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
   std::string scrape;
   bool seen = false;
   for (int i = 0; i < 500 && !seen; ++i) {
-    scrape = HttpGet(server.metrics_port(), "/metrics");
+    scrape = HttpGet(server.http_port(), "/metrics");
     seen = Sample(scrape, "vllm:num_requests_running") == 1 && Sample(scrape, "vllm:num_requests_waiting") == 2;
     if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -414,12 +415,39 @@ TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
   EXPECT_GT(Sample(scrape, "vllm:kv_cache_usage_perc"), 0);
   EXPECT_LE(Sample(scrape, "vllm:kv_cache_usage_perc"), 1);
   EXPECT_NE(scrape.find("# TYPE vllm:lora_requests_info gauge"), std::string::npos);
+  const std::string prometheus_scrape = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_NE(prometheus_scrape.find("deltaserve_requests_waiting"), std::string::npos);
+  EXPECT_EQ(prometheus_scrape.find("vllm:"), std::string::npos);
 
   ServerProcess plain;
   ASSERT_TRUE(plain.Start(TinyModelDir(), {"--vllm-metrics=false"}));
-  const std::string plain_scrape = HttpGet(plain.metrics_port(), "/metrics");
+  const std::string plain_scrape = HttpGet(plain.http_port(), "/metrics");
   EXPECT_NE(plain_scrape.find("deltaserve_requests_waiting"), std::string::npos);
   EXPECT_EQ(plain_scrape.find("vllm:"), std::string::npos);
+}
+
+// `promtool check metrics` (Debian's prometheus package) accepts a live scrape of the metrics
+// port after traffic over both APIs, adapters and a job: every family is named, typed, helped
+// and unit-suffixed as Prometheus expects.
+TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
+  ASSERT_TRUE(RunStream(*client_, Generate("the baker", 8, "demo-001")).status.ok());
+  ASSERT_EQ(HttpCall(server_->http_port(), "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": 2})").status, 200);
+  v1::Job job;
+  ExpectSucceeds(*client_, SubmitMerge(*client_, Merge("cat", "promtool-merge", {{"demo-000", 1.0}}), &job), job);
+  const std::string path = MakeTempDir("promtool") + "/scrape.txt";
+  {
+    std::ofstream file(path);
+    file << HttpGet(server_->metrics_port(), "/metrics");
+  }
+  FILE* pipe = ::popen(("promtool check metrics < " + path + " 2>&1").c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output;
+  char buffer[512];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_NE(WEXITSTATUS(status), 127) << "promtool is missing: run scripts/setup (Debian's prometheus package)";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << output;
 }
 
 // SIGTERM with 16 streams in flight, 12 over gRPC and 4 over HTTP: health flips to not serving
