@@ -5,6 +5,7 @@
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "client/deltactl_files.h"
+#include "client/deltactl_progress.h"
 #include "client/deltactl_report.h"
 
 ABSL_DECLARE_FLAG(std::string, prefix);
@@ -33,7 +34,10 @@ int Upload(DeltaserveClient& client, const std::string& name, const std::string&
     return 2;
   }
   v1::Dataset dataset;
-  grpc::Status status = client.UploadDataset(name, bytes, &dataset);
+  ProgressDisplay progress("upload " + name);
+  grpc::Status status = client.UploadDataset(name, bytes, &dataset, 1 << 20,
+                                             [&progress](int64_t sent, int64_t total) { progress.Update(sent, total); });
+  progress.Finish();
   if (status.ok()) PrintDataset(dataset);
   return ReportStatus(client, status);
 }

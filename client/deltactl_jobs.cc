@@ -1,5 +1,7 @@
 #include "client/deltactl_jobs.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "client/deltactl_files.h"
+#include "client/deltactl_progress.h"
 #include "client/deltactl_report.h"
 
 ABSL_DECLARE_FLAG(int64_t, seed);
@@ -107,18 +110,17 @@ bool ReadLines(const std::string& path, google::protobuf::RepeatedPtrField<std::
   return true;
 }
 
-// ProgressBar: "[##########..........]" for a fraction from 0 to 1.
-std::string ProgressBar(double progress, int width = 24) {
-  const int filled = std::clamp(static_cast<int>(std::floor(progress * width)), 0, width);
-  return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "]";
-}
-
-// PrintProgress prints one line per update: id, state, a bar with the percentage, and what the
-// job does (a training job's message carries step, loss and tokens/s), or why it failed.
+// PrintProgress shows an update: id, state, a bar with the percentage, and what the job does (a
+// training job's message carries step, loss and tokens/s), or why it failed. On a terminal
+// (unless --progress=never) one line is redrawn in place until the job ends; otherwise each
+// update is its own line, for scripts and logs.
 void PrintProgress(const v1::Job& job) {
-  std::printf("%s %-9s %s %4s  %s\n", job.id().c_str(), v1::JobState_Name(job.state()).c_str(),
-              ProgressBar(job.progress()).c_str(), Percent(job.progress()).c_str(),
-              job.state() == v1::FAILED ? (job.error_code() + ": " + job.error()).c_str() : job.message().c_str());
+  static const bool redraw = ::isatty(STDOUT_FILENO) == 1 && absl::GetFlag(FLAGS_progress) != "never";
+  const bool over = job.state() == v1::SUCCEEDED || job.state() == v1::FAILED || job.state() == v1::CANCELLED;
+  std::printf(redraw ? "\r\033[K%s %-9s %s %4s  %s%s" : "%s %-9s %s %4s  %s%s\n", job.id().c_str(),
+              v1::JobState_Name(job.state()).c_str(), ProgressBar(job.progress()).c_str(), Percent(job.progress()).c_str(),
+              job.state() == v1::FAILED ? (job.error_code() + ": " + job.error()).c_str() : job.message().c_str(),
+              redraw && over ? "\n" : "");
   std::fflush(stdout);
 }
 

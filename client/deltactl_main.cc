@@ -47,6 +47,8 @@ ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings, comma-separated");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past end-of-sequence");
 ABSL_FLAG(bool, logprobs, false, "print per-token log-probabilities to stderr");
 ABSL_FLAG(double, timeout, 0, "deadline in seconds (0 = none)");
+ABSL_FLAG(std::string, progress, "auto",
+          "progress bars on stderr for uploads and followed jobs: auto (when stderr is a terminal), always, never");
 ABSL_FLAG(bool, stats, true, "print finish reason and usage to stderr after generate");
 
 namespace {

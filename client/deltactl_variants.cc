@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/deltactl_progress.h"
 #include "client/deltactl_report.h"
 
 ABSL_FLAG(std::string, prefix, "", "variants list: only names starting with this (e.g. acme/)");
@@ -125,7 +126,10 @@ int RunVariantsCommand(DeltaserveClient& client, const std::vector<std::string>&
   } else if (command == "register" || command == "upload") {
     if (arguments.size() != 3) return usage(command == "register" ? "register NAME PATH" : "upload NAME DIR");
     if (command == "upload") {
-      status = client.UploadAdapter(name, arguments[2], &variant);
+      ProgressDisplay progress("upload " + name);
+      status = client.UploadAdapter(name, arguments[2], &variant, 1 << 20,
+                                    [&progress](int64_t sent, int64_t total) { progress.Update(sent, total); });
+      progress.Finish();
     } else {
       v1::RegisterAdapterRequest request;
       request.set_name(name);

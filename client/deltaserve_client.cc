@@ -1,5 +1,6 @@
 #include "client/deltaserve_client.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <grpcpp/create_channel.h>
@@ -147,13 +148,19 @@ std::string DescribeError(const std::string& target, const grpc::Status& status)
 }
 
 grpc::Status DeltaserveClient::UploadAdapter(const std::string& name, const std::string& directory,
-                                             deltaserve::v1::Variant* variant, size_t chunk_bytes) {
+                                             deltaserve::v1::Variant* variant, size_t chunk_bytes,
+                                             const UploadProgress& on_progress) {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientWriter<deltaserve::v1::UploadAdapterChunk>> writer =
       variants_->UploadAdapter(&context, variant);
   deltaserve::v1::UploadAdapterChunk header;
   header.mutable_header()->set_name(name);
   bool open = writer->Write(header);
+  int64_t total = 0, sent = 0;
+  for (const char* file : {"adapter_config.json", "adapter_model.safetensors"}) {
+    std::ifstream size(directory + "/" + file, std::ios::binary | std::ios::ate);
+    if (size) total += static_cast<int64_t>(size.tellg());
+  }
   for (const char* file : {"adapter_config.json", "adapter_model.safetensors"}) {
     std::ifstream input(directory + "/" + file, std::ios::binary);
     if (!input) {
@@ -170,6 +177,8 @@ grpc::Status DeltaserveClient::UploadAdapter(const std::string& name, const std:
       chunk.mutable_file()->set_file_name(file);
       chunk.mutable_file()->set_data(buffer.data(), static_cast<size_t>(input.gcount()));
       open = writer->Write(chunk);
+      sent += input.gcount();
+      if (on_progress) on_progress(sent, total);
     }
   }
   writer->WritesDone();
@@ -177,7 +186,8 @@ grpc::Status DeltaserveClient::UploadAdapter(const std::string& name, const std:
 }
 
 grpc::Status DeltaserveClient::UploadDataset(const std::string& name, const std::string& jsonl,
-                                             deltaserve::v1::Dataset* dataset, size_t chunk_bytes) {
+                                             deltaserve::v1::Dataset* dataset, size_t chunk_bytes,
+                                             const UploadProgress& on_progress) {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientWriter<deltaserve::v1::UploadDatasetChunk>> writer =
       datasets_->UploadDataset(&context, dataset);
@@ -188,6 +198,9 @@ grpc::Status DeltaserveClient::UploadDataset(const std::string& name, const std:
     deltaserve::v1::UploadDatasetChunk chunk;
     chunk.set_data(jsonl.substr(start, chunk_bytes));
     open = writer->Write(chunk);
+    if (on_progress) {
+      on_progress(static_cast<int64_t>(std::min(jsonl.size(), start + chunk_bytes)), static_cast<int64_t>(jsonl.size()));
+    }
   }
   writer->WritesDone();
   return writer->Finish();

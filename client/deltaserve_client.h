@@ -54,12 +54,15 @@ class DeltaserveClient {
   grpc::Status Health(const std::string& service, HealthStatus* status);
   // UploadAdapter streams the PEFT adapter in `directory` (adapter_config.json and
   // adapter_model.safetensors, in chunks of chunk_bytes) to be served as `name`.
+  // on_progress, when set, hears (bytes sent, bytes in all) after each chunk.
+  using UploadProgress = std::function<void(int64_t, int64_t)>;
   grpc::Status UploadAdapter(const std::string& name, const std::string& directory,
-                             deltaserve::v1::Variant* variant, size_t chunk_bytes = 1 << 20);
+                             deltaserve::v1::Variant* variant, size_t chunk_bytes = 1 << 20,
+                             const UploadProgress& on_progress = nullptr);
   deltaserve::v1::Variants::Stub& variants() { return *variants_; }
   // UploadDataset streams JSONL bytes (in chunks of chunk_bytes) as dataset `name`.
   grpc::Status UploadDataset(const std::string& name, const std::string& jsonl, deltaserve::v1::Dataset* dataset,
-                             size_t chunk_bytes = 1 << 20);
+                             size_t chunk_bytes = 1 << 20, const UploadProgress& on_progress = nullptr);
   deltaserve::v1::Jobs::Stub& jobs() { return *jobs_; }
   deltaserve::v1::Datasets::Stub& datasets() { return *datasets_; }
   // WaitForReady blocks until the channel connects or the timeout passes.

@@ -1,8 +1,17 @@
 #include "server/common/flag_names.h"
 
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+
 namespace deltaserve::common {
 
 std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>& storage) {
+  // --help lists the binary's own flags: Abseil's default shows only those of a file named
+  // after the binary, which none of ours is.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return !absl::StrContains(file, "absl/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   storage.assign(argv, argv + argc);
   bool flags_ended = false;
   for (size_t i = 1; i < storage.size(); ++i) {

@@ -220,8 +220,9 @@ TEST_F(DatasetsServerTest, DeltactlUploadsListsDeletesAndWatchesWithAProgressBar
   std::ofstream(file) << Jsonl(0, 6);
   const std::string ctl = "--target " + server_->target() + " ";
   std::string out, err;
-  ASSERT_EQ(RunDeltactl(ctl + "datasets upload cli/questions " + file, &out, &err), 0) << err;
+  ASSERT_EQ(RunDeltactl(ctl + "datasets upload --progress=always cli/questions " + file, &out, &err), 0) << err;
   EXPECT_NE(out.find("cli/questions"), std::string::npos) << out;
+  EXPECT_NE(err.find("upload cli/questions [########################] 100%"), std::string::npos) << err;
   EXPECT_NE(out.find("6 rows (0 text, 6 prompt/completion)"), std::string::npos) << out;
   ASSERT_EQ(RunDeltactl(ctl + "datasets list --prefix cli/", &out, &err), 0) << err;
   EXPECT_NE(out.find("cli/questions"), std::string::npos) << out;

@@ -428,16 +428,30 @@ TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
 
 // `promtool check metrics` (Debian's prometheus package) accepts a live scrape of the metrics
 // port after traffic over both APIs, adapters and a job: every family is named, typed, helped
-// and unit-suffixed as Prometheus expects.
+// and unit-suffixed as Prometheus expects. The Grafana dashboard queries only exported families.
 TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
   ASSERT_TRUE(RunStream(*client_, Generate("the baker", 8, "demo-001")).status.ok());
   ASSERT_EQ(HttpCall(server_->http_port(), "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": 2})").status, 200);
   v1::Job job;
   ExpectSucceeds(*client_, SubmitMerge(*client_, Merge("cat", "promtool-merge", {{"demo-000", 1.0}}), &job), job);
+  const std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
   const std::string path = MakeTempDir("promtool") + "/scrape.txt";
   {
     std::ofstream file(path);
-    file << HttpGet(server_->metrics_port(), "/metrics");
+    file << scrape;
+  }
+  // Every metric the Grafana dashboard (deploy/grafana) queries is a family of this scrape.
+  std::ifstream dashboard_file(std::string(DELTASERVE_SOURCE_DIR) + "/deploy/grafana/deltaserve.json");
+  const std::string dashboard((std::istreambuf_iterator<char>(dashboard_file)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(dashboard.empty());
+  std::set<std::string> queried;
+  const std::regex metric(R"(deltaserve_[a-z_]+)");
+  for (auto it = std::sregex_iterator(dashboard.begin(), dashboard.end(), metric); it != std::sregex_iterator(); ++it) {
+    queried.insert(std::regex_replace(it->str(), std::regex("_(bucket|sum|count)$"), ""));
+  }
+  EXPECT_GE(queried.size(), 15u);
+  for (const std::string& name : queried) {
+    EXPECT_NE(scrape.find("# TYPE " + name + " "), std::string::npos) << name << " is not exported";
   }
   FILE* pipe = ::popen(("promtool check metrics < " + path + " 2>&1").c_str(), "r");
   ASSERT_NE(pipe, nullptr);

@@ -304,8 +304,10 @@ TEST_F(VariantsServerTest, DeltactlManagesVariants) {
   ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), local, 1, 4, 31).ok());
   const std::string target = " --target " + server_->target();
   std::string out, err;
-  ASSERT_EQ(RunDeltactl("variants upload" + target + " cli/up " + local + "/demo-000", &out, &err), 0) << err;
+  ASSERT_EQ(RunDeltactl("variants upload --progress=always" + target + " cli/up " + local + "/demo-000", &out, &err), 0)
+      << err;
   EXPECT_NE(out.find("name:      cli/up"), std::string::npos) << out;
+  EXPECT_NE(err.find("upload cli/up [########################] 100%"), std::string::npos) << err;
   ASSERT_EQ(RunDeltactl("variants register" + target + " cli/reg demo-006", &out, &err), 0) << err;
   ASSERT_EQ(RunDeltactl("variants pin" + target + " cli/reg", &out, &err), 0) << err;
   EXPECT_NE(out.find("(pinned)"), std::string::npos) << out;
