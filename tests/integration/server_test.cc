@@ -434,13 +434,8 @@ TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
   ASSERT_EQ(HttpCall(server_->http_port(), "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": 2})").status, 200);
   v1::Job job;
   ExpectSucceeds(*client_, SubmitMerge(*client_, Merge("cat", "promtool-merge", {{"demo-000", 1.0}}), &job), job);
-  const std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
-  const std::string path = MakeTempDir("promtool") + "/scrape.txt";
-  {
-    std::ofstream file(path);
-    file << scrape;
-  }
-  // Every metric the Grafana dashboard (deploy/grafana) queries is a family of this scrape.
+  // Every metric the Grafana dashboard (deploy/grafana) queries is a family of the scrape (polled:
+  // the job's final metrics may land just after its watchers hear it succeeded).
   std::ifstream dashboard_file(std::string(DELTASERVE_SOURCE_DIR) + "/deploy/grafana/deltaserve.json");
   const std::string dashboard((std::istreambuf_iterator<char>(dashboard_file)), std::istreambuf_iterator<char>());
   ASSERT_FALSE(dashboard.empty());
@@ -450,8 +445,22 @@ TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
     queried.insert(std::regex_replace(it->str(), std::regex("_(bucket|sum|count)$"), ""));
   }
   EXPECT_GE(queried.size(), 15u);
-  for (const std::string& name : queried) {
-    EXPECT_NE(scrape.find("# TYPE " + name + " "), std::string::npos) << name << " is not exported";
+  std::string scrape;
+  std::vector<std::string> missing;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    scrape = HttpGet(server_->metrics_port(), "/metrics");
+    missing.clear();
+    for (const std::string& name : queried) {
+      if (scrape.find("# TYPE " + name + " ") == std::string::npos) missing.push_back(name);
+    }
+    if (missing.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(missing.empty()) << "not exported: " << missing.front();
+  const std::string path = MakeTempDir("promtool") + "/scrape.txt";
+  {
+    std::ofstream file(path);
+    file << scrape;
   }
   FILE* pipe = ::popen(("promtool check metrics < " + path + " 2>&1").c_str(), "r");
   ASSERT_NE(pipe, nullptr);
