@@ -11,7 +11,8 @@
 //   is [not] defined/none/string/number/mapping/iterable/sequence/boolean/true/false/odd/even,
 //   filters trim length count tojson upper lower default first last string join list items,
 //   string methods strip lstrip rstrip startswith endswith upper lower split replace title,
-//   mapping methods items keys values get, and the functions raise_exception, namespace, range.
+//   mapping methods items keys values get, and the functions raise_exception, namespace, range,
+//   strftime_now (UTC).
 // Anything else is INVALID_ARGUMENT at Parse with the offset and what was found, so a template
 // either renders as Jinja would or is refused up front. Rendering errors (raise_exception, a
 // type error, more than kMaxOutputBytes of output or kMaxSteps steps) are INVALID_ARGUMENT.
@@ -27,6 +28,9 @@
 #include "absl/status/statusor.h"
 
 namespace deltaserve::model {
+namespace jinja {
+struct Node;  // jinja_syntax.h
+}  // namespace jinja
 
 class JinjaTemplate {
  public:
@@ -38,10 +42,8 @@ class JinjaTemplate {
   // Render with `context`'s keys as the template's variables (an object).
   absl::StatusOr<std::string> Render(const Value& context) const;
 
-  struct Node;  // the parsed template (defined in the .cc)
-
  private:
-  std::shared_ptr<const Node> root_;
+  std::shared_ptr<const jinja::Node> root_;
 };
 
 }  // namespace deltaserve::model

@@ -48,6 +48,7 @@ TEST(JinjaTemplateTest, ExpressionsFollowJinjaSemantics) {
                         context),
             "1:1,2:3");
   EXPECT_EQ(RenderOrDie("{% for x in [] %}x{% else %}empty{% endfor %}", context), "empty");
+  EXPECT_EQ(RenderOrDie("{{ strftime_now('%Y') | length }}", context), "4");
 }
 
 TEST(JinjaTemplateTest, SetIsScopedToTheLoopButNamespacesCarryOut) {
