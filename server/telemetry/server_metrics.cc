@@ -164,6 +164,7 @@ void ServerMetrics::OnStep(const engine::StepStats& stats) {
 }
 
 void ServerMetrics::OnState(const engine::EngineState& state) {
+  std::lock_guard<std::mutex> lock(state_mutex_);
   running_.Set(static_cast<double>(state.running_requests));
   waiting_.Set(static_cast<double>(state.waiting_requests));
   kv_cache_usage_.Set(state.kv_cache_usage_ratio);
@@ -239,10 +240,14 @@ void ServerMetrics::OnJobState(const std::string& kind, const std::string& from,
 }
 
 std::string ServerMetrics::Exposition(bool with_vllm_gauges) const {
-  std::vector<prometheus::MetricFamily> families = registry_->Collect();
-  if (with_vllm_gauges && vllm_registry_ != nullptr) {
-    std::vector<prometheus::MetricFamily> vllm = vllm_registry_->Collect();
-    families.insert(families.end(), vllm.begin(), vllm.end());
+  std::vector<prometheus::MetricFamily> families;
+  {
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    families = registry_->Collect();
+    if (with_vllm_gauges && vllm_registry_ != nullptr) {
+      std::vector<prometheus::MetricFamily> vllm = vllm_registry_->Collect();
+      families.insert(families.end(), vllm.begin(), vllm.end());
+    }
   }
   return prometheus::TextSerializer().Serialize(families);
 }

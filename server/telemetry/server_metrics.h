@@ -7,10 +7,12 @@
 // the Unix time of the last change), each the same value as its deltaserve_ twin. It implements
 // engine::EngineObserver for the engine's measurements, control::JobObserver for the job
 // runner's, and RecordRpc for the front ends.
-// Thread-safe (prometheus-cpp metrics are); the registry outlives nothing it does not own.
+// Thread-safe (prometheus-cpp metrics are); a scrape sees the gauges of one engine state (OnState
+// and Exposition's collection exclude each other), so each gauge equals its twin in one scrape.
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <prometheus/counter.h>
@@ -99,6 +101,8 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   prometheus::Gauge* vllm_waiting_ = nullptr;
   prometheus::Gauge* vllm_kv_cache_usage_ = nullptr;
   LoraInfo vllm_lora_requests_info_;
+  // Held by OnState while it sets the state gauges and by Exposition while it collects.
+  mutable std::mutex state_mutex_;
 };
 
 }  // namespace deltaserve::telemetry
