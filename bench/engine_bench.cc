@@ -23,15 +23,18 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
+#include "bench/percentile.h"
 #include "server/common/flag_names.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
+#include "server/engine/intra_op_threads.h"
 #include "server/model/llama_model.h"
 #include "server/model/tokenizer_loader.h"
 
 ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
+ABSL_FLAG(int, decode_rounds, 7, "batch-1 decode rounds, each after its own bandwidth measurement");
 ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
 ABSL_FLAG(std::string, adapters_dir, "", "PEFT adapters (demo-000, demo-001, ...) for the mixed-adapter run");
 ABSL_FLAG(std::string, adapter_counts, "1,8,32,128,512", "numbers of distinct adapters K to spread requests over");
@@ -121,6 +124,13 @@ double Throughput(engine::Engine& engine, const Variants& variants,
   }
   return static_cast<double>(total) / Seconds(Clock::now() - started);
 }
+
+// Adds up the engine's step time (forward pass and sampling) between Reset calls.
+class StepTimer : public engine::EngineObserver {
+ public:
+  void OnStep(const engine::StepStats& stats) override { seconds = seconds + stats.step_seconds; }
+  std::atomic<double> seconds{0};
+};
 
 // Counts the adapter cache's loads and evictions.
 class CacheCounter : public engine::EngineObserver {
@@ -228,23 +238,38 @@ int main(int argc, char** argv) {
   if (!tokenizer.ok()) return 1;
   engine::EngineOptions options;
   options.max_running_requests = 64;
-  auto engine = engine::Engine::Create(options, llama, std::move(*tokenizer));
+  StepTimer step_timer;
+  auto engine = engine::Engine::Create(options, llama, std::move(*tokenizer), &step_timer);
   if (!engine.ok()) return 1;
   const int tokens = absl::GetFlag(FLAGS_decode_tokens);
+  // The bandwidth is read with as many threads as the engine's steps use (one per core).
+  engine::SetIntraOpThreadsOfThisThread(options.threads);
 
-  const double bandwidth = ReadBandwidthBytesPerSecond(*device);
   Throughput(**engine, Variants(1), 16, false);  // warm-up
-  // Batch-1 decode: time between the first and the last token of one request.
-  auto sink = std::make_shared<CountingSink>();
-  if (!(*engine)->Submit(Request((*engine)->tokenizer(), 0, tokens), sink).ok()) return 1;
-  sink->Wait();
-  const double per_token = Seconds(sink->finished_ - sink->first_token_) / (sink->tokens_ - 1);
-  const double floor = static_cast<double>(llama->WeightBytes()) / bandwidth;
+  // Batch-1 decode (time between the first and the last token of one request) against the
+  // bandwidth floor, in rounds that each measure the bandwidth right before decoding: this
+  // machine's bandwidth drifts by half within minutes, so each ratio pairs neighbouring figures.
+  std::vector<double> per_token, floor, ratio, in_steps;
+  for (int round = 0; round < absl::GetFlag(FLAGS_decode_rounds); ++round) {
+    const double bandwidth = ReadBandwidthBytesPerSecond(*device);
+    auto sink = std::make_shared<CountingSink>();
+    step_timer.seconds = 0;
+    if (!(*engine)->Submit(Request((*engine)->tokenizer(), 0, tokens), sink).ok()) return 1;
+    sink->Wait();
+    per_token.push_back(Seconds(sink->finished_ - sink->first_token_) / (sink->tokens_ - 1));
+    in_steps.push_back(step_timer.seconds / sink->tokens_);
+    floor.push_back(static_cast<double>(llama->WeightBytes()) / bandwidth);
+    ratio.push_back(floor.back() / per_token.back());
+  }
   std::printf("model: %s, %.1f MiB of float32 weights\n", absl::GetFlag(FLAGS_model_dir).c_str(),
               llama->WeightBytes() / 1048576.0);
-  std::printf("memory read bandwidth: %.2f GB/s\n", bandwidth / 1e9);
-  std::printf("batch-1 decode: %.3f ms/token; bandwidth floor %.3f ms/token; floor/measured = %.2f\n",
-              per_token * 1e3, floor * 1e3, floor / per_token);
+  std::printf("batch-1 decode, median of %zu rounds: %.3f ms/token; bandwidth floor %.3f ms/token "
+              "(%.2f GB/s); floor/measured = %.2f (rounds %.2f to %.2f)\n",
+              ratio.size(), bench::Percentile(per_token, 0.5) * 1e3, bench::Percentile(floor, 0.5) * 1e3,
+              llama->WeightBytes() / bench::Percentile(floor, 0.5) / 1e9, bench::Percentile(ratio, 0.5),
+              *std::min_element(ratio.begin(), ratio.end()), *std::max_element(ratio.begin(), ratio.end()));
+  std::printf("  of which in engine steps (forward pass and sampling): %.3f ms/token\n",
+              bench::Percentile(in_steps, 0.5) * 1e3);
 
   double base = 0;
   std::printf("concurrency  tokens/s  ratio_to_1\n");

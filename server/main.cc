@@ -73,7 +73,7 @@ ABSL_FLAG(bool, vllm_metrics, true,
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
-ABSL_FLAG(int, threads, 0, "intra-op CPU threads for libtorch (0 = libtorch's default)");
+ABSL_FLAG(int, threads, 0, "intra-op CPU threads of the engine's steps (0 = one per CPU core)");
 ABSL_FLAG(int64_t, max_batch_tokens, 2048, "tokens per forward pass (decode + prefill chunks)");
 ABSL_FLAG(int64_t, max_running_requests, 64, "requests in the running batch at most");
 ABSL_FLAG(int64_t, max_queued_requests, 256, "waiting requests before RESOURCE_EXHAUSTED");
@@ -182,7 +182,6 @@ int main(int argc, char** argv) {
   if (::stat(data_dir.c_str(), &data_info) != 0 || !S_ISDIR(data_info.st_mode)) {
     return Fail(absl::InvalidArgumentError(absl::StrCat("--data-dir ", data_dir, " is not a usable directory")));
   }
-  if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
 
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
       std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests),
@@ -230,6 +229,7 @@ int main(int argc, char** argv) {
   engine_options.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
   engine_options.adapter_cache_bytes = absl::GetFlag(FLAGS_adapter_cache_bytes);
   engine_options.adapter_host_cache_bytes = absl::GetFlag(FLAGS_adapter_host_cache_bytes);
+  engine_options.threads = absl::GetFlag(FLAGS_threads);
   auto engine = deltaserve::engine::Engine::Create(engine_options, shared_model,
                                                    std::move(*tokenizer), metrics.get());
   if (!engine.ok()) return Fail(engine.status());

@@ -7,16 +7,13 @@
 #include <algorithm>
 #include <exception>
 
-#include <ATen/Parallel.h>
-#ifdef DELTASERVE_HAVE_OPENMP
-#include <omp.h>
-#endif
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "server/common/log.h"
+#include "server/engine/intra_op_threads.h"
 
 namespace deltaserve::control {
 namespace {
@@ -26,16 +23,12 @@ constexpr const char* kJobIdPrefix = "job-";
 int64_t NowNanos() { return absl::ToUnixNanos(absl::Now()); }
 
 // Worker threads yield the CPU to serving: a higher nice value (Linux applies it per thread) and
-// few OpenMP threads for their own tensor operations (an OpenMP setting is per thread, unlike
-// at::set_num_threads, whose global value threads that start later would inherit).
+// few intra-op threads for their own tensor operations (a per-thread setting).
 void ConfigureWorkerThread(const JobRunnerOptions& options) {
   if (setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), options.nice) != 0) {
     common::Log("job worker: could not lower its CPU priority; jobs compete with serving as equals");
   }
-#ifdef DELTASERVE_HAVE_OPENMP
-  at::get_num_threads();  // ATen's lazy per-thread set-up first, so it cannot undo the next line
-  omp_set_num_threads(options.threads_per_job);
-#endif
+  engine::SetIntraOpThreadsOfThisThread(options.threads_per_job);
 }
 
 std::string MiB(int64_t bytes) { return absl::StrCat(bytes >> 20, " MiB"); }

@@ -14,6 +14,7 @@
 #include "server/common/torch_status.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/deltas/segmented_delta_hook.h"
+#include "server/engine/intra_op_threads.h"
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
 #include "server/engine/sampler.h"
@@ -80,6 +81,7 @@ absl::Status EngineOptions::Validate() const {
     return absl::InvalidArgumentError("--adapter-host-cache-bytes must not be negative");
   }
   RETURN_IF_ERROR(positive("--max-tokens-limit", max_tokens_limit));
+  if (threads < 0) return absl::InvalidArgumentError("--threads must not be negative (0 = one per CPU core)");
   if (default_max_tokens > max_tokens_limit) {
     return absl::InvalidArgumentError("--default-max-tokens must not exceed --max-tokens-limit");
   }
@@ -368,6 +370,7 @@ void Engine::Finish(RequestState* request, FinishReason reason, absl::Status sta
 
 void Engine::Loop() {
   c10::InferenceMode inference_mode;
+  SetIntraOpThreadsOfThisThread(options_.threads);
   while (true) {
     std::vector<std::unique_ptr<RequestState>> arrivals;
     std::vector<uint64_t> cancels;

@@ -29,6 +29,8 @@ struct EngineOptions {
   // Limits on stop strings per request.
   int32_t max_stop_strings = 16;
   int32_t max_stop_string_bytes = 256;
+  // Intra-op CPU threads of the engine's steps; 0 = one per CPU core (see intra_op_threads.h).
+  int32_t threads = 0;
 
   absl::Status Validate() const;
 };

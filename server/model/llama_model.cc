@@ -7,12 +7,14 @@
 #include "server/common/file_util.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
+#include "server/model/cpu_inference_kernels.h"
 #include "server/model/rope.h"
 
 namespace deltaserve::model {
 namespace {
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (cpu_kernels::Applies({&x, &weight})) return cpu_kernels::RmsNorm(x, weight, eps);
   at::Tensor as_float = x.to(at::kFloat);
   at::Tensor variance = as_float.pow(2).mean(-1, /*keepdim=*/true);
   return (as_float * at::rsqrt(variance + eps)).to(x.scalar_type()) * weight;
@@ -121,6 +123,9 @@ at::Tensor LlamaModel::Attend(int64_t layer, const SequenceSlice& sequence,
     keys = key.transpose(0, 1);
     values = value.transpose(0, 1);
   }
+  if (n == 1 && cpu_kernels::Applies({&query, &keys, &values})) {
+    return cpu_kernels::AttendOneToken(query, keys, values);
+  }
   const int64_t context = keys.size(1);
   // Grouped-query attention without repeating K/V: the `group` query heads that share a KV head
   // are stacked along the query axis of one batched matrix product.
@@ -189,8 +194,13 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     }
     at::Tensor value = qkv.narrow(1, q_width + kv_width, kv_width);
     // q and k are adjacent columns: rotate all their heads in one call.
-    at::Tensor rotated = ApplyRotary(
-        qkv.narrow(1, 0, q_width + kv_width).view({tokens, heads + kv_heads, head_dim}), cos, sin);
+    at::Tensor rotated;
+    if (cpu_kernels::Applies({&qkv, &cos, &sin})) {
+      cpu_kernels::RotateInPlace(qkv, heads + kv_heads, head_dim, cos, sin);
+      rotated = qkv.narrow(1, 0, q_width + kv_width).view({tokens, heads + kv_heads, head_dim});
+    } else {
+      rotated = ApplyRotary(qkv.narrow(1, 0, q_width + kv_width).view({tokens, heads + kv_heads, head_dim}), cos, sin);
+    }
     at::Tensor query = rotated.narrow(1, 0, heads);
     at::Tensor key = rotated.narrow(1, heads, kv_heads);
     value = value.view({tokens, kv_heads, head_dim});

@@ -54,6 +54,8 @@ class DeltasTest : public ::testing::Test {
     base_ = loaded->release();
   }
   static void TearDownTestSuite() { delete base_; }
+  void ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vector<int64_t>>& sequences,
+                                            const std::vector<int>& variants);
   const model::ModelConfig& config() const { return base_->config(); }
 
   // A model whose weights are the base's plus scale * B A of every module, computed here.
@@ -72,48 +74,56 @@ class DeltasTest : public ::testing::Test {
 
 model::LlamaModel* DeltasTest::base_ = nullptr;
 
-TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
-  c10::InferenceMode guard;
-  at::manual_seed(5);
+// Three adapters of different kinds: plain LoRA, rsLoRA with a regex target, and ranks and
+// alphas by pattern; with the raw factors they were written from (for the merged reference).
+struct ThreeAdapters {
+  std::vector<std::vector<RawModule>> raw;
+  std::vector<DeltaSet> deltas;
+};
+
+ThreeAdapters WriteThreeAdapters(const model::ModelConfig& config) {
+  ThreeAdapters adapters;
   // Plain LoRA on q and v: scale 16 / 8.
-  std::vector<RawModule> plain = {Random(config(), 0, Projection::kQuery, 8, 2.0),
-                                  Random(config(), 1, Projection::kValue, 8, 2.0)};
-  std::string plain_dir = WriteAdapter(
-      R"({"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],"bias":"none"})", plain);
+  adapters.raw.push_back({Random(config, 0, Projection::kQuery, 8, 2.0), Random(config, 1, Projection::kValue, 8, 2.0)});
+  std::vector<std::string> directories;
+  directories.push_back(WriteAdapter(
+      R"({"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj","v_proj"],"bias":"none"})",
+      adapters.raw.back()));
   // rsLoRA with a regex target: scale 8 / sqrt(4).
-  std::vector<RawModule> rslora = {Random(config(), 0, Projection::kOutput, 4, 4.0),
-                                   Random(config(), 1, Projection::kGate, 4, 4.0),
-                                   Random(config(), 1, Projection::kDown, 4, 4.0)};
-  std::string rslora_dir = WriteAdapter(
+  adapters.raw.push_back({Random(config, 0, Projection::kOutput, 4, 4.0), Random(config, 1, Projection::kGate, 4, 4.0),
+                          Random(config, 1, Projection::kDown, 4, 4.0)});
+  directories.push_back(WriteAdapter(
       R"json({"r":4,"lora_alpha":8,"use_rslora":true,"target_modules":"model\\.layers\\.\\d+\\.(self_attn\\.o_proj|mlp\\.(gate|down)_proj)"})json",
-      rslora);
+      adapters.raw.back()));
   // rank_pattern / alpha_pattern: r 6 (alpha 3) except down_proj rank 2 and layer 1's k_proj alpha 12.
-  std::vector<RawModule> patterned = {Random(config(), 0, Projection::kKey, 6, 3.0 / 6),
-                                      Random(config(), 1, Projection::kKey, 6, 12.0 / 6),
-                                      Random(config(), 0, Projection::kDown, 2, 3.0 / 2),
-                                      Random(config(), 1, Projection::kUp, 6, 3.0 / 6)};
-  std::string patterned_dir = WriteAdapter(
+  adapters.raw.push_back({Random(config, 0, Projection::kKey, 6, 3.0 / 6), Random(config, 1, Projection::kKey, 6, 12.0 / 6),
+                          Random(config, 0, Projection::kDown, 2, 3.0 / 2), Random(config, 1, Projection::kUp, 6, 3.0 / 6)});
+  directories.push_back(WriteAdapter(
       R"({"r":6,"lora_alpha":3,"target_modules":["k_proj","down_proj","up_proj"],
           "rank_pattern":{"down_proj":2},"alpha_pattern":{"layers.1.self_attn.k_proj":12}})",
-      patterned);
-
-  std::vector<DeltaSet> adapters;
-  for (const std::string& directory : {plain_dir, rslora_dir, patterned_dir}) {
-    auto adapter = ReadPeftAdapter(directory, config(), at::kFloat, at::kCPU);
-    ASSERT_TRUE(adapter.ok()) << adapter.status();
-    adapters.push_back(std::move(adapter->deltas));
+      adapters.raw.back()));
+  for (const std::string& directory : directories) {
+    auto adapter = ReadPeftAdapter(directory, config, at::kFloat, at::kCPU);
+    EXPECT_TRUE(adapter.ok()) << adapter.status();
+    if (adapter.ok()) adapters.deltas.push_back(std::move(adapter->deltas));
   }
-  EXPECT_EQ(adapters[2].RankSummary(), "k_proj:6 up_proj:6 down_proj:2");
+  return adapters;
+}
 
-  // One batch: base, plain, rsLoRA, patterned, plain again; different lengths.
-  const std::vector<std::vector<int64_t>> sequences = {
-      {1, 5, 9, 200}, {1, 300, 20, 11, 7, 3}, {1, 42}, {1, 8, 16, 32, 64, 128, 256}, {1, 400, 401}};
-  const std::vector<const DeltaSet*> variants = {nullptr, &adapters[0], &adapters[1], &adapters[2], &adapters[0]};
-  const std::vector<const std::vector<RawModule>*> raw = {nullptr, &plain, &rslora, &patterned, &plain};
+// Runs `sequences` as one batch, sequence i served by adapter variants[i] (-1: the base), and
+// checks each sequence's logits against the same sequence run alone through a model whose
+// weights have its adapter merged in.
+void DeltasTest::ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vector<int64_t>>& sequences,
+                                                      const std::vector<int>& variants) {
+  at::manual_seed(5);
+  ThreeAdapters adapters = WriteThreeAdapters(config());
+  ASSERT_EQ(adapters.deltas.size(), 3u);
+  EXPECT_EQ(adapters.deltas[2].RankSummary(), "k_proj:6 up_proj:6 down_proj:2");
   model::ForwardBatch batch;
   std::vector<DeltaSegment> segments;
   for (size_t i = 0; i < sequences.size(); ++i) {
-    segments.push_back({static_cast<int64_t>(batch.token_ids.size()), static_cast<int64_t>(sequences[i].size()), variants[i]});
+    segments.push_back({static_cast<int64_t>(batch.token_ids.size()), static_cast<int64_t>(sequences[i].size()),
+                        variants[i] < 0 ? nullptr : &adapters.deltas[variants[i]]});
     batch.token_ids.insert(batch.token_ids.end(), sequences[i].begin(), sequences[i].end());
     batch.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
   }
@@ -121,7 +131,7 @@ TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
   batch.deltas = &hook;
   at::Tensor logits = base_->Forward(batch);
   for (size_t i = 0; i < sequences.size(); ++i) {
-    std::unique_ptr<model::LlamaModel> merged = Merged(raw[i] == nullptr ? std::vector<RawModule>{} : *raw[i]);
+    std::unique_ptr<model::LlamaModel> merged = Merged(variants[i] < 0 ? std::vector<RawModule>{} : adapters.raw[variants[i]]);
     model::ForwardBatch alone;
     alone.token_ids = sequences[i];
     alone.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
@@ -129,11 +139,27 @@ TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
     at::Tensor actual = logits.narrow(0, segments[i].start, segments[i].length);
     EXPECT_TRUE(at::allclose(actual, expected, 1e-4, 1e-4))
         << "sequence " << i << " max difference " << (actual - expected).abs().max().item<float>();
-    if (raw[i] != nullptr) {
+    if (variants[i] >= 0) {
       model::ForwardBatch plain_base = alone;
       EXPECT_FALSE(at::allclose(base_->Forward(plain_base), expected, 1e-3, 1e-3)) << "adapter " << i << " has no effect";
     }
   }
+}
+
+TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
+  c10::InferenceMode guard;
+  // One batch: base, plain, rsLoRA, patterned, plain again; different lengths.
+  ExpectMixedBatchMatchesMergedWeights(
+      {{1, 5, 9, 200}, {1, 300, 20, 11, 7, 3}, {1, 42}, {1, 8, 16, 32, 64, 128, 256}, {1, 400, 401}},
+      {-1, 0, 1, 2, 0});
+}
+
+// A decode-shaped batch: one row per sequence, more segments than one thread takes (the
+// matrix-vector path, segments spread over the intra-op threads).
+TEST_F(DeltasTest, SingleRowSegmentsMatchMergedWeights) {
+  c10::InferenceMode guard;
+  ExpectMixedBatchMatchesMergedWeights({{7}, {300}, {42}, {9}, {256}, {12}, {401}, {5}, {77}, {1}, {64}},
+                                       {0, 1, 2, -1, 0, 2, 1, 0, 1, 2, 0});
 }
 
 TEST_F(DeltasTest, WriteReadRoundTripIsBitIdentical) {

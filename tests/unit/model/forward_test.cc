@@ -1,6 +1,7 @@
 // The forward pass against an independent reference: a naive Llama written here from the
 // architecture's definition (per-head loops, KV heads repeated for GQA, RoPE angles computed
-// with std::cos/std::sin per element, explicit causal mask). Also: KV-cache incremental decode
+// with std::cos/std::sin per element, explicit causal mask), prefilled and decoded one token
+// against a KV cache (under inference mode, so through cpu_inference_kernels). Also: KV-cache incremental decode
 // against a full recompute, batch composition invariance, and F16/BF16 checkpoints.
 #include <cmath>
 #include <map>
@@ -118,6 +119,20 @@ TEST_P(ArchitectureTest, MatchesReferenceImplementation) {
   ASSERT_EQ(logits.sizes(), expected.sizes());
   EXPECT_TRUE(at::allclose(logits, expected, 1e-4, 1e-4))
       << "max difference " << (logits - expected).abs().max().item<float>();
+
+  // The last token decoded alone against a KV cache of the others (the one-token attention path).
+  const int64_t n = static_cast<int64_t>(kIds.size());
+  at::Tensor cache = model->AllocateKvCache(n);
+  ForwardBatch prefill;
+  prefill.token_ids.assign(kIds.begin(), kIds.end() - 1);
+  prefill.sequences.push_back({0, n - 1, &cache});
+  (void)model->Forward(prefill);
+  ForwardBatch decode;
+  decode.token_ids = {kIds.back()};
+  decode.sequences.push_back({n - 1, 1, &cache});
+  at::Tensor last = model->Forward(decode);
+  EXPECT_TRUE(at::allclose(last, expected.narrow(0, n - 1, 1), 1e-4, 1e-4))
+      << "max difference " << (last - expected.narrow(0, n - 1, 1)).abs().max().item<float>();
 }
 
 tools::DemoModelOptions Options(const std::string& architecture, bool tied,

@@ -1,0 +1,187 @@
+// deltaserve-profile-forward --model-dir DIR [--context N] [--steps N] [--adapters-dir DIR]
+// Where a decode step's time goes, measured in one run on the loaded model, with one intra-op
+// thread and with all of them, in alternating rounds:
+//  - the memory read bandwidth and the floor weight_bytes / bandwidth,
+//  - the weight products alone (one matrix-vector product per weight matrix, as Forward runs),
+//  - the whole forward pass of one token against a KV cache of --context tokens, and its
+//    ratio to the floor; the difference between the forward pass and its products is the
+//    per-operator work (norms, rotary, attention, residuals, dispatch);
+//  - the same forward pass outside inference mode, where the model uses libtorch's operators
+//    only (no cpu_inference_kernels).
+// With --adapters-dir, a decode step of --rows sequences on the base, then with every row
+// served by a different adapter (demo-000, demo-001, ...), and the mixed/base time ratio.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "bench/percentile.h"
+#include "server/common/flag_names.h"
+#include "server/deltas/peft_adapter.h"
+#include "server/deltas/segmented_delta_hook.h"
+#include "server/engine/intra_op_threads.h"
+#include "server/model/llama_model.h"
+
+ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
+ABSL_FLAG(int, context, 128, "tokens already in the KV cache");
+ABSL_FLAG(int, steps, 20, "timed repetitions of each measurement in a round (the median is kept)");
+ABSL_FLAG(int, rounds, 9, "rounds of the batch-1 measurements, alternating thread counts");
+ABSL_FLAG(std::string, adapters_dir, "", "PEFT adapters demo-000, demo-001, ... for the mixed step");
+ABSL_FLAG(int, rows, 64, "sequences in the mixed-adapter decode step");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace deltaserve;
+
+template <typename F>
+double MedianSeconds(int steps, F&& run) {
+  std::vector<double> times;
+  for (int i = 0; i < steps; ++i) {
+    auto started = Clock::now();
+    run();
+    times.push_back(std::chrono::duration<double>(Clock::now() - started).count());
+  }
+  return bench::Percentile(times, 0.5);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> storage;
+  std::vector<char*> arguments = common::NormalizeFlagNames(argc, argv, storage);
+  absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  c10::InferenceMode inference;
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {at::kFloat, at::kCPU});
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
+    return 1;
+  }
+  const model::LlamaModel& llama = **loaded;
+  const int steps = absl::GetFlag(FLAGS_steps);
+  const int64_t context = absl::GetFlag(FLAGS_context);
+
+  std::vector<at::Tensor> matrices;
+  for (const model::LayerWeights& w : llama.weights().layers) {
+    matrices.insert(matrices.end(), {w.qkv_proj, w.o_proj, w.gate_up_proj, w.down_proj});
+  }
+  matrices.push_back(llama.weights().lm_head);
+  std::vector<at::Tensor> inputs;
+  for (const at::Tensor& matrix : matrices) inputs.push_back(at::randn({matrix.size(1)}));
+  at::Tensor cache = llama.AllocateKvCache(context + 1).zero_();
+  model::ForwardBatch batch;
+  batch.token_ids = {5};
+  batch.sequences = {model::SequenceSlice{context, 1, &cache}};
+  at::Tensor buffer = at::ones({int64_t{128} << 20});
+  // The generic run's cache is a normal tensor: inference tensors take no writes outside
+  // inference mode.
+  model::ForwardBatch generic_batch = batch;
+  at::Tensor generic_cache;
+  {
+    c10::InferenceMode off(false);
+    generic_cache = cache.clone();
+  }
+  generic_batch.sequences = {model::SequenceSlice{context, 1, &generic_cache}};
+
+  // Rounds alternate one intra-op thread and all of them; each round measures the bandwidth
+  // first (this machine's drifts), so each ratio pairs neighbouring figures.
+  const int all_threads = static_cast<int>(std::thread::hardware_concurrency());
+  struct Figures {
+    std::vector<double> products, forward, generic, ratio, bandwidth;
+  };
+  std::vector<Figures> by_threads(2);
+  for (int round = 0; round < absl::GetFlag(FLAGS_rounds); ++round) {
+    for (int config = 0; config < 2; ++config) {
+      engine::SetIntraOpThreadsOfThisThread(config == 0 ? 1 : all_threads);
+      Figures& figures = by_threads[config];
+      const double read = MedianSeconds(3, [&] { (void)buffer.sum().item<float>(); });
+      figures.bandwidth.push_back(static_cast<double>(buffer.nbytes()) / read);
+      figures.products.push_back(MedianSeconds(steps, [&] {
+        for (size_t i = 0; i < matrices.size(); ++i) (void)at::mv(matrices[i], inputs[i]);
+      }));
+      figures.forward.push_back(MedianSeconds(steps, [&] { (void)llama.Forward(batch); }));
+      figures.generic.push_back(MedianSeconds(steps, [&] {
+        c10::InferenceMode off(false);  // outside inference mode: libtorch operators only
+        (void)llama.Forward(generic_batch);
+      }));
+      figures.ratio.push_back(static_cast<double>(llama.WeightBytes()) / figures.bandwidth.back() /
+                              figures.forward.back());
+    }
+  }
+  engine::SetIntraOpThreadsOfThisThread(all_threads);
+  buffer.reset();
+  std::printf("batch-1 decode step, %.1f MiB of weights, context %ld; medians of %d rounds\n",
+              llama.WeightBytes() / 1048576.0, static_cast<long>(context), absl::GetFlag(FLAGS_rounds));
+  std::printf("threads  bandwidth_GB/s  products_ms  forward_ms  forward-products_ms  floor/forward  "
+              "generic_forward_ms\n");
+  for (int config = 0; config < 2; ++config) {
+    const Figures& f = by_threads[config];
+    const double products = bench::Percentile(f.products, 0.5), forward = bench::Percentile(f.forward, 0.5);
+    std::printf("%7d  %14.2f  %11.3f  %10.3f  %19.3f  %13.2f  %18.3f\n", config == 0 ? 1 : all_threads,
+                bench::Percentile(f.bandwidth, 0.5) / 1e9, products * 1e3, forward * 1e3,
+                (forward - products) * 1e3, bench::Percentile(f.ratio, 0.5),
+                bench::Percentile(f.generic, 0.5) * 1e3);
+  }
+
+  const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);
+  if (adapters_dir.empty()) return 0;
+  const int rows = absl::GetFlag(FLAGS_rows);
+  std::vector<deltas::PeftAdapter> adapters;
+  std::vector<at::Tensor> caches;
+  model::ForwardBatch step;
+  std::vector<deltas::DeltaSegment> segments;
+  for (int row = 0; row < rows; ++row) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "/demo-%03d", row);
+    auto adapter = deltas::ReadPeftAdapter(adapters_dir + name, llama.config(), at::kFloat, at::kCPU);
+    if (!adapter.ok()) {
+      std::fprintf(stderr, "%s\n", adapter.status().ToString().c_str());
+      return 1;
+    }
+    adapters.push_back(std::move(*adapter));
+    caches.push_back(llama.AllocateKvCache(context + 1).zero_());
+    step.token_ids.push_back(5 + row);
+  }
+  for (int row = 0; row < rows; ++row) {
+    step.sequences.push_back(model::SequenceSlice{context, 1, &caches[row]});
+    segments.push_back({row, 1, &adapters[row].deltas});
+  }
+  const int mixed_steps = std::max(3, steps / 2);
+  const double base_step = MedianSeconds(mixed_steps, [&] { (void)llama.Forward(step); });
+  deltas::SegmentedDeltaHook hook(segments);
+  step.deltas = &hook;
+  const double mixed_step = MedianSeconds(mixed_steps, [&] { (void)llama.Forward(step); });
+  // The low-rank products alone: every module's hook call on inputs of the step's shape.
+  const model::ModelConfig& config = llama.config();
+  const int64_t q_width = config.num_attention_heads * config.head_dim;
+  const int64_t kv_width = config.num_key_value_heads * config.head_dim;
+  const std::vector<std::pair<model::Projection, std::pair<int64_t, int64_t>>> modules = {
+      {model::Projection::kQuery, {config.hidden_size, q_width}},
+      {model::Projection::kKey, {config.hidden_size, kv_width}},
+      {model::Projection::kValue, {config.hidden_size, kv_width}},
+      {model::Projection::kOutput, {q_width, config.hidden_size}},
+      {model::Projection::kGate, {config.hidden_size, config.intermediate_size}},
+      {model::Projection::kUp, {config.hidden_size, config.intermediate_size}},
+      {model::Projection::kDown, {config.intermediate_size, config.hidden_size}}};
+  std::vector<at::Tensor> module_inputs, module_outputs;
+  for (const auto& [projection, shape] : modules) {
+    module_inputs.push_back(at::randn({rows, shape.first}));
+    module_outputs.push_back(at::zeros({rows, shape.second}));
+  }
+  const double low_rank = MedianSeconds(mixed_steps, [&] {
+    for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+      for (size_t m = 0; m < modules.size(); ++m) hook.AddDelta(layer, modules[m].first, module_inputs[m], module_outputs[m]);
+    }
+  });
+  std::printf("low-rank products alone: %.2f ms; adapter bytes read per step %.1f MiB\n", low_rank * 1e3,
+              rows * adapters[0].deltas.Bytes() / 1048576.0);
+  std::printf("decode step of %d sequences: base %.2f ms, each with its own adapter %.2f ms, base/mixed %.2f\n",
+              rows, base_step * 1e3, mixed_step * 1e3, base_step / mixed_step);
+  return 0;
+}
