@@ -23,6 +23,7 @@
 #include "absl/flags/parse.h"
 #include "bench/percentile.h"
 #include "server/common/flag_names.h"
+#include "server/deltas/cpu_low_rank.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/deltas/segmented_delta_hook.h"
 #include "server/engine/intra_op_threads.h"
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", adapter.status().ToString().c_str());
       return 1;
     }
+    adapter->deltas = deltas::ServingLayout(adapter->deltas);  // as the engine's adapter cache keeps them
     adapters.push_back(std::move(*adapter));
     caches.push_back(llama.AllocateKvCache(context + 1).zero_());
     step.token_ids.push_back(5 + row);

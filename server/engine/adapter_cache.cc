@@ -5,7 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
+#include "server/deltas/cpu_low_rank.h"
 
 namespace deltaserve::engine {
 
@@ -37,13 +39,14 @@ AdapterCache::~AdapterCache() {
 
 namespace {
 
-// Copies deltas to `device`/`dtype`; on the CPU in the same dtype the tensors are shared.
+// Copies deltas to `device`/`dtype`. Host deltas are on the CPU in the cache's dtype: for a CPU
+// device they only take the serving layout (tensors shared where they have it already).
 absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> Convert(
     std::shared_ptr<const deltas::DeltaSet> deltas, const at::Device& device, at::ScalarType dtype) {
-  if (device.is_cpu()) return deltas;  // host deltas are on the CPU in the cache's dtype
   std::shared_ptr<const deltas::DeltaSet> converted;
   absl::Status status = common::CatchTorchErrors("copying adapter deltas", [&] {
-    converted = std::make_shared<const deltas::DeltaSet>(deltas->To(device, dtype));
+    converted = std::make_shared<const deltas::DeltaSet>(device.is_cpu() ? deltas::ServingLayout(*deltas)
+                                                                         : deltas->To(device, dtype));
   });
   if (!status.ok()) return status;
   return converted;
@@ -387,6 +390,11 @@ void AdapterCache::LoaderLoop() {
       if (host == nullptr) {
         absl::StatusOr<deltas::DeltaSet> read = options_.read(path);
         if (!read.ok()) return read.status();
+        // Read straight into the serving layout when serving on the CPU: host and device tiers
+        // then share the tensors.
+        if (options_.device.is_cpu()) {
+          RETURN_IF_ERROR(common::CatchTorchErrors("laying out adapter deltas", [&] { *read = deltas::ServingLayout(*read); }));
+        }
         host = std::make_shared<const deltas::DeltaSet>(std::move(*read));
       }
       return Convert(host, options_.device, options_.dtype);

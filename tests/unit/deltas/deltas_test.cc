@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "server/common/file_util.h"
+#include "server/deltas/cpu_low_rank.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/deltas/segmented_delta_hook.h"
 #include "server/model/llama_model.h"
@@ -55,7 +56,7 @@ class DeltasTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete base_; }
   void ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vector<int64_t>>& sequences,
-                                            const std::vector<int>& variants);
+                                            const std::vector<int>& variants, bool serving_layout);
   const model::ModelConfig& config() const { return base_->config(); }
 
   // A model whose weights are the base's plus scale * B A of every module, computed here.
@@ -114,10 +115,15 @@ ThreeAdapters WriteThreeAdapters(const model::ModelConfig& config) {
 // checks each sequence's logits against the same sequence run alone through a model whose
 // weights have its adapter merged in.
 void DeltasTest::ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vector<int64_t>>& sequences,
-                                                      const std::vector<int>& variants) {
+                                                      const std::vector<int>& variants, bool serving_layout) {
   at::manual_seed(5);
   ThreeAdapters adapters = WriteThreeAdapters(config());
   ASSERT_EQ(adapters.deltas.size(), 3u);
+  if (serving_layout) {
+    for (DeltaSet& deltas : adapters.deltas) deltas = ServingLayout(deltas);
+    const at::Tensor& b = adapters.deltas[0].Factors(0, Projection::kQuery)[0].b;
+    EXPECT_EQ(b.stride(0), 1);  // B column-major: the layout the CPU expansion streams
+  }
   EXPECT_EQ(adapters.deltas[2].RankSummary(), "k_proj:6 up_proj:6 down_proj:2");
   model::ForwardBatch batch;
   std::vector<DeltaSegment> segments;
@@ -146,12 +152,16 @@ void DeltasTest::ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vec
   }
 }
 
+// One batch: base, plain, rsLoRA, patterned, plain again; different lengths (the longest past
+// the CPU path's row loop, so through GEMM); B as read and in the serving layout.
 TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
   c10::InferenceMode guard;
-  // One batch: base, plain, rsLoRA, patterned, plain again; different lengths.
-  ExpectMixedBatchMatchesMergedWeights(
-      {{1, 5, 9, 200}, {1, 300, 20, 11, 7, 3}, {1, 42}, {1, 8, 16, 32, 64, 128, 256}, {1, 400, 401}},
-      {-1, 0, 1, 2, 0});
+  for (bool serving_layout : {false, true}) {
+    SCOPED_TRACE(serving_layout ? "serving layout" : "as read");
+    ExpectMixedBatchMatchesMergedWeights({{1, 5, 9, 200}, {1, 300, 20, 11, 7, 3}, {1, 42},
+                                          {1, 8, 16, 32, 64, 128, 256, 3, 9, 27, 81, 243}, {1, 400, 401}},
+                                         {-1, 0, 1, 2, 0}, serving_layout);
+  }
 }
 
 // A decode-shaped batch: one row per sequence, more segments than one thread takes (the
@@ -159,7 +169,7 @@ TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
 TEST_F(DeltasTest, SingleRowSegmentsMatchMergedWeights) {
   c10::InferenceMode guard;
   ExpectMixedBatchMatchesMergedWeights({{7}, {300}, {42}, {9}, {256}, {12}, {401}, {5}, {77}, {1}, {64}},
-                                       {0, 1, 2, -1, 0, 2, 1, 0, 1, 2, 0});
+                                       {0, 1, 2, -1, 0, 2, 1, 0, 1, 2, 0}, /*serving_layout=*/true);
 }
 
 TEST_F(DeltasTest, WriteReadRoundTripIsBitIdentical) {
