@@ -21,6 +21,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "bench/percentile.h"
@@ -67,17 +68,25 @@ class CountingSink : public engine::RequestSink {
   void OnOutput(engine::GenerationOutput output) override {
     if (tokens_ == 0) first_token_ = Clock::now();
     tokens_ += static_cast<int64_t>(output.token_ids.size());
+    Keep(output.token_ids);
   }
   void OnFinished(engine::RequestResult result) override {
     tokens_ += static_cast<int64_t>(result.final_output.token_ids.size());
+    Keep(result.final_output.token_ids);
     finished_ = Clock::now();
     done_.Notify();
   }
   void Wait() { done_.WaitForNotification(); }
   int64_t tokens_ = 0;
   Clock::time_point first_token_, finished_;
+  std::vector<int32_t> first_ids_;  // the first 16 generated
 
  private:
+  void Keep(const std::vector<int32_t>& ids) {
+    for (int32_t id : ids) {
+      if (first_ids_.size() < 16) first_ids_.push_back(id);
+    }
+  }
   absl::Notification done_;
 };
 
@@ -250,6 +259,7 @@ int main(int argc, char** argv) {
   // bandwidth floor, in rounds that each measure the bandwidth right before decoding: this
   // machine's bandwidth drifts by half within minutes, so each ratio pairs neighbouring figures.
   std::vector<double> per_token, floor, ratio, in_steps;
+  std::vector<int32_t> greedy_ids;
   for (int round = 0; round < absl::GetFlag(FLAGS_decode_rounds); ++round) {
     const double bandwidth = ReadBandwidthBytesPerSecond(*device);
     auto sink = std::make_shared<CountingSink>();
@@ -258,6 +268,7 @@ int main(int argc, char** argv) {
     sink->Wait();
     per_token.push_back(Seconds(sink->finished_ - sink->first_token_) / (sink->tokens_ - 1));
     in_steps.push_back(step_timer.seconds / sink->tokens_);
+    greedy_ids = sink->first_ids_;
     floor.push_back(static_cast<double>(llama->WeightBytes()) / bandwidth);
     ratio.push_back(floor.back() / per_token.back());
   }
@@ -270,6 +281,10 @@ int main(int argc, char** argv) {
               *std::min_element(ratio.begin(), ratio.end()), *std::max_element(ratio.begin(), ratio.end()));
   std::printf("  of which in engine steps (forward pass and sampling): %.3f ms/token\n",
               bench::Percentile(in_steps, 0.5) * 1e3);
+  // The request's prompt and first greedy tokens, for comparisons with other engines.
+  std::printf("prompt_token_ids %s\ngreedy_token_ids %s\n",
+              absl::StrJoin(Request((*engine)->tokenizer(), 0, tokens).prompt_token_ids, ",").c_str(),
+              absl::StrJoin(greedy_ids, ",").c_str());
 
   double base = 0;
   std::printf("concurrency  tokens/s  ratio_to_1\n");
