@@ -8,7 +8,8 @@
 //    per-operator work (norms, rotary, attention, residuals, dispatch);
 //  - the same forward pass outside inference mode, where the model uses libtorch's operators
 //    only (no cpu_inference_kernels).
-// With --adapters-dir, a decode step of --rows sequences on the base, then with every row
+// Then the weight products of steps of 1 to 8 rows, through GEMM and through one
+// matrix-vector product per row. With --adapters-dir, a decode step of --rows sequences on the base, then with every row
 // served by a different adapter (demo-000, demo-001, ...), and the mixed/base time ratio.
 #include <algorithm>
 #include <chrono>
@@ -128,6 +129,24 @@ int main(int argc, char** argv) {
                 bench::Percentile(f.bandwidth, 0.5) / 1e9, products * 1e3, forward * 1e3,
                 (forward - products) * 1e3, bench::Percentile(f.ratio, 0.5),
                 bench::Percentile(f.generic, 0.5) * 1e3);
+  }
+
+  // Weight products of a few rows: GEMM (at::linear) against one matrix-vector product per row
+  // (where LlamaModel's Linear switches from one to the other).
+  std::printf("\nweight products of a step of R rows, ms (all threads)\n");
+  std::printf("rows   gemm  mv_per_row\n");
+  for (int64_t rows : {1, 2, 4, 8}) {
+    std::vector<at::Tensor> batches;
+    for (const at::Tensor& matrix : matrices) batches.push_back(at::randn({rows, matrix.size(1)}));
+    const double gemm = MedianSeconds(steps, [&] {
+      for (size_t i = 0; i < matrices.size(); ++i) (void)at::linear(batches[i], matrices[i]);
+    });
+    const double per_row = MedianSeconds(steps, [&] {
+      for (size_t i = 0; i < matrices.size(); ++i) {
+        for (int64_t row = 0; row < rows; ++row) (void)at::mv(matrices[i], batches[i][row]);
+      }
+    });
+    std::printf("%4ld  %5.2f  %10.2f\n", static_cast<long>(rows), gemm * 1e3, per_row * 1e3);
   }
 
   const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);

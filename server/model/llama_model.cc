@@ -21,10 +21,11 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 }
 
 // Rows up to which Linear uses one matrix-vector product per row: OpenBLAS's GEMM packs the
-// whole weight matrix on every call, which for a few rows costs several times what streaming
-// the weights through GEMV does. Measured on the medium demo model (2 cores): decode tokens/s
-// with GEMV vs GEMM at 1 row 166 vs 130, 2 rows 146 vs 109, 3 rows 181 vs 126, 4 rows 206 vs 221.
-constexpr int64_t kMatrixVectorRows = 3;
+// whole weight matrix on every call, which for a few rows costs more than streaming the weights
+// once per row through GEMV. Engine decode tokens/s on the medium demo model (2 threads, two
+// alternating runs each), GEMV per row vs GEMM: 4 rows 243, 230 vs 201, 212; 8 rows 272, 256
+// vs 330, 344.
+constexpr int64_t kMatrixVectorRows = 4;
 
 // Linear is at::linear (y = x W^T + b for x [rows, in]) with the small-batch path above.
 at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
