@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <exception>
 
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
