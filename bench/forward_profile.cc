@@ -8,8 +8,8 @@
 //    per-operator work (norms, rotary, attention, residuals, dispatch);
 //  - the same forward pass outside inference mode, where the model uses libtorch's operators
 //    only (no cpu_inference_kernels).
-// Then the weight products of steps of 1 to 8 rows, through GEMM and through one
-// matrix-vector product per row. With --adapters-dir, a decode step of --rows sequences on the base, then with every row
+// Then the weight products of steps of 1 to 32 rows, through GEMM, through one matrix-vector
+// product per row and through the small-batch kernel. With --adapters-dir, a decode step of --rows sequences on the base, then with every row
 // served by a different adapter (demo-000, demo-001, ...), and the mixed/base time ratio.
 #include <algorithm>
 #include <chrono>
@@ -28,6 +28,7 @@
 #include "server/deltas/peft_adapter.h"
 #include "server/deltas/segmented_delta_hook.h"
 #include "server/engine/intra_op_threads.h"
+#include "server/model/cpu_small_batch_linear.h"
 #include "server/model/llama_model.h"
 
 ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
@@ -131,11 +132,11 @@ int main(int argc, char** argv) {
                 bench::Percentile(f.generic, 0.5) * 1e3);
   }
 
-  // Weight products of a few rows: GEMM (at::linear) against one matrix-vector product per row
-  // (where LlamaModel's Linear switches from one to the other).
+  // Weight products of a few rows: GEMM (at::linear), one matrix-vector product per row, and the
+  // small-batch kernel (where LlamaModel's Linear switches between them).
   std::printf("\nweight products of a step of R rows, ms (all threads)\n");
-  std::printf("rows   gemm  mv_per_row\n");
-  for (int64_t rows : {1, 2, 4, 8}) {
+  std::printf("rows   gemm  mv_per_row  small_batch\n");
+  for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}) {
     std::vector<at::Tensor> batches;
     for (const at::Tensor& matrix : matrices) batches.push_back(at::randn({rows, matrix.size(1)}));
     const double gemm = MedianSeconds(steps, [&] {
@@ -146,7 +147,11 @@ int main(int argc, char** argv) {
         for (int64_t row = 0; row < rows; ++row) (void)at::mv(matrices[i], batches[i][row]);
       }
     });
-    std::printf("%4ld  %5.2f  %10.2f\n", static_cast<long>(rows), gemm * 1e3, per_row * 1e3);
+    const double small_batch = MedianSeconds(steps, [&] {
+      for (size_t i = 0; i < matrices.size(); ++i) (void)model::cpu_kernels::SmallBatchLinear(batches[i], matrices[i], at::Tensor());
+    });
+    std::printf("%4ld  %5.2f  %10.2f  %11.2f\n", static_cast<long>(rows), gemm * 1e3, per_row * 1e3,
+                small_batch * 1e3);
   }
 
   const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);

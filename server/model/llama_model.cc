@@ -8,6 +8,7 @@
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
 #include "server/model/cpu_inference_kernels.h"
+#include "server/model/cpu_small_batch_linear.h"
 #include "server/model/rope.h"
 
 namespace deltaserve::model {
@@ -20,16 +21,28 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return (as_float * at::rsqrt(variance + eps)).to(x.scalar_type()) * weight;
 }
 
-// Rows up to which Linear uses one matrix-vector product per row: OpenBLAS's GEMM packs the
-// whole weight matrix on every call, which for a few rows costs more than streaming the weights
-// once per row through GEMV. Engine decode tokens/s on the medium demo model (2 threads, two
-// alternating runs each), GEMV per row vs GEMM: 4 rows 243, 230 vs 201, 212; 8 rows 272, 256
-// vs 330, 344.
+// Rows up to which Linear uses cpu_kernels::SmallBatchLinear under inference mode on float32
+// CPU tensors: it reads the weights once per call where OpenBLAS's GEMV reads them once per row
+// and its GEMM packs them on every call. Weight products of a decode step on the medium demo
+// model (2 threads, ms; GEMV per row / GEMM / kernel): 1 row 4.39 / 10.20 / 3.73, 8 rows
+// 15.98 / 17.67 / 7.88, 32 rows 53.2 / 20.97 / 13.84; 256 rows GEMM 108.5 / kernel 72.8.
+constexpr int64_t kSmallBatchKernelRows = 256;
+
+// Elsewhere on the CPU (outside inference mode, other dtypes), rows up to which Linear uses one
+// matrix-vector product per row: OpenBLAS's GEMM packs the whole weight matrix on every call,
+// which for a few rows costs more than streaming the weights once per row through GEMV. Engine
+// decode tokens/s on the medium demo model (2 threads, two alternating runs each), GEMV per
+// row vs GEMM: 4 rows 243, 230 vs 201, 212; 8 rows 272, 256 vs 330, 344.
 constexpr int64_t kMatrixVectorRows = 4;
 
-// Linear is at::linear (y = x W^T + b for x [rows, in]) with the small-batch path above.
+// Linear is at::linear (y = x W^T + b for x [rows, in]) with the small-batch paths above.
 at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
   const int64_t rows = input.size(0);
+  if (rows <= kSmallBatchKernelRows && cpu_kernels::Applies({&input, &weight}) &&
+      (!bias.defined() || cpu_kernels::Applies({&bias})) && input.stride(1) == 1 &&
+      weight.is_contiguous()) {
+    return cpu_kernels::SmallBatchLinear(input, weight, bias);
+  }
   if (rows > kMatrixVectorRows || input.device().type() != at::kCPU) {
     return at::linear(input, weight, bias);
   }
