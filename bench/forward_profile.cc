@@ -2,7 +2,8 @@
 // Where a decode step's time goes, measured in one run on the loaded model, with one intra-op
 // thread and with all of them, in alternating rounds:
 //  - the memory read bandwidth and the floor weight_bytes / bandwidth,
-//  - the weight products alone (one matrix-vector product per weight matrix, as Forward runs),
+//  - the weight products alone (the small-batch kernel on one row per weight matrix, as Forward
+//    runs them),
 //  - the whole forward pass of one token against a KV cache of --context tokens, and its
 //    ratio to the floor; the difference between the forward pass and its products is the
 //    per-operator work (norms, rotary, attention, residuals, dispatch);
@@ -76,7 +77,7 @@ int main(int argc, char** argv) {
   }
   matrices.push_back(llama.weights().lm_head);
   std::vector<at::Tensor> inputs;
-  for (const at::Tensor& matrix : matrices) inputs.push_back(at::randn({matrix.size(1)}));
+  for (const at::Tensor& matrix : matrices) inputs.push_back(at::randn({1, matrix.size(1)}));
   at::Tensor cache = llama.AllocateKvCache(context + 1).zero_();
   model::ForwardBatch batch;
   batch.token_ids = {5};
@@ -106,7 +107,9 @@ int main(int argc, char** argv) {
       const double read = MedianSeconds(3, [&] { (void)buffer.sum().item<float>(); });
       figures.bandwidth.push_back(static_cast<double>(buffer.nbytes()) / read);
       figures.products.push_back(MedianSeconds(steps, [&] {
-        for (size_t i = 0; i < matrices.size(); ++i) (void)at::mv(matrices[i], inputs[i]);
+        for (size_t i = 0; i < matrices.size(); ++i) {
+          (void)model::cpu_kernels::SmallBatchLinear(inputs[i], matrices[i], at::Tensor());
+        }
       }));
       figures.forward.push_back(MedianSeconds(steps, [&] { (void)llama.Forward(batch); }));
       figures.generic.push_back(MedianSeconds(steps, [&] {

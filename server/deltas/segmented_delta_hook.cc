@@ -3,9 +3,8 @@
 #include <algorithm>
 #include <vector>
 
-#include <ATen/Parallel.h>
-
 #include "server/deltas/cpu_low_rank.h"
+#include "server/model/worker_team.h"
 
 namespace deltaserve::deltas {
 namespace {
@@ -41,13 +40,13 @@ void SegmentedDeltaHook::AddDelta(int64_t layer, model::Projection projection,
     }
   }
   // Segments write disjoint rows, so they run on all intra-op threads at once (each segment's
-  // factors in order); BLAS calls inside a parallel region run single-threaded.
+  // factors in order); BLAS calls inside a parallel section run single-threaded.
   const int64_t count = static_cast<int64_t>(cpu_segments.size());
   if (count == 0) return;
   const float* x = input.data_ptr<float>();
   float* y = output.data_ptr<float>();
   const int64_t x_stride = input.stride(0), y_stride = output.stride(0);
-  at::parallel_for(0, count, kSegmentsPerTask, [&](int64_t begin, int64_t end) {
+  model::ParallelFor(0, count, kSegmentsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const DeltaSegment& segment = *cpu_segments[i];
       for (const LowRankFactor& factor : segment.deltas->Factors(layer, projection)) {

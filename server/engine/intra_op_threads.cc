@@ -5,6 +5,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "server/model/worker_team.h"
+
 #ifdef DELTASERVE_HAVE_OPENMP
 #include <omp.h>
 #endif
@@ -17,6 +19,7 @@ void SetIntraOpThreadsOfThisThread(int threads) {
   at::get_num_threads();  // ATen's lazy per-thread set-up first, so it cannot undo the next line
   omp_set_num_threads(threads);
 #endif
+  model::SetWorkerTeamOfThisThread(threads);
 }
 
 int IntraOpThreadsOfThisThread() { return at::get_num_threads(); }

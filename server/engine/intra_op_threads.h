@@ -7,6 +7,9 @@
 // project's 2-core machine it picks 1), and batch decode is bound by reading the weights, which
 // two cores do at 36 GB/s against one core's 30 (medium demo model: 4.7 vs 7.2 ms per token of
 // weight products, bench/forward_profile.cc).
+//
+// The count also sizes the thread's worker team (model/worker_team.h), which the CPU inference
+// kernels use instead of OpenMP.
 #pragma once
 
 namespace deltaserve::engine {

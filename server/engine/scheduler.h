@@ -75,6 +75,8 @@ class Scheduler {
   double counter(const std::string& tenant) const;
 
  private:
+  // Reserve makes the request hold blocks for `tokens` tokens, with headroom when growing (see
+  // scheduler.cc); false when the blocks are not free.
   bool Reserve(RequestState* request, int64_t tokens);
   void Preempt(RequestState* request);
   // Charge adds scheduled tokens to the request's tenant's counter.

@@ -4,8 +4,9 @@
 #include <cmath>
 #include <vector>
 
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+
+#include "server/model/worker_team.h"
 
 namespace deltaserve::model::cpu_kernels {
 namespace {
@@ -37,7 +38,7 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const float* w = scale.data_ptr<float>();
   float* out = output.data_ptr<float>();
   const int64_t in_stride = input.stride(0);
-  at::parallel_for(0, rows, GrainRows(hidden), [&](int64_t begin, int64_t end) {
+  ParallelFor(0, rows, GrainRows(hidden), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const float* v = in + row * in_stride;
       float* o = out + row * hidden;
@@ -60,7 +61,7 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   const int64_t stride = x.stride(0);
   const float* cos_data = c.data_ptr<float>();
   const float* sin_data = s.data_ptr<float>();
-  at::parallel_for(0, tokens, GrainRows(heads * head_dim), [&](int64_t begin, int64_t end) {
+  ParallelFor(0, tokens, GrainRows(heads * head_dim), [&](int64_t begin, int64_t end) {
     for (int64_t token = begin; token < end; ++token) {
       const float* ct = cos_data + token * half;
       const float* st = sin_data + token * half;
@@ -94,7 +95,7 @@ at::Tensor AttendOneToken(const at::Tensor& query, const at::Tensor& keys, const
   const int64_t k_head_stride = keys.stride(0), k_stride = keys.stride(1);
   const int64_t v_head_stride = values.stride(0), v_stride = values.stride(1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  at::parallel_for(0, heads, GrainRows(context * head_dim * 2), [&](int64_t begin, int64_t end) {
+  ParallelFor(0, heads, GrainRows(context * head_dim * 2), [&](int64_t begin, int64_t end) {
     std::vector<float> scores(context);
     for (int64_t head = begin; head < end; ++head) {
       const float* qh = q + head * q_stride;

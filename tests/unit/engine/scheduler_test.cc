@@ -81,6 +81,37 @@ TEST(SchedulerTest, PreemptsTheYoungestWhenBlocksRunOut) {
   EXPECT_EQ(allocator.used_blocks(), 2);
 }
 
+// A decoding request grows by half again the blocks it holds (fewer reallocations of its KV
+// tensor), never past its longest possible length, and by exactly what it needs when the
+// headroom would leave a running request without a block to grow into.
+TEST(SchedulerTest, GrowingRequestsTakeHeadroomOnlyWhileBlocksAreFree) {
+  KvBlockAllocator allocator(100, 4);
+  Scheduler scheduler({64, 8}, &allocator);
+  auto request = Request(16);
+  request->max_new_tokens = 40;  // at most 56 tokens: 14 blocks
+  scheduler.Enqueue(request.get());
+  std::vector<int64_t> holdings;
+  for (int step = 0; step < 40; ++step) {  // up to the 56th token
+    Apply(scheduler.Next());
+    if (holdings.empty() || holdings.back() != request->kv_blocks) holdings.push_back(request->kv_blocks);
+  }
+  EXPECT_EQ(holdings, (std::vector<int64_t>{4, 6, 9, 13, 14}));
+  EXPECT_EQ(allocator.used_blocks(), 14);
+
+  KvBlockAllocator tight(7, 4);
+  Scheduler tight_scheduler({64, 8}, &tight);
+  auto a = Request(16), b = Request(4);
+  a->max_new_tokens = b->max_new_tokens = 40;
+  tight_scheduler.Enqueue(a.get());
+  tight_scheduler.Enqueue(b.get());
+  Apply(tight_scheduler.Next());  // a: 4 blocks, b: 1; 2 free
+  Schedule schedule = tight_scheduler.Next();  // a needs a 5th, b a 2nd: headroom would starve b
+  EXPECT_EQ(schedule.slices.size(), 2u);
+  EXPECT_EQ(a->kv_blocks, 5);
+  EXPECT_EQ(b->kv_blocks, 2);
+  EXPECT_EQ(tight_scheduler.preemptions(), 0);
+}
+
 TEST(SchedulerTest, AloneAndTooLargeIsReported) {
   KvBlockAllocator allocator(1, 4);
   Scheduler scheduler({64, 8}, &allocator);
