@@ -68,6 +68,7 @@ class WorkerTeam {
 
   void Work(int index) {
     inside_section = true;  // sections started by a body run on its thread alone,
+    at::get_num_threads();  // (libtorch's lazy per-thread set-up first, so it cannot undo the next line)
     omp_set_num_threads(1);  // and so do its libtorch and BLAS calls
     uint64_t seen = 0;
     while (true) {
@@ -109,6 +110,7 @@ thread_local std::unique_ptr<WorkerTeam> this_threads_team;
 }  // namespace
 
 void SetWorkerTeamOfThisThread(int threads) {
+  at::get_num_threads();  // libtorch's lazy per-thread set-up, before ParallelFor saves the count
   this_threads_team.reset();
   if (threads > 1) this_threads_team = std::make_unique<WorkerTeam>(threads);
 }
@@ -116,10 +118,11 @@ void SetWorkerTeamOfThisThread(int threads) {
 void ParallelFor(int64_t begin, int64_t end, int64_t grain,
                  const std::function<void(int64_t, int64_t)>& body) {
   if (begin >= end) return;
+  if (inside_section) return body(begin, end);
   WorkerTeam* team = this_threads_team.get();
   if (team == nullptr) return at::parallel_for(begin, end, grain, body);
   const int64_t members = std::min<int64_t>(team->threads(), (end - begin + grain - 1) / std::max<int64_t>(1, grain));
-  if (members <= 1 || inside_section) return body(begin, end);
+  if (members <= 1) return body(begin, end);
   // The owner's share runs like the workers': libtorch and BLAS calls in it on one thread.
   const int openmp_threads = omp_get_max_threads();
   omp_set_num_threads(1);
