@@ -6,6 +6,7 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include "server/model/cpu_lanes.h"
 #include "server/model/worker_team.h"
 
 namespace deltaserve::model::cpu_kernels {
@@ -16,6 +17,58 @@ constexpr int64_t kParallelGrainElements = 32768;
 
 int64_t GrainRows(int64_t elements_per_row) {
   return std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(1, elements_per_row));
+}
+
+// One KV head of one sequence and the `group` query heads that share it.
+struct AttentionGroup {
+  const float* q;  // the group's first query head; heads q_stride apart
+  int64_t q_stride;
+  const float* k;  // [context, head_dim], rows k_stride apart
+  int64_t k_stride;
+  const float* v;  // [context, head_dim], rows v_stride apart
+  int64_t v_stride;
+  int64_t context, head_dim, group;
+  float scale;
+  float* out;  // [group, head_dim] contiguous
+};
+
+// softmax(q K^T * scale) V for each query head of the group, reading each key and value row once
+// for the whole group; `scores` holds group * context floats.
+DELTASERVE_CPU_CLONES
+void AttendGroup(const AttentionGroup& a, float* scores) {
+  const int64_t vector_end = a.head_dim / kLanes * kLanes;
+  for (int64_t t = 0; t < a.context; ++t) {
+    const float* kt = a.k + t * a.k_stride;
+    for (int64_t g = 0; g < a.group; ++g) {
+      const float* qg = a.q + g * a.q_stride;
+      Lanes sums{};
+      for (int64_t i = 0; i < vector_end; i += kLanes) sums += LoadLanes(qg + i) * LoadLanes(kt + i);
+      float dot = SumOfLanes(sums);
+      for (int64_t i = vector_end; i < a.head_dim; ++i) dot += qg[i] * kt[i];
+      scores[g * a.context + t] = dot * a.scale;
+    }
+  }
+  for (int64_t g = 0; g < a.group; ++g) {
+    float* row = scores + g * a.context;
+    const float highest = *std::max_element(row, row + a.context);
+    float total = 0;
+    for (int64_t t = 0; t < a.context; ++t) {
+      row[t] = std::exp(row[t] - highest);
+      total += row[t];
+    }
+    const float inverse = 1.0f / total;
+    for (int64_t t = 0; t < a.context; ++t) row[t] *= inverse;
+    std::fill(a.out + g * a.head_dim, a.out + (g + 1) * a.head_dim, 0.0f);
+  }
+  for (int64_t t = 0; t < a.context; ++t) {
+    const float* vt = a.v + t * a.v_stride;
+    for (int64_t g = 0; g < a.group; ++g) {
+      const float weight = scores[g * a.context + t];
+      float* o = a.out + g * a.head_dim;
+      for (int64_t i = 0; i < vector_end; i += kLanes) StoreLanes(o + i, LoadLanes(o + i) + weight * LoadLanes(vt + i));
+      for (int64_t i = vector_end; i < a.head_dim; ++i) o[i] += weight * vt[i];
+    }
+  }
 }
 
 }  // namespace
@@ -78,50 +131,38 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-at::Tensor AttendOneToken(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values) {
+at::Tensor AttendDecodeTokens(const at::Tensor& query, const std::vector<at::Tensor>& keys,
+                              const std::vector<at::Tensor>& values) {
+  const int64_t sequences = query.size(0);
   const int64_t heads = query.size(1);
   const int64_t head_dim = query.size(2);
-  const int64_t kv_heads = keys.size(0);
-  const int64_t context = keys.size(1);
+  TORCH_CHECK(static_cast<int64_t>(keys.size()) == sequences && static_cast<int64_t>(values.size()) == sequences,
+              "AttendDecodeTokens: one keys and one values tensor per query token");
+  TORCH_CHECK(query.stride(2) == 1, "AttendDecodeTokens: head_dim must be contiguous");
+  const int64_t kv_heads = keys[0].size(0);
   const int64_t group = heads / kv_heads;
-  TORCH_CHECK(query.stride(2) == 1 && keys.stride(2) == 1 && values.stride(2) == 1,
-              "AttendOneToken: head_dim must be contiguous");
-  at::Tensor output = at::empty({1, heads * head_dim}, query.options());
+  int64_t longest = 0;
+  for (int64_t s = 0; s < sequences; ++s) {
+    TORCH_CHECK(keys[s].stride(2) == 1 && values[s].stride(2) == 1 && keys[s].size(0) == kv_heads &&
+                    values[s].size(1) == keys[s].size(1),
+                "AttendDecodeTokens: keys and values [kv_heads, context, head_dim], head_dim contiguous");
+    longest = std::max(longest, keys[s].size(1));
+  }
+  at::Tensor output = at::empty({sequences, heads * head_dim}, query.options());
   const float* q = query.data_ptr<float>();
-  const float* k = keys.data_ptr<float>();
-  const float* v = values.data_ptr<float>();
   float* out = output.data_ptr<float>();
-  const int64_t q_stride = query.stride(1);
-  const int64_t k_head_stride = keys.stride(0), k_stride = keys.stride(1);
-  const int64_t v_head_stride = values.stride(0), v_stride = values.stride(1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  ParallelFor(0, heads, GrainRows(context * head_dim * 2), [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(context);
-    for (int64_t head = begin; head < end; ++head) {
-      const float* qh = q + head * q_stride;
-      const float* kh = k + (head / group) * k_head_stride;
-      const float* vh = v + (head / group) * v_head_stride;
-      float highest = -INFINITY;
-      for (int64_t t = 0; t < context; ++t) {
-        const float* kt = kh + t * k_stride;
-        float dot = 0;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
-        scores[t] = dot * scale;
-        highest = std::max(highest, scores[t]);
-      }
-      float total = 0;
-      for (int64_t t = 0; t < context; ++t) {
-        scores[t] = std::exp(scores[t] - highest);
-        total += scores[t];
-      }
-      float* o = out + head * head_dim;
-      std::fill(o, o + head_dim, 0.0f);
-      for (int64_t t = 0; t < context; ++t) {
-        const float weight = scores[t] / total;
-        const float* vt = vh + t * v_stride;
-        for (int64_t i = 0; i < head_dim; ++i) o[i] += weight * vt[i];
-      }
+  ParallelFor(0, sequences * kv_heads, GrainRows(longest * head_dim * 2 * group), [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(static_cast<size_t>(group * longest));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t s = item / kv_heads, kv_head = item % kv_heads;
+      const at::Tensor& k = keys[s];
+      const at::Tensor& v = values[s];
+      AttendGroup({q + s * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
+                   k.data_ptr<float>() + kv_head * k.stride(0), k.stride(1),
+                   v.data_ptr<float>() + kv_head * v.stride(0), v.stride(1), k.size(1), head_dim,
+                   group, scale, out + s * heads * head_dim + kv_head * group * head_dim},
+                  scores.data());
     }
   });
   return output;

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -26,9 +27,12 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // half" layout.
 void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin);
 
-// AttendOneToken: the attention output [1, heads * head_dim] of one query token, query
-// [1, heads, head_dim] (any strides with contiguous head_dim), against keys and values
-// [kv_heads, context, head_dim] (head_dim contiguous), grouped-query heads sharing KV heads.
-at::Tensor AttendOneToken(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values);
+// AttendDecodeTokens: the attention outputs [n, heads * head_dim] of n query tokens, one per
+// sequence, query [n, heads, head_dim] (any strides with contiguous head_dim), against each
+// sequence's keys[s] and values[s] [kv_heads, context_s, head_dim] (head_dim contiguous),
+// grouped-query heads sharing KV heads. One parallel section over (sequence, KV head) pairs; the
+// query heads of a group read their KV head's keys and values once.
+at::Tensor AttendDecodeTokens(const at::Tensor& query, const std::vector<at::Tensor>& keys,
+                              const std::vector<at::Tensor>& values);
 
 }  // namespace deltaserve::model::cpu_kernels

@@ -2,21 +2,11 @@
 
 #include <algorithm>
 
+#include "server/model/cpu_lanes.h"
 #include "server/model/worker_team.h"
-
-// AVX-512, AVX2+FMA and baseline versions, picked when the program loads (GCC ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DELTASERVE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DELTASERVE_CPU_CLONES
-#endif
 
 namespace deltaserve::model::cpu_kernels {
 namespace {
-
-// 16 floats; unaligned loads and stores (alignment 4) and no strict-aliasing assumptions.
-typedef float Lanes __attribute__((vector_size(64), aligned(4), may_alias));
-constexpr int64_t kLanes = 16;
 
 // Weight rows and input rows of one register tile: 4 x 4 accumulators of 16 lanes.
 constexpr int64_t kTileOutputs = 4;
@@ -46,17 +36,6 @@ struct Operands {
   int64_t in;
 };
 
-// The sum of the lanes, halving the vector three times, then four scalar additions.
-__attribute__((always_inline)) inline float SumOfLanes(Lanes lanes) {
-  typedef float Eight __attribute__((vector_size(32)));
-  typedef float Four __attribute__((vector_size(16)));
-  const Eight eight = __builtin_shufflevector(lanes, lanes, 0, 1, 2, 3, 4, 5, 6, 7) +
-                      __builtin_shufflevector(lanes, lanes, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Four four = __builtin_shufflevector(eight, eight, 0, 1, 2, 3) +
-                    __builtin_shufflevector(eight, eight, 4, 5, 6, 7);
-  return (four[0] + four[2]) + (four[1] + four[3]);
-}
-
 // One tile: y[r, o] for kOutputs weight rows from `o` and kRows input rows from `r`. Inlined
 // into the per-instruction-set clones below, so the lanes compile to their widest registers;
 // the loops over j and k unroll fully, leaving the accumulators in registers.
@@ -78,12 +57,12 @@ __attribute__((always_inline)) inline void Tile(const Operands& p, int64_t o, in
     Lanes weights[kOutputs];
 #pragma GCC unroll 16
     for (int j = 0; j < kOutputs; ++j) {
-      weights[j] = *reinterpret_cast<const Lanes*>(w[j] + i);
+      weights[j] = LoadLanes(w[j] + i);
       __builtin_prefetch(w[j] + i + kPrefetchRows * p.in);
     }
 #pragma GCC unroll 16
     for (int k = 0; k < kRows; ++k) {
-      const Lanes inputs = *reinterpret_cast<const Lanes*>(x[k] + i);
+      const Lanes inputs = LoadLanes(x[k] + i);
 #pragma GCC unroll 16
       for (int j = 0; j < kOutputs; ++j) sums[j][k] += weights[j] * inputs;
     }
@@ -118,8 +97,7 @@ __attribute__((always_inline)) inline void SingleRow(const Operands& p, int64_t 
       __builtin_prefetch(w + i + kSingleRowPrefetchFloats + 3 * kLanes);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        sums[j] += *reinterpret_cast<const Lanes*>(w + i + j * kLanes) *
-                   *reinterpret_cast<const Lanes*>(p.x + i + j * kLanes);
+        sums[j] += LoadLanes(w + i + j * kLanes) * LoadLanes(p.x + i + j * kLanes);
       }
     }
     float sum = SumOfLanes((sums[0] + sums[1]) + (sums[2] + sums[3]));

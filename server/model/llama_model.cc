@@ -116,29 +116,28 @@ at::Tensor LlamaModel::AllocateKvCache(int64_t capacity) const {
                    at::TensorOptions().dtype(options_.dtype).device(options_.device));
 }
 
-at::Tensor LlamaModel::Attend(int64_t layer, const SequenceSlice& sequence,
-                              const at::Tensor& query, const at::Tensor& key,
-                              const at::Tensor& value) const {
-  // query [n, heads, head_dim]; key/value [n, kv_heads, head_dim].
+std::pair<at::Tensor, at::Tensor> LlamaModel::CachedKeysAndValues(int64_t layer, const SequenceSlice& sequence,
+                                                                  const at::Tensor& key,
+                                                                  const at::Tensor& value) const {
+  if (sequence.kv_cache == nullptr) return {key.transpose(0, 1), value.transpose(0, 1)};
+  const int64_t n = sequence.length;
+  at::Tensor cache = sequence.kv_cache->select(0, layer);  // [2, kv_heads, capacity, head_dim]
+  cache.select(0, 0).narrow(1, sequence.start_position, n).copy_(key.transpose(0, 1));
+  cache.select(0, 1).narrow(1, sequence.start_position, n).copy_(value.transpose(0, 1));
+  const int64_t context = sequence.start_position + n;
+  return {cache.select(0, 0).narrow(1, 0, context), cache.select(0, 1).narrow(1, 0, context)};
+}
+
+at::Tensor LlamaModel::Attend(const SequenceSlice& sequence, const at::Tensor& query, const at::Tensor& keys,
+                              const at::Tensor& values) const {
+  // query [n, heads, head_dim]; keys/values [kv_heads, context, head_dim].
   const int64_t n = sequence.length;
   const int64_t heads = config_.num_attention_heads;
   const int64_t kv_heads = config_.num_key_value_heads;
   const int64_t group = heads / kv_heads;
   const int64_t head_dim = config_.head_dim;
-  at::Tensor keys, values;
-  if (sequence.kv_cache != nullptr) {
-    at::Tensor cache = sequence.kv_cache->select(0, layer);  // [2, kv_heads, capacity, head_dim]
-    cache.select(0, 0).narrow(1, sequence.start_position, n).copy_(key.transpose(0, 1));
-    cache.select(0, 1).narrow(1, sequence.start_position, n).copy_(value.transpose(0, 1));
-    const int64_t context = sequence.start_position + n;
-    keys = cache.select(0, 0).narrow(1, 0, context);
-    values = cache.select(0, 1).narrow(1, 0, context);
-  } else {
-    keys = key.transpose(0, 1);
-    values = value.transpose(0, 1);
-  }
   if (n == 1 && cpu_kernels::Applies({&query, &keys, &values})) {
-    return cpu_kernels::AttendOneToken(query, keys, values);
+    return cpu_kernels::AttendDecodeTokens(query, {keys}, {values});
   }
   const int64_t context = keys.size(1);
   // Grouped-query attention without repeating K/V: the `group` query heads that share a KV head
@@ -190,6 +189,7 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   const int64_t q_width = heads * head_dim;
   const int64_t kv_width = kv_heads * head_dim;
   const int64_t intermediate = config_.intermediate_size;
+  const bool decode_only = tokens == static_cast<int64_t>(batch.sequences.size());  // one token each
   at::Tensor hidden = at::embedding(weights_.embed_tokens, ids);
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
@@ -219,14 +219,29 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     at::Tensor key = rotated.narrow(1, heads, kv_heads);
     value = value.view({tokens, kv_heads, head_dim});
 
-    std::vector<at::Tensor> outputs;
-    outputs.reserve(batch.sequences.size());
+    // Each sequence's keys and values so far; a batch of decode tokens then attends in one
+    // kernel call, other batches sequence by sequence.
+    std::vector<at::Tensor> keys, values;
+    keys.reserve(batch.sequences.size());
+    values.reserve(batch.sequences.size());
     int64_t offset = 0;
     for (const SequenceSlice& sequence : batch.sequences) {
-      outputs.push_back(Attend(layer, sequence, query.narrow(0, offset, sequence.length),
-                               key.narrow(0, offset, sequence.length),
-                               value.narrow(0, offset, sequence.length)));
+      auto [k, v] = CachedKeysAndValues(layer, sequence, key.narrow(0, offset, sequence.length),
+                                        value.narrow(0, offset, sequence.length));
+      keys.push_back(std::move(k));
+      values.push_back(std::move(v));
       offset += sequence.length;
+    }
+    std::vector<at::Tensor> outputs;
+    if (decode_only && cpu_kernels::Applies({&query, &keys[0], &values[0]})) {
+      outputs.push_back(cpu_kernels::AttendDecodeTokens(query, keys, values));
+    } else {
+      offset = 0;
+      for (size_t s = 0; s < batch.sequences.size(); ++s) {
+        const int64_t length = batch.sequences[s].length;
+        outputs.push_back(Attend(batch.sequences[s], query.narrow(0, offset, length), keys[s], values[s]));
+        offset += length;
+      }
     }
     at::Tensor attention = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
     hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);

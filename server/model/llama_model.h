@@ -80,8 +80,13 @@ class LlamaModel {
   at::Device device() const { return options_.device; }
 
  private:
-  at::Tensor Attend(int64_t layer, const SequenceSlice& sequence, const at::Tensor& query,
-                    const at::Tensor& key, const at::Tensor& value) const;
+  // CachedKeysAndValues writes the slice's keys and values [n, kv_heads, head_dim] into its KV
+  // cache (if it has one) and returns all its keys and values so far, [kv_heads, context, head_dim].
+  std::pair<at::Tensor, at::Tensor> CachedKeysAndValues(int64_t layer, const SequenceSlice& sequence,
+                                                        const at::Tensor& key, const at::Tensor& value) const;
+  // Attend: the attention output [n, heads * head_dim] of the slice's queries [n, heads, head_dim].
+  at::Tensor Attend(const SequenceSlice& sequence, const at::Tensor& query, const at::Tensor& keys,
+                    const at::Tensor& values) const;
 
   ModelConfig config_;
   LlamaWeights weights_;

@@ -266,6 +266,42 @@ TEST(ForwardTest, BatchOfDifferentLengthsMatchesEachAlone) {
   }
 }
 
+// A step where every sequence decodes one token attends in one kernel call over all of them
+// (cpu_kernels::AttendDecodeTokens); its logits equal each sequence recomputed in full through
+// the prefill path (libtorch's batched matrix products).
+TEST(ForwardTest, DecodeStepOfSeveralSequencesMatchesFullRecompute) {
+  c10::InferenceMode guard;
+  auto model = LoadModel(testing::TinyModelDir());
+  const std::vector<std::vector<int64_t>> prefixes = {{1, 5, 9}, {1, 300, 200, 100, 50, 25, 12}, {1, 77}};
+  const std::vector<int64_t> next = {42, 7, 401};
+  std::vector<at::Tensor> caches;
+  ForwardBatch prefill, decode;
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    caches.push_back(model->AllocateKvCache(16));
+    prefill.token_ids.insert(prefill.token_ids.end(), prefixes[i].begin(), prefixes[i].end());
+  }
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    const int64_t length = static_cast<int64_t>(prefixes[i].size());
+    prefill.sequences.push_back({0, length, &caches[i]});
+    decode.token_ids.push_back(next[i]);
+    decode.sequences.push_back({length, 1, &caches[i]});
+  }
+  (void)model->Forward(prefill);
+  at::Tensor decoded = model->Forward(decode);
+  ASSERT_EQ(decoded.size(0), 3);
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    ForwardBatch full;
+    full.token_ids = prefixes[i];
+    full.token_ids.push_back(next[i]);
+    full.sequences.push_back({0, static_cast<int64_t>(full.token_ids.size()), nullptr});
+    full.logit_rows = {static_cast<int64_t>(prefixes[i].size())};
+    at::Tensor expected = model->Forward(full);
+    at::Tensor actual = decoded.narrow(0, static_cast<int64_t>(i), 1);
+    EXPECT_TRUE(at::allclose(actual, expected, 1e-5, 1e-4))
+        << "sequence " << i << ": max difference " << (actual - expected).abs().max().item<float>();
+  }
+}
+
 TEST(ForwardTest, LogitRowsSelectsRows) {
   c10::InferenceMode guard;
   auto model = LoadModel(testing::TinyModelDir());
