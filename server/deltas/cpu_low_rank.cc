@@ -2,49 +2,61 @@
 
 #include <vector>
 
-#ifdef DELTASERVE_HAVE_BLAS
-// The Fortran BLAS entry point every BLAS (OpenBLAS, the reference one) exports.
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b,
-                       const int* ldb, const float* beta, float* c, const int* ldc);
-#endif
-
-// AVX2+FMA and baseline versions of the loops, picked when the program loads (GCC ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DELTASERVE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define DELTASERVE_CPU_CLONES
-#endif
+#include "server/model/cpu_lanes.h"
 
 namespace deltaserve::deltas {
 namespace {
 
-// Segments of up to this many rows loop row by row: the factors stay in cache between rows,
-// and GEMM's packing would cost more than it saves.
-constexpr int64_t kLoopRows = 8;
-
 bool ColumnMajor(const at::Tensor& b) { return b.stride(0) == 1 && b.stride(1) == b.size(0); }
 
-// shrunk[k] = sum_i A[k, i] x[i] for k < rank.
+using model::cpu_kernels::kLanes;
+using model::cpu_kernels::Lanes;
+using model::cpu_kernels::LoadLanes;
+using model::cpu_kernels::StoreLanes;
+using model::cpu_kernels::SumOfLanes;
+
+// shrunk[k] = sum_i A[k, i] x[i] for k < rank: four rows of A at a time against one load of x.
 DELTASERVE_CPU_CLONES
 void Shrink(const float* a, const float* x, float* shrunk, int64_t rank, int64_t in) {
-  for (int64_t k = 0; k < rank; ++k) {
-    const float* row = a + k * in;
+  const int64_t vector_end = in / kLanes * kLanes;
+  int64_t k = 0;
+  for (; k + 4 <= rank; k += 4) {
+    Lanes sums[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) sums[j] = Lanes{};
+    for (int64_t i = 0; i < vector_end; i += kLanes) {
+      const Lanes xs = LoadLanes(x + i);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) sums[j] += LoadLanes(a + (k + j) * in + i) * xs;
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      float dot = SumOfLanes(sums[j]);
+      for (int64_t i = vector_end; i < in; ++i) dot += a[(k + j) * in + i] * x[i];
+      shrunk[k + j] = dot;
+    }
+  }
+  for (; k < rank; ++k) {
     float dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < in; ++i) dot += row[i] * x[i];
+    for (int64_t i = 0; i < in; ++i) dot += a[k * in + i] * x[i];
     shrunk[k] = dot;
   }
 }
 
-// y[o] += scale * sum_k shrunk[k] B^T[k, o], B^T [rank, out] row-major.
+// y[o] += scale * sum_k shrunk[k] B^T[k, o], B^T [rank, out] row-major: 16 outputs at a time
+// held in a register across all k.
 DELTASERVE_CPU_CLONES
 void ExpandTransposed(const float* b_t, const float* shrunk, float* y, int64_t rank, int64_t out, float scale) {
-  for (int64_t k = 0; k < rank; ++k) {
-    const float weight = scale * shrunk[k];
-    const float* row = b_t + k * out;
-#pragma omp simd
-    for (int64_t o = 0; o < out; ++o) y[o] += weight * row[o];
+  const int64_t vector_end = out / kLanes * kLanes;
+  for (int64_t o = 0; o < vector_end; o += kLanes) {
+    Lanes sums{};
+    for (int64_t k = 0; k < rank; ++k) sums += shrunk[k] * LoadLanes(b_t + k * out + o);
+    StoreLanes(y + o, LoadLanes(y + o) + scale * sums);
+  }
+  for (int64_t o = vector_end; o < out; ++o) {
+    float sum = 0;
+    for (int64_t k = 0; k < rank; ++k) sum += shrunk[k] * b_t[k * out + o];
+    y[o] += scale * sum;
   }
 }
 
@@ -60,28 +72,6 @@ void ExpandRowMajor(const float* b, const float* shrunk, float* y, int64_t rank,
   }
 }
 
-#ifdef DELTASERVE_HAVE_BLAS
-// The same for many rows through GEMM. Row-major M is column-major M^T, hence the transposes.
-void AddLowRankGemm(const float* x, int64_t x_stride, float* y, int64_t y_stride, int64_t rows,
-                    const LowRankFactor& factor) {
-  const int n = static_cast<int>(rows);
-  const int in = static_cast<int>(factor.a.size(1));
-  const int out = static_cast<int>(factor.b.size(0));
-  const int rank = static_cast<int>(factor.rank());
-  const int ldx = static_cast<int>(x_stride), ldy = static_cast<int>(y_stride);
-  thread_local std::vector<float> shrunk;
-  shrunk.resize(static_cast<size_t>(rows) * rank);
-  const float one = 1.0f, zero = 0.0f, scale = static_cast<float>(factor.scale);
-  // shrunk[rows, rank] = x[rows, in] A^T.
-  sgemm_("T", "N", &rank, &n, &in, &one, factor.a.data_ptr<float>(), &in, x, &ldx, &zero, shrunk.data(), &rank);
-  // y[rows, out] += scale * shrunk B^T: B column-major is B^T row-major, i.e. B column-major.
-  if (ColumnMajor(factor.b)) {
-    sgemm_("N", "N", &out, &n, &rank, &scale, factor.b.data_ptr<float>(), &out, shrunk.data(), &rank, &one, y, &ldy);
-  } else {
-    sgemm_("T", "N", &out, &n, &rank, &scale, factor.b.data_ptr<float>(), &rank, shrunk.data(), &rank, &one, y, &ldy);
-  }
-}
-#endif
 
 }  // namespace
 
@@ -95,9 +85,6 @@ bool CpuLowRankApplies(const LowRankFactor& factor) {
 
 void AddLowRankRows(const float* x, int64_t x_stride, float* y, int64_t y_stride, int64_t rows,
                     const LowRankFactor& factor) {
-#ifdef DELTASERVE_HAVE_BLAS
-  if (rows > kLoopRows) return AddLowRankGemm(x, x_stride, y, y_stride, rows, factor);
-#endif
   const int64_t in = factor.a.size(1);
   const int64_t out = factor.b.size(0);
   const int64_t rank = factor.rank();

@@ -152,8 +152,8 @@ void DeltasTest::ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vec
   }
 }
 
-// One batch: base, plain, rsLoRA, patterned, plain again; different lengths (the longest past
-// the CPU path's row loop, so through GEMM); B as read and in the serving layout.
+// One batch: base, plain, rsLoRA, patterned, plain again; different lengths (the longest cut
+// into several pieces by the hook); B as read and in the serving layout.
 TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
   c10::InferenceMode guard;
   for (bool serving_layout : {false, true}) {
@@ -170,6 +170,38 @@ TEST_F(DeltasTest, SingleRowSegmentsMatchMergedWeights) {
   c10::InferenceMode guard;
   ExpectMixedBatchMatchesMergedWeights({{7}, {300}, {42}, {9}, {256}, {12}, {401}, {5}, {77}, {1}, {64}},
                                        {0, 1, 2, -1, 0, 2, 1, 0, 1, 2, 0}, /*serving_layout=*/true);
+}
+
+// AddLowRankRows on shapes off the 16-lane vectors and 4-row blocks (in 45, out 37, rank 5),
+// both layouts of B, against a double-precision computation written here.
+TEST(CpuLowRankTest, OddShapesMatchADoublePrecisionProduct) {
+  at::manual_seed(3);
+  const int64_t rows = 3, in = 45, out = 37, rank = 5;
+  const at::Tensor x = at::randn({rows, in});
+  const at::Tensor y0 = at::randn({rows, out});
+  LowRankFactor factor{at::randn({rank, in}), at::randn({out, rank}), 0.7};
+  for (bool column_major : {false, true}) {
+    SCOPED_TRACE(column_major ? "B column-major" : "B row-major");
+    LowRankFactor used = factor;
+    if (column_major) used.b = factor.b.t().contiguous().t();
+    ASSERT_TRUE(CpuLowRankApplies(used));
+    at::Tensor y = y0.clone();
+    AddLowRankRows(x.data_ptr<float>(), in, y.data_ptr<float>(), out, rows, used);
+    auto xa = x.accessor<float, 2>();
+    auto aa = factor.a.accessor<float, 2>();
+    auto ba = factor.b.accessor<float, 2>();
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t o = 0; o < out; ++o) {
+        double expected = y0[r][o].item<double>();
+        for (int64_t k = 0; k < rank; ++k) {
+          double shrunk = 0;
+          for (int64_t i = 0; i < in; ++i) shrunk += static_cast<double>(xa[r][i]) * aa[k][i];
+          expected += factor.scale * shrunk * ba[o][k];
+        }
+        EXPECT_NEAR(y[r][o].item<double>(), expected, 1e-4) << "row " << r << " output " << o;
+      }
+    }
+  }
 }
 
 TEST_F(DeltasTest, WriteReadRoundTripIsBitIdentical) {
