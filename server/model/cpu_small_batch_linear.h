@@ -5,12 +5,12 @@
 // row, so R rows cost R passes over memory; its GEMM packs the whole weight matrix on every call,
 // which for few rows costs more than the arithmetic. This kernel walks blocks of 4 weight rows,
 // each loaded once into cache and multiplied with up to 4 input rows at a time in registers
-// (AVX-512, AVX2+FMA or baseline code chosen when the program loads), the output blocks split
-// over the calling thread's intra-op threads (at::parallel_for).
+// (cpu_lanes.h), or for a single row streams the weights in one prefetched sequence; the output
+// features are split over the calling thread's worker team (worker_team.h).
 //
 // LlamaModel uses it for steps up to a number of rows measured there (llama_model.cc), and
-// at::linear beyond. Results equal at::linear's to float32
-// rounding (sums in another order). Pure function of its arguments.
+// at::linear beyond. Results equal at::linear's to float32 rounding (sums in another order).
+// Pure function of its arguments.
 #pragma once
 
 #include <cstdint>
