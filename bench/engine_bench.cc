@@ -1,4 +1,5 @@
-// deltaserve-bench-engine --model-dir DIR [--decode-tokens N] [--adapters-dir DIR]
+// deltaserve-bench-engine --model-dir DIR [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+//   [--decode-tokens N] [--adapters-dir DIR]
 // Engine-level benchmark (libtorch only, no gRPC): measures, in one run,
 //  - the machine's memory read bandwidth (summing a large tensor, best of several passes),
 //  - batch-1 decode seconds per token, and the floor weight_bytes / bandwidth, as a ratio,
@@ -34,6 +35,7 @@
 
 ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
+ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, bfloat16 or float16");
 ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
 ABSL_FLAG(int, decode_rounds, 7, "batch-1 decode rounds, each after its own bandwidth measurement");
 ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
@@ -237,7 +239,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", device.status().ToString().c_str());
     return 1;
   }
-  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {at::kFloat, *device});
+  auto dtype = model::ParseDtype(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "%s\n", dtype.status().ToString().c_str());
+    return 1;
+  }
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {*dtype, *device});
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
     return 1;
@@ -272,8 +279,8 @@ int main(int argc, char** argv) {
     floor.push_back(static_cast<double>(llama->WeightBytes()) / bandwidth);
     ratio.push_back(floor.back() / per_token.back());
   }
-  std::printf("model: %s, %.1f MiB of float32 weights\n", absl::GetFlag(FLAGS_model_dir).c_str(),
-              llama->WeightBytes() / 1048576.0);
+  std::printf("model: %s, %.1f MiB of %s weights\n", absl::GetFlag(FLAGS_model_dir).c_str(),
+              llama->WeightBytes() / 1048576.0, absl::GetFlag(FLAGS_dtype).c_str());
   std::printf("batch-1 decode, median of %zu rounds: %.3f ms/token; bandwidth floor %.3f ms/token "
               "(%.2f GB/s); floor/measured = %.2f (rounds %.2f to %.2f)\n",
               ratio.size(), bench::Percentile(per_token, 0.5) * 1e3, bench::Percentile(floor, 0.5) * 1e3,
