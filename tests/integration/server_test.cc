@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <regex>
 #include <set>
@@ -473,6 +474,18 @@ TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << output;
 }
 
+// A RunStream callback that never cancels and counts its stream into `started` once, at the
+// stream's first message: a test that signals once every stream is counted finds them all in the
+// engine. (Counting messages would let a few fast streams stand in for calls still queued in
+// gRPC, which a shutdown ends CANCELLED: gRPC's doing, not the server's.)
+std::function<bool()> CountFirstMessage(std::atomic<int>& started) {
+  return [&started, counted = false]() mutable {
+    if (!counted) started.fetch_add(1);
+    counted = true;
+    return false;
+  };
+}
+
 // SIGTERM with 16 streams in flight, 12 over gRPC and 4 over HTTP: health flips to not serving
 // first, new requests get UNAVAILABLE (503 over HTTP), and every stream in flight finishes.
 TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
@@ -486,10 +499,7 @@ TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kGrpcStreams; ++i) {
     threads.emplace_back([&, i] {
-      streams[i] = RunStream(*client, Generate("the red fox", kTokens), std::chrono::seconds(60), [&started] {
-        started.fetch_add(1);
-        return false;
-      });
+      streams[i] = RunStream(*client, Generate("the red fox", kTokens), std::chrono::seconds(60), CountFirstMessage(started));
     });
   }
   for (int i = 0; i < kHttpStreams; ++i) {
@@ -543,10 +553,7 @@ TEST(ServerLifecycleTest, StreamsBeyondTheGracePeriodEndUnavailable) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] {
-      streams[i] = RunStream(*client, Generate("the red fox", 400), std::chrono::seconds(60), [&started] {
-        started.fetch_add(1);
-        return false;
-      });
+      streams[i] = RunStream(*client, Generate("the red fox", 400), std::chrono::seconds(60), CountFirstMessage(started));
     });
   }
   while (started.load() < kStreams) std::this_thread::sleep_for(std::chrono::milliseconds(2));
