@@ -38,6 +38,7 @@
 #include "server/auth/quota_tracker.h"
 #include "server/auth/server_config.h"
 #include "server/auth/settings_flags.h"
+#include "server/common/clock.h"
 #include "server/common/file_util.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
@@ -219,7 +220,10 @@ int main(int argc, char** argv) {
                    shared_model->WeightBytes() >> 20, " MiB of weights, ", absl::GetFlag(FLAGS_dtype),
                    " on ", device->str(), ") in ", absl::FormatDuration(absl::Now() - load_started)));
 
+  // Everything that decides by time reads this one clock (tests inject manual ones instead).
+  deltaserve::common::Clock* const clock = deltaserve::common::RealClock();
   deltaserve::engine::EngineOptions engine_options;
+  engine_options.clock = clock;
   engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   engine_options.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
   engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
@@ -251,6 +255,7 @@ int main(int argc, char** argv) {
   if (!datasets.ok()) return Fail(datasets.status());
 
   deltaserve::control::JobRunnerOptions job_options;
+  job_options.clock = clock;
   job_options.workers = absl::GetFlag(FLAGS_job_workers);
   job_options.memory_bytes = absl::GetFlag(FLAGS_job_memory_bytes);
   job_options.threads_per_job = absl::GetFlag(FLAGS_job_threads);
@@ -284,7 +289,7 @@ int main(int argc, char** argv) {
   }
   auto audit = deltaserve::auth::AuditLog::Open(deltaserve::common::JoinPath(data_dir, "audit.log"));
   if (!audit.ok()) return Fail(audit.status());
-  deltaserve::auth::QuotaTracker quotas;
+  deltaserve::auth::QuotaTracker quotas(clock);
   deltaserve::api::Gatekeeper gate(authenticator.get(), audit->get(), &quotas,
                                    {registry->get(), datasets->get(), job_runner->get()});
 
@@ -383,10 +388,8 @@ int main(int argc, char** argv) {
   serving_state.StartDraining();
   server->GetHealthCheckService()->SetServingStatus(false);
   if (health_server != nullptr) health_server->GetHealthCheckService()->SetServingStatus(false);
-  const absl::Time grace_end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
-  while ((*engine)->Snapshot().active_requests > 0 && absl::Now() < grace_end) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  (*engine)->AwaitSnapshot([](const deltaserve::engine::EngineSnapshot& snapshot) { return snapshot.active_requests == 0; },
+                           clock->Now() + absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
   const int64_t unfinished = (*engine)->Snapshot().active_requests;
   if (unfinished > 0) Log(absl::StrCat("grace period over; cancelling ", unfinished, " requests"));
   // Running jobs stop at their next step and read FAILED ("interrupted"); queued ones run after

@@ -192,7 +192,7 @@ grpc::Status VariantsService::DeleteVariant(grpc::ServerContext* context,
                                             const v1::DeleteVariantRequest* request,
                                             v1::DeleteVariantResponse*) {
   absl::Time deadline = DeadlineOf(*context);
-  if (deadline == absl::InfiniteFuture()) deadline = absl::Now() + kDefaultDrainTimeout;
+  if (deadline == absl::InfiniteFuture()) deadline = registry_->clock().Now() + kDefaultDrainTimeout;
   absl::Status status = gate_->Change(*context, "DeleteVariant", "variant", request->name(), [&] {
     return registry_->Delete(request->name(), request->drain(), deadline);
   });

@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "server/common/retry_after.h"
 
 namespace deltaserve::auth {
@@ -22,7 +21,7 @@ void QuotaTracker::RefillLocked(TenantState& state, absl::Time now) {
 
 absl::StatusOr<std::shared_ptr<RequestLease>> QuotaTracker::Admit(const Principal& principal) {
   const deltaserve::v1::TenantQuotas& quotas = principal.quotas;
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mutex_);
   auto [it, fresh] = tenants_.try_emplace(principal.tenant);
   TenantState& state = it->second;
@@ -55,7 +54,7 @@ void QuotaTracker::Release(const std::string& tenant) {
 void QuotaTracker::Consume(const std::string& tenant, int64_t tokens) {
   absl::MutexLock lock(&mutex_);
   TenantState& state = tenants_[tenant];
-  RefillLocked(state, absl::Now());
+  RefillLocked(state, clock_->Now());
   if (state.capacity > 0) state.bucket -= static_cast<double>(tokens);
 }
 

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/auth/authenticator.h"
+#include "server/common/clock.h"
 
 namespace deltaserve::auth {
 
@@ -44,6 +45,9 @@ class RequestLease {
 
 class QuotaTracker {
  public:
+  // Buckets refill by `clock` (null = common::RealClock()), which must outlive the tracker.
+  explicit QuotaTracker(common::Clock* clock = nullptr) : clock_(clock != nullptr ? clock : common::RealClock()) {}
+
   // Admit: a lease for one request of `principal`, or RESOURCE_EXHAUSTED naming the quota.
   absl::StatusOr<std::shared_ptr<RequestLease>> Admit(const Principal& principal);
 
@@ -59,6 +63,7 @@ class QuotaTracker {
   void Consume(const std::string& tenant, int64_t tokens);
   static void RefillLocked(TenantState& state, absl::Time now);
 
+  common::Clock* const clock_;
   absl::Mutex mutex_;
   std::map<std::string, TenantState> tenants_ ABSL_GUARDED_BY(mutex_);
 };

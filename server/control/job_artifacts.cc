@@ -92,7 +92,7 @@ absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const
   absl::StatusOr<VariantStatus> published =
       replace == nullptr ? registry.Publish(output, staged, lineage)
                          : registry.PublishReplacement(output, staged, lineage, replace->expected_version,
-                                                       replace->keep_previous, absl::Now() + kRetireDeadline);
+                                                       replace->keep_previous, registry.clock().Now() + kRetireDeadline);
   if (!published.ok()) return discard(published.status());
   return absl::OkStatus();
 }

@@ -10,7 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
-#include "absl/time/clock.h"
 #include "server/common/log.h"
 #include "server/engine/intra_op_threads.h"
 
@@ -18,8 +17,6 @@ namespace deltaserve::control {
 namespace {
 
 constexpr const char* kJobIdPrefix = "job-";
-
-int64_t NowNanos() { return absl::ToUnixNanos(absl::Now()); }
 
 // Worker threads yield the CPU to serving: a higher nice value (Linux applies it per thread) and
 // few intra-op threads for their own tensor operations (a per-thread setting).
@@ -49,17 +46,22 @@ bool IsTerminalJobState(const std::string& state) {
 }
 
 absl::Status JobContext::Step(double progress, const std::string& message) {
-  absl::Status status;
-  {
-    absl::MutexLock lock(&runner_->mutex_);
-    status = runner_->StepLocked(record_.number, progress, message);
-  }
-  if (status.ok()) {
-    if (runner_->options_.step_pause > absl::ZeroDuration()) {
-      absl::SleepFor(runner_->options_.step_pause);
-    } else {
-      std::this_thread::yield();
-    }
+  JobRunner& runner = *runner_;
+  absl::MutexLock lock(&runner.mutex_);
+  absl::Status status = runner.StepLocked(record_.number, progress, message);
+  if (!status.ok()) return status;
+  if (runner.options_.step_pause > absl::ZeroDuration()) {
+    // The pause ends early for a cancel or a stop, which the next Step reports.
+    const JobRunner::Job& job = *runner.jobs_.at(record_.number);
+    auto interrupted = [&runner, &job]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(runner.mutex_) {
+      return job.cancel_requested || runner.stopping_;
+    };
+    runner.clock_->AwaitWithDeadline(&runner.mutex_, absl::Condition(&interrupted),
+                                     runner.clock_->Now() + runner.options_.step_pause);
+  } else {
+    runner.mutex_.Unlock();
+    std::this_thread::yield();
+    runner.mutex_.Lock();
   }
   return status;
 }
@@ -131,6 +133,7 @@ absl::Status JobRunner::Start() {
   started_ = true;
   for (int64_t number : queue_) ObserveLocked(jobs_[number]->record, "");
   for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
+  DispatchLocked();
   return absl::OkStatus();
 }
 
@@ -142,12 +145,43 @@ void JobRunner::Stop() {
     work_available_.SignalAll();
   }
   for (std::thread& worker : workers_) worker.join();
+  // Jobs dispatched that no worker took up never ran: queued again, for the next start.
+  absl::MutexLock lock(&mutex_);
+  for (int64_t number : dispatched_) {
+    Job& job = *jobs_.at(number);
+    job.record.state = "QUEUED";
+    job.record.started_unix_nanos = 0;
+    job.record.message = "queued";
+    reserved_bytes_ -= job.record.memory_bytes;
+    --running_jobs_;
+    ChangedLocked(job, /*persist=*/true);
+  }
+  dispatched_.clear();
 }
 
 bool JobRunner::CanStartLocked() const {
-  if (queue_.empty()) return false;
+  if (queue_.empty() || running_jobs_ >= options_.workers) return false;
   const Job& head = *jobs_.at(queue_.front());
   return reserved_bytes_ + head.record.memory_bytes <= options_.memory_bytes;
+}
+
+void JobRunner::DispatchLocked() {
+  if (!started_ || stopping_) return;
+  bool dispatched = false;
+  while (CanStartLocked()) {
+    Job& job = *jobs_.at(queue_.front());
+    dispatched_.push_back(queue_.front());
+    queue_.pop_front();
+    job.record.state = "RUNNING";
+    job.record.started_unix_nanos = NowNanos();
+    job.record.message = "started";
+    reserved_bytes_ += job.record.memory_bytes;
+    ++running_jobs_;
+    ChangedLocked(job, /*persist=*/true);
+    ObserveLocked(job.record, "QUEUED");
+    dispatched = true;
+  }
+  if (dispatched) work_available_.SignalAll();
 }
 
 void JobRunner::Work() {
@@ -157,16 +191,10 @@ void JobRunner::Work() {
     JobBody body;
     {
       absl::MutexLock lock(&mutex_);
-      while (!stopping_ && !CanStartLocked()) work_available_.Wait(&mutex_);
+      while (!stopping_ && dispatched_.empty()) work_available_.Wait(&mutex_);
       if (stopping_) return;
-      job = jobs_.at(queue_.front()).get();
-      queue_.pop_front();
-      job->record.state = "RUNNING";
-      job->record.started_unix_nanos = NowNanos();
-      job->record.message = "started";
-      reserved_bytes_ += job->record.memory_bytes;
-      ChangedLocked(*job, /*persist=*/true);
-      ObserveLocked(job->record, "QUEUED");
+      job = jobs_.at(dispatched_.front()).get();
+      dispatched_.pop_front();
       body = job->body;
     }
     JobContext context(this, job->record);
@@ -178,8 +206,9 @@ void JobRunner::Work() {
     }
     absl::MutexLock lock(&mutex_);
     reserved_bytes_ -= job->record.memory_bytes;
+    --running_jobs_;
     FinishLocked(*job, status, context.result());
-    work_available_.SignalAll();
+    DispatchLocked();
   }
 }
 
@@ -294,7 +323,7 @@ absl::StatusOr<JobRecord> JobRunner::Submit(JobSubmission submission) {
   jobs_[record.number] = std::move(job);
   queue_.push_back(record.number);
   ObserveLocked(record, "");
-  work_available_.SignalAll();
+  DispatchLocked();
   return record;
 }
 
@@ -339,7 +368,7 @@ absl::StatusOr<JobRecord> JobRunner::Cancel(int64_t number) {
   if (job.record.state == "QUEUED") {
     queue_.erase(std::find(queue_.begin(), queue_.end(), number));
     FinishLocked(job, absl::CancelledError("cancelled before it started"));
-    work_available_.SignalAll();
+    DispatchLocked();
   } else {
     job.record.message = "cancelling";
     ChangedLocked(job, /*persist=*/false);

@@ -6,6 +6,9 @@
 //   - Jobs start in submission order, when a worker is free and their memory reservation fits
 //     in what running jobs leave of the budget; a job that could never fit is refused at Submit
 //     with RESOURCE_EXHAUSTED. Reservations are the job kind's estimate of its peak memory.
+//     The move to RUNNING is decided under the runner's lock the moment it becomes possible
+//     (in Submit, Cancel, or when a job ends), so once Submit returns, Get tells whether the
+//     job started: nothing waits on a worker thread's timing.
 //   - Workers run at a lower CPU priority (nice) with few intra-op threads, so serving keeps
 //     the CPU when both want it. A body calls JobContext::Step between steps: it records
 //     progress, sleeps `step_pause`, and returns CANCELLED once the job was cancelled.
@@ -35,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/common/clock.h"
 #include "server/control/catalog_store.h"
 #include "server/control/job_observer.h"
 
@@ -54,8 +58,8 @@ class JobContext {
  public:
   JobContext(JobRunner* runner, JobRecord record) : runner_(runner), record_(std::move(record)) {}
   // Step records progress (0..1, never lower than before) and what the job does now, lets
-  // serving run (step_pause), and returns CANCELLED once the job is cancelled or the runner
-  // stops; the body should then clean up and return that status.
+  // serving run (step_pause, cut short by a cancel or a stop), and returns CANCELLED once the
+  // job is cancelled or the runner stops; the body should then clean up and return that status.
   absl::Status Step(double progress, const std::string& message);
   // The job as it started (number, spec, output variant).
   const JobRecord& record() const { return record_; }
@@ -98,6 +102,8 @@ struct JobRunnerOptions {
   int nice = 10;                                 // CPU priority of workers below serving's
   absl::Duration step_pause = absl::ZeroDuration();  // --job-step-pause-ms
   JobObserver* observer = nullptr;                   // optional; must outlive the runner
+  // Job timestamps and step pauses; null = common::RealClock(). Must outlive the runner.
+  common::Clock* clock = nullptr;
 };
 
 struct JobFilter {
@@ -143,9 +149,15 @@ class JobRunner {
     bool cancel_requested = false;
   };
 
-  JobRunner(JobRunnerOptions options, CatalogStore* store) : options_(std::move(options)), store_(store) {}
+  JobRunner(JobRunnerOptions options, CatalogStore* store)
+      : options_(std::move(options)), store_(store),
+        clock_(options_.clock != nullptr ? options_.clock : common::RealClock()) {}
+  int64_t NowNanos() const { return absl::ToUnixNanos(clock_->Now()); }
   void Work();
   bool CanStartLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // DispatchLocked moves queued jobs to RUNNING while a worker and memory are free, and hands
+  // them to the workers.
+  void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Changed persists a state change (persist) and tells the job's watchers.
   void ChangedLocked(const Job& job, bool persist) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void FinishLocked(Job& job, const absl::Status& status, const std::string& result = "succeeded") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -158,6 +170,7 @@ class JobRunner {
 
   const JobRunnerOptions options_;
   CatalogStore* const store_;
+  common::Clock* const clock_;
   std::map<std::string, JobKindHandlers> kinds_;  // set before Start, read-only after
 
   mutable absl::Mutex mutex_;
@@ -166,6 +179,10 @@ class JobRunner {
   std::map<int64_t, std::unique_ptr<Job>> jobs_ ABSL_GUARDED_BY(mutex_);
   // QUEUED job numbers in submission order.
   std::deque<int64_t> queue_ ABSL_GUARDED_BY(mutex_);
+  // RUNNING jobs no worker has taken up yet, in dispatch order.
+  std::deque<int64_t> dispatched_ ABSL_GUARDED_BY(mutex_);
+  // RUNNING jobs (dispatched or taken up); never above options_.workers.
+  int running_jobs_ ABSL_GUARDED_BY(mutex_) = 0;
   // Memory reserved by RUNNING jobs; never above options_.memory_bytes.
   int64_t reserved_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   struct Watcher {

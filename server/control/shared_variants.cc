@@ -86,13 +86,26 @@ absl::StatusOr<std::unique_ptr<SharedVariants>> SharedVariants::Start(SharedVari
   shared->SyncOnce();
   SharedVariants* self = shared.get();
   shared->watcher_ = std::thread([self] {
-    while (!self->stop_.WaitForNotificationWithTimeout(self->options_.poll)) self->SyncOnce();
+    common::Clock& clock = self->registry_->clock();
+    while (true) {
+      {
+        absl::MutexLock lock(&self->stop_mutex_);
+        if (clock.AwaitWithDeadline(&self->stop_mutex_, absl::Condition(&self->stopping_),
+                                    clock.Now() + self->options_.poll)) {
+          return;
+        }
+      }
+      self->SyncOnce();
+    }
   });
   return shared;
 }
 
 SharedVariants::~SharedVariants() {
-  stop_.Notify();
+  {
+    absl::MutexLock lock(&stop_mutex_);
+    stopping_ = true;
+  }
   if (watcher_.joinable()) watcher_.join();
   registry_->SetObserver(nullptr);
 }
@@ -237,7 +250,7 @@ absl::Status SharedVariants::ImportLocked(const std::string& name, const std::st
   absl::StatusOr<VariantStatus> imported =
       local == nullptr ? registry_->Publish(name, staged, lineage, version)
                        : registry_->PublishReplacement(name, staged, lineage, local->version, /*keep_previous=*/false,
-                                                       absl::Now() + absl::Seconds(30));
+                                                       registry_->clock().Now() + absl::Seconds(30));
   importing = false;
   if (!imported.ok()) return fail(imported.status());
   synced_[name] = uid;
@@ -283,7 +296,7 @@ void SharedVariants::SyncOnce() {
       continue;
     }
     importing = true;  // the deletion is not news to the directory
-    absl::Status deleted = registry_->Delete(it->first, /*drain=*/false, absl::Now());
+    absl::Status deleted = registry_->Delete(it->first, /*drain=*/false, absl::InfinitePast());
     importing = false;
     if (deleted.ok() || absl::IsNotFound(deleted)) {
       if (deleted.ok()) common::Log(absl::StrCat("shared dir: variant \"", it->first, "\" was deleted on another replica"));

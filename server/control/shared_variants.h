@@ -7,7 +7,7 @@
 //                                   {name, version, uid, origin, created, lineage, files: {file: sha256}}
 //   SHARED/tmp/                     staging; a version directory appears by one rename, complete.
 // A replica publishes what its registry publishes (VariantObserver) and removes NAME on delete.
-// A watcher thread polls every `poll` and (1) imports variants it lacks or has at a lower
+// A watcher thread polls every `poll` (of the registry's clock) and (1) imports variants it lacks or has at a lower
 // version: copies the files into its own staging directory, checks each copy's SHA-256 against
 // the manifest, and only then publishes it locally; a mismatch refuses the variant (logged once
 // per artifact) and leaves nothing behind; (2) deletes variants it had synced whose directory
@@ -27,7 +27,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/control/variant_registry.h"
 
@@ -70,7 +69,8 @@ class SharedVariants : public VariantObserver {
   absl::Mutex mutex_;
   std::map<std::string, std::string> synced_ ABSL_GUARDED_BY(mutex_);  // name -> uid this replica has
   std::set<std::string> refused_ ABSL_GUARDED_BY(mutex_);               // uids refused (logged once)
-  absl::Notification stop_;
+  absl::Mutex stop_mutex_;
+  bool stopping_ ABSL_GUARDED_BY(stop_mutex_) = false;
   std::thread watcher_;
 };
 

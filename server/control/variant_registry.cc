@@ -249,7 +249,7 @@ absl::StatusOr<int> VariantRegistry::RegisterDirectory(const std::string& direct
   for (const auto& [name, path] : found) {
     ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, path));
     RETURN_IF_ERROR(
-        Register(name, path, /*owned=*/false, /*persist=*/false, std::move(adapter), {}, absl::Now()).status());
+        Register(name, path, /*owned=*/false, /*persist=*/false, std::move(adapter), {}, clock().Now()).status());
   }
   return static_cast<int>(found.size());
 }
@@ -268,7 +268,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::RegisterAdapter(const std::string
     return absl::InvalidArgumentError(absl::StrCat("path \"", path, "\" is not a directory"));
   }
   ASSIGN_OR_RETURN(deltas::PeftAdapter adapter, ReadNewAdapter(name, real));
-  return Register(name, real, /*owned=*/false, /*persist=*/true, std::move(adapter), {}, absl::Now());
+  return Register(name, real, /*owned=*/false, /*persist=*/true, std::move(adapter), {}, clock().Now());
 }
 
 absl::StatusOr<std::unique_ptr<AdapterUpload>> VariantRegistry::BeginUpload(const std::string& name) {
@@ -312,7 +312,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::Adopt(const std::string& name, co
   // From here the files are ours: a failure removes them (and a crash leaves a directory
   // without a row, which the next start-up removes).
   absl::StatusOr<VariantStatus> registered =
-      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage, absl::Now(), version);
+      Register(name, final_path, /*owned=*/true, /*persist=*/true, std::move(adapter), lineage, clock().Now(), version);
   if (!registered.ok()) common::RemoveRecursively(final_path).IgnoreError();
   return registered;
 }
@@ -343,7 +343,7 @@ absl::StatusOr<VariantStatus> VariantRegistry::PublishReplacement(const std::str
   RETURN_IF_ERROR(PlaceFiles(staged, final_path));
   auto host = std::make_shared<const deltas::DeltaSet>(std::move(adapter.deltas));
   std::shared_ptr<Variant> new_variant = MakeVariant(name, final_path, /*owned=*/true, *host,
-                                                     adapter.config.base_model_name_or_path, lineage, absl::Now(),
+                                                     adapter.config.base_model_name_or_path, lineage, clock().Now(),
                                                      old->version + 1);
   // Until the catalog row switches, a failure removes the new files (and a crash leaves a
   // directory without a row, which the next start-up removes).
@@ -444,12 +444,8 @@ absl::Status VariantRegistry::Delete(const std::string& name, bool drain, absl::
 }
 
 bool VariantRegistry::RemoveAdapterWhenUnused(uint64_t adapter_id, absl::Time deadline) {
-  while (true) {
-    absl::Status removed = engine_->adapters().Remove(adapter_id);
-    if (removed.ok() || absl::IsNotFound(removed)) return true;
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  absl::Status removed = engine_->adapters().RemoveWhenUnused(adapter_id, deadline);
+  return removed.ok() || absl::IsNotFound(removed);
 }
 
 void VariantRegistry::DeleteFilesOf(const Variant& variant, const std::string& name) const {

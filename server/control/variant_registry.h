@@ -108,6 +108,8 @@ class VariantRegistry {
   // The engine's base model, which every variant's deltas fit, and its tokenizer.
   const model::LlamaModel& model() const { return engine_->model(); }
   const model::Tokenizer& tokenizer() const { return engine_->tokenizer(); }
+  // The engine's clock: creation times and drain deadlines are in its time.
+  common::Clock& clock() const { return engine_->clock(); }
 
   std::shared_ptr<const Variant> Find(const std::string& name) const { return catalog_.Find(name); }
   absl::StatusOr<VariantStatus> Get(const std::string& name) const;

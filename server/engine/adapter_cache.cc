@@ -21,7 +21,8 @@ const char* AdapterTierName(AdapterTier tier) {
 }
 
 AdapterCache::AdapterCache(AdapterCacheOptions options, EngineObserver* observer)
-    : options_(std::move(options)), observer_(observer) {
+    : options_(std::move(options)), observer_(observer),
+      clock_(options_.clock != nullptr ? options_.clock : common::RealClock()) {
   {
     absl::MutexLock lock(&mutex_);
     PublishLocked();
@@ -81,7 +82,7 @@ absl::StatusOr<uint64_t> AdapterCache::Add(const std::string& path,
     Entry& entry = entries_[id];
     entry.path = path;
     entry.bytes = bytes;
-    entry.last_used = ++clock_;
+    entry.last_used = ++lru_tick_;
     if (host != nullptr && device_used_ + bytes <= options_.device_budget_bytes) {
       entry.loading = true;  // reserve the room while the copy runs outside the lock
       device_used_ += bytes;
@@ -116,6 +117,20 @@ absl::StatusOr<uint64_t> AdapterCache::Add(const std::string& path,
 
 absl::Status AdapterCache::Remove(uint64_t id) {
   absl::MutexLock lock(&mutex_);
+  return RemoveLocked(id);
+}
+
+absl::Status AdapterCache::RemoveWhenUnused(uint64_t id, absl::Time deadline) {
+  absl::MutexLock lock(&mutex_);
+  auto unused = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    const Entry* entry = FindLocked(id);
+    return entry == nullptr || entry->users == 0;
+  };
+  if (deadline > clock_->Now()) clock_->AwaitWithDeadline(&mutex_, absl::Condition(&unused), deadline);
+  return RemoveLocked(id);
+}
+
+absl::Status AdapterCache::RemoveLocked(uint64_t id) {
   Entry* entry = FindLocked(id);
   if (entry == nullptr) return NotInCache();
   if (entry->users > 0) {
@@ -237,25 +252,43 @@ void AdapterCache::ReleaseUser(uint64_t id) {
   if (entry != nullptr && entry->users > 0) --entry->users;
 }
 
-std::shared_ptr<const deltas::DeltaSet> AdapterCache::AcquireResident(uint64_t id) {
+std::shared_ptr<const deltas::DeltaSet> AdapterCache::AcquireResident(uint64_t id, uint64_t keep_room_for) {
   absl::MutexLock lock(&mutex_);
   Entry* entry = FindLocked(id);
   if (entry == nullptr || entry->tier != AdapterTier::kDevice) return nullptr;
+  // An adapter already running or pinned is not evictable either way; an idle one may be the
+  // room the older load needs.
+  if (keep_room_for != 0 && keep_room_for != id && entry->running == 0 && !entry->pinned &&
+      RoomForLocked(keep_room_for, /*without=*/0) && !RoomForLocked(keep_room_for, /*without=*/id)) {
+    return nullptr;
+  }
   ++entry->running;
-  entry->last_used = ++clock_;
+  entry->last_used = ++lru_tick_;
   return entry->device;
 }
 
-bool AdapterCache::BlockedForRoom() const {
+bool AdapterCache::CanMakeRoomFor(uint64_t id) const {
   absl::MutexLock lock(&mutex_);
-  return blocked_for_room_;
+  return RoomForLocked(id, /*without=*/0);
+}
+
+bool AdapterCache::RoomForLocked(uint64_t id, uint64_t without) const {
+  const Entry* wanted = FindLocked(id);
+  // Loaded, reserved, or not loadable at all (its requests fail): it needs no room.
+  if (wanted == nullptr || wanted->tier == AdapterTier::kDevice || wanted->loading || wanted->failed) return true;
+  int64_t room = options_.device_budget_bytes - device_used_;
+  for (const auto& [other_id, other] : entries_) {
+    if (other_id == without || other.tier != AdapterTier::kDevice || other.pinned || other.running > 0) continue;
+    room += other.bytes;
+  }
+  return room >= wanted->bytes;
 }
 
 void AdapterCache::ReleaseRunning(uint64_t id) {
   absl::MutexLock lock(&mutex_);
   Entry* entry = FindLocked(id);
   if (entry == nullptr || entry->running == 0) return;
-  entry->last_used = ++clock_;
+  entry->last_used = ++lru_tick_;
   if (--entry->running == 0) ++changes_;  // it may now be evicted for a waiting load
 }
 
@@ -289,6 +322,14 @@ std::vector<std::pair<uint64_t, absl::Status>> AdapterCache::TakeLoadFailures() 
 void AdapterCache::SetLoadListener(std::function<void()> listener) {
   absl::MutexLock lock(&mutex_);
   listener_ = std::move(listener);
+}
+
+bool AdapterCache::AwaitLoaderIdle(absl::Duration real_timeout) const {
+  absl::MutexLock lock(&mutex_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return changes_seen_ == changes_ && !load_in_flight_;
+  };
+  return mutex_.AwaitWithTimeout(absl::Condition(&idle), real_timeout);
 }
 
 void AdapterCache::MakeHostRoomLocked() {
@@ -355,25 +396,23 @@ uint64_t AdapterCache::NextLoadLocked() {
     const Entry* entry = FindLocked(id);
     if (entry == nullptr || entry->tier == AdapterTier::kDevice || entry->loading || entry->failed) continue;
     // The most urgent load goes first; if it cannot make room yet, nothing behind it jumps it.
-    blocked_for_room_ = !MakeDeviceRoomLocked(id, entry->bytes);
-    return blocked_for_room_ ? 0 : id;
+    return MakeDeviceRoomLocked(id, entry->bytes) ? id : 0;
   }
-  blocked_for_room_ = false;
   return 0;
 }
 
 void AdapterCache::LoaderLoop() {
   absl::MutexLock lock(&mutex_);
-  uint64_t seen = changes_ - 1;
   while (true) {
-    auto has_work = [this, &seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-      return stopping_ || changes_ != seen;
+    auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return stopping_ || changes_ != changes_seen_;
     };
     mutex_.Await(absl::Condition(&has_work));
     if (stopping_) return;
-    seen = changes_;
+    changes_seen_ = changes_;
     const uint64_t id = NextLoadLocked();
     if (id == 0) continue;
+    load_in_flight_ = true;
 
     Entry& entry = entries_.at(id);
     entry.loading = true;
@@ -384,7 +423,7 @@ void AdapterCache::LoaderLoop() {
     const std::string path = entry.path;
     mutex_.Unlock();
 
-    const absl::Time started = absl::Now();
+    const absl::Time started = clock_->Now();
     absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> device = [&]()
         -> absl::StatusOr<std::shared_ptr<const deltas::DeltaSet>> {
       if (host == nullptr) {
@@ -399,9 +438,10 @@ void AdapterCache::LoaderLoop() {
       }
       return Convert(host, options_.device, options_.dtype);
     }();
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - started);
+    const double seconds = absl::ToDoubleSeconds(clock_->Now() - started);
 
     mutex_.Lock();
+    load_in_flight_ = false;
     device_used_ -= bytes;
     if (Entry* loaded = FindLocked(id)) {  // else removed meanwhile: drop what was loaded
       loaded->loading = false;
@@ -409,7 +449,7 @@ void AdapterCache::LoaderLoop() {
         // An adapter added without its deltas (on disk, no bytes counted) learns its size now.
         if (loaded->tier == AdapterTier::kDisk) loaded->bytes = (*device)->Bytes();
         MoveLocked(*loaded, AdapterTier::kDevice, std::move(*device));
-        loaded->last_used = ++clock_;
+        loaded->last_used = ++lru_tick_;
         if (observer_ != nullptr) observer_->OnAdapterLoad(from, seconds);
       } else {
         loaded->failed = true;

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,6 +34,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/common/clock.h"
 #include "server/deltas/delta_set.h"
 #include "server/engine/engine_observer.h"
 
@@ -45,6 +47,8 @@ struct AdapterCacheOptions {
   int64_t host_budget_bytes = int64_t{4} << 30;
   at::Device device = at::kCPU;
   at::ScalarType dtype = at::kFloat;
+  // Times loads for the observer; null = common::RealClock().
+  common::Clock* clock = nullptr;
   // Reads an adapter directory into host memory (CPU, `dtype`); tests replace it.
   AdapterReader read;
 };
@@ -74,6 +78,9 @@ class AdapterCache {
   absl::StatusOr<uint64_t> Add(const std::string& path, std::shared_ptr<const deltas::DeltaSet> host);
   // Remove forgets an adapter and frees its memory: FAILED_PRECONDITION while requests use it.
   absl::Status Remove(uint64_t id);
+  // RemoveWhenUnused waits until no request uses the adapter, or the clock reaches `deadline`
+  // (FAILED_PRECONDITION then, the adapter kept), and removes it. InfinitePast() = Remove.
+  absl::Status RemoveWhenUnused(uint64_t id, absl::Time deadline);
   // Pin keeps an adapter on the device (loading it in the background) until Unpin.
   // RESOURCE_EXHAUSTED when the pinned adapters would leave no room for the largest other one.
   absl::Status Pin(uint64_t id);
@@ -86,11 +93,15 @@ class AdapterCache {
   absl::Status AddUser(uint64_t id);
   void ReleaseUser(uint64_t id);
   // AcquireResident returns the device deltas and counts a running request (the adapter stays
-  // until ReleaseRunning), or null when the adapter is not on the device.
-  std::shared_ptr<const deltas::DeltaSet> AcquireResident(uint64_t id);
-  // BlockedForRoom: the most urgent load cannot start because running requests hold all the
-  // room it needs. The engine then admits no younger adapter request until it can.
-  bool BlockedForRoom() const;
+  // until ReleaseRunning), or null when the adapter is not on the device. `keep_room_for` (0 =
+  // none) is an adapter an older waiting request needs loaded: the call also returns null when
+  // running `id` would take the room that load must evict `id` for, so a younger request never
+  // makes an older one's load impossible.
+  std::shared_ptr<const deltas::DeltaSet> AcquireResident(uint64_t id, uint64_t keep_room_for = 0);
+  // CanMakeRoomFor: `id` is on the device or loading, or the loader can load it now by evicting
+  // adapters no running request holds. False means it waits until running requests let go; the
+  // engine then admits no younger adapter request (they could keep the room forever).
+  bool CanMakeRoomFor(uint64_t id) const;
   void ReleaseRunning(uint64_t id);
   // Want replaces the list of adapters waiting requests need, most urgent first (resident
   // ones too: they are then evicted last). Returns those of `ids` not on the device.
@@ -102,6 +113,10 @@ class AdapterCache {
   // SetLoadListener: called on the loader thread, with no lock held, after every load (done or
   // failed). Set it before the first Want.
   void SetLoadListener(std::function<void()> listener);
+  // AwaitLoaderIdle blocks until the loader has acted on every change made so far and runs no
+  // load, or until `real_timeout` passes; returns whether it is idle. Tests use it to assert
+  // that something did not happen (an adapter that stays where it is) without sleeping.
+  bool AwaitLoaderIdle(absl::Duration real_timeout) const;
 
  private:
   struct Entry {
@@ -115,7 +130,7 @@ class AdapterCache {
     bool failed = false;   // the last load failed; not retried until newly wanted or pinned
     int64_t users = 0;
     int64_t running = 0;
-    uint64_t last_used = 0;  // LRU clock
+    uint64_t last_used = 0;  // lru_tick_ when last used
   };
 
   void LoaderLoop();
@@ -130,27 +145,33 @@ class AdapterCache {
   Entry* FindLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   const Entry* FindLocked(uint64_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   static absl::Status NotInCache();
+  absl::Status RemoveLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   AdapterResidency ResidencyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   int64_t MaxUnpinnedBytesLocked(uint64_t except) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // RoomForLocked: CanMakeRoomFor(id) if adapter `without` could not be evicted.
+  bool RoomForLocked(uint64_t id, uint64_t without) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   std::shared_ptr<const deltas::DeltaSet> ToHost(std::shared_ptr<const deltas::DeltaSet> device) const;
 
   const AdapterCacheOptions options_;
   EngineObserver* const observer_;
+  common::Clock* const clock_;
 
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
-  uint64_t clock_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t lru_tick_ ABSL_GUARDED_BY(mutex_) = 0;
   // Bytes on the device (including loads in flight, reserved) and in host memory.
   int64_t device_used_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t host_used_ ABSL_GUARDED_BY(mutex_) = 0;
   int64_t pinned_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<uint64_t> wanted_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mutex_);
-  bool blocked_for_room_ ABSL_GUARDED_BY(mutex_) = false;
-  // Bumped on every change that may let the loader make progress.
+  // Bumped on every change that may let the loader make progress; the loader has acted on
+  // every change up to changes_seen_ (and runs a load while load_in_flight_).
   uint64_t changes_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t changes_seen_ ABSL_GUARDED_BY(mutex_) = std::numeric_limits<uint64_t>::max();
+  bool load_in_flight_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::function<void()> listener_ ABSL_GUARDED_BY(mutex_);
   std::thread loader_;

@@ -24,20 +24,30 @@ namespace deltaserve::engine {
 namespace {
 
 // AdapterGate admits a request once its adapter is on the device, holding the device deltas
-// (and the cache's running count) while the request runs. Fairness: once an older request
-// waits for an adapter that cannot load until running requests let go of the device, younger
-// adapter requests wait too (the base still runs): otherwise they could keep every resident
-// adapter running, and the older request would starve.
+// (and the cache's running count) while the request runs. Fairness, within one admission pass
+// (oldest first): the oldest request whose adapter is absent keeps the room its load needs, so a
+// younger request may not start running an idle resident adapter that the load must evict; and
+// once that load cannot start until running requests let go of the device, younger adapter
+// requests wait too (the base still runs): otherwise they could keep every resident adapter
+// running, and the older request would starve. Both are decided here from the cache's state
+// now, not from what its loader thread last concluded, so the order does not depend on timing.
 class AdapterGate final : public VariantGate {
  public:
   explicit AdapterGate(AdapterCache* cache) : cache_(cache) {}
-  void StartAdmission() override { older_request_blocked_ = false; }
+  void StartAdmission() override {
+    oldest_absent_ = 0;
+    older_request_blocked_ = false;
+  }
   bool Acquire(RequestState* request) override {
-    if (request->request.adapter_id == 0 || request->deltas != nullptr) return true;
+    const uint64_t adapter = request->request.adapter_id;
+    if (adapter == 0 || request->deltas != nullptr) return true;
     if (older_request_blocked_) return false;
-    request->deltas = cache_->AcquireResident(request->request.adapter_id);
+    request->deltas = cache_->AcquireResident(adapter, /*keep_room_for=*/oldest_absent_);
     if (request->deltas != nullptr) return true;
-    if (!older_request_blocked_) older_request_blocked_ = cache_->BlockedForRoom();
+    if (oldest_absent_ == 0) {  // (with none named, only an absent adapter is refused)
+      oldest_absent_ = adapter;
+      older_request_blocked_ = !cache_->CanMakeRoomFor(adapter);
+    }
     return false;
   }
   void Release(RequestState* request) override {
@@ -48,6 +58,7 @@ class AdapterGate final : public VariantGate {
 
  private:
   AdapterCache* cache_;
+  uint64_t oldest_absent_ = 0;  // adapter of the oldest request this pass found not loaded
   bool older_request_blocked_ = false;
 };
 
@@ -107,7 +118,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
 Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
                std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer)
     : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
-      observer_(observer) {
+      observer_(observer), clock_(options.clock != nullptr ? options.clock : common::RealClock()) {
   const int64_t block_bytes = model_->KvCacheBytesPerToken() * options_.kv_block_tokens;
   allocator_ = std::make_unique<KvBlockAllocator>(options_.kv_cache_bytes / block_bytes,
                                                   options_.kv_block_tokens);
@@ -117,6 +128,7 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
   cache_options.device = model_->device();
   cache_options.dtype = model_->dtype();
   cache_options.read = options_.read_adapter;
+  cache_options.clock = clock_;
   if (!cache_options.read) {
     cache_options.read = [config = model_->config(), dtype = model_->dtype()](
                              const std::string& path) -> absl::StatusOr<deltas::DeltaSet> {
@@ -220,7 +232,7 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
   state->max_new_tokens =
       std::min(wanted, model_->config().MaxContextLength() - state->prompt_tokens);
   state->text = TextOutput(request.sampling.stop);
-  state->arrival = absl::Now();
+  state->arrival = clock_->Now();
   state->sink = std::move(sink);
   uint64_t seed = request.sampling.seed.has_value() ? *request.sampling.seed : std::random_device{}();
   state->generator.seed(seed);
@@ -269,6 +281,12 @@ void Engine::Cancel(uint64_t request_id) {
 EngineSnapshot Engine::Snapshot() const {
   absl::MutexLock lock(&mutex_);
   return snapshot_;
+}
+
+bool Engine::AwaitSnapshot(const std::function<bool(const EngineSnapshot&)>& predicate, absl::Time deadline) const {
+  absl::MutexLock lock(&mutex_);
+  auto holds = [this, &predicate]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return predicate(snapshot_); };
+  return clock_->AwaitWithDeadline(&mutex_, absl::Condition(&holds), deadline);
 }
 
 void Engine::PublishSnapshot() {
@@ -395,7 +413,7 @@ void Engine::Loop() {
       cancels.swap(cancelled_);
       stopping = stopping_;
     }
-    absl::Time now = absl::Now();
+    absl::Time now = clock_->Now();
     for (auto& arrival : arrivals) {
       RequestState* request = arrival.get();
       requests_[request->id] = std::move(arrival);
@@ -449,7 +467,7 @@ void Engine::Loop() {
         for (uint64_t id : ids) {
           auto it = requests_.find(id);
           if (it != requests_.end()) {
-            Finish(it->second.get(), FinishReason::kError, step, absl::Now());
+            Finish(it->second.get(), FinishReason::kError, step, clock_->Now());
           }
         }
       }
@@ -459,7 +477,7 @@ void Engine::Loop() {
 }
 
 void Engine::RunStep(Schedule& schedule) {
-  const absl::Time started = absl::Now();
+  const absl::Time started = clock_->Now();
   // Rows of one variant side by side: each variant's low-rank terms then run once per step, not
   // once per request. (Row order does not change any row's result.)
   std::stable_sort(schedule.slices.begin(), schedule.slices.end(),
@@ -512,7 +530,7 @@ void Engine::RunStep(Schedule& schedule) {
   deltas::SegmentedDeltaHook hook(std::move(segments));
   if (!hook.empty()) batch.deltas = &hook;
   absl::StatusOr<at::Tensor> logits = model_->Run(batch);
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_->Now();
   if (!logits.ok()) {
     for (ScheduledSlice& slice : schedule.slices) {
       Finish(slice.request, FinishReason::kError, logits.status(), now);

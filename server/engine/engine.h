@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -64,6 +65,11 @@ class Engine {
   void Stop();
 
   EngineSnapshot Snapshot() const;
+  // AwaitSnapshot blocks until `predicate` holds for the published snapshot (checked whenever the
+  // loop publishes one) or clock().Now() reaches `deadline`; returns whether it holds.
+  //   engine->AwaitSnapshot([](const EngineSnapshot& s) { return s.active_requests == 0; }, deadline);
+  bool AwaitSnapshot(const std::function<bool(const EngineSnapshot&)>& predicate, absl::Time deadline) const;
+  common::Clock& clock() const { return *clock_; }
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }
   const model::LlamaModel& model() const { return *model_; }
   const EngineOptions& options() const { return options_; }
@@ -86,6 +92,7 @@ class Engine {
   const std::shared_ptr<const model::LlamaModel> model_;
   const std::shared_ptr<const model::Tokenizer> tokenizer_;
   EngineObserver* const observer_;
+  common::Clock* const clock_;
 
   mutable absl::Mutex mutex_;
   // Submitted requests not yet picked up by the loop.

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "server/common/clock.h"
 #include "server/engine/adapter_cache.h"
 
 namespace deltaserve::engine {
@@ -31,6 +32,9 @@ struct EngineOptions {
   int32_t max_stop_string_bytes = 256;
   // Intra-op CPU threads of the engine's steps; 0 = one per CPU core (see intra_op_threads.h).
   int32_t threads = 0;
+  // What the engine and its adapter cache read the time from (arrival, deadlines, step and
+  // load timing); null = common::RealClock(). Tests pass a ManualClock. Must outlive the engine.
+  common::Clock* clock = nullptr;
 
   absl::Status Validate() const;
 };

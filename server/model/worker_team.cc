@@ -59,6 +59,8 @@ class WorkerTeam {
     while (pending_.load(std::memory_order_acquire) > 0) Pause();
   }
 
+  int parked() const { return sleeping_.load(); }
+
  private:
   void RunChunk(int index) {
     const int64_t first = begin_ + index * chunk_;
@@ -113,6 +115,10 @@ void SetWorkerTeamOfThisThread(int threads) {
   at::get_num_threads();  // libtorch's lazy per-thread set-up, before ParallelFor saves the count
   this_threads_team.reset();
   if (threads > 1) this_threads_team = std::make_unique<WorkerTeam>(threads);
+}
+
+int ParkedWorkersOfThisThread() {
+  return this_threads_team == nullptr ? 0 : this_threads_team->parked();
 }
 
 void ParallelFor(int64_t begin, int64_t end, int64_t grain,

@@ -24,6 +24,10 @@ namespace deltaserve::model {
 // threads - 1 workers); 0 or 1 removes it. The team lives until the thread exits or the next call.
 void SetWorkerTeamOfThisThread(int threads);
 
+// ParkedWorkersOfThisThread: how many of the calling thread's workers have stopped spinning
+// and sleep until the next section (0 without a team).
+int ParkedWorkersOfThisThread();
+
 void ParallelFor(int64_t begin, int64_t end, int64_t grain,
                  const std::function<void(int64_t, int64_t)>& body);
 

@@ -19,6 +19,7 @@
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 
 namespace deltaserve::testing {
 namespace {
@@ -81,7 +82,13 @@ TEST(FairnessTest, AFloodingTenantDoesNotPushAnotherTenantsFirstTokenBack) {
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the flood is in full swing
+  // The flood is in full swing: both slots taken, most of its requests queued, and every flood
+  // thread through at least one request.
+  ASSERT_TRUE(WaitUntil([&] {
+    const std::string scrape = HttpGet(server.metrics_port(), "/metrics");
+    return heavy_requests.load() >= 10 && Sample(scrape, "deltaserve_requests_running") == 2 &&
+           Sample(scrape, "deltaserve_requests_waiting") >= 6;
+  }, absl::Seconds(60)));
   auto light = DeltaserveClient::Connect(server.target(), "light-key");
   auto as_heavy = DeltaserveClient::Connect(server.target(), "heavy-key");
   constexpr int kRequests = 15;

@@ -19,6 +19,7 @@
 #include "tests/integration/server_process.h"
 #include "tests/integration/shared_server.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
@@ -33,15 +34,12 @@ v1::Job RunMerge(DeltaserveClient& client, const v1::MergeRequest& request) {
   return ExpectSucceeds(client, status, job);
 }
 
-// WaitUntil polls GetJob until `done` holds (or 60 s pass) and returns the last record.
-v1::Job WaitUntil(DeltaserveClient& client, const std::string& id, const std::function<bool(const v1::Job&)>& done) {
+// WaitForJob polls GetJob until `done` holds (or 60 s pass) and returns the last record.
+v1::Job WaitForJob(DeltaserveClient& client, const std::string& id, const std::function<bool(const v1::Job&)>& done) {
   v1::Job job;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (GetJob(client, id, &job).ok() && done(job)) return job;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (!testing::WaitUntil([&] { return GetJob(client, id, &job).ok() && done(job); }, absl::Seconds(60))) {
+    ADD_FAILURE() << "job " << id << " never reached the expected state; last: " << job.ShortDebugString();
   }
-  ADD_FAILURE() << "job " << id << " never reached the expected state; last: " << job.ShortDebugString();
   return job;
 }
 
@@ -164,10 +162,7 @@ TEST_F(JobsServerTest, MetricsCountJobsByKindAndState) {
   };
   const double before = std::max(0.0, finished());
   RunMerge(*client_, Merge("cat", "merged/counted", {{"demo-000", 2.0}}));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (finished() < before + 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitUntil([&] { return finished() >= before + 1; });
   const std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_EQ(Sample(scrape, "deltaserve_jobs_finished_total{kind=\"merge\",state=\"SUCCEEDED\"}"), before + 1);
   EXPECT_GE(Sample(scrape, "deltaserve_job_run_seconds_count{kind=\"merge\"}"), 1);
@@ -505,7 +500,7 @@ TEST_F(JobsLifecycleTest, CancelStopsARunningMergeAndAQueuedOneAndLeavesNothing)
   v1::Job running, queued;
   ASSERT_TRUE(SubmitMerge(*client, Merge("ties", "gone/running", {{"demo-000", 0.5}, {"demo-001", 0.5}}, 2), &running).ok());
   ASSERT_TRUE(SubmitMerge(*client, Merge("cat", "gone/queued", {{"demo-002", 1}}), &queued).ok());
-  WaitUntil(*client, running.id(), [](const v1::Job& job) { return job.progress() > 0.15; });  // merging
+  WaitForJob(*client, running.id(), [](const v1::Job& job) { return job.progress() > 0.15; });  // merging
   v1::Job cancelled;
   ASSERT_TRUE(CancelJob(*client, queued.id(), &cancelled).ok());
   EXPECT_EQ(cancelled.state(), v1::CANCELLED);
@@ -535,7 +530,7 @@ TEST_F(JobsLifecycleTest, AKillDuringAMergeLeavesNoVariantAndTheRestartFailsTheJ
     ASSERT_TRUE(SubmitMerge(*client, Merge("cat", "later/merge", {{"demo-002", 1}}), &queued).ok());
     killed_id = killed.id();
     queued_id = queued.id();
-    WaitUntil(*client, killed_id, [](const v1::Job& job) { return job.progress() > 0.15; });
+    WaitForJob(*client, killed_id, [](const v1::Job& job) { return job.progress() > 0.15; });
     server.Signal(SIGKILL);
     server.WaitForExit(10);
   }
@@ -577,7 +572,7 @@ TEST_F(JobsLifecycleTest, ShutdownRefusesNewJobsAndRecordsTheRunningOneInterrupt
     v1::Job running;
     ASSERT_TRUE(SubmitMerge(*client, Merge("ties", "cut/short", {{"demo-000", 0.5}, {"demo-001", 0.5}}, 2), &running).ok());
     running_id = running.id();
-    WaitUntil(*client, running_id, [](const v1::Job& job) { return job.progress() > 0.15; });
+    WaitForJob(*client, running_id, [](const v1::Job& job) { return job.progress() > 0.15; });
     // A long generation keeps the server draining while the submit below arrives.
     std::atomic<bool> streaming{false};
     std::thread stream([&] {
@@ -586,14 +581,13 @@ TEST_F(JobsLifecycleTest, ShutdownRefusesNewJobsAndRecordsTheRunningOneInterrupt
         return false;
       });
     });
-    while (!streaming) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(testing::WaitUntil([&] { return streaming.load(); }));
     server.Signal(SIGTERM);
     // Once health reads NOT_SERVING the server is draining (it flips health after it starts).
-    for (int i = 0; i < 250; ++i) {
+    ASSERT_TRUE(testing::WaitUntil([&] {
       client::HealthStatus health;
-      if (client->Health("", &health).ok() && health == client::HealthStatus::kNotServing) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+      return client->Health("", &health).ok() && health == client::HealthStatus::kNotServing;
+    }));
     v1::Job late;
     grpc::Status refused = SubmitMerge(*client, Merge("cat", "too/late", {{"demo-000", 1}}), &late);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();

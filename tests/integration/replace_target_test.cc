@@ -4,6 +4,7 @@
 // and once the job succeeded every new request is served by the new version. keep_previous
 // keeps the old version servable as NAME@1; a restart keeps all of it; a later replace without
 // keep_previous retires the old version's files.
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 
 namespace deltaserve::testing {
 namespace {
@@ -97,7 +99,11 @@ TEST(ReplaceTargetTest, TheNameSwitchesAtomicallyUnderLoadAndSurvivesARestart) {
     }
     // Every request accepted from now on gets the new version.
     new_version = Serve(*client, "team/bot");
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The streams go on until each has been served by the new version too.
+    EXPECT_TRUE(WaitUntil([&] {
+      std::lock_guard<std::mutex> lock(mutex);
+      return std::count_if(during.begin(), during.end(), [](const Served& served) { return served.version == 2; }) >= 3;
+    }, absl::Seconds(60)));
     stop = true;
     for (std::thread& stream : streams) stream.join();
     EXPECT_EQ(new_version.version, 2);

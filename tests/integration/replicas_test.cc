@@ -13,6 +13,7 @@
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
@@ -67,11 +68,10 @@ TEST_F(ReplicasTest, AMergeOnOneReplicaServesOnTheOther) {
     ASSERT_TRUE(client_a_->variants().DeleteVariant(&context, request, &response).ok());
   }
   grpc::Status gone;
-  for (int i = 0; i < 100; ++i) {
+  WaitUntil([&] {  // b learns of it at its next poll of the shared directory
     gone = GetVariant(*client_b_, "team/merged", &variant);
-    if (gone.error_code() == grpc::StatusCode::NOT_FOUND) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+    return gone.error_code() == grpc::StatusCode::NOT_FOUND;
+  });
   EXPECT_EQ(gone.error_code(), grpc::StatusCode::NOT_FOUND) << b_.Log();
   EXPECT_EQ(RunStream(*client_b_, Generate("the cat reads", 4, "team/merged")).status.error_code(),
             grpc::StatusCode::NOT_FOUND);

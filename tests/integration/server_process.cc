@@ -3,6 +3,7 @@
 #include "tests/integration/http_client.h"
 
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -87,17 +88,12 @@ void ServerProcess::Signal(int signal_number) {
 }
 
 int ServerProcess::WaitForExit(int timeout_seconds) {
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
-  while (std::chrono::steady_clock::now() < give_up) {
-    int status = 0;
-    pid_t done = ::waitpid(pid_, &status, WNOHANG);
-    if (done == pid_) {
-      pid_ = -1;
-      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return -1;
+  int status = 0;
+  const bool exited = WaitUntil([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; },
+                                absl::Seconds(timeout_seconds));
+  if (!exited) return -1;
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 std::string ServerProcess::Log() const {

@@ -23,6 +23,7 @@
 #include "tests/integration/server_process.h"
 #include "tests/integration/shared_server.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
@@ -95,12 +96,11 @@ TEST_F(ServerTest, CancellationFreesTheKvCache) {
   EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_LT(stream.tokens.size(), 4000u);
   double usage = -1;
-  for (int i = 0; i < 100; ++i) {
+  WaitUntil([&] {
     std::string scrape = HttpGet(server_->metrics_port(), "/metrics");
     usage = Sample(scrape, "deltaserve_kv_cache_usage_ratio");
-    if (usage == 0 && Sample(scrape, "deltaserve_requests_running") == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+    return usage == 0 && Sample(scrape, "deltaserve_requests_running") == 0;
+  });
   EXPECT_EQ(usage, 0.0);
 }
 
@@ -170,14 +170,11 @@ TEST_F(ServerTest, MetricsScrapeShowsTheFamilies) {
   ASSERT_TRUE(RunStream(*client_, Generate("the baker", 8)).status.ok());
   // The RPC is counted in OnDone, which gRPC may run just after the client has its status.
   std::string scrape;
-  for (int i = 0; i < 100; ++i) {
+  WaitUntil([&] {
     scrape = HttpGet(server_->metrics_port(), "/metrics");
-    if (Sample(scrape, "deltaserve_requests_running") == 0 &&
-        Sample(scrape, "deltaserve_requests_total{code=\"OK\",method=\"Generate\"}") >= 1) {
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+    return Sample(scrape, "deltaserve_requests_running") == 0 &&
+           Sample(scrape, "deltaserve_requests_total{code=\"OK\",method=\"Generate\"}") >= 1;
+  });
   for (const char* family :
        {"deltaserve_requests_total", "deltaserve_time_to_first_token_seconds",
         "deltaserve_inter_token_latency_seconds", "deltaserve_request_duration_seconds",
@@ -341,11 +338,10 @@ TEST_F(AdapterServerTest, LoraRequestsInfoListsRunningAdapters) {
   const std::string idle_series =
       "deltaserve_lora_requests_info{max_lora=\"64\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"}";
   std::string scrape;
-  for (int i = 0; i < 100; ++i) {
+  WaitUntil([&] {
     scrape = HttpGet(server_->metrics_port(), "/metrics");
-    if (Sample(scrape, idle_series) > 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+    return Sample(scrape, idle_series) > 0;
+  });
   EXPECT_GT(Sample(scrape, idle_series), 1.7e9) << scrape;
   EXPECT_EQ(scrape.find("running_lora_adapters=\"demo-003\""), std::string::npos);  // the old series is gone
 }
@@ -403,12 +399,10 @@ TEST(ServerLimitsTest, VllmNamedGaugesCountRunningAndWaitingRequests) {
     });
   }
   std::string scrape;
-  bool seen = false;
-  for (int i = 0; i < 500 && !seen; ++i) {
+  const bool seen = WaitUntil([&] {
     scrape = HttpGet(server.http_port(), "/metrics");
-    seen = Sample(scrape, "vllm:num_requests_running") == 1 && Sample(scrape, "vllm:num_requests_waiting") == 2;
-    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+    return Sample(scrape, "vllm:num_requests_running") == 1 && Sample(scrape, "vllm:num_requests_waiting") == 2;
+  });
   done = true;
   for (std::thread& thread : threads) thread.join();
   ASSERT_TRUE(seen) << scrape;
@@ -448,15 +442,14 @@ TEST_F(AdapterServerTest, PromtoolAcceptsALiveScrape) {
   EXPECT_GE(queried.size(), 15u);
   std::string scrape;
   std::vector<std::string> missing;
-  for (int attempt = 0; attempt < 100; ++attempt) {
+  WaitUntil([&] {
     scrape = HttpGet(server_->metrics_port(), "/metrics");
     missing.clear();
     for (const std::string& name : queried) {
       if (scrape.find("# TYPE " + name + " ") == std::string::npos) missing.push_back(name);
     }
-    if (missing.empty()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+    return missing.empty();
+  });
   EXPECT_TRUE(missing.empty()) << "not exported: " << missing.front();
   const std::string path = MakeTempDir("promtool") + "/scrape.txt";
   {
@@ -509,17 +502,14 @@ TEST(ServerLifecycleTest, SigtermDrainsInFlightStreams) {
       http_streams[i] = HttpCall(server.http_port(), "POST", "/v1/completions", body.dump());
     });
   }
-  while (started.load() < kGrpcStreams) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_TRUE(WaitUntil([&] { return started.load() >= kGrpcStreams; }, absl::Seconds(60)));
   server.Signal(SIGTERM);
   // Draining shows as NOT_SERVING (or, once the drain is over, as no server at all).
-  bool not_serving = false;
-  for (int i = 0; i < 250 && !not_serving; ++i) {
+  EXPECT_TRUE(WaitUntil([&] {
     client::HealthStatus health;
     grpc::Status status = client->Health("", &health);
-    not_serving = !status.ok() || health == client::HealthStatus::kNotServing;
-    if (!not_serving) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_TRUE(not_serving);
+    return !status.ok() || health == client::HealthStatus::kNotServing;
+  }));
   const int http_health = HttpCall(server.http_port(), "GET", "/health").status;
   EXPECT_TRUE(http_health == 503 || http_health == 0) << http_health;
   Stream late = RunStream(*client, Generate("too late", 5), std::chrono::seconds(10));
@@ -556,7 +546,7 @@ TEST(ServerLifecycleTest, StreamsBeyondTheGracePeriodEndUnavailable) {
       streams[i] = RunStream(*client, Generate("the red fox", 400), std::chrono::seconds(60), CountFirstMessage(started));
     });
   }
-  while (started.load() < kStreams) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_TRUE(WaitUntil([&] { return started.load() >= kStreams; }, absl::Seconds(60)));
   server.Signal(SIGTERM);
   for (std::thread& thread : threads) thread.join();
   int unavailable = 0;

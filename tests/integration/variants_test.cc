@@ -16,6 +16,7 @@
 #include "tests/integration/shared_server.h"
 #include "server/common/file_util.h"
 #include "tests/support/test_models.h"
+#include "tests/support/wait_until.h"
 #include "tools/demo_model.h"
 
 namespace deltaserve::testing {
@@ -194,11 +195,10 @@ TEST_F(VariantsServerTest, DeleteIsRefusedWhileInUseAndDrainWaitsForRunningReque
   ASSERT_TRUE(Get("busy", &variant).ok()) << "a refused delete keeps the variant";
   // Once the cancelled request has left the engine, a plain delete goes through.
   grpc::Status deleted;
-  for (int i = 0; i < 200; ++i) {
+  testing::WaitUntil([&] {
     deleted = Delete("busy", false);
-    if (deleted.ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+    return deleted.ok();
+  });
   ASSERT_TRUE(deleted.ok()) << deleted.error_message();
   EXPECT_EQ(Get("busy", &variant).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Run("busy").status.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -211,9 +211,8 @@ TEST_F(VariantsServerTest, DeleteIsRefusedWhileInUseAndDrainWaitsForRunningReque
   Stream finished = RunStream(*client_, Generate("the cat", 60, "draining"), std::chrono::seconds(60), [&] {
     if (++tokens_seen == 2) {
       deleter = std::thread([&] { drained = Delete("draining", /*drain=*/true); });
-      for (int i = 0; i < 100 && Get("draining", &variant).ok(); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
+      // Once the name no longer resolves the delete has begun: later requests are refused.
+      EXPECT_TRUE(testing::WaitUntil([&] { return !Get("draining", &variant).ok(); }));
       late = Run("draining").status;
     }
     return false;

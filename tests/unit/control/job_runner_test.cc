@@ -4,6 +4,7 @@
 #include "server/control/job_runner.h"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -11,7 +12,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "absl/time/clock.h"
+#include "server/common/clock.h"
 #include "server/common/file_util.h"
 #include "tests/support/test_models.h"
 
@@ -49,27 +50,49 @@ JobSubmission Submission(JobBody body, const std::string& output = "", int64_t m
   return submission;
 }
 
-// WaitForState polls until the job reaches `state` (or 20 s pass) and returns its record.
-JobRecord WaitForState(JobRunner& runner, int64_t number, const std::string& state) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  absl::StatusOr<JobRecord> record = runner.Get(number);
-  while (record.ok() && record->state != state && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(2));
-    record = runner.Get(number);
+// WaitForRecord waits (as a watcher, at most 20 s) until the job's record satisfies `done` and
+// returns the record then; WaitForState until it reaches `state`.
+JobRecord WaitForRecord(JobRunner& runner, int64_t number, const std::function<bool(const JobRecord&)>& done) {
+  absl::Mutex mutex;
+  bool reached = false;
+  JobRecord record;
+  absl::StatusOr<int64_t> token = runner.Watch(number, [&](const JobRecord& now) {
+    absl::MutexLock lock(&mutex);
+    if (reached || !done(now)) return;
+    reached = true;
+    record = now;
+  });
+  EXPECT_TRUE(token.ok()) << token.status();
+  if (!token.ok()) return record;
+  {
+    absl::MutexLock lock(&mutex);
+    mutex.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(20));
   }
-  EXPECT_TRUE(record.ok());
-  EXPECT_EQ(record->state, state);
-  return *record;
+  runner.Unwatch(*token);
+  absl::MutexLock lock(&mutex);
+  EXPECT_TRUE(reached) << "job " << number << " never got there; it is "
+                       << runner.Get(number).value_or(JobRecord{}).state;
+  return record;
 }
 
-// A body that steps until cancelled.
+JobRecord WaitForState(JobRunner& runner, int64_t number, const std::string& state) {
+  return WaitForRecord(runner, number, [&state](const JobRecord& record) { return record.state == state; });
+}
+
+// A runner whose step pause outlasts any test: a body's Step then waits until the job is
+// cancelled or the runner stops, which end the pause at once.
+JobRunnerOptions PausingOptions() {
+  JobRunnerOptions options;
+  options.step_pause = absl::Hours(1);
+  return options;
+}
+
+// A body that steps until cancelled (or stopped); on a PausingOptions runner it waits in Step.
 absl::Status StepUntilCancelled(JobContext& context) {
-  for (int i = 0; i < 20000; ++i) {
+  while (true) {
     absl::Status step = context.Step(0.1, "working");
     if (!step.ok()) return step;
-    absl::SleepFor(absl::Milliseconds(1));
   }
-  return absl::DeadlineExceededError("never cancelled");
 }
 
 TEST(JobIdTest, FormatsAndParses) {
@@ -144,7 +167,7 @@ TEST(JobRunnerTest, AFailedJobKeepsItsErrorAndCode) {
 TEST(JobRunnerTest, CancelEndsAQueuedJobAtOnceAndARunningOneAtItsNextStep) {
   const std::string directory = testing::MakeTempDir("jobs-cancel");
   auto store = OpenStore(directory);
-  auto runner = StartRunner(store.get());  // one worker
+  auto runner = StartRunner(store.get(), PausingOptions());  // one worker
   auto running = runner->Submit(Submission(StepUntilCancelled));
   std::atomic<bool> queued_ran{false};
   auto queued = runner->Submit(Submission([&](JobContext&) {
@@ -194,7 +217,7 @@ TEST(JobRunnerTest, AnIdempotencyKeyReturnsTheFirstJobEvenAfterARestart) {
 TEST(JobRunnerTest, TwoUnfinishedJobsMayNotProduceOneVariant) {
   const std::string directory = testing::MakeTempDir("jobs-output");
   auto store = OpenStore(directory);
-  auto runner = StartRunner(store.get());
+  auto runner = StartRunner(store.get(), PausingOptions());
   auto first = runner->Submit(Submission(StepUntilCancelled, "same"));
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(runner->Submit(Submission(StepUntilCancelled, "same")).status().code(), absl::StatusCode::kAlreadyExists);
@@ -204,47 +227,36 @@ TEST(JobRunnerTest, TwoUnfinishedJobsMayNotProduceOneVariant) {
   EXPECT_TRUE(second.ok()) << "the output is free again once the first job ended";
 }
 
-// Runs two jobs of `each` bytes on two workers under a budget of 100 and returns how many ran
-// at once at most.
-int MostAtOnce(int64_t each) {
+// Submits two jobs of `each` bytes to two workers under a budget of 100, while the first runs,
+// and returns the second's state right after its Submit: the runner decides under its lock,
+// so that state is final until the first job ends. Then lets both finish.
+std::string SecondJobStateBesideTheFirst(int64_t each) {
   const std::string directory = testing::MakeTempDir("jobs-memory");
   auto store = OpenStore(directory);
   JobRunnerOptions options;
   options.workers = 2;
   options.memory_bytes = 100;
   auto runner = StartRunner(store.get(), options);
-  std::atomic<int> now{0}, most{0};
+  absl::Notification release;
   auto body = [&](JobContext&) {
-    most = std::max(most.load(), ++now);
-    // Long enough for the other job to start if the budget lets it.
-    const absl::Time until = absl::Now() + absl::Milliseconds(300);
-    while (absl::Now() < until && most.load() < 2) absl::SleepFor(absl::Milliseconds(1));
-    --now;
+    EXPECT_TRUE(release.WaitForNotificationWithTimeout(absl::Seconds(60)));
     return absl::OkStatus();
   };
   auto a = runner->Submit(Submission(body, "", each));
   auto b = runner->Submit(Submission(body, "", each));
   EXPECT_TRUE(a.ok() && b.ok());
-  WaitForState(*runner, a->number, "SUCCEEDED");
-  WaitForState(*runner, b->number, "SUCCEEDED");
-  return most.load();
+  EXPECT_EQ(runner->Get(a->number)->state, "RUNNING");
+  const std::string second = runner->Get(b->number)->state;
+  release.Notify();
+  const JobRecord first_done = WaitForState(*runner, a->number, "SUCCEEDED");
+  const JobRecord second_done = WaitForState(*runner, b->number, "SUCCEEDED");
+  if (second == "QUEUED") EXPECT_GE(second_done.started_unix_nanos, first_done.finished_unix_nanos);
+  return second;
 }
 
 TEST(JobRunnerTest, RunningJobsStayWithinTheMemoryBudget) {
-  EXPECT_EQ(MostAtOnce(60), 1) << "60 + 60 exceeds 100: the second job waits";
-  EXPECT_EQ(MostAtOnce(40), 2) << "40 + 40 fits: both run";
-
-  const std::string directory = testing::MakeTempDir("jobs-too-big");
-  auto store = OpenStore(directory);
-  JobRunnerOptions options;
-  options.memory_bytes = 100;
-  auto runner = StartRunner(store.get(), options);
-  auto refused = runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); }, "", 101));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(refused.status().message().find("--job-memory-bytes"), std::string::npos);
-  auto rows = store->ListJobs();
-  ASSERT_TRUE(rows.ok());
-  EXPECT_TRUE(rows->empty()) << "a refused job leaves no row";
+  EXPECT_EQ(SecondJobStateBesideTheFirst(60), "QUEUED") << "60 + 60 exceeds 100: the second job waits";
+  EXPECT_EQ(SecondJobStateBesideTheFirst(40), "RUNNING") << "40 + 40 fits: both run";
 }
 
 TEST(JobRunnerTest, ARestartFailsInterruptedJobsResumesQueuedOnesAndRecognisesPublishedOutputs) {
@@ -300,7 +312,7 @@ TEST(JobRunnerTest, ARestartFailsInterruptedJobsResumesQueuedOnesAndRecognisesPu
 TEST(JobRunnerTest, StopInterruptsRunningJobsAndLeavesQueuedOnesForTheNextStart) {
   const std::string directory = testing::MakeTempDir("jobs-stop");
   auto store = OpenStore(directory);
-  auto runner = StartRunner(store.get());
+  auto runner = StartRunner(store.get(), PausingOptions());
   auto running = runner->Submit(Submission(StepUntilCancelled));
   auto queued = runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); }));
   ASSERT_TRUE(running.ok() && queued.ok());
@@ -339,6 +351,48 @@ TEST(JobRunnerTest, ListsNewestFirstWithFiltersAndPages) {
   ASSERT_EQ(page.size(), 2u);
   EXPECT_EQ(page[0].number, numbers[3]);
   EXPECT_TRUE(runner->List({"", "OTHER"}, 0, 10).empty());
+}
+
+}  // namespace
+}  // namespace deltaserve::control
+
+namespace deltaserve::control {
+namespace {
+
+// The step pause runs on the runner's clock: a job moves on only once the clock has passed the
+// pause, and a cancel cuts a pause short. Timestamps come from the same clock.
+TEST(JobRunnerTest, StepsPauseByTheRunnersClockAndACancelEndsThePause) {
+  const std::string directory = testing::MakeTempDir("jobs-clock");
+  auto store = OpenStore(directory);
+  common::ManualClock clock;
+  JobRunnerOptions options;
+  options.clock = &clock;
+  options.step_pause = absl::Seconds(10);
+  auto runner = StartRunner(store.get(), options);
+  auto two_steps = runner->Submit(Submission([](JobContext& context) {
+    absl::Status step = context.Step(0.5, "half");
+    if (step.ok()) step = context.Step(0.9, "nearly");
+    return step;
+  }));
+  ASSERT_TRUE(two_steps.ok());
+  EXPECT_EQ(two_steps->created_unix_nanos, absl::ToUnixNanos(clock.Now()));
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));  // pausing after the first step
+  EXPECT_EQ(runner->Get(two_steps->number)->message, "half");
+  clock.Advance(absl::Seconds(9));
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
+  EXPECT_EQ(runner->Get(two_steps->number)->message, "half") << "the pause is not over yet";
+  clock.Advance(absl::Seconds(1));
+  WaitForRecord(*runner, two_steps->number, [](const JobRecord& record) { return record.message == "nearly"; });
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));  // pausing after the second step
+  clock.Advance(absl::Seconds(10));
+  const JobRecord done = WaitForState(*runner, two_steps->number, "SUCCEEDED");
+  EXPECT_EQ(done.finished_unix_nanos, absl::ToUnixNanos(clock.Now()));
+
+  auto cancelled = runner->Submit(Submission(StepUntilCancelled));
+  ASSERT_TRUE(cancelled.ok());
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
+  ASSERT_TRUE(runner->Cancel(cancelled->number).ok());
+  WaitForState(*runner, cancelled->number, "CANCELLED");  // the clock never moved
 }
 
 }  // namespace

@@ -28,14 +28,9 @@ std::shared_ptr<const deltas::DeltaSet> SmallAdapter(float value) {
   return set;
 }
 
-bool WaitFor(const std::function<bool()>& condition) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (absl::Now() < deadline) {
-    if (condition()) return true;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return condition();
-}
+// Settled: the loader has acted on everything asked of it so far. What has not happened by
+// then does not happen later on its own, so tests can assert on absence without sleeping.
+bool Settled(const AdapterCache& cache) { return cache.AwaitLoaderIdle(absl::Seconds(20)); }
 
 class RecordingObserver : public EngineObserver {
  public:
@@ -67,7 +62,10 @@ class AdapterCacheTest : public ::testing::Test {
     options.host_budget_bytes = host_adapters * kAdapterBytes;
     options.read = [this](const std::string& path) -> absl::StatusOr<deltas::DeltaSet> {
       ++reads_;
-      if (block_reads_) release_reads_.WaitForNotification();
+      if (block_reads_) {
+        if (!read_started_.HasBeenNotified()) read_started_.Notify();
+        release_reads_.WaitForNotification();
+      }
       if (path.empty() || path[0] != 'v') return absl::NotFoundError("no such adapter: " + path);
       return *SmallAdapter(std::stof(path.substr(1)));
     };
@@ -79,7 +77,7 @@ class AdapterCacheTest : public ::testing::Test {
   // Asks for `id` and waits until it is on the device.
   static bool Load(AdapterCache& cache, uint64_t id) {
     cache.Want({id});
-    return WaitFor([&] { return TierOf(cache, id) == AdapterTier::kDevice; });
+    return Settled(cache) && TierOf(cache, id) == AdapterTier::kDevice;
   }
 
   // Uses an adapter as one request would: on the device, held while running, then released.
@@ -90,7 +88,7 @@ class AdapterCacheTest : public ::testing::Test {
 
   std::atomic<int> reads_{0};
   std::atomic<bool> block_reads_{false};
-  absl::Notification release_reads_;
+  absl::Notification read_started_, release_reads_;
   RecordingObserver observer_;
 };
 
@@ -143,15 +141,43 @@ TEST_F(AdapterCacheTest, PinnedAndRunningAdaptersAreNeverEvicted) {
   // With d running too, nothing may make room for e.
   ASSERT_NE(cache->AcquireResident(d), nullptr);
   cache->Want({e});
-  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_TRUE(Settled(*cache));
   EXPECT_EQ(TierOf(*cache, e), AdapterTier::kHost);
   // When b's request finishes, b makes room.
   running.reset();
   cache->ReleaseRunning(b);
-  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, e) == AdapterTier::kDevice; }));
+  ASSERT_TRUE(Settled(*cache));
+  EXPECT_EQ(TierOf(*cache, e), AdapterTier::kDevice);
   EXPECT_EQ(TierOf(*cache, b), AdapterTier::kHost);
   EXPECT_EQ(TierOf(*cache, a), AdapterTier::kDevice);
   EXPECT_EQ(TierOf(*cache, d), AdapterTier::kDevice);
+}
+
+// The engine asks for an older waiting request's adapter (d, not loaded) before it admits a
+// younger one: the younger may not start running the one idle adapter that d's load must evict.
+TEST_F(AdapterCacheTest, AYoungerRequestDoesNotTakeTheRoomOfAnOlderLoad) {
+  auto cache = MakeCache();
+  uint64_t a = *cache->Add("v1", SmallAdapter(1));
+  uint64_t b = *cache->Add("v2", SmallAdapter(2));
+  uint64_t c = *cache->Add("v3", SmallAdapter(3));
+  uint64_t d = *cache->Add("v4", SmallAdapter(4));
+  ASSERT_EQ(TierOf(*cache, d), AdapterTier::kHost);
+  ASSERT_NE(cache->AcquireResident(a), nullptr);
+  ASSERT_NE(cache->AcquireResident(b), nullptr);
+  EXPECT_TRUE(cache->CanMakeRoomFor(d)) << "c is idle: d can take its place";
+  EXPECT_EQ(cache->AcquireResident(c, /*keep_room_for=*/d), nullptr) << "c is the room d needs";
+  EXPECT_EQ(cache->Info(c)->running, 0);
+  EXPECT_NE(cache->AcquireResident(a, /*keep_room_for=*/d), nullptr) << "a runs already: no room changes hands";
+  cache->ReleaseRunning(a);
+  // With nobody waiting for d, c may run; then d has to wait for room.
+  ASSERT_NE(cache->AcquireResident(c), nullptr);
+  EXPECT_FALSE(cache->CanMakeRoomFor(d));
+  EXPECT_TRUE(cache->CanMakeRoomFor(c)) << "a resident adapter needs no room";
+  // Once c's request ends, d loads in c's place.
+  cache->ReleaseRunning(c);
+  ASSERT_TRUE(Load(*cache, d));
+  EXPECT_EQ(TierOf(*cache, c), AdapterTier::kHost);
+  for (uint64_t id : {a, b}) cache->ReleaseRunning(id);
 }
 
 TEST_F(AdapterCacheTest, PinningLoadsInTheBackgroundAndIsBoundedByTheBudget) {
@@ -160,7 +186,8 @@ TEST_F(AdapterCacheTest, PinningLoadsInTheBackgroundAndIsBoundedByTheBudget) {
   for (int i = 1; i <= 4; ++i) ids.push_back(*cache->Add("v" + std::to_string(i), SmallAdapter(i)));
   ASSERT_EQ(TierOf(*cache, ids[3]), AdapterTier::kHost);
   ASSERT_TRUE(cache->Pin(ids[3]).ok());
-  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, ids[3]) == AdapterTier::kDevice; }));
+  ASSERT_TRUE(Settled(*cache));
+  ASSERT_EQ(TierOf(*cache, ids[3]), AdapterTier::kDevice);
   ASSERT_TRUE(cache->Pin(ids[2]).ok());
   // A third pin would leave no room to load any other adapter.
   absl::Status third = cache->Pin(ids[1]);
@@ -179,11 +206,12 @@ TEST_F(AdapterCacheTest, ConcurrentRequestsForOneColdAdapterReadItOnce) {
   ASSERT_TRUE(cache->AddUser(cold).ok());
   ASSERT_TRUE(cache->AddUser(cold).ok());
   cache->Want({cold});
-  ASSERT_TRUE(WaitFor([&] { return cache->Info(cold)->loading; }));
+  ASSERT_TRUE(read_started_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_TRUE(cache->Info(cold)->loading);
   cache->Want({cold, cold});  // the engine asking again while the load runs
-  absl::SleepFor(absl::Milliseconds(50));
   release_reads_.Notify();
-  ASSERT_TRUE(WaitFor([&] { return TierOf(*cache, cold) == AdapterTier::kDevice; }));
+  ASSERT_TRUE(Settled(*cache));
+  EXPECT_EQ(TierOf(*cache, cold), AdapterTier::kDevice);
   EXPECT_EQ(reads_, 1);
   EXPECT_EQ(cache->Info(cold)->users, 2);
 }
@@ -232,22 +260,17 @@ TEST_F(AdapterCacheTest, ReportsFailedLoadsAndOversizedAdapters) {
   auto cache = MakeCache(/*host_adapters=*/0);
   uint64_t broken = *cache->Add("missing", nullptr);
   cache->Want({broken});
-  std::vector<std::pair<uint64_t, absl::Status>> failures;
-  ASSERT_TRUE(WaitFor([&] {
-    auto taken = cache->TakeLoadFailures();
-    failures.insert(failures.end(), taken.begin(), taken.end());
-    return !failures.empty();
-  }));
+  ASSERT_TRUE(Settled(*cache)) << "a failed load is not retried in a loop while still wanted";
+  std::vector<std::pair<uint64_t, absl::Status>> failures = cache->TakeLoadFailures();
+  ASSERT_EQ(failures.size(), 1u);
   EXPECT_EQ(failures[0].first, broken);
   EXPECT_NE(failures[0].second.message().find("no such adapter"), std::string::npos);
   EXPECT_EQ(TierOf(*cache, broken), AdapterTier::kDisk);
-  // Not retried in a loop while still wanted; retried once newly wanted again.
-  absl::SleepFor(absl::Milliseconds(50));
+  // Not retried while still wanted; retried once newly wanted again.
   EXPECT_EQ(reads_, 1);
   cache->Want({});
   cache->Want({broken});
-  ASSERT_TRUE(WaitFor([&] { return reads_ == 2 && !cache->Info(broken)->loading; }));
-  absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(Settled(*cache));
   EXPECT_EQ(reads_, 2);
   EXPECT_EQ(cache->TakeLoadFailures().size(), 1u);
 

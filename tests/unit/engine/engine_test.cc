@@ -9,6 +9,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "server/common/clock.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
 #include "server/model/llama_model.h"
@@ -107,11 +108,7 @@ std::shared_ptr<const model::Tokenizer> EngineTest::tokenizer_;
 
 // The engine publishes its snapshot after each iteration, just after the sinks heard from it.
 bool SnapshotSettles(const Engine& engine, const std::function<bool(const EngineSnapshot&)>& predicate) {
-  for (int i = 0; i < 400; ++i) {
-    if (predicate(engine.Snapshot())) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return false;
+  return engine.AwaitSnapshot(predicate, engine.clock().Now() + absl::Seconds(20));
 }
 
 std::vector<EngineRequest> MixedRequests() {
@@ -292,6 +289,11 @@ class OrderSink : public RecordingSink {
   bool started_ = false;
 };
 
+// The cache has room for two of three adapters. a1 and c1 run on a and c; b1 then waits for
+// room for b, and c2 (for the resident c) comes after it. When c1 ends, c's room goes to b1's
+// load: c2 must not start on c first. (This failed under load when c1 could finish before b1
+// was even submitted: the test now holds c1 until both wait, and the engine keeps an older
+// load's room in every interleaving; see AdapterCacheTest.AYoungerRequestDoesNotTakeTheRoomOfAnOlderLoad.)
 TEST_F(EngineTest, AnAdapterWaitingForRoomIsNotOvertakenByYoungerRequests) {
   std::string adapters_dir = testing::MakeTempDir("engine-fair-adapters");
   ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 3, 4).ok());
@@ -314,20 +316,28 @@ TEST_F(EngineTest, AnAdapterWaitingForRoomIsNotOvertakenByYoungerRequests) {
 
   absl::Mutex mutex;
   std::vector<std::string> order;
-  auto submit = [&](const std::string& name, uint64_t adapter, int tokens) {
+  auto submit = [&](const std::string& name, uint64_t adapter, int tokens, uint64_t* id = nullptr) {
     EngineRequest request = Request("the cat reads", tokens);
     request.adapter_id = adapter;
     auto sink = std::make_shared<OrderSink>(name, &order, &mutex);
-    EXPECT_TRUE(engine->Submit(std::move(request), sink).ok());
+    absl::StatusOr<uint64_t> submitted = engine->Submit(std::move(request), sink);
+    EXPECT_TRUE(submitted.ok());
+    if (id != nullptr) *id = submitted.value_or(0);
     return sink;
   };
-  auto a1 = submit("a1", a, 200);
-  auto c1 = submit("c1", c, 40);
-  ASSERT_TRUE(a1->WaitForFirstOutput());
-  ASSERT_TRUE(c1->WaitForFirstOutput());
+  uint64_t c1_id = 0;
+  // a1 and c1 run to the end of the context unless cancelled: far longer than the steps below.
+  auto a1 = submit("a1", a, 4000);
+  auto c1 = submit("c1", c, 4000, &c1_id);
   auto b1 = submit("b1", b, 6);  // needs room that a1 and c1 hold
+  // The precondition, an observed engine state rather than a sleep: b1 waits for its adapter
+  // before c2 exists.
+  ASSERT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) { return snapshot.waiting_for_adapter == 1; }));
   auto c2 = submit("c2", c, 6);  // its adapter is resident, but b1 came first
-  for (auto& sink : {a1, c1, b1, c2}) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
+  engine->Cancel(c1_id);         // frees c's room, which b1's load needs
+  const FinishReason c1_reason = c1->Wait().reason;  // (kLength only if the context ran out first)
+  EXPECT_TRUE(c1_reason == FinishReason::kCancelled || c1_reason == FinishReason::kLength);
+  for (auto& sink : {a1, b1, c2}) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
   absl::MutexLock lock(&mutex);
   const auto position = [&](const std::string& name) {
     return std::find(order.begin(), order.end(), name) - order.begin();
@@ -446,15 +456,49 @@ TEST_F(EngineTest, CancellationFreesTheCache) {
   }));
 }
 
+// A sink that moves a manual clock forward when its request's first token arrives (on the
+// engine's thread, before the engine looks at the time again).
+class AdvancingSink : public RecordingSink {
+ public:
+  AdvancingSink(common::ManualClock* clock, absl::Duration step) : clock_(clock), step_(step) {}
+  void OnOutput(GenerationOutput output) override {
+    if (!advanced_.exchange(true)) clock_->Advance(step_);
+    RecordingSink::OnOutput(std::move(output));
+  }
+
+ private:
+  common::ManualClock* clock_;
+  absl::Duration step_;
+  std::atomic<bool> advanced_{false};
+};
+
 TEST_F(EngineTest, DeadlineEndsTheRequest) {
-  auto engine = MakeEngine();
+  common::ManualClock clock;
+  EngineOptions options;
+  options.clock = &clock;
+  auto engine = MakeEngine(options);
+  // Time passes the deadline just after the first token: the request ends with that one.
   EngineRequest request = Request("the cat", 4000);
-  request.deadline = absl::Now() + absl::Milliseconds(20);
-  auto sink = RunRequest(*engine, std::move(request));
-  EXPECT_EQ(sink->Wait().reason, FinishReason::kDeadlineExceeded);
+  request.deadline = clock.Now() + absl::Seconds(5);
+  auto sink = std::make_shared<AdvancingSink>(&clock, absl::Seconds(5));
+  ASSERT_TRUE(engine->Submit(std::move(request), sink).ok());
+  const RequestResult& result = sink->Wait();
+  EXPECT_EQ(result.reason, FinishReason::kDeadlineExceeded);
+  EXPECT_EQ(sink->tokens.size(), 1u);
+  EXPECT_EQ(result.usage.completion_tokens, 1);
   EXPECT_TRUE(SnapshotSettles(*engine, [](const EngineSnapshot& snapshot) {
-    return snapshot.kv_used_blocks == 0;
+    return snapshot.kv_used_blocks == 0 && snapshot.active_requests == 0;
   }));
+  // A request whose deadline passed while it was queued never runs.
+  EngineRequest late = Request("the cat", 8);
+  late.deadline = clock.Now();
+  auto late_sink = RunRequest(*engine, std::move(late));
+  EXPECT_EQ(late_sink->Wait().reason, FinishReason::kDeadlineExceeded);
+  EXPECT_TRUE(late_sink->tokens.empty());
+  // Until the clock moves, a deadline a second away never fires, however long the work takes.
+  EngineRequest patient = Request("the cat", 40);
+  patient.deadline = clock.Now() + absl::Seconds(1);
+  EXPECT_EQ(RunRequest(*engine, std::move(patient))->Wait().reason, FinishReason::kLength);
 }
 
 TEST_F(EngineTest, FullQueueIsRejectedAtOnce) {

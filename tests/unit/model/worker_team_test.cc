@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "server/model/worker_team.h"
+#include "tests/support/wait_until.h"
 
 namespace deltaserve::model {
 namespace {
@@ -53,7 +54,7 @@ TEST(WorkerTeamTest, SectionsAfterTheWorkersParkStillRun) {
     SetWorkerTeamOfThisThread(2);
     for (int round = 0; round < 3; ++round) {
       EXPECT_EQ(CoverOnce(64, 1).size(), 2u);
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // well past the spin time
+      ASSERT_TRUE(testing::WaitUntil([] { return ParkedWorkersOfThisThread() == 1; }));
     }
     // Many short sections back to back, as in a decode step.
     std::atomic<int64_t> total{0};
