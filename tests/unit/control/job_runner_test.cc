@@ -316,7 +316,9 @@ TEST(JobRunnerTest, StopInterruptsRunningJobsAndLeavesQueuedOnesForTheNextStart)
   auto running = runner->Submit(Submission(StepUntilCancelled));
   auto queued = runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); }));
   ASSERT_TRUE(running.ok() && queued.ok());
-  WaitForState(*runner, running->number, "RUNNING");
+  // Its body runs (it has stepped), not only its state: a job whose body never started would
+  // go back to the queue.
+  WaitForRecord(*runner, running->number, [](const JobRecord& record) { return record.message == "working"; });
   runner->Stop();
   EXPECT_EQ(runner->Get(running->number)->state, "FAILED");
   EXPECT_EQ(runner->Get(running->number)->error_code, "ABORTED");
