@@ -155,6 +155,7 @@ void JobRunner::Stop() {
     reserved_bytes_ -= job.record.memory_bytes;
     --running_jobs_;
     ChangedLocked(job, /*persist=*/true);
+    ObserveLocked(job.record, "RUNNING");
   }
   dispatched_.clear();
 }

@@ -250,7 +250,9 @@ std::string SecondJobStateBesideTheFirst(int64_t each) {
   release.Notify();
   const JobRecord first_done = WaitForState(*runner, a->number, "SUCCEEDED");
   const JobRecord second_done = WaitForState(*runner, b->number, "SUCCEEDED");
-  if (second == "QUEUED") EXPECT_GE(second_done.started_unix_nanos, first_done.finished_unix_nanos);
+  if (second == "QUEUED") {
+    EXPECT_GE(second_done.started_unix_nanos, first_done.finished_unix_nanos) << "it started once the first ended";
+  }
   return second;
 }
 

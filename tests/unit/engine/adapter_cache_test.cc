@@ -8,10 +8,11 @@
 
 #include <atomic>
 #include <functional>
+#include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "absl/time/clock.h"
+#include "server/common/clock.h"
 
 namespace deltaserve::engine {
 namespace {
@@ -56,8 +57,9 @@ class AdapterCacheTest : public ::testing::Test {
   // A cache whose device holds three adapters and whose host holds `host_adapters`; its reader
   // serves path "v<value>" as SmallAdapter(value), counting reads, and waits for
   // release_reads_ when block_reads_ is set.
-  std::unique_ptr<AdapterCache> MakeCache(int64_t host_adapters = 8) {
+  std::unique_ptr<AdapterCache> MakeCache(int64_t host_adapters = 8, common::Clock* clock = nullptr) {
     AdapterCacheOptions options;
+    options.clock = clock;
     options.device_budget_bytes = 3 * kAdapterBytes;
     options.host_budget_bytes = host_adapters * kAdapterBytes;
     options.read = [this](const std::string& path) -> absl::StatusOr<deltas::DeltaSet> {
@@ -254,6 +256,35 @@ TEST_F(AdapterCacheTest, RemoveFreesBytesAndIsRefusedWhileInUse) {
   EXPECT_EQ(TierOf(*cache, b), AdapterTier::kDevice);
   EXPECT_EQ(TierOf(*cache, c), AdapterTier::kDevice);
   EXPECT_EQ(TierOf(*cache, d), AdapterTier::kDevice);
+}
+
+// A drain waits, on the cache's clock, for the adapter's last request to end: removed then, or
+// kept (FAILED_PRECONDITION) once the deadline passes with requests still on it.
+TEST_F(AdapterCacheTest, RemoveWhenUnusedWaitsForTheLastRequestUntilTheDeadline) {
+  common::ManualClock clock;
+  auto cache = MakeCache(/*host_adapters=*/8, &clock);
+  const uint64_t drained = *cache->Add("v1", SmallAdapter(1));
+  ASSERT_TRUE(cache->AddUser(drained).ok());
+  absl::Status removed = absl::UnknownError("not yet");
+  std::thread remover([&] { removed = cache->RemoveWhenUnused(drained, clock.Now() + absl::Seconds(30)); });
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
+  clock.Advance(absl::Seconds(29));  // not yet the deadline: still waiting
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
+  cache->ReleaseUser(drained);
+  remover.join();
+  EXPECT_TRUE(removed.ok()) << removed;
+  EXPECT_EQ(cache->Info(drained).status().code(), absl::StatusCode::kNotFound);
+
+  const uint64_t busy = *cache->Add("v2", SmallAdapter(2));
+  ASSERT_TRUE(cache->AddUser(busy).ok());
+  std::thread late([&] { removed = cache->RemoveWhenUnused(busy, clock.Now() + absl::Seconds(30)); });
+  ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
+  clock.Advance(absl::Seconds(30));
+  late.join();
+  EXPECT_EQ(removed.code(), absl::StatusCode::kFailedPrecondition) << removed;
+  EXPECT_TRUE(cache->Info(busy).ok()) << "kept while its request runs";
+  cache->ReleaseUser(busy);
+  EXPECT_TRUE(cache->RemoveWhenUnused(busy, absl::InfinitePast()).ok());
 }
 
 TEST_F(AdapterCacheTest, ReportsFailedLoadsAndOversizedAdapters) {
