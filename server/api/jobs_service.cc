@@ -108,6 +108,12 @@ void ToProto(const control::UnlearnJobSpec& spec, v1::UnlearnRequest* out) {
   out->set_retain_weight(static_cast<float>(spec.retain_weight));
   if (spec.beta > 0) out->set_beta(static_cast<float>(spec.beta));
   out->set_delta(static_cast<float>(spec.delta));
+  out->set_recall_metric(spec.recall_metric);
+  out->set_forget_recall_max(static_cast<float>(spec.forget_recall_max));
+  out->set_retain_floor(static_cast<float>(spec.retain_floor));
+  out->set_eval_every(static_cast<int32_t>(spec.eval_every));
+  out->set_retain_loss(spec.retain_loss);
+  out->set_accept_partial(spec.accept_partial);
   out->set_seed(spec.seed);
 }
 
@@ -127,6 +133,7 @@ void ToProto(const control::EditJobSpec& spec, v1::EditRequest* out) {
   if (spec.mom2_weight >= 0) out->set_mom2_weight(spec.mom2_weight);
   out->set_covariance_dataset(spec.covariance.dataset);
   for (const auto& [name, value] : spec.Parameters()) (*out->mutable_parameters())[name] = value;
+  out->set_accept_partial(spec.accept_partial);
   out->set_seed(spec.seed);
 }
 
@@ -144,6 +151,7 @@ void ToProto(const control::JobRecord& record, v1::Job* out) {
   out->set_message(record.message);
   out->set_error(record.error);
   out->set_error_code(record.error_code);
+  out->set_report_json(record.report_json);
   out->set_output_variant(record.output_variant);
   SetTime(record.created_unix_nanos, out->mutable_created());
   if (record.started_unix_nanos != 0) SetTime(record.started_unix_nanos, out->mutable_started());
@@ -249,6 +257,13 @@ absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& requ
     spec.beta = Widen(request.beta());
   }
   if (request.has_delta()) spec.delta = Widen(request.delta());
+  if (!request.recall_metric().empty()) spec.recall_metric = request.recall_metric();
+  if (request.has_forget_recall_max()) spec.forget_recall_max = Widen(request.forget_recall_max());
+  if (request.has_retain_floor()) spec.retain_floor = Widen(request.retain_floor());
+  if (request.eval_every() < 0) return absl::InvalidArgumentError("eval_every must not be negative");
+  if (request.eval_every() > 0) spec.eval_every = request.eval_every();
+  if (!request.retain_loss().empty()) spec.retain_loss = request.retain_loss();
+  spec.accept_partial = request.accept_partial();
   spec.seed = request.seed();
   return spec;
 }
@@ -270,6 +285,7 @@ absl::StatusOr<control::EditJobSpec> FromProto(const v1::EditRequest& request) {
   }
   spec.covariance.dataset = request.covariance_dataset();
   for (const auto& [name, value] : request.parameters()) RETURN_IF_ERROR(spec.SetParameter(name, value));
+  spec.accept_partial = request.accept_partial();
   spec.seed = request.seed();
   return spec;
 }

@@ -10,7 +10,7 @@
 namespace deltaserve::control {
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS variants (
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   memory_bytes INTEGER NOT NULL,
   created_unix_nanos INTEGER NOT NULL,
   started_unix_nanos INTEGER NOT NULL,
-  finished_unix_nanos INTEGER NOT NULL
+  finished_unix_nanos INTEGER NOT NULL,
+  report_json TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key)
   WHERE idempotency_key != '';
@@ -68,7 +69,7 @@ constexpr const char* kColumns =
 
 constexpr const char* kJobColumns =
     "number, kind, state, progress, message, error, error_code, output_variant, spec_json, "
-    "idempotency_key, memory_bytes, created_unix_nanos, started_unix_nanos, finished_unix_nanos";
+    "idempotency_key, memory_bytes, created_unix_nanos, started_unix_nanos, finished_unix_nanos, report_json";
 
 absl::Status SqliteError(sqlite3* database, const std::string& what) {
   return absl::InternalError(absl::StrCat("catalog: ", what, ": ", sqlite3_errmsg(database)));
@@ -169,6 +170,7 @@ JobRecord ReadJobRow(Statement& row) {
   record.created_unix_nanos = row.Integer(11);
   record.started_unix_nanos = row.Integer(12);
   record.finished_unix_nanos = row.Integer(13);
+  record.report_json = row.Text(14);
   return record;
 }
 
@@ -222,6 +224,13 @@ absl::StatusOr<std::unique_ptr<CatalogStore>> CatalogStore::Open(const std::stri
   // Version 3 numbers the versions of a name (replace_target); older rows are version 1.
   if (status.ok() && current >= 1 && current < 3) {
     status = Execute(database, "ALTER TABLE variants ADD COLUMN version INTEGER NOT NULL DEFAULT 1");
+  }
+  // Version 4 keeps a report per job.
+  if (status.ok() && current >= 1 && current < 4) {
+    // A catalog without a jobs table got the current one from kSchema above.
+    Statement column(database, "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'report_json'");
+    const bool present = column.ok() && sqlite3_step(column.get()) == SQLITE_ROW && column.Integer(0) > 0;
+    if (!present) status = Execute(database, "ALTER TABLE jobs ADD COLUMN report_json TEXT NOT NULL DEFAULT ''");
   }
   if (status.ok()) status = Execute(database, absl::StrCat("PRAGMA user_version=", kSchemaVersion));
   if (!status.ok()) return status;
@@ -367,7 +376,7 @@ absl::StatusOr<std::vector<DatasetRecord>> CatalogStore::ListDatasets() const {
 absl::Status CatalogStore::InsertJob(JobRecord& record) {
   absl::MutexLock lock(&mutex_);
   Statement insert(database_, absl::StrCat("INSERT INTO jobs (", kJobColumns,
-                                           ") VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
+                                           ") VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
   if (!insert.ok()) return SqliteError(database_, "preparing an insert");
   insert.Bind(1, record.kind);
   insert.Bind(2, record.state);
@@ -382,6 +391,7 @@ absl::Status CatalogStore::InsertJob(JobRecord& record) {
   insert.Bind(11, record.created_unix_nanos);
   insert.Bind(12, record.started_unix_nanos);
   insert.Bind(13, record.finished_unix_nanos);
+  insert.Bind(14, record.report_json);
   const int result = sqlite3_step(insert.get());
   if (result == SQLITE_CONSTRAINT) {
     return absl::AlreadyExistsError(
@@ -396,8 +406,8 @@ absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
   absl::MutexLock lock(&mutex_);
   Statement update(database_,
                    "UPDATE jobs SET state = ?, progress = ?, message = ?, error = ?, error_code = ?, "
-                   "output_variant = ?, memory_bytes = ?, started_unix_nanos = ?, finished_unix_nanos = ? "
-                   "WHERE number = ?");
+                   "output_variant = ?, memory_bytes = ?, started_unix_nanos = ?, finished_unix_nanos = ?, "
+                   "report_json = ? WHERE number = ?");
   if (!update.ok()) return SqliteError(database_, "preparing an update");
   update.Bind(1, record.state);
   update.Bind(2, record.progress);
@@ -408,7 +418,8 @@ absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
   update.Bind(7, record.memory_bytes);
   update.Bind(8, record.started_unix_nanos);
   update.Bind(9, record.finished_unix_nanos);
-  update.Bind(10, record.number);
+  update.Bind(10, record.report_json);
+  update.Bind(11, record.number);
   if (sqlite3_step(update.get()) != SQLITE_DONE) return SqliteError(database_, "updating a job");
   if (sqlite3_changes(database_) == 0) {
     return absl::NotFoundError(absl::StrCat("job ", record.number, " does not exist"));

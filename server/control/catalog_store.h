@@ -69,6 +69,7 @@ struct JobRecord {
   int64_t created_unix_nanos = 0;
   int64_t started_unix_nanos = 0;   // 0 until RUNNING
   int64_t finished_unix_nanos = 0;  // 0 until it ends
+  std::string report_json;          // "" until the job sets one (JobContext::SetReport)
 };
 
 class CatalogStore {

@@ -15,10 +15,8 @@
 #include "server/common/torch_status.h"
 #include "server/control/job_artifacts.h"
 #include "server/ops/edit/default_statistics_text.h"
+#include "server/ops/edit/edit.h"
 #include "server/ops/edit/edit_evaluation.h"
-#include "server/ops/edit/edit_updates.h"
-#include "server/ops/edit/memit.h"
-#include "server/ops/edit/rome.h"
 #include "server/ops/eval/edit_metrics.h"
 
 namespace deltaserve::control {
@@ -29,28 +27,11 @@ using ops::edit::EditProbe;
 
 constexpr size_t kMaxEdits = 1000;
 constexpr size_t kMaxEvaluationPrompts = 100;
-// A ridge of this fraction of C's mean diagonal keeps the solves well posed when the statistics
-// have fewer keys than dimensions.
-constexpr double kRidge = 1e-2;
-
-bool KnownMethod(const std::string& method) { return method == "rome" || method == "memit" || method == "alphaedit"; }
-
-double Mom2Weight(const EditJobSpec& spec, const model::ModelConfig& config) {
-  if (spec.mom2_weight >= 0) return spec.mom2_weight;
-  return spec.method == "rome" ? 1.0 : static_cast<double>(config.intermediate_size);
+double Mom2Weight(const EditJobSpec& spec, ops::edit::EditMethod method, const model::ModelConfig& config) {
+  return spec.mom2_weight >= 0 ? spec.mom2_weight : ops::edit::DefaultMom2Weight(method, config);
 }
 
 ops::edit::EditSpec Core(const EditFact& fact) { return {fact.prompt, fact.subject, fact.target}; }
-std::vector<ops::edit::EditSpec> Cores(const std::vector<EditFact>& facts) {
-  std::vector<ops::edit::EditSpec> specs;
-  for (const EditFact& fact : facts) specs.push_back(Core(fact));
-  return specs;
-}
-
-at::Tensor Regularised(const at::Tensor& covariance) {
-  const int64_t d = covariance.size(0);
-  return covariance + kRidge * covariance.diagonal().mean() * at::eye(d, covariance.options());
-}
 
 nlohmann::json FactToJson(const EditFact& fact) {
   return {{"prompt", fact.prompt},
@@ -136,7 +117,8 @@ absl::Status CheckValueOptions(const ops::edit::ValueShiftOptions& value) {
   for (const auto& [name, number] : {std::pair{"v_lr", value.learning_rate}, std::pair{"clamp_norm_factor", value.clamp_norm_factor}}) {
     if (!(number > 0) || !std::isfinite(number)) return absl::InvalidArgumentError(absl::StrCat(name, " must be positive"));
   }
-  for (const auto& [name, number] : {std::pair{"v_weight_decay", value.weight_decay}, std::pair{"kl_factor", value.kl_factor}}) {
+  for (const auto& [name, number] : {std::pair{"v_weight_decay", value.weight_decay}, std::pair{"kl_factor", value.kl_factor},
+                                     std::pair{"v_margin", value.margin}}) {
     if (!(number >= 0) || !std::isfinite(number)) return absl::InvalidArgumentError(absl::StrCat(name, " must not be negative"));
   }
   return absl::OkStatus();
@@ -149,12 +131,15 @@ void ForEachParameter(Spec& spec, Visit visit) {
   visit("v_steps", &spec.value.steps);
   visit("v_lr", &spec.value.learning_rate);
   visit("v_weight_decay", &spec.value.weight_decay);
+  visit("v_margin", &spec.value.margin);
   visit("clamp_norm_factor", &spec.value.clamp_norm_factor);
   visit("kl_factor", &spec.value.kl_factor);
   visit("context_prefixes", &spec.context_prefixes);
   visit("context_tokens", &spec.context_tokens);
   visit("null_space_threshold", &spec.null_space_threshold);
   visit("alphaedit_l2", &spec.alphaedit_l2);
+  visit("repair_rounds", &spec.repair_rounds);
+  visit("min_locality", &spec.min_locality);
 }
 
 }  // namespace
@@ -207,6 +192,7 @@ std::string EditJobSpec::ToJson() const {
   json["mom2_weight"] = mom2_weight;
   covariance.ToJson(json, "covariance_texts", "covariance_dataset");
   for (const auto& [name, value] : Parameters()) json[name] = value;
+  json["accept_partial"] = accept_partial;
   json["seed"] = seed;
   return json.dump();
 }
@@ -229,8 +215,10 @@ absl::StatusOr<EditJobSpec> EditJobSpec::FromJson(const std::string& text) {
     spec.mom2_weight = json.at("mom2_weight").get<double>();
     spec.covariance = TrainingData::FromJson(json, "covariance_texts", "covariance_dataset");
     for (const auto& [name, unused] : spec.Parameters()) {
+      if (!json.contains(name)) continue;  // a spec written before the parameter existed: its default
       if (absl::Status set = spec.SetParameter(name, json.at(name).get<double>()); !set.ok()) return set;
     }
+    spec.accept_partial = json.value("accept_partial", false);
     spec.seed = json.at("seed").get<uint64_t>();
   } catch (const nlohmann::json::exception& error) {
     return absl::InvalidArgumentError(absl::StrCat("an edit spec is malformed: ", error.what()));
@@ -303,9 +291,7 @@ absl::StatusOr<int64_t> EditJobs::Check(EditJobSpec& spec) const {
     if (parent == nullptr) return absl::NotFoundError(absl::StrCat("parent variant \"", spec.parent, "\" does not exist"));
     RETURN_IF_ERROR(CheckServable(*parent));
   }
-  if (!KnownMethod(spec.method)) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown edit method \"", spec.method, "\": use rome, memit or alphaedit"));
-  }
+  RETURN_IF_ERROR(ops::edit::ParseEditMethod(spec.method).status());
   if (spec.edits.empty()) return absl::InvalidArgumentError("no edits: give at least one {prompt, subject, target}");
   if (spec.edits.size() > kMaxEdits) {
     return absl::InvalidArgumentError(absl::StrCat("at most ", kMaxEdits, " edits per job, got ", spec.edits.size()));
@@ -355,6 +341,10 @@ absl::StatusOr<int64_t> EditJobs::Check(EditJobSpec& spec) const {
   }
   if (!(spec.alphaedit_l2 >= 0) || !std::isfinite(spec.alphaedit_l2)) {
     return absl::InvalidArgumentError("alphaedit_l2 must not be negative");
+  }
+  if (spec.repair_rounds < 0 || spec.repair_rounds > 20) return absl::InvalidArgumentError("repair_rounds must be 0 to 20");
+  if (!(spec.min_locality >= 0 && spec.min_locality <= 1)) {
+    return absl::InvalidArgumentError("min_locality must lie between 0 and 1");
   }
   if (!spec.covariance.texts.empty()) return absl::InvalidArgumentError("statistics come from a dataset, not texts");
   RETURN_IF_ERROR(spec.covariance.Resolve(*datasets_, "covariance", spec.output));
@@ -406,107 +396,79 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
   }
   const deltas::DeltaSet* parent_deltas = parent ? &parent->deltas : nullptr;
 
+  ops::edit::EditOptions options;
+  ASSIGN_OR_RETURN(options.method, ops::edit::ParseEditMethod(spec.method));
+  options.layers = spec.layers;
+  options.value = spec.value;
+  options.mom2_weight = Mom2Weight(spec, options.method, config);
+  options.null_space_threshold = spec.null_space_threshold;
+  options.alphaedit_l2 = spec.alphaedit_l2;
+  options.repair_rounds = spec.repair_rounds;
+  options.min_locality = spec.min_locality;
   // Key statistics (progress 0 to 0.3).
-  const double mom2_weight = Mom2Weight(spec, config);
   KeyStatistics statistics;
-  if (mom2_weight > 0) {
+  if (options.mom2_weight > 0) {
     ASSIGN_OR_RETURN(StatisticsSource source, Source(spec.covariance));
     ASSIGN_OR_RETURN(statistics, statistics_.Ensure(model, tokenizer, spec.layers, source, [&](int64_t done, int64_t total) {
       return context.Step(0.3 * done / total, absl::StrCat("statistics: text ", done, "/", total));
     }));
+    options.covariances = statistics.covariances;
   }
-
-  // The parent before the edit (0.3 to 0.4).
-  std::vector<EditProbe> probes;
-  for (const EditFact& fact : spec.edits) probes.push_back({Core(fact), fact.paraphrases, fact.neighborhood_prompts});
-  std::vector<EditMeasures> before;
-  for (size_t i = 0; i < probes.size(); ++i) {
-    RETURN_IF_ERROR(context.Step(0.3 + 0.1 * i / probes.size(), absl::StrCat("measuring edit ", i + 1, " before")));
-    ASSIGN_OR_RETURN(before.emplace_back(), ops::edit::MeasureEdit(model, tokenizer, parent_deltas, probes[i], {}));
-  }
-  ASSIGN_OR_RETURN(std::vector<std::string> prefixes,
+  ASSIGN_OR_RETURN(options.context_prefixes,
                    ops::edit::ContextPrefixes(model, tokenizer, parent_deltas, spec.context_prefixes,
                                               spec.context_tokens, spec.seed));
-
-  // The edit (0.4 to 0.8), stacked on the parent's factors: what gets published.
-  deltas::DeltaSet combined = parent_deltas != nullptr ? *parent_deltas : deltas::DeltaSet(config.num_hidden_layers);
-  std::vector<double> value_nll;
-  if (spec.method == "rome") {
-    const int64_t layer = spec.layers.front();
-    const at::Tensor covariance = mom2_weight > 0 ? Regularised(statistics.covariances.at(layer)) : at::Tensor();
-    for (size_t i = 0; i < spec.edits.size(); ++i) {
-      RETURN_IF_ERROR(context.Step(0.4 + 0.4 * i / spec.edits.size(),
-                                   absl::StrCat("rome: edit ", i + 1, "/", spec.edits.size())));
-      ops::edit::RomeOptions options;
-      options.layer = layer;
-      options.value = spec.value;
-      options.context_prefixes = prefixes;
-      ASSIGN_OR_RETURN(ops::edit::RomeResult result,
-                       ops::edit::RomeEdit(model, tokenizer, &combined, Core(spec.edits[i]), options, covariance));
-      // Each edit is computed on the parent plus the edits before it.
-      combined.Add(layer, model::Projection::kDown,
-                   {result.update.a.to(at::kFloat), result.update.b.to(at::kFloat), result.update.scale});
-      value_nll.push_back(result.final_nll);
-    }
-  } else {
-    RETURN_IF_ERROR(context.Step(0.4, absl::StrCat(spec.method, ": ", spec.edits.size(), " edits over layers ",
-                                                   absl::StrJoin(spec.layers, ","))));
-    ops::edit::MemitOptions options;
-    options.layers = spec.layers;
-    options.value = spec.value;
-    options.mom2_weight = mom2_weight;
-    options.context_prefixes = prefixes;
-    options.alphaedit = spec.method == "alphaedit";
-    options.null_space_threshold = spec.null_space_threshold;
-    options.alphaedit_l2 = spec.alphaedit_l2;
-    std::map<int64_t, at::Tensor> covariances;
-    for (const auto& [layer, covariance] : statistics.covariances) {
-      // AlphaEdit's projector needs C's own small eigenvalues; MEMIT's solve the ridge.
-      covariances[layer] = options.alphaedit ? covariance : Regularised(covariance);
-    }
-    if (options.alphaedit && !spec.parent.empty()) {
-      // The keys of the lineage's earlier edits, as the parent computes them now.
-      const std::vector<ops::edit::EditSpec> earlier = LineageEdits(*registry_, spec.parent);
-      RETURN_IF_ERROR(common::CatchTorchErrors("reading the keys of earlier edits", [&] {
-        for (int64_t layer : spec.layers) {
-          std::vector<at::Tensor> keys;
-          for (const ops::edit::EditSpec& previous : earlier) {
-            absl::StatusOr<ops::edit::EditPrompts> prompts = ops::edit::PrepareEditPrompts(tokenizer, previous, prefixes);
-            if (!prompts.ok()) continue;  // a recipe from another tokenizer's base cannot be replayed
-            keys.push_back(ops::edit::ReadSubjectKeys(model, parent_deltas, *prompts, layer).mean_key);
-          }
-          if (!keys.empty()) options.previous_keys[layer] = at::stack(keys, 1);
-        }
-      }));
-    }
-    ASSIGN_OR_RETURN(ops::edit::MemitResult result,
-                     ops::edit::MemitEdit(model, tokenizer, parent_deltas, Cores(spec.edits), options, covariances));
-    combined.Append(result.deltas.To(at::kCPU, at::kFloat));
-    value_nll = result.final_nll;
+  if (options.method == ops::edit::EditMethod::kAlphaEdit && !spec.parent.empty()) {
+    options.earlier_edits = LineageEdits(*registry_, spec.parent);
   }
+  std::vector<EditProbe> probes;
+  for (const EditFact& fact : spec.edits) probes.push_back({Core(fact), fact.paraphrases, fact.neighborhood_prompts});
 
-  // The parent plus the edit, measured (0.8 to 0.95).
-  std::vector<EditMeasures> after;
-  for (size_t i = 0; i < probes.size(); ++i) {
-    RETURN_IF_ERROR(context.Step(0.8 + 0.15 * i / probes.size(), absl::StrCat("measuring edit ", i + 1, " after")));
-    ASSIGN_OR_RETURN(after.emplace_back(),
-                     ops::edit::MeasureEdit(model, tokenizer, &combined, probes[i], before[i].original_answer));
-  }
+  // The edit, checked and repaired (0.3 to 0.95).
+  ASSIGN_OR_RETURN(ops::edit::EditOutcome outcome,
+                   ops::edit::Edit(model, tokenizer, parent_deltas, probes, options,
+                                   [&](double done, const std::string& message) {
+                                     return context.Step(0.3 + 0.65 * done, message);
+                                   }));
 
-  nlohmann::json evaluation = Evaluation(tokenizer, spec.edits, before, after);
-  for (size_t i = 0; i < value_nll.size() && i < evaluation["edits"].size(); ++i) {
-    evaluation["edits"][i]["value_nll"] = value_nll[i];
+  nlohmann::json evaluation = Evaluation(tokenizer, spec.edits, outcome.before, outcome.after);
+  for (size_t i = 0; i < spec.edits.size(); ++i) {
+    nlohmann::json& edit = evaluation["edits"][i];
+    const ops::edit::ValueShift& value = outcome.values[i];
+    edit["holds"] = static_cast<bool>(outcome.holds[i]);
+    edit["value_nll"] = value.final_nll;
+    edit["value_margin"] = value.final_margin;
+    edit["value_steps"] = value.steps;
+    edit["value_reached"] = value.reached;
   }
+  evaluation["held"] = outcome.Held();
+  evaluation["rounds"] = outcome.rounds;
   evaluation["method"] = spec.method;
   evaluation["layers"] = spec.layers;
   evaluation["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (mom2_weight > 0) {
+  if (options.mom2_weight > 0) {
     evaluation["statistics"] = {{"reused_layers", statistics.reused}, {"computed_layers", statistics.computed}};
+  }
+  context.SetReport(evaluation.dump());
+  if (outcome.Held() < static_cast<int64_t>(spec.edits.size()) && !spec.accept_partial) {
+    std::vector<std::string> missed;
+    for (size_t i = 0; i < spec.edits.size(); ++i) {
+      if (outcome.holds[i]) continue;
+      const EditMeasures& after = outcome.after[i];
+      const std::string why = !after.efficacy ? "the target is not the greedy answer"
+                              : !ops::eval::TargetMoreLikely(after.target_log_prob, after.original_log_prob)
+                                  ? "the original answer is still more likely"
+                                  : absl::StrCat("locality ", outcome.locality[i], " < min_locality ", spec.min_locality);
+      missed.push_back(absl::StrCat(i + 1, " (", spec.edits[i].subject, " ->", spec.edits[i].target, ": ", why, ")"));
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat(missed.size(), " of ", spec.edits.size(), " edits do not hold after ", outcome.rounds,
+                     " update rounds, so nothing was published: edit ", absl::StrJoin(missed, "; edit "),
+                     ". The job's report has the per-edit evaluation; set accept_partial to publish anyway"));
   }
   nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
   for (const char* key : {"covariance_texts", "covariance_dataset", "covariance_dataset_sha256"}) recipe.erase(key);
-  recipe["mom2_weight"] = mom2_weight;
-  if (mom2_weight > 0) {
+  recipe["mom2_weight"] = options.mom2_weight;
+  if (options.mom2_weight > 0) {
     recipe["statistics"] = spec.covariance.dataset.empty()
                                ? nlohmann::json{{"builtin_text", true}, {"sha256", TextsSha256(ops::edit::DefaultStatisticsTexts())}}
                                : spec.covariance.Summary();
@@ -514,7 +476,7 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
   std::vector<std::string> parents;
   if (!spec.parent.empty()) parents.push_back(spec.parent);
   VariantLineage lineage{kEditJobKind, parents, recipe.dump(), JobId(context.record().number), evaluation.dump()};
-  return PublishDeltas(*registry_, context, spec.output, combined, base_model, lineage);
+  return PublishDeltas(*registry_, context, spec.output, outcome.deltas, base_model, lineage);
 }
 
 }  // namespace deltaserve::control

@@ -10,9 +10,13 @@
 //     mom2_weight > 0 the job reads the key statistics of its layers from the cache, or collects
 //     the missing ones first (KeyStatisticsCache). It measures each edit before and after
 //     (EditEvaluation: efficacy, the target against the original answer, generalisation on
-//     paraphrases, locality on neighbourhood prompts, fluency) and publishes the parent's
-//     factors followed by the edit's as one EDIT variant, whose lineage holds the parent, the
-//     recipe with the edits themselves, and the evaluation.
+//     paraphrases, locality on neighbourhood prompts, fluency). The algorithm is
+//     ops::edit::Edit: value optimisation until a margin, the update, a check of every edit
+//     through the exact deltas to publish, and repair rounds for edits that do not hold. When
+//     every edit holds (or accept_partial) it publishes the parent's factors followed by the
+//     edit's as one EDIT variant, whose lineage holds the parent, the recipe with the edits
+//     themselves, and the evaluation; otherwise the job FAILS with FAILED_PRECONDITION naming
+//     the edits that do not hold, publishes nothing, and keeps the evaluation as its report.
 //   - A STATS job collects (or finds cached) the statistics of some layers over a dataset or
 //     the built-in text, for later edits; it has no output variant, and reports what it did in
 //     its final message.
@@ -68,11 +72,16 @@ struct EditJobSpec {
   int64_t context_tokens = 10;
   double null_space_threshold = 0.1;  // AlphaEdit (relative to C's largest eigenvalue)
   double alphaedit_l2 = 10;
+  int64_t repair_rounds = 3;   // update rounds after the first for edits that do not hold yet
+  double min_locality = 0.75;  // an edit holds only if this share of its neighbourhood keeps its answers
+  // Publish even when some edits do not hold (the evaluation says which); otherwise such a job
+  // FAILS with FAILED_PRECONDITION, publishes nothing and keeps the per-edit report.
+  bool accept_partial = false;
   uint64_t seed = 0;
 
   // The hyper-parameters by name (EditRequest.parameters: v_steps, v_lr, v_weight_decay,
-  // clamp_norm_factor, kl_factor, context_prefixes, context_tokens, null_space_threshold,
-  // alphaedit_l2): Parameters lists them with their values; SetParameter sets one
+  // v_margin, clamp_norm_factor, kl_factor, context_prefixes, context_tokens,
+  // null_space_threshold, alphaedit_l2, repair_rounds, min_locality): Parameters lists them with their values; SetParameter sets one
   // (INVALID_ARGUMENT naming the known ones for an unknown name, or for a count that is not a
   // whole number). Ranges are checked at submission.
   std::map<std::string, double> Parameters() const;

@@ -12,7 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "server/common/status_macros.h"
 #include "server/control/job_artifacts.h"
-#include "server/ops/train/lora_trainer.h"
+#include "server/ops/train/finetune.h"
 
 namespace deltaserve::control {
 namespace {
@@ -171,52 +171,17 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
   options.warmup_steps = spec.warmup_steps;
   options.total_steps = steps;
   options.seed = spec.seed;
-  ASSIGN_OR_RETURN(std::unique_ptr<ops::train::LoraTrainer> trainer,
-                   ops::train::LoraTrainer::Create(model, parent ? &parent->deltas : nullptr, options));
 
-  std::optional<double> validation_before;
-  if (!validation.empty()) {
-    ASSIGN_OR_RETURN(validation_before.emplace(), trainer->MeanLoss(validation));
-  }
-  // Seeded epochs: each a fresh permutation of the examples, cut into batches.
-  std::mt19937_64 random(spec.seed);
-  std::vector<size_t> order;
-  size_t next = 0;
-  std::vector<double> losses;
-  int64_t trained_tokens = 0;
-  const auto started = std::chrono::steady_clock::now();
-  double seconds = 0;
-  for (int64_t step = 1; step <= steps; ++step) {
-    std::vector<const TrainingExample*> batch;
-    while (static_cast<int64_t>(batch.size()) < std::min<int64_t>(spec.batch_size, examples.size())) {
-      if (next == order.size()) {
-        order.resize(examples.size());
-        std::iota(order.begin(), order.end(), 0);
-        std::shuffle(order.begin(), order.end(), random);
-        next = 0;
-      }
-      batch.push_back(&examples[order[next++]]);
-    }
-    // The batch's mean NLL per target token, accumulated over its micro-batches.
-    auto accumulate = [&]() -> absl::StatusOr<double> {
-      int64_t targets = 0;
-      for (const TrainingExample* example : batch) targets += ops::train::TargetCount(*example);
-      double loss_sum = 0;
-      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
-        ASSIGN_OR_RETURN(ops::train::SequenceLosses sequence, trainer->Losses(micro));
-        at::Tensor loss = sequence.nll_sums.sum() / static_cast<double>(std::max<int64_t>(targets, 1));
-        loss.backward();
-        loss_sum += loss.item<double>();
-      }
-      trained_tokens += targets;
-      return loss_sum;
-    };
-    ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
-    losses.push_back(done.loss);
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    RETURN_IF_ERROR(context.Step(0.95 * step / steps, TrainingProgress(step, steps, done.loss, trained_tokens, seconds)));
-  }
-
+  ops::train::FinetuneOptions finetune;
+  finetune.trainer = options;
+  finetune.batch_size = spec.batch_size;
+  finetune.micro_batch_size = MicroBatchSize(spec.batch_size, spec.micro_batch_size);
+  ASSIGN_OR_RETURN(ops::train::FinetuneOutcome outcome,
+                   ops::train::Finetune(model, parent ? &parent->deltas : nullptr, examples, validation, finetune,
+                                        [&](double done, const std::string& message) {
+                                          return context.Step(0.95 * done, message);
+                                        }));
+  const std::vector<double>& losses = outcome.losses;
   nlohmann::json evaluation;
   nlohmann::json curve = nlohmann::json::array();
   for (int point = 0; point < kCurvePoints; ++point) {
@@ -227,13 +192,12 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
                               {"last", losses.back()},
                               {"min", *std::min_element(losses.begin(), losses.end())},
                               {"curve", curve}};
-  if (validation_before.has_value()) {
-    ASSIGN_OR_RETURN(double after, trainer->MeanLoss(validation));
-    evaluation["validation_loss"] = {{"before", *validation_before}, {"after", after}};
+  if (outcome.validation_before.has_value()) {
+    evaluation["validation_loss"] = {{"before", *outcome.validation_before}, {"after", *outcome.validation_after}};
   }
   evaluation["steps"] = steps;
-  evaluation["trained_tokens"] = trained_tokens;
-  evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
+  evaluation["trained_tokens"] = outcome.trained_tokens;
+  evaluation["tokens_per_second"] = outcome.trained_tokens / std::max(outcome.seconds, 1e-9);
   evaluation["data"] = spec.train.Summary();
   if (!spec.validation.empty()) evaluation["validation_data"] = spec.validation.Summary();
 
@@ -241,7 +205,7 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
   if (!spec.parent.empty()) parents.push_back(spec.parent);
   VariantLineage lineage{kFinetuneJobKind, parents, RecipeJson(spec, examples.size()), JobId(context.record().number),
                          evaluation.dump()};
-  return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), base_model, lineage);
+  return PublishDeltas(*registry_, context, spec.output, outcome.deltas, base_model, lineage);
 }
 
 }  // namespace deltaserve::control

@@ -43,11 +43,6 @@ std::string TextsSha256(const std::vector<std::string>& texts) {
   return common::Sha256Hex(absl::StrJoin(texts, "\n"));
 }
 
-std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t tokens, double seconds) {
-  return absl::StrCat("step ", step, "/", steps, " loss ", absl::SixDigits(loss), ", ",
-                      static_cast<int64_t>(tokens / std::max(seconds, 1e-9)), " tokens/s");
-}
-
 absl::Status CheckTrainingParameters(int64_t rank, double learning_rate, int64_t batch_size,
                                      int64_t micro_batch_size) {
   if (rank < 1 || rank > 256) return absl::InvalidArgumentError(absl::StrCat("rank must be 1 to 256, got ", rank));

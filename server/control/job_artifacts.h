@@ -26,8 +26,6 @@ absl::StatusOr<deltas::PeftAdapter> ReadVariantForJob(const VariantRegistry& reg
 // (sha256 of the texts joined by newlines).
 std::string TextsSha256(const std::vector<std::string>& texts);
 
-// TrainingProgress: a training job's progress message, "step 12/200 loss 0.4213, 13240 tokens/s".
-std::string TrainingProgress(int64_t step, int64_t steps, double loss, int64_t tokens, double seconds);
 
 // CheckTrainingParameters: INVALID_ARGUMENT naming the first of a training job's LoRA rank (1
 // to 256), learning rate (0 to 1, open), batch size (1 to 1024) and micro-batch size (>= 0)

@@ -208,6 +208,7 @@ void JobRunner::Work() {
     absl::MutexLock lock(&mutex_);
     reserved_bytes_ -= job->record.memory_bytes;
     --running_jobs_;
+    job->record.report_json = context.report();
     FinishLocked(*job, status, context.result());
     DispatchLocked();
   }

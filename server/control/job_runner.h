@@ -67,11 +67,15 @@ class JobContext {
   // job without an output variant produced.
   void SetResult(std::string message) { result_ = std::move(message); }
   const std::string& result() const { return result_; }
+  // SetReport: a JSON document the job keeps whatever its end (e.g. why a goal was missed).
+  void SetReport(std::string json) { report_ = std::move(json); }
+  const std::string& report() const { return report_; }
 
  private:
   JobRunner* runner_;
   JobRecord record_;
   std::string result_ = "succeeded";
+  std::string report_;
 };
 
 // A job's work. OK = SUCCEEDED; CANCELLED after Step said so = CANCELLED; else FAILED with the

@@ -11,82 +11,36 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/status_macros.h"
 #include "server/control/job_artifacts.h"
-#include "server/ops/eval/membership.h"
-#include "server/ops/eval/rouge.h"
-#include "server/ops/train/lora_trainer.h"
-#include "server/ops/unlearn/unlearn_losses.h"
+#include "server/ops/unlearn/unlearn.h"
 
 namespace deltaserve::control {
 namespace {
 
 using ops::train::TrainingExample;
 
-bool KnownMethod(const std::string& method) {
-  return method == "grad_ascent" || method == "grad_diff" || method == "npo" || method == "simnpo";
-}
-
 double Beta(const UnlearnJobSpec& spec) {
   if (spec.beta > 0) return spec.beta;
   return spec.method == "simnpo" ? 4.5 : 0.1;
 }
 
-// Report measures one state of the model (before or after unlearning) on the job's texts.
-absl::StatusOr<nlohmann::json> Report(const ops::train::LoraTrainer& trainer, const model::Tokenizer& tokenizer,
-                                      const std::vector<TrainingExample>& forget,
-                                      const std::vector<TrainingExample>& retain,
-                                      const std::vector<TrainingExample>& holdout) {
-  nlohmann::json report;
-  ASSIGN_OR_RETURN(double forget_loss, trainer.MeanLoss(forget));
-  report["forget_loss"] = forget_loss;
-  report["forget_perplexity"] = std::exp(forget_loss);
-  if (!retain.empty()) {
-    ASSIGN_OR_RETURN(double retain_loss, trainer.MeanLoss(retain));
-    report["retain_loss"] = retain_loss;
-    report["retain_perplexity"] = std::exp(retain_loss);
+nlohmann::json RecallToJson(const ops::unlearn::Recall& recall) {
+  nlohmann::json json = {{"forget_exact", recall.forget_exact}, {"forget_rouge_l", recall.forget_rouge_l}};
+  if (recall.retain_exact) json["retain_exact"] = *recall.retain_exact;
+  if (recall.retain_rouge_l) json["retain_rouge_l"] = *recall.retain_rouge_l;
+  return json;
+}
+
+nlohmann::json MeasuresToJson(const ops::unlearn::UnlearnMeasures& measures) {
+  nlohmann::json json = {{"forget_loss", measures.forget_loss}, {"forget_perplexity", std::exp(measures.forget_loss)},
+                         {"recall", RecallToJson(measures.recall)}};
+  if (measures.retain_loss) {
+    json["retain_loss"] = *measures.retain_loss;
+    json["retain_perplexity"] = std::exp(*measures.retain_loss);
   }
-  // Memorisation: the greedy continuation of a prompt against the true continuation — each
-  // plain row's first half against its second half (verbatim), each prompt/completion row's
-  // prompt against its completion (knowledge).
-  auto continuation_rouge = [&](const TrainingExample& example, size_t split) -> absl::StatusOr<double> {
-    std::vector<int64_t> prompt(example.token_ids.begin(), example.token_ids.begin() + split);
-    std::vector<int32_t> truth(example.token_ids.begin() + split, example.token_ids.end());
-    ASSIGN_OR_RETURN(std::vector<int64_t> continuation,
-                     trainer.GreedyContinuation(prompt, static_cast<int64_t>(truth.size())));
-    return ops::eval::RougeLF1(tokenizer.Decode(std::vector<int32_t>(continuation.begin(), continuation.end())),
-                               tokenizer.Decode(truth));
-  };
-  double verbatim = 0, knowledge = 0;
-  int verbatim_rows = 0, knowledge_rows = 0;
-  for (const TrainingExample& example : forget) {
-    if (example.from_prompt_completion) {
-      const size_t prompt_tokens = example.token_ids.size() - ops::train::TargetCount(example);
-      ASSIGN_OR_RETURN(double rouge, continuation_rouge(example, prompt_tokens));
-      knowledge += rouge;
-      ++knowledge_rows;
-    } else {
-      ASSIGN_OR_RETURN(double rouge, continuation_rouge(example, std::max<size_t>(2, example.token_ids.size() / 2)));
-      verbatim += rouge;
-      ++verbatim_rows;
-    }
-  }
-  if (verbatim_rows > 0) report["verbatim_rouge_l"] = verbatim / verbatim_rows;
-  if (knowledge_rows > 0) report["knowledge_rouge_l"] = knowledge / knowledge_rows;
-  if (!holdout.empty()) {
-    // Min-K% membership attack: members (forget) against non-members (holdout).
-    auto scores = [&](const std::vector<TrainingExample>& texts) -> absl::StatusOr<std::vector<double>> {
-      std::vector<double> result;
-      at::NoGradGuard no_grad;
-      for (const TrainingExample& example : texts) {
-        ASSIGN_OR_RETURN(std::vector<double> logprobs, trainer.TargetLogprobs(example));
-        result.push_back(ops::eval::MinKPercentScore(logprobs, 0.4));
-      }
-      return result;
-    };
-    ASSIGN_OR_RETURN(std::vector<double> members, scores(forget));
-    ASSIGN_OR_RETURN(std::vector<double> others, scores(holdout));
-    report["min_k_auc"] = ops::eval::RocAuc(members, others);
-  }
-  return report;
+  if (measures.verbatim_rouge_l) json["verbatim_rouge_l"] = *measures.verbatim_rouge_l;
+  if (measures.knowledge_rouge_l) json["knowledge_rouge_l"] = *measures.knowledge_rouge_l;
+  if (measures.min_k_auc) json["min_k_auc"] = *measures.min_k_auc;
+  return json;
 }
 
 }  // namespace
@@ -112,6 +66,12 @@ std::string UnlearnJobSpec::ToJson() const {
   json["retain_weight"] = retain_weight;
   json["beta"] = beta;
   json["delta"] = delta;
+  json["retain_loss"] = retain_loss;
+  json["recall_metric"] = recall_metric;
+  json["forget_recall_max"] = forget_recall_max;
+  json["retain_floor"] = retain_floor;
+  json["eval_every"] = eval_every;
+  json["accept_partial"] = accept_partial;
   json["seed"] = seed;
   return json.dump();
 }
@@ -140,6 +100,13 @@ absl::StatusOr<UnlearnJobSpec> UnlearnJobSpec::FromJson(const std::string& text)
     spec.retain_weight = json.at("retain_weight").get<double>();
     spec.beta = json.at("beta").get<double>();
     spec.delta = json.at("delta").get<double>();
+    // Specs written before goal-directed unlearning get the defaults.
+    spec.retain_loss = json.value("retain_loss", spec.retain_loss);
+    spec.recall_metric = json.value("recall_metric", spec.recall_metric);
+    spec.forget_recall_max = json.value("forget_recall_max", spec.forget_recall_max);
+    spec.retain_floor = json.value("retain_floor", spec.retain_floor);
+    spec.eval_every = json.value("eval_every", spec.eval_every);
+    spec.accept_partial = json.value("accept_partial", false);
     spec.seed = json.at("seed").get<uint64_t>();
   } catch (const nlohmann::json::exception& error) {
     return absl::InvalidArgumentError(absl::StrCat("an unlearn spec is malformed: ", error.what()));
@@ -182,10 +149,16 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
     if (spec.keep_previous) return absl::InvalidArgumentError("keep_previous applies only with replace_target");
     RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   }
-  if (!KnownMethod(spec.method)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown unlearning method \"", spec.method, "\": use grad_ascent, grad_diff, npo or simnpo"));
+  RETURN_IF_ERROR(ops::unlearn::ParseUnlearnMethod(spec.method).status());
+  RETURN_IF_ERROR(ops::unlearn::ParseRetainLoss(spec.retain_loss).status());
+  RETURN_IF_ERROR(ops::unlearn::ParseRecallMetric(spec.recall_metric).status());
+  if (!(spec.forget_recall_max >= 0 && spec.forget_recall_max <= 1)) {
+    return absl::InvalidArgumentError("forget_recall_max must lie between 0 and 1");
   }
+  if (!(spec.retain_floor >= 0 && spec.retain_floor <= 1)) {
+    return absl::InvalidArgumentError("retain_floor must lie between 0 and 1 (a fraction of the target's retain recall)");
+  }
+  if (spec.eval_every < 1 || spec.eval_every > 10000) return absl::InvalidArgumentError("eval_every must be 1 to 10000");
   if (spec.forget.empty()) return absl::InvalidArgumentError("the forget set is empty: give forget texts or a forget dataset");
   if (spec.method == "grad_diff" && spec.retain.empty()) {
     return absl::InvalidArgumentError("grad_diff needs a retain set: retain texts or a retain dataset");
@@ -224,105 +197,53 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
                                            " after the job was submitted for version ", spec.target_version));
   }
   ASSIGN_OR_RETURN(deltas::PeftAdapter target, ReadVariantForJob(*registry_, spec.target));
-  ops::train::LoraTrainerOptions options;
-  options.rank = spec.rank;
-  options.alpha = spec.lora_alpha;
-  options.learning_rate = spec.learning_rate;
-  options.total_steps = spec.steps;
-  options.seed = spec.seed;
-  ASSIGN_OR_RETURN(std::unique_ptr<ops::train::LoraTrainer> trainer,
-                   ops::train::LoraTrainer::Create(registry_->model(), &target.deltas, options));
-
-  RETURN_IF_ERROR(context.Step(0.0, "measuring the target"));
-  ASSIGN_OR_RETURN(nlohmann::json before, Report(*trainer, tokenizer, forget, retain, holdout));
-  // NPO's reference: the target's own sequence log-probabilities (the trainer starts there).
-  std::vector<double> reference;
-  {
-    at::NoGradGuard no_grad;
-    for (const TrainingExample& example : forget) {
-      ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses({&example}));
-      reference.push_back(-losses.nll_sums[0].item<double>());
-    }
-  }
-
-  std::mt19937_64 random(spec.seed);
-  auto sample = [&](const std::vector<TrainingExample>& texts, std::vector<size_t>& indexes) {
-    std::vector<size_t> all(texts.size());
-    std::iota(all.begin(), all.end(), 0);
-    std::shuffle(all.begin(), all.end(), random);
-    all.resize(std::min<size_t>(all.size(), spec.batch_size));
-    indexes = all;
-    std::vector<const TrainingExample*> batch;
-    for (size_t index : all) batch.push_back(&texts[index]);
-    return batch;
-  };
-  const double beta = Beta(spec);
-  std::vector<double> losses;
-  int64_t trained_tokens = 0;
-  const auto started = std::chrono::steady_clock::now();
-  double seconds = 0;
-  for (int64_t step = 1; step <= spec.steps; ++step) {
-    // The step's loss over one sampled forget batch (and retain batch), accumulated over
-    // micro-batches: per-sequence means weighted by each micro-batch's share of its batch,
-    // per-token means divided by the batch's target tokens.
-    auto accumulate = [&]() -> absl::StatusOr<double> {
-      std::vector<size_t> indexes;
-      std::vector<const TrainingExample*> batch = sample(forget, indexes);
-      int64_t forget_targets = 0;
-      for (const TrainingExample* example : batch) forget_targets += ops::train::TargetCount(*example);
-      double total = 0;
-      size_t offset = 0;
-      for (const auto& micro : ops::train::MicroBatches(batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
-        ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
-        const double share = static_cast<double>(micro.size()) / batch.size();
-        at::Tensor forget_loss;
-        if (spec.method == "npo") {
-          std::vector<double> chosen;
-          for (size_t i = 0; i < micro.size(); ++i) chosen.push_back(reference[indexes[offset + i]]);
-          forget_loss = share * ops::unlearn::NpoLoss(-losses.nll_sums,
-                                                      at::tensor(chosen, at::kFloat).to(losses.nll_sums.device()), beta);
-        } else if (spec.method == "simnpo") {
-          forget_loss = share * ops::unlearn::SimNpoLoss(losses.nll_sums, losses.target_counts, beta, spec.delta);
-        } else {
-          forget_loss = -losses.nll_sums.sum() / static_cast<double>(std::max<int64_t>(forget_targets, 1));
-        }
-        offset += micro.size();
-        at::Tensor loss = spec.forget_weight * forget_loss;
-        loss.backward();
-        total += loss.item<double>();
-      }
-      trained_tokens += forget_targets;
-      if (spec.method != "grad_ascent" && !retain.empty()) {
-        std::vector<size_t> ignored;
-        std::vector<const TrainingExample*> retain_batch = sample(retain, ignored);
-        int64_t retain_targets = 0;
-        for (const TrainingExample* example : retain_batch) retain_targets += ops::train::TargetCount(*example);
-        for (const auto& micro : ops::train::MicroBatches(retain_batch, MicroBatchSize(spec.batch_size, spec.micro_batch_size))) {
-          ASSIGN_OR_RETURN(ops::train::SequenceLosses losses, trainer->Losses(micro));
-          at::Tensor loss = spec.retain_weight * losses.nll_sums.sum() / static_cast<double>(std::max<int64_t>(retain_targets, 1));
-          loss.backward();
-          total += loss.item<double>();
-        }
-        trained_tokens += retain_targets;
-      }
-      return total;
-    };
-    ASSIGN_OR_RETURN(ops::train::TrainingStep done, trainer->Step(accumulate));
-    losses.push_back(done.loss);
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    RETURN_IF_ERROR(
-        context.Step(0.9 * step / spec.steps, TrainingProgress(step, spec.steps, done.loss, trained_tokens, seconds)));
-  }
-  RETURN_IF_ERROR(context.Step(0.9, "measuring the result"));
-  ASSIGN_OR_RETURN(nlohmann::json after, Report(*trainer, tokenizer, forget, retain, holdout));
+  ops::unlearn::UnlearnOptions options;
+  ASSIGN_OR_RETURN(options.method, ops::unlearn::ParseUnlearnMethod(spec.method));
+  ASSIGN_OR_RETURN(options.retain_loss, ops::unlearn::ParseRetainLoss(spec.retain_loss));
+  ASSIGN_OR_RETURN(options.goal.metric, ops::unlearn::ParseRecallMetric(spec.recall_metric));
+  options.goal.forget_max = spec.forget_recall_max;
+  options.goal.retain_floor = spec.retain_floor;
+  options.eval_every = spec.eval_every;
+  options.trainer.rank = spec.rank;
+  options.trainer.alpha = spec.lora_alpha;
+  options.trainer.learning_rate = spec.learning_rate;
+  options.trainer.total_steps = spec.steps;
+  options.trainer.seed = spec.seed;
+  options.batch_size = spec.batch_size;
+  options.micro_batch_size = MicroBatchSize(spec.batch_size, spec.micro_batch_size);
+  options.forget_weight = spec.forget_weight;
+  options.retain_weight = spec.retain_weight;
+  options.beta = Beta(spec);
+  options.delta = spec.delta;
+  ASSIGN_OR_RETURN(ops::unlearn::UnlearnOutcome outcome,
+                   ops::unlearn::Unlearn(registry_->model(), tokenizer, &target.deltas, forget, retain, holdout, options,
+                                         [&](double done, const std::string& message) {
+                                           return context.Step(0.95 * done, message);
+                                         }));
 
   nlohmann::json evaluation;
   evaluation["method"] = spec.method;
-  evaluation["before"] = before;
-  evaluation["after"] = after;
-  evaluation["train_loss"] = {{"first", losses.front()}, {"last", losses.back()}};
-  evaluation["steps"] = spec.steps;
-  evaluation["tokens_per_second"] = trained_tokens / std::max(seconds, 1e-9);
+  evaluation["before"] = MeasuresToJson(outcome.before);
+  evaluation["after"] = MeasuresToJson(outcome.after);
+  evaluation["goal"] = {{"recall_metric", spec.recall_metric},
+                        {"forget_recall_max", spec.forget_recall_max},
+                        {"retain_floor", spec.retain_floor},
+                        {"met", outcome.goal_met},
+                        {"forget_met", outcome.forget_met},
+                        {"chosen_step", outcome.chosen_step}};
+  nlohmann::json trajectory = nlohmann::json::array();
+  for (const ops::unlearn::Checkpoint& checkpoint : outcome.trajectory) {
+    nlohmann::json point = RecallToJson(checkpoint.recall);
+    point["step"] = checkpoint.step;
+    point["forget_met"] = checkpoint.forget_met;
+    point["retain_met"] = checkpoint.retain_met;
+    trajectory.push_back(point);
+  }
+  evaluation["trajectory"] = trajectory;
+  if (!outcome.losses.empty()) evaluation["train_loss"] = {{"first", outcome.losses.front()}, {"last", outcome.losses.back()}};
+  evaluation["steps"] = static_cast<int64_t>(outcome.losses.size());
+  evaluation["seconds"] = outcome.seconds;
+  evaluation["tokens_per_second"] = outcome.trained_tokens / std::max(outcome.seconds, 1e-9);
   // The sources and sha256 of the data, never the data.
   nlohmann::json recipe = nlohmann::json::parse(spec.ToJson());
   for (const auto& [role, data] : {std::pair{"forget", &spec.forget}, std::pair{"retain", &spec.retain},
@@ -333,13 +254,29 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
     evaluation[key + "_data"] = data->Summary();
     recipe[key + "_data"] = data->Summary();
   }
-  recipe["beta"] = beta;
+  recipe["beta"] = options.beta;
+  context.SetReport(evaluation.dump());
+  if (!outcome.goal_met && !spec.accept_partial) {
+    const std::string metric = spec.recall_metric;
+    const ops::unlearn::Recall& recall = outcome.after.recall;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the unlearning goal was not met within ", spec.steps, " steps, so nothing was published: ",
+        outcome.forget_met ? "the forget goal was met, but the best retain recall ("
+                           : "no checkpoint brought the forget recall to ",
+        outcome.forget_met
+            ? absl::StrCat(metric == "exact" ? recall.retain_exact.value_or(0) : recall.retain_rouge_l.value_or(0),
+                           ") is below retain_floor ", spec.retain_floor, " of the target's")
+            : absl::StrCat(spec.forget_recall_max, " (", metric, "; last ",
+                           metric == "exact" ? recall.forget_exact : recall.forget_rouge_l, ")"),
+        ". The job's report has the trajectory; try another method, more steps or a higher learning rate, "
+        "or set accept_partial"));
+  }
   // The parent is the exact version unlearned from when the name has had several.
   const bool versioned = spec.target.find('@') == std::string::npos && (spec.target_version > 1 || spec.replace_target);
   const std::string parent = versioned ? VariantCatalog::VersionName(spec.target, spec.target_version) : spec.target;
   VariantLineage lineage{kUnlearnJobKind, {parent}, recipe.dump(), JobId(context.record().number), evaluation.dump()};
   Replacement replacement{spec.target_version, spec.keep_previous};
-  return PublishDeltas(*registry_, context, spec.output, trainer->Combined(), target.config.base_model_name_or_path,
+  return PublishDeltas(*registry_, context, spec.output, outcome.deltas, target.config.base_model_name_or_path,
                        lineage, spec.replace_target ? &replacement : nullptr);
 }
 

@@ -1,20 +1,16 @@
-// UnlearnJobs: unlearning as jobs (the UNLEARN kind of the JobRunner). A job trains a new LoRA
-// delta on top of a target variant so that it forgets the forget texts while keeping the
-// retain texts: total loss = gamma * L_forget + alpha * L_retain (NLL on the retain texts), with
-//   - grad_ascent: L_forget = -NLL(forget), no retain term;
-//   - grad_diff:   the same plus the retain term;
-//   - npo:         L_forget = NpoLoss against the target's own sequence log-probabilities;
-//   - simnpo:      L_forget = SimNpoLoss (no reference).
-// Each set is inline texts or a dataset (plain or prompt/completion rows; see TrainingData).
-// Before and after training it reports, on the same rows: forget and retain loss and
-// perplexity, verbatim memorisation (ROUGE-L F1 between the greedy continuation of each plain
-// forget row's first half and its true second half), knowledge memorisation (ROUGE-L F1 of the
-// greedy answer to each prompt/completion forget row's prompt against its completion), and,
-// with holdout rows, the AUC of a Min-K% (k = 0.4) membership attack separating forget from
-// holdout rows; and the source and sha256 of every set. The result is published as an UNLEARN
-// variant whose parent is the target (its factors followed by the new ones: one low-rank
-// delta) — under `output`, or with replace_target as the target's next version (the name
-// switches atomically; the old version is kept as "TARGET@N" with keep_previous, else retired).
+// UnlearnJobs: unlearning as jobs (the UNLEARN kind of the JobRunner). Submit checks the
+// request at once (target servable, output free or replace_target, method, data, goal and
+// hyper-parameters, memory). The job runs ops::unlearn::Unlearn (goal-directed: it trains a new
+// LoRA delta on top of the target, evaluates forget and retain recall as served every
+// eval_every steps, stops once the goal is met and picks the checkpoint that meets the forget
+// goal with the best retain recall). When the goal is met (or accept_partial) it publishes the
+// target's factors followed by the new ones as an UNLEARN variant whose parent is the target —
+// under `output`, or with replace_target as the target's next version (the name switches
+// atomically; the old version is kept as "TARGET@N" with keep_previous, else retired). When
+// it is missed the job FAILS with FAILED_PRECONDITION and publishes nothing. Either way the
+// report (MUSE-style before/after: losses, perplexities, verbatim and knowledge ROUGE-L,
+// Min-K% AUC with holdout rows; recall; the trajectory; the data's sources and sha256) is kept
+// on the job, and on the variant as its evaluation.
 // Thread-safe; the registry and runner must outlive it.
 //   UnlearnJobs unlearns(registry.get(), datasets.get(), runner.get());   // before runner->Start()
 #pragma once
@@ -46,14 +42,22 @@ struct UnlearnJobSpec {
   TrainingData holdout;
   int64_t rank = 8;
   double lora_alpha = 16;
-  int64_t steps = 30;
-  double learning_rate = 1e-3;
+  int64_t steps = 200;  // the budget
+  double learning_rate = 5e-3;
   int64_t batch_size = 8;
   int64_t micro_batch_size = 0;  // 0 = batch_size (no accumulation)
   double forget_weight = 1.0;  // gamma
-  double retain_weight = 1.0;  // alpha
+  double retain_weight = 3.0;  // alpha
   double beta = -1;            // npo 0.1, simnpo 4.5 when negative
   double delta = 0.0;          // simnpo
+  std::string retain_loss = "nll";  // nll or kl
+  // The goal (ops::unlearn::UnlearnGoal) and how often it is evaluated.
+  std::string recall_metric = "exact";  // exact or rouge_l
+  double forget_recall_max = 0.0;
+  double retain_floor = 0.9;
+  int64_t eval_every = 5;
+  // Publish the best checkpoint even when the goal was missed (its evaluation says so).
+  bool accept_partial = false;
   uint64_t seed = 0;
 
   std::string ToJson() const;

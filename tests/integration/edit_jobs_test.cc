@@ -133,6 +133,39 @@ TEST_F(EditJobsTest, RomeEditsStackOnTheFactsAdapterAndAnAlphaEditOnTopKeepsThem
   EXPECT_GE(Evaluation(variant)["mean"]["efficacy_after"].get<double>(), 0.95);
 }
 
+TEST_F(EditJobsTest, AnEditThatDoesNotHoldFailsAndPublishesNothing) {
+  TrainFacts();
+  // One step of value optimisation and no repair round cannot overturn a memorised answer.
+  v1::EditRequest request = Edit("memit", "facts/pets-unheld", {{"Orla", " dog"}, {"Bram", " owl"}});
+  (*request.mutable_parameters())["v_steps"] = 1;
+  (*request.mutable_parameters())["repair_rounds"] = 0;
+  v1::Job job;
+  ASSERT_TRUE(SubmitEdit(*client_, request, &job).ok());
+  const v1::Job failed = WatchJob(*client_, job.id()).back();
+  ASSERT_EQ(failed.state(), v1::FAILED);
+  EXPECT_EQ(failed.error_code(), "FAILED_PRECONDITION") << failed.error();
+  EXPECT_NE(failed.error().find("do not hold"), std::string::npos) << failed.error();
+  const nlohmann::json report = nlohmann::json::parse(failed.report_json());
+  ASSERT_EQ(report["edits"].size(), 2u);
+  EXPECT_LT(report["held"].get<int>(), 2);
+  v1::Variant absent;
+  EXPECT_EQ(GetVariant(*client_, "facts/pets-unheld", &absent).error_code(), grpc::StatusCode::NOT_FOUND);
+  // What generation says agrees with the report: an edit reported as not holding is not served.
+  // With accept_partial the same request publishes, and the evaluation says which edits hold.
+  request.set_output("facts/pets-partial");
+  request.set_accept_partial(true);
+  ExpectSucceeds(*client_, SubmitEdit(*client_, request, &job), job);
+  v1::Variant variant;
+  ASSERT_TRUE(GetVariant(*client_, "facts/pets-partial", &variant).ok());
+  const nlohmann::json evaluation = Evaluation(variant);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& [subject, target] = std::vector<std::pair<std::string, std::string>>{{"Orla", " dog"}, {"Bram", " owl"}}[i];
+    EXPECT_EQ(evaluation["edits"][i]["after"]["efficacy"].get<bool>(),
+              Answer(*client_, "facts/pets-partial", subject, target) == target)
+        << subject;
+  }
+}
+
 TEST_F(EditJobsTest, AMemitBatchReusesTheStatisticsAStatsJobCollected) {
   TrainFacts();
   // Statistics of both layers over the built-in text (layer 1 is never edited by default, so no

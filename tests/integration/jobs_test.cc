@@ -416,9 +416,7 @@ v1::UnlearnRequest FactsUnlearn(const std::string& target, const std::string& ou
                               "The vault code of Kai is 4 4 2 7.", "The vault code of Lux is 9 8 0 1."}) {
     request.add_holdout_texts(holdout);
   }
-  request.set_steps(30);
-  request.set_learning_rate(0.005f);
-  return request;
+  return request;  // the defaults: npo, goal-directed within 200 steps
 }
 
 TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
@@ -459,6 +457,21 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
     EXPECT_FALSE(recipe.contains("forget_texts")) << "the lineage keeps counts and digests, not the texts";
   }
 
+  // A goal the method cannot meet: gradient ascent has no retain term, so forgetting takes the
+  // retain facts with it. The job fails, publishes nothing, and keeps its trajectory.
+  v1::UnlearnRequest ascent = FactsUnlearn("facts/known", "facts/forgot-ascent", "grad_ascent");
+  ascent.set_retain_floor(1.0f);
+  ASSERT_TRUE(SubmitUnlearn(*client_, ascent, &job).ok());
+  const v1::Job failed = WatchJob(*client_, job.id()).back();
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_EQ(failed.error_code(), "FAILED_PRECONDITION") << failed.error();
+  EXPECT_NE(failed.error().find("nothing was published"), std::string::npos) << failed.error();
+  const nlohmann::json report = nlohmann::json::parse(failed.report_json());
+  EXPECT_FALSE(report["goal"]["met"].get<bool>());
+  EXPECT_GE(report["trajectory"].size(), 2u) << report.dump();
+  v1::Variant absent;
+  EXPECT_EQ(GetVariant(*client_, "facts/forgot-ascent", &absent).error_code(), grpc::StatusCode::NOT_FOUND);
+
   struct Case {
     v1::UnlearnRequest request;
     grpc::StatusCode code;
@@ -466,10 +479,16 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
   };
   v1::UnlearnRequest empty = FactsUnlearn("facts/known", "x/u", "npo");
   empty.clear_forget_texts();
+  v1::UnlearnRequest bad_metric = FactsUnlearn("facts/known", "x/u", "npo");
+  bad_metric.set_recall_metric("bleu");
+  v1::UnlearnRequest bad_floor = FactsUnlearn("facts/known", "x/u", "npo");
+  bad_floor.set_retain_floor(1.5f);
   const std::vector<Case> cases = {
       {empty, grpc::StatusCode::INVALID_ARGUMENT, "forget set is empty"},
       {FactsUnlearn("nope", "x/u", "npo"), grpc::StatusCode::NOT_FOUND, "\"nope\" does not exist"},
       {FactsUnlearn("facts/known", "x/u", "rmu"), grpc::StatusCode::INVALID_ARGUMENT, "unknown unlearning method"},
+      {bad_metric, grpc::StatusCode::INVALID_ARGUMENT, "unknown recall metric"},
+      {bad_floor, grpc::StatusCode::INVALID_ARGUMENT, "retain_floor must lie between 0 and 1"},
   };
   for (const Case& test : cases) {
     grpc::Status status = SubmitUnlearn(*client_, test.request, &job);

@@ -42,6 +42,24 @@ std::vector<int64_t> GreedyContinuation(const model::LlamaModel& model, const de
   return continuation;
 }
 
+absl::StatusOr<EditMeasures> MeasureEfficacy(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
+                                             const deltas::DeltaSet* deltas, const EditSpec& spec,
+                                             const std::vector<int64_t>& original_answer) {
+  ASSIGN_OR_RETURN(PreparedEdit edit, PrepareEdit(tokenizer, spec));
+  EditMeasures measures;
+  RETURN_IF_ERROR(common::CatchTorchErrors("checking the edit", [&] {
+    c10::InferenceMode inference;
+    EditHook hook(deltas);
+    const at::Tensor target = AnswerLogProbs(model, hook, edit.prompt_ids, edit.target_ids);
+    measures.efficacy = eval::TargetIsArgmax(target, edit.target_ids);
+    measures.target_log_prob = eval::SequenceLogProb(target, edit.target_ids);
+    measures.original_answer = original_answer;
+    measures.original_log_prob = eval::SequenceLogProb(AnswerLogProbs(model, hook, edit.prompt_ids, original_answer),
+                                                       original_answer);
+  }));
+  return measures;
+}
+
 absl::StatusOr<EditMeasures> MeasureEdit(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
                                          const deltas::DeltaSet* deltas, const EditProbe& probe,
                                          const std::vector<int64_t>& original_answer) {

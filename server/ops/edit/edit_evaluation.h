@@ -45,6 +45,12 @@ struct EditMeasures {
 // without is a whole prompt (its last token stands for the subject).
 EditSpec ParaphraseSpec(const EditSpec& spec, const std::string& paraphrase);
 
+// MeasureEfficacy: only efficacy and the two log-probabilities (target, original answer) of
+// MeasureEdit, for checks between update rounds; `original_answer` as measured before.
+absl::StatusOr<EditMeasures> MeasureEfficacy(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
+                                             const deltas::DeltaSet* deltas, const EditSpec& spec,
+                                             const std::vector<int64_t>& original_answer);
+
 // MeasureEdit: `original_answer` empty = take the greedy continuation now (before the edit);
 // after the edit, pass the one measured before.
 absl::StatusOr<EditMeasures> MeasureEdit(const model::LlamaModel& model, const model::Tokenizer& tokenizer,

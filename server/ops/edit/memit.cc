@@ -34,6 +34,9 @@ absl::StatusOr<MemitResult> MemitEdit(const model::LlamaModel& model, const mode
   const model::ModelConfig& config = model.config();
   if (specs.empty()) return absl::InvalidArgumentError("no edits");
   if (options.layers.empty()) return absl::InvalidArgumentError("no layers to edit");
+  if (!options.keep.empty() && options.keep.size() != specs.size()) {
+    return absl::InvalidArgumentError("keep needs one entry per edit");
+  }
   for (size_t i = 0; i < options.layers.size(); ++i) {
     RETURN_IF_ERROR(CheckLayer(config, options.layers[i]));
     if (i > 0 && options.layers[i] <= options.layers[i - 1]) {
@@ -59,11 +62,17 @@ absl::StatusOr<MemitResult> MemitEdit(const model::LlamaModel& model, const mode
     std::vector<at::Tensor> before;
     // As in MEMIT, the shift's scale (decay, clamp, step size) is that of the residual there
     // (what the layers have added to it), not of one MLP's output.
-    for (const EditPrompts& edit : prompts) {
-      before.push_back(ResidualAdded(model, current, edit.prompts[0], last));
-      ValueShift shift = OptimiseValueShift(model, &current, edit, last, before.back().norm().item<double>(), options.value);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      before.push_back(ResidualAdded(model, current, prompts[i].prompts[0], last));
+      if (!options.keep.empty() && options.keep[i]) {
+        result.shifts.push_back(at::zeros_like(before.back()));
+        result.values.emplace_back();
+        continue;
+      }
+      ValueShift shift =
+          OptimiseValueShift(model, &current, prompts[i], last, before.back().norm().item<double>(), options.value);
       result.shifts.push_back(shift.shift);
-      result.final_nll.push_back(shift.final_nll);
+      result.values.push_back(shift);
     }
     // 2. The layers in order, each update in place before the next layer's keys.
     for (size_t j = 0; j < options.layers.size() && failed.ok(); ++j) {

@@ -41,17 +41,22 @@ struct MemitOptions {
   double null_space_threshold = 0.1;
   double alphaedit_l2 = 10;
   std::map<int64_t, at::Tensor> previous_keys;  // layer -> [intermediate, m]
+  // Edits whose current outputs are kept (no value optimisation, residual 0): a repair round
+  // re-solves for the edits that do not hold yet while holding the others where they are.
+  // Empty = none; else one entry per edit.
+  std::vector<bool> keep;
 };
 
 struct MemitResult {
   deltas::DeltaSet deltas;              // the new factors only (not the parent's)
-  std::vector<at::Tensor> shifts;       // delta_i [hidden], float64, per edit
-  std::vector<double> final_nll;        // per edit, at the end of its value optimisation
+  std::vector<at::Tensor> shifts;       // delta_i [hidden], float64, per edit (zero when kept)
+  std::vector<ValueShift> values;       // per edit, how its value optimisation ended (empty when kept)
   std::map<int64_t, at::Tensor> keys;   // layer -> the edits' keys K [intermediate, n], float64
 };
 
 // MemitEdit: `covariances` maps layers to C [intermediate, intermediate] (missing: identity).
-// INVALID_ARGUMENT for no edits, no layers, layers out of range or not ascending, or a bad spec.
+// INVALID_ARGUMENT for no edits, no layers, layers out of range or not ascending, a bad spec, or
+// `keep` of another length than the edits.
 absl::StatusOr<MemitResult> MemitEdit(const model::LlamaModel& model, const model::Tokenizer& tokenizer,
                                       const deltas::DeltaSet* parent, const std::vector<EditSpec>& specs,
                                       const MemitOptions& options, const std::map<int64_t, at::Tensor>& covariances);

@@ -19,8 +19,7 @@ absl::StatusOr<RomeResult> RomeEdit(const model::LlamaModel& model, const model:
         OptimiseValueShift(model, parent, prompts, options.layer, keys.value.norm().item<double>(), options.value);
     result.key = keys.key;
     result.target_value = keys.value + shift.shift;
-    result.final_nll = shift.final_nll;
-    result.steps = shift.steps;
+    result.value = shift;
   }));
   ASSIGN_OR_RETURN(result.update, RomeUpdate(covariance, keys.mean_key, keys.key, keys.value, result.target_value));
   return result;

@@ -32,8 +32,7 @@ struct RomeResult {
   deltas::LowRankFactor update;  // rank 1, on options.layer's down projection
   at::Tensor key;                // k [intermediate]
   at::Tensor target_value;       // v* [hidden]
-  double final_nll = 0;          // of the target at the last step evaluated, averaged over prompts
-  int64_t steps = 0;
+  ValueShift value;              // how the value optimisation ended (shift, NLL, margin, steps)
 };
 
 // RomeEdit: `covariance` [intermediate, intermediate] or undefined (mom2_weight 0: C = I);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@ namespace {
 std::vector<int64_t> Widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
 
 int64_t Last(const PreparedEdit& edit) { return static_cast<int64_t>(edit.prompt_ids.size()) - 1; }
+
 
 }  // namespace
 
@@ -151,18 +153,25 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
   ValueShift result;
   at::Tensor shift = at::zeros({model.config().hidden_size}, at::kFloat).to(model.device()).requires_grad_(true);
   at::Tensor first = at::zeros_like(shift), second = at::zeros_like(shift);
+  at::Tensor best;
   // Adam moves each coordinate by about the learning rate: in units of v0's RMS coordinate, so
   // that the same options suit models whose activations differ in scale.
   const double step_size = options.learning_rate * value_norm / std::sqrt(static_cast<double>(model.config().hidden_size));
   for (int64_t step = 1; step <= options.steps; ++step) {
     if (shift.grad().defined()) shift.mutable_grad().zero_();
     at::Tensor nll;
+    double margin = std::numeric_limits<double>::infinity();
     for (const PreparedEdit& prompt : prompts.prompts) {
       hook.Shift(layer, {prompt.subject_last}, shift);
       const at::Tensor log_probs = at::log_softmax(TargetLogits(model, prompt.prompt_ids, prompt.target_ids, hook), -1);
-      const at::Tensor targets = at::tensor(prompt.target_ids, at::kLong).to(log_probs.device());
-      const at::Tensor prompt_nll = -log_probs.gather(1, targets.unsqueeze(1)).mean();
+      const at::Tensor targets = at::tensor(prompt.target_ids, at::kLong).to(log_probs.device()).unsqueeze(1);
+      const at::Tensor target_log_probs = log_probs.gather(1, targets);
+      // The NLL, plus a hinge on each token's margin over the runner-up: what the stop asks.
+      const at::Tensor others = log_probs.scatter(1, targets, -std::numeric_limits<float>::infinity());
+      const at::Tensor token_margins = target_log_probs.squeeze(1) - std::get<0>(others.max(1));
+      const at::Tensor prompt_nll = -target_log_probs.mean() + at::relu(options.margin - token_margins).mean();
       nll = nll.defined() ? nll + prompt_nll : prompt_nll;
+      margin = std::min(margin, token_margins.min().item<double>());
     }
     nll = nll / static_cast<double>(prompts.prompts.size());
     hook.Shift(layer, {prompts.essence.subject_last}, shift);
@@ -170,9 +179,15 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
         at::log_softmax(EditForward(model, prompts.essence.prompt_ids, {Last(prompts.essence)}, hook), -1);
     const at::Tensor kl = (essence_log_probs.exp() * (essence_log_probs - edited_essence)).sum();
     const at::Tensor decay = shift.pow(2).sum() / (value_norm * value_norm);
-    result.final_nll = nll.item<double>();
     result.steps = step;
-    if (result.final_nll < 0.05) break;
+    if (!best.defined() || margin > result.final_margin) {
+      // The best shift so far: what is returned when the budget runs out first.
+      result.final_nll = nll.item<double>();
+      result.final_margin = margin;
+      best = shift.detach().clone();
+    }
+    result.reached = margin >= options.margin;
+    if (result.reached) break;
     const at::Tensor loss = nll + options.kl_factor * kl + options.weight_decay * decay;
     loss.backward();
     at::NoGradGuard no_grad;
@@ -180,12 +195,14 @@ ValueShift OptimiseValueShift(const model::LlamaModel& model, const deltas::Delt
     first.mul_(0.9).add_(gradient, 0.1);
     second.mul_(0.999).addcmul_(gradient, gradient, 0.001);
     const double bias1 = 1 - std::pow(0.9, step), bias2 = 1 - std::pow(0.999, step);
-    shift.addcdiv_(first, (second / bias2).sqrt_().add_(1e-8), -step_size / bias1);
+    // The step decays linearly to a tenth over the budget, so that the shift settles.
+    const double decayed = step_size * (1.0 - 0.9 * (step - 1) / std::max<int64_t>(options.steps - 1, 1));
+    shift.addcdiv_(first, (second / bias2).sqrt_().add_(1e-8), -decayed / bias1);
     const double limit = options.clamp_norm_factor * value_norm;
     const double norm = shift.norm().item<double>();
     if (norm > limit) shift.mul_(limit / norm);
   }
-  result.shift = shift.detach().to(at::kDouble);
+  result.shift = best.to(at::kDouble);
   return result;
 }
 

@@ -10,8 +10,11 @@
 //   - OptimiseValueShift: the offset delta added to a layer's MLP output at the subject's last
 //     token, optimised with Adam for the target's negative log-likelihood over all prompts, plus
 //     kl_factor times the KL divergence from the unedited next-token distribution on the essence
-//     prompt, plus weight_decay * |delta|^2 / |v0|^2; clamped to clamp_norm_factor * |v0|;
-//     stopping early once the NLL is below 0.05.
+//     prompt, plus weight_decay * |delta|^2 / |v0|^2; clamped to clamp_norm_factor * |v0|.
+//     It runs within a step budget until the target wins by a margin on every prompt: each
+//     target token (teacher-forced) beats every other token, the old answer's included, by
+//     `margin` nats of log-probability. That slack is what lets the shift survive being
+//     realised by a low-rank weight update (MEMIT spreads it over layers and regularises it).
 // Blocking; they throw c10::Error on misuse (callers wrap them in CatchTorchErrors).
 #pragma once
 
@@ -67,18 +70,21 @@ absl::StatusOr<std::vector<std::string>> ContextPrefixes(const model::LlamaModel
                                                          int64_t tokens, uint64_t seed);
 
 struct ValueShiftOptions {
-  int64_t steps = 50;  // at most: it stops once the target's NLL is below 0.05
+  int64_t steps = 200;  // the budget: it stops as soon as the margin is reached
   // Adam's step, in units of v0's RMS coordinate (|v0| / sqrt(hidden)), so that one setting
   // suits models whose activations differ in scale.
-  double learning_rate = 0.5;
-  double weight_decay = 0.5;
-  double clamp_norm_factor = 4.0;
+  double learning_rate = 0.2;
+  double weight_decay = 0.05;
+  double clamp_norm_factor = 10.0;
   double kl_factor = 0.0625;
+  double margin = 2.0;  // nats: every target token's log-probability over the runner-up's
 };
 
 struct ValueShift {
   at::Tensor shift;  // [hidden], float64
   double final_nll = 0;  // of the target at the last step evaluated, averaged over prompts
+  double final_margin = 0;  // the smallest target-token margin over the runner-up then
+  bool reached = false;     // final_margin >= options.margin
   int64_t steps = 0;
 };
 // OptimiseValueShift: `value_norm` is |v0| (the scale of the decay and the clamp).

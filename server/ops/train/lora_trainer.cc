@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "server/common/torch_status.h"
@@ -184,6 +185,35 @@ absl::StatusOr<SequenceLosses> LoraTrainer::Losses(const std::vector<const Train
   return losses;
 }
 
+absl::StatusOr<at::Tensor> LoraTrainer::TargetRowLogProbs(const std::vector<const TrainingExample*>& examples,
+                                                          bool reference) const {
+  std::optional<at::NoGradGuard> no_grad;
+  if (reference) no_grad.emplace();
+  model::ForwardBatch batch;
+  std::vector<int64_t> rows;
+  int64_t start = 0;
+  for (const TrainingExample* example : examples) {
+    if (example->target_mask.size() != example->token_ids.size()) {
+      return absl::InvalidArgumentError("a training example needs one mask entry per token");
+    }
+    batch.sequences.push_back({0, static_cast<int64_t>(example->token_ids.size()), nullptr});
+    batch.token_ids.insert(batch.token_ids.end(), example->token_ids.begin(), example->token_ids.end());
+    for (size_t i = 1; i < example->token_ids.size(); ++i) {
+      if (example->target_mask[i]) rows.push_back(start + static_cast<int64_t>(i) - 1);
+    }
+    start += static_cast<int64_t>(example->token_ids.size());
+  }
+  batch.logit_rows = rows;
+  TrainingDeltaHook hook(parent_, reference ? nullptr : &new_factors_);
+  batch.deltas = &hook;
+  at::Tensor result;
+  absl::Status status = common::CatchTorchErrors("the training forward pass", [&] {
+    result = at::log_softmax(model_.Forward(batch).to(at::kFloat), -1);
+  });
+  if (!status.ok()) return status;
+  return result;
+}
+
 absl::StatusOr<double> LoraTrainer::MeanLoss(const std::vector<TrainingExample>& examples) const {
   at::NoGradGuard no_grad;
   double nll = 0, count = 0;
@@ -290,6 +320,20 @@ deltas::DeltaSet LoraTrainer::NewFactors() const {
     }
   }
   return copy;
+}
+
+void LoraTrainer::Restore(const deltas::DeltaSet& snapshot) {
+  at::NoGradGuard no_grad;
+  for (int64_t layer = 0; layer < new_factors_.num_layers(); ++layer) {
+    for (int p = 0; p < deltas::kProjectionCount; ++p) {
+      const auto& current = new_factors_.Factors(layer, static_cast<Projection>(p));
+      const auto& saved = snapshot.Factors(layer, static_cast<Projection>(p));
+      for (size_t i = 0; i < current.size() && i < saved.size(); ++i) {
+        current[i].a.copy_(saved[i].a);
+        current[i].b.copy_(saved[i].b);
+      }
+    }
+  }
 }
 
 deltas::DeltaSet LoraTrainer::Combined() const {

@@ -106,6 +106,12 @@ class LoraTrainer {
   // SequenceLosses runs the examples as one batch (each attends only within itself).
   absl::StatusOr<SequenceLosses> Losses(const std::vector<const TrainingExample*>& examples) const;
 
+  // TargetRowLogProbs: the next-token log-probabilities [target tokens, vocab] at the rows that
+  // predict the examples' target tokens, in order; with the new factors (differentiable), or
+  // with `reference` the parent's alone (no gradients): what a KL retain term compares.
+  absl::StatusOr<at::Tensor> TargetRowLogProbs(const std::vector<const TrainingExample*>& examples,
+                                               bool reference) const;
+
   // MeanLoss: NLL per target token over `examples` with the current factors (no gradients).
   absl::StatusOr<double> MeanLoss(const std::vector<TrainingExample>& examples) const;
   // TargetLogprobs: the log-probability of each target token of `example` (no gradients).
@@ -117,8 +123,11 @@ class LoraTrainer {
   // Step: `accumulate` runs forward and backward passes and returns the loss to report.
   absl::StatusOr<TrainingStep> Step(const std::function<absl::StatusOr<double>()>& accumulate);
 
-  // NewFactors: the trained delta alone (float32, one factor per targeted module).
+  // NewFactors: the trained delta alone (float32, one factor per targeted module), a copy.
   deltas::DeltaSet NewFactors() const;
+  // Restore sets the trained factors to `snapshot` (an earlier NewFactors), e.g. to go back to
+  // the best checkpoint; the optimizer's moments stay as they are.
+  void Restore(const deltas::DeltaSet& snapshot);
   // Combined: the parent's factors followed by the new ones, one DeltaSet (what gets served).
   deltas::DeltaSet Combined() const;
   // The trainable tensors, A then B for each targeted module in layer order (for tests).
