@@ -38,7 +38,8 @@ ABSL_FLAG(std::string, parent, "", "jobs finetune: the variant to start from (em
 ABSL_FLAG(std::string, texts_file, "", "jobs finetune: training texts, one per line");
 ABSL_FLAG(std::string, validation_file, "", "jobs finetune: validation texts, one per line");
 ABSL_FLAG(double, alpha, std::nan(""), "jobs finetune: LoRA alpha (default 2 * rank)");
-ABSL_FLAG(int32_t, steps, 0, "jobs finetune: optimizer steps (0 = --epochs over the texts)");
+ABSL_FLAG(int32_t, steps, 0, "jobs finetune: optimizer steps (0 = --epochs over the texts); "
+                                 "jobs unlearn: the step budget (default 200)");
 ABSL_FLAG(int32_t, epochs, 0, "jobs finetune: passes over the texts when --steps is 0 (default 1)");
 ABSL_FLAG(double, learning_rate, std::nan(""), "jobs finetune: AdamW learning rate (default 0.001)");
 ABSL_FLAG(int32_t, batch_size, 0, "jobs finetune: texts per step (default 8)");
@@ -68,6 +69,15 @@ ABSL_FLAG(std::vector<std::string>, layers, {}, "jobs edit/stats: layers to edit
 ABSL_FLAG(double, mom2_weight, std::nan(""), "jobs edit: weight of the key statistics (0 = none)");
 ABSL_FLAG(std::string, covariance_dataset, "", "jobs edit/stats: dataset the statistics are collected over (default: built-in text)");
 ABSL_FLAG(std::vector<std::string>, param, {}, "jobs edit: hyper-parameters as NAME=VALUE, e.g. v_steps=50,clamp_norm_factor=8");
+ABSL_FLAG(bool, accept_partial, false, "jobs edit/unlearn: publish even when some edits do not hold or the unlearning "
+                                        "goal is not met (the evaluation says what holds)");
+ABSL_FLAG(double, retain_weight, std::nan(""), "jobs unlearn: weight of the retain loss (default 3)");
+ABSL_FLAG(std::string, retain_loss, "", "jobs unlearn: nll (default) or kl (to the target's own predictions)");
+ABSL_FLAG(std::string, recall_metric, "", "jobs unlearn: how recall is measured: exact (default) or rouge_l");
+ABSL_FLAG(double, forget_recall_max, std::nan(""), "jobs unlearn: the forget set's recall to reach, at most (default 0)");
+ABSL_FLAG(double, retain_floor, std::nan(""),
+          "jobs unlearn: the retain set's recall to keep, as a fraction of the target's (default 0.9)");
+ABSL_FLAG(int32_t, eval_every, 0, "jobs unlearn: steps between evaluations of the goal (default 5)");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)");
 ABSL_FLAG(std::string, kind, "", "jobs list: only jobs of this kind (merge, finetune, unlearn, edit, stats)");
 
@@ -131,6 +141,7 @@ void PrintDetail(const v1::Job& job) {
               Percent(job.progress()).c_str(), job.message().c_str(), job.output_variant().c_str(),
               FormatTime(job.created()).c_str(), FormatTime(job.started()).c_str(), FormatTime(job.finished()).c_str());
   if (!job.error().empty()) std::printf("error:    %s: %s\n", job.error_code().c_str(), job.error().c_str());
+  if (!job.report_json().empty()) std::printf("report:   %s\n", job.report_json().c_str());
   // What was asked, whichever kind.
   for (const google::protobuf::Message* asked :
        {static_cast<const google::protobuf::Message*>(job.has_merge() ? &job.merge() : nullptr),
@@ -287,7 +298,9 @@ int Unlearn(DeltaserveClient& client) {
     return Usage("unlearn --target-variant V (--out NAME | --replace-target [--keep-previous]) "
                  "(--forget-file FILE | --forget-dataset D) [--retain-file FILE | --retain-dataset D] "
                  "[--holdout-file FILE | --holdout-dataset D] [--unlearn-method npo|simnpo|grad_diff|grad_ascent] "
-                 "[--steps N] [--learning-rate LR] [--rank R] [--beta B] [--micro-batch-size M] [--seed S] [--wait]");
+                 "[--steps BUDGET] [--learning-rate LR] [--rank R] [--beta B] [--retain-weight W] [--retain-loss nll|kl] "
+                 "[--recall-metric exact|rouge_l] [--forget-recall-max F] [--retain-floor R] [--eval-every K] "
+                 "[--accept-partial] [--micro-batch-size M] [--seed S] [--wait]");
   }
   if (!ReadTextFiles({{absl::GetFlag(FLAGS_forget_file), request.mutable_forget_texts()},
                       {absl::GetFlag(FLAGS_retain_file), request.mutable_retain_texts()},
@@ -300,6 +313,15 @@ int Unlearn(DeltaserveClient& client) {
   request.set_batch_size(absl::GetFlag(FLAGS_batch_size));
   request.set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
   if (!std::isnan(absl::GetFlag(FLAGS_beta))) request.set_beta(absl::GetFlag(FLAGS_beta));
+  if (!std::isnan(absl::GetFlag(FLAGS_retain_weight))) request.set_retain_weight(absl::GetFlag(FLAGS_retain_weight));
+  request.set_retain_loss(absl::GetFlag(FLAGS_retain_loss));
+  request.set_recall_metric(absl::GetFlag(FLAGS_recall_metric));
+  if (!std::isnan(absl::GetFlag(FLAGS_forget_recall_max))) {
+    request.set_forget_recall_max(absl::GetFlag(FLAGS_forget_recall_max));
+  }
+  if (!std::isnan(absl::GetFlag(FLAGS_retain_floor))) request.set_retain_floor(absl::GetFlag(FLAGS_retain_floor));
+  request.set_eval_every(absl::GetFlag(FLAGS_eval_every));
+  request.set_accept_partial(absl::GetFlag(FLAGS_accept_partial));
   if (absl::GetFlag(FLAGS_seed) >= 0) request.set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   request.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
   return Submit(client, request, &v1::Jobs::Stub::SubmitUnlearn);
@@ -348,7 +370,8 @@ int Edit(DeltaserveClient& client) {
   if (request.output().empty() || inline_edit == !absl::GetFlag(FLAGS_edits_file).empty()) {
     return Usage("edit --out NAME (--prompt \"... {} ...\" --subject S --target T [--paraphrase P,...] "
                  "[--neighborhood N,...] | --edits-file FILE.jsonl) [--method rome|memit|alphaedit] [--parent V] "
-                 "[--layers L,...] [--mom2-weight W] [--covariance-dataset D] [--param NAME=VALUE,...] [--seed S] [--wait]");
+                 "[--layers L,...] [--mom2-weight W] [--covariance-dataset D] [--param NAME=VALUE,...] [--accept-partial] "
+                 "[--seed S] [--wait]");
   }
   if (inline_edit) {
     v1::EditSpec* edit = request.add_edits();
@@ -363,6 +386,7 @@ int Edit(DeltaserveClient& client) {
   if (!ParseLayers(request.mutable_layers())) return 2;
   if (!std::isnan(absl::GetFlag(FLAGS_mom2_weight))) request.set_mom2_weight(absl::GetFlag(FLAGS_mom2_weight));
   request.set_covariance_dataset(absl::GetFlag(FLAGS_covariance_dataset));
+  request.set_accept_partial(absl::GetFlag(FLAGS_accept_partial));
   for (const std::string& parameter : absl::GetFlag(FLAGS_param)) {
     const size_t equals = parameter.find('=');
     double value = 0;

@@ -85,7 +85,7 @@ nlohmann::json Evaluation(const v1::Variant& variant) { return nlohmann::json::p
 TEST_F(EditJobsTest, RomeEditsStackOnTheFactsAdapterAndAnAlphaEditOnTopKeepsThem) {
   TrainFacts();
   for (const auto& [subject, animal] : kFacts) ASSERT_EQ(Answer(*client_, "facts/pets", subject, animal), animal);
-  const std::vector<std::pair<std::string, std::string>> edits = {{"Orla", " dog"}, {"Bram", " owl"}};
+  const std::vector<std::pair<std::string, std::string>> edits = {{"Orla", " owl"}, {"Bram", " fox"}};
   v1::Job job;
   v1::Job done = ExpectSucceeds(*client_, SubmitEdit(*client_, Edit("rome", "facts/pets-rome", edits), &job), job);
   EXPECT_EQ(done.kind(), v1::EDIT_JOB);
@@ -108,7 +108,7 @@ TEST_F(EditJobsTest, RomeEditsStackOnTheFactsAdapterAndAnAlphaEditOnTopKeepsThem
   const nlohmann::json recipe = nlohmann::json::parse(variant.lineage().recipe_json());
   ASSERT_EQ(recipe["edits"].size(), 2u);
   EXPECT_EQ(recipe["edits"][0]["subject"], "Orla");
-  EXPECT_EQ(recipe["edits"][0]["target"], " dog");
+  EXPECT_EQ(recipe["edits"][0]["target"], " owl");
   const nlohmann::json evaluation = Evaluation(variant);
   std::printf("[ROME job on the facts adapter: %s]\n", evaluation["mean"].dump().c_str());
   EXPECT_EQ(evaluation["mean"]["efficacy_before"], 0.0);
@@ -136,7 +136,8 @@ TEST_F(EditJobsTest, RomeEditsStackOnTheFactsAdapterAndAnAlphaEditOnTopKeepsThem
 TEST_F(EditJobsTest, AnEditThatDoesNotHoldFailsAndPublishesNothing) {
   TrainFacts();
   // One step of value optimisation and no repair round cannot overturn a memorised answer.
-  v1::EditRequest request = Edit("memit", "facts/pets-unheld", {{"Orla", " dog"}, {"Bram", " owl"}});
+  const std::vector<std::pair<std::string, std::string>> edits = {{"Orla", " owl"}, {"Bram", " fox"}};
+  v1::EditRequest request = Edit("memit", "facts/pets-unheld", edits);
   (*request.mutable_parameters())["v_steps"] = 1;
   (*request.mutable_parameters())["repair_rounds"] = 0;
   v1::Job job;
@@ -159,7 +160,7 @@ TEST_F(EditJobsTest, AnEditThatDoesNotHoldFailsAndPublishesNothing) {
   ASSERT_TRUE(GetVariant(*client_, "facts/pets-partial", &variant).ok());
   const nlohmann::json evaluation = Evaluation(variant);
   for (size_t i = 0; i < 2; ++i) {
-    const auto& [subject, target] = std::vector<std::pair<std::string, std::string>>{{"Orla", " dog"}, {"Bram", " owl"}}[i];
+    const auto& [subject, target] = edits[i];
     EXPECT_EQ(evaluation["edits"][i]["after"]["efficacy"].get<bool>(),
               Answer(*client_, "facts/pets-partial", subject, target) == target)
         << subject;
@@ -180,8 +181,7 @@ TEST_F(EditJobsTest, AMemitBatchReusesTheStatisticsAStatsJobCollected) {
   v1::Job again = ExpectSucceeds(*client_, SubmitStats(*client_, stats, &job), job);
   EXPECT_NE(again.message().find("all cached"), std::string::npos) << again.message();
 
-  const std::vector<std::pair<std::string, std::string>> edits = {
-      {"Cleo", " cat"}, {"Dirk", " yak"}, {"Enid", " bee"}, {"Fern", " fox"}};
+  const std::vector<std::pair<std::string, std::string>> edits = {{"Orla", " owl"}, {"Bram", " fox"}};
   ExpectSucceeds(*client_, SubmitEdit(*client_, Edit("memit", "facts/pets-memit", edits), &job), job);
   v1::Variant variant;
   ASSERT_TRUE(GetVariant(*client_, "facts/pets-memit", &variant).ok());
@@ -189,14 +189,10 @@ TEST_F(EditJobsTest, AMemitBatchReusesTheStatisticsAStatsJobCollected) {
   std::printf("[MEMIT job on the facts adapter: %s]\n", evaluation["mean"].dump().c_str());
   EXPECT_EQ(evaluation["statistics"]["computed_layers"].size(), 0u) << "the STATS job's cache is reused";
   EXPECT_EQ(evaluation["statistics"]["reused_layers"].size(), 1u);
-  // The target is more likely than the original answer for every edit; greedy decoding gives it
-  // for most (one value vector per fact over the tiny model's single editable layer).
-  EXPECT_GE(evaluation["mean"]["efficacy_score_after"].get<double>(), 0.95);
-  EXPECT_GE(evaluation["mean"]["efficacy_after"].get<double>(), 0.75);
+  // The job succeeds only when every edit holds; generation agrees.
+  EXPECT_EQ(evaluation["mean"]["efficacy_after"].get<double>(), 1.0);
   EXPECT_GE(evaluation["mean"]["locality"].get<double>(), 0.75);
-  int served = 0;
-  for (const auto& [subject, target] : edits) served += Answer(*client_, "facts/pets-memit", subject, target) == target ? 1 : 0;
-  EXPECT_GE(served, 3);
+  for (const auto& [subject, target] : edits) EXPECT_EQ(Answer(*client_, "facts/pets-memit", subject, target), target);
 }
 
 TEST_F(EditJobsTest, BadEditsAreRefusedWithWhatToFix) {
@@ -236,26 +232,39 @@ TEST_F(EditJobsTest, BadEditsAreRefusedWithWhatToFix) {
 }
 
 TEST_F(EditJobsTest, DeltactlSubmitsAnEditsFileAndShowsTheJob) {
+  TrainFacts();
   const std::string directory = MakeTempDir("edits");
   const std::string file = directory + "/edits.jsonl";
-  std::ofstream(file) << R"({"prompt": "The pet of {} is a", "subject": "Orla", "target": " dog"})" << "\n\n"
-                      << R"({"prompt": "The pet of {} is a", "subject": "Bram", "target": " cat", "paraphrases": ["{} has a"]})"
+  std::ofstream(file) << R"({"prompt": "The pet of {} is a", "subject": "Orla", "target": " owl"})" << "\n\n"
+                      << R"({"prompt": "The pet of {} is a", "subject": "Bram", "target": " fox", "paraphrases": ["{} has a"]})"
                       << "\n";
   const std::string ctl = "--server " + server_->target() + " jobs ";
   std::string out, err;
-  ASSERT_EQ(RunDeltactl(ctl + "edit --method memit --out cli/edited --edits-file " + file + " --param v_steps=5 --wait",
+  ASSERT_EQ(RunDeltactl(ctl + "edit --method memit --parent facts/pets --out cli/edited --edits-file " + file + " --wait",
                         &out, &err),
             0)
       << out << err;
   EXPECT_NE(out.find("SUCCEEDED"), std::string::npos) << out;
+  EXPECT_EQ(Answer(*client_, "cli/edited", "Bram", " fox"), " fox");
   // One inline edit with the issue's flags: --target is the new completion here.
-  ASSERT_EQ(RunDeltactl(ctl + "edit --method rome --out cli/one --prompt 'The pet of {} is a' --subject Orla "
-                              "--target ' dog' --param v_steps=5 --wait",
-                        &out, &err),
-            0)
-      << out << err;
+  const std::string inline_edit = "edit --method rome --parent facts/pets --prompt 'The pet of {} is a' --subject Orla "
+                                  "--target ' owl' --wait ";
+  ASSERT_EQ(RunDeltactl(ctl + inline_edit + "--out cli/one", &out, &err), 0) << out << err;
   ASSERT_EQ(RunDeltactl("--server " + server_->target() + " variants get cli/one", &out, &err), 0) << err;
   EXPECT_NE(out.find("EDIT"), std::string::npos) << out;
+  // An edit that cannot hold within its budget: exit code 1, FAILED with the reason; `jobs get`
+  // shows the per-edit report; --accept-partial publishes it anyway.
+  const std::string starved = inline_edit + "--param v_steps=1,repair_rounds=0 --out cli/starved";
+  ASSERT_EQ(RunDeltactl(ctl + starved, &out, &err), 1) << out << err;
+  EXPECT_NE(out.find("FAILED_PRECONDITION: 1 of 1 edits do not hold"), std::string::npos) << out;
+  const std::string id = out.substr(out.rfind("\njob-") + 1, out.find(' ', out.rfind("\njob-")) - out.rfind("\njob-") - 1);
+  ASSERT_EQ(RunDeltactl(ctl + "get " + id, &out, &err), 0) << err;
+  EXPECT_NE(out.find("report:   {"), std::string::npos) << out;
+  v1::Variant absent;
+  EXPECT_EQ(GetVariant(*client_, "cli/starved", &absent).error_code(), grpc::StatusCode::NOT_FOUND);
+  ASSERT_EQ(RunDeltactl(ctl + starved + " --accept-partial", &out, &err), 0) << out << err;
+  EXPECT_TRUE(GetVariant(*client_, "cli/starved", &absent).ok());
+
   std::ofstream(file) << "{\"prompt\": \"x {}\", \"subjekt\": 1}\n";
   EXPECT_EQ(RunDeltactl(ctl + "edit --out cli/bad --edits-file " + file, &out, &err), 2);
   EXPECT_NE(err.find(file + ":1: not an edit"), std::string::npos) << err;

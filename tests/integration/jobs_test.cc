@@ -430,7 +430,7 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
         SubmitUnlearn(*client_, FactsUnlearn("facts/known", output, method), &job);
     ASSERT_TRUE(status.ok()) << status.error_message();
     std::vector<v1::Job> updates = WatchJob(*client_, job.id());
-    ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error();
+    ASSERT_EQ(updates.back().state(), v1::SUCCEEDED) << updates.back().error() << updates.back().report_json();
     EXPECT_EQ(Reproduced(*client_, output, 0, 4), 0) << method << ": the forget set is not reproduced";
     EXPECT_GE(Reproduced(*client_, output, 4, 8), 3) << method << ": the retain set still is";
 

@@ -19,8 +19,9 @@ namespace {
 
 using train::TrainingExample;
 
-// After the forget goal is met without the retain floor, how many more evaluations may pass.
-constexpr int kRecoveryEvaluations = 3;
+// After the forget goal is met without the retain floor: how many evaluations may pass without a
+// better checkpoint (one that meets the forget goal with a higher retain recall) before it stops.
+constexpr int kRecoveryEvaluations = 4;
 
 // At most this many recall probes per plain row (the word boundaries nearest its end).
 constexpr size_t kMaxProbesPerRow = 8;
@@ -41,9 +42,21 @@ std::string WithoutTrailingPunctuation(std::string text) {
   return text;
 }
 
+// PlainText: a plain row's text without its beginning-of-sequence tokens.
+std::string PlainText(const model::Tokenizer& tokenizer, const TrainingExample& example, size_t bos) {
+  const std::vector<int64_t>& ids = example.token_ids;
+  return tokenizer.Decode(std::vector<int32_t>(ids.begin() + std::min(bos, ids.size()), ids.end()));
+}
+
 // RowProbes: a prompt/completion row's prompt -> completion; a plain row's text up to each of
 // its last word boundaries (at most kMaxProbesPerRow, none before the second word) -> the rest.
-std::vector<Probe> RowProbes(const model::Tokenizer& tokenizer, const TrainingExample& example, size_t bos) {
+// A plain row's probe must identify the row: a prompt that other rows of the data (`others`,
+// forget and retain alike) also begin with, such as a template's shared opening, asks which
+// row the model prefers, not whether it remembers this one, and is left out. So is a probe that
+// leaves a single word to recall after an earlier probe of the row: one word guessed from nearly
+// the whole row is often right by chance (the last digit of a code, one time in ten).
+std::vector<Probe> RowProbes(const model::Tokenizer& tokenizer, const TrainingExample& example, size_t bos,
+                             const std::vector<std::string>& others) {
   const std::vector<int64_t>& ids = example.token_ids;
   std::vector<Probe> probes;
   auto add = [&](std::vector<int64_t> prompt, const std::string& rest) {
@@ -59,12 +72,18 @@ std::vector<Probe> RowProbes(const model::Tokenizer& tokenizer, const TrainingEx
         tokenizer.Decode(std::vector<int32_t>(ids.begin() + split, ids.end())));
     return probes;
   }
-  const std::string text = tokenizer.Decode(std::vector<int32_t>(ids.begin() + std::min(bos, ids.size()), ids.end()));
+  const std::string text = PlainText(tokenizer, example, bos);
+  auto shared = [&](size_t at) {  // another row begins with text[0, at] followed by a space
+    int count = 0;
+    for (const std::string& other : others) count += other.compare(0, at + 1, text, 0, at + 1) == 0 ? 1 : 0;
+    return count > 1;  // `others` holds this row too
+  };
   std::vector<size_t> boundaries;
   const size_t first_word_end = text.find(' ', text.find_first_not_of(' '));
   for (size_t at = text.find(' ', first_word_end == std::string::npos ? text.size() : first_word_end + 1);
        at != std::string::npos; at = text.find(' ', at + 1)) {
-    boundaries.push_back(at);
+    const bool one_word_left = WithoutTrailingPunctuation(text.substr(at + 1)).find(' ') == std::string::npos;
+    if (!shared(at) && (boundaries.empty() || !one_word_left)) boundaries.push_back(at);
   }
   if (boundaries.size() > kMaxProbesPerRow) boundaries.erase(boundaries.begin(), boundaries.end() - kMaxProbesPerRow);
   for (size_t at : boundaries) {
@@ -112,8 +131,14 @@ class Measurer {
       : tokenizer_(tokenizer), forget_(forget), retain_(retain), holdout_(holdout) {
     const absl::StatusOr<std::vector<int32_t>> empty = tokenizer.EncodePrompt("");
     const size_t bos = empty.ok() ? empty->size() : 0;
-    for (const TrainingExample& example : forget) forget_probes_.push_back(RowProbes(tokenizer, example, bos));
-    for (const TrainingExample& example : retain) retain_probes_.push_back(RowProbes(tokenizer, example, bos));
+    std::vector<std::string> texts;
+    for (const auto* set : {&forget, &retain}) {
+      for (const TrainingExample& example : *set) {
+        if (!example.from_prompt_completion) texts.push_back(PlainText(tokenizer, example, bos));
+      }
+    }
+    for (const TrainingExample& example : forget) forget_probes_.push_back(RowProbes(tokenizer, example, bos, texts));
+    for (const TrainingExample& example : retain) retain_probes_.push_back(RowProbes(tokenizer, example, bos, texts));
   }
 
   absl::StatusOr<Recall> MeasureRecallOf(const train::LoraTrainer& trainer) const {
@@ -248,11 +273,14 @@ absl::StatusOr<UnlearnOutcome> Unlearn(const model::LlamaModel& model, const mod
   };
   std::optional<Checkpoint> best;
   deltas::DeltaSet best_factors;
-  auto consider = [&](const Checkpoint& checkpoint) {
-    if (!checkpoint.forget_met) return;
-    if (best.has_value() && Value(checkpoint.recall, goal.metric, false) <= Value(best->recall, goal.metric, false)) return;
+  auto consider = [&](const Checkpoint& checkpoint) {  // true when it is the new best
+    if (!checkpoint.forget_met) return false;
+    if (best.has_value() && Value(checkpoint.recall, goal.metric, false) <= Value(best->recall, goal.metric, false)) {
+      return false;
+    }
     best = checkpoint;
     best_factors = trainer->NewFactors();
+    return true;
   };
   consider(evaluate(0, outcome.before.recall));
 
@@ -279,7 +307,7 @@ absl::StatusOr<UnlearnOutcome> Unlearn(const model::LlamaModel& model, const mod
   const int64_t micro_size = options.micro_batch_size > 0 ? options.micro_batch_size : options.batch_size;
   const bool retain_term = options.method != UnlearnMethod::kGradAscent && !retain.empty();
   const int64_t budget = options.trainer.total_steps;
-  int64_t recovery_left = -1;  // evaluations left once the forget goal is met without the floor
+  int64_t recovery_left = -1;  // evaluations left without a better checkpoint, once one meets the forget goal
   const auto started = std::chrono::steady_clock::now();
   for (int64_t step = 1; step <= budget && !(best.has_value() && best->retain_met) && recovery_left != 0; ++step) {
     // The step's loss over one sampled forget batch (and retain batch), accumulated over
@@ -342,9 +370,11 @@ absl::StatusOr<UnlearnOutcome> Unlearn(const model::LlamaModel& model, const mod
     if (step % options.eval_every == 0 || step == budget) {
       ASSIGN_OR_RETURN(Recall recall, measurer.MeasureRecallOf(*trainer));
       const Checkpoint checkpoint = evaluate(step, recall);
-      consider(checkpoint);
-      if (checkpoint.forget_met && recovery_left < 0) recovery_left = kRecoveryEvaluations;
-      else if (recovery_left > 0) --recovery_left;
+      if (consider(checkpoint)) {
+        recovery_left = kRecoveryEvaluations;
+      } else if (recovery_left > 0) {
+        --recovery_left;
+      }
       absl::StrAppend(&message, "; forget recall ", Value(recall, goal.metric, true));
       if (!retain.empty()) absl::StrAppend(&message, ", retain recall ", Value(recall, goal.metric, false));
     }

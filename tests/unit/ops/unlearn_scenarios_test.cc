@@ -1,8 +1,8 @@
 // ops::unlearn::Unlearn on facts a model really holds: an adapter fine-tuned until the tiny or
 // small demo model recites a fact set; half the facts are forgotten, half retained. With
 // default options (npo) the job stops once no forget fact is recalled and keeps at least 90% of
-// the retain facts, as grad_diff does; whenever a goal is reported met it holds; both are read by greedy generation through the returned
-// deltas, independently of the function's own evaluation. A goal that cannot be met within the
+// the retain facts, as grad_diff does; whenever a goal is reported met it holds. Both are read by
+// greedy generation through the returned deltas, independently of the function's own evaluation. A goal that cannot be met within the
 // budget is reported as missed (goal_met false) with the trajectory.
 #include <chrono>
 #include <cstdio>
@@ -40,6 +40,10 @@ struct Case {
   size_t set;
   UnlearnMethod method;
 };
+
+void PrintTo(const Case& test, std::ostream* out) {
+  *out << test.model << " " << FactSets()[test.set].name << " " << UnlearnMethodName(test.method);
+}
 
 class UnlearnScenarioTest : public ::testing::TestWithParam<Case> {};
 
