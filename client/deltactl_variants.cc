@@ -1,5 +1,6 @@
 #include "client/deltactl_variants.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -40,7 +41,56 @@ void PrintLine(const v1::Variant& variant) {
               static_cast<long>(variant.active_requests()), Ranks(variant).c_str());
 }
 
-void PrintDetail(const v1::Variant& variant) {
+// LineageChain: the variant's ancestry from the base model, following each variant's parents up
+// (e.g. "base -> pets (FINETUNE, job-1) -> pets-edited@1 (EDIT, job-2) -> pets-edited (UNLEARN,
+// job-3)"); a variant of several parents (a merge) shows them all and ends the walk.
+std::string LineageChain(DeltaserveClient& client, const v1::Variant& variant) {
+  auto step = [](const v1::Variant& v) {
+    const std::string& job = v.lineage().job_id();
+    return absl::StrCat(v.name(), " (", v1::VariantKind_Name(v.kind()), job.empty() ? "" : ", " + job, ")");
+  };
+  std::vector<std::string> chain = {step(variant)};
+  v1::Variant current = variant;
+  for (int hops = 0; hops < 32; ++hops) {
+    const auto& parents = current.lineage().parents();
+    if (parents.empty()) {
+      chain.push_back("base");
+      break;
+    }
+    if (parents.size() > 1) {
+      chain.push_back("(" + absl::StrJoin(parents, " + ") + ")");
+      break;
+    }
+    grpc::ClientContext context;
+    v1::GetVariantRequest request;
+    request.set_name(parents[0]);
+    v1::Variant parent;
+    if (!client.variants().GetVariant(&context, request, &parent).ok()) {
+      chain.push_back(parents[0] + " (deleted)");
+      break;
+    }
+    chain.push_back(step(parent));
+    current = parent;
+  }
+  std::reverse(chain.begin(), chain.end());
+  return absl::StrJoin(chain, " -> ");
+}
+
+// The evaluation of an edit: which edits hold, and the mean figures.
+void PrintEditEvaluation(const nlohmann::json& evaluation) {
+  std::printf("evaluation: %s, %d of %zu edits hold after %d update round(s)\n", evaluation.value("method", std::string("edit")).c_str(),
+              evaluation.value("held", 0), evaluation["edits"].size(), evaluation.value("rounds", 1));
+  for (const nlohmann::json& edit : evaluation["edits"]) {
+    if (!edit.contains("after")) continue;
+    std::printf("  %-24s -> %-16s %s (was %s)\n", edit.value("subject", std::string("?")).c_str(),
+                nlohmann::json(edit.value("target", std::string())).dump().c_str(),
+                edit.value("holds", edit["after"].value("efficacy", false)) ? "holds" : "does not hold",
+                nlohmann::json(edit.value("original_answer", std::string())).dump().c_str());
+  }
+  if (evaluation.contains("mean")) std::printf("  mean: %s\n", evaluation["mean"].dump().c_str());
+}
+
+void PrintDetail(DeltaserveClient& client, const v1::Variant& variant) {
   std::printf("name:      %s\nversion:   %ld\nkind:      %s\nresidency: %s%s\nsize:      %ld bytes\nranks:     %s\n"
               "requests:  %ld active\nsource:    %s\ncreated:   %ld (Unix seconds)\n",
               variant.name().c_str(), static_cast<long>(variant.version()), v1::VariantKind_Name(variant.kind()).c_str(),
@@ -52,9 +102,10 @@ void PrintDetail(const v1::Variant& variant) {
   if (variant.state() == v1::BROKEN) std::printf("state:     BROKEN: %s\n", variant.state_reason().c_str());
   const v1::Lineage& lineage = variant.lineage();
   if (lineage.parents_size() > 0 || !lineage.job_id().empty()) {
-    std::printf("parents:   %s\njob:       %s\nrecipe:    %s\n",
+    std::printf("parents:   %s\njob:       %s\nlineage:   %s\nrecipe:    %s\n",
                 lineage.parents_size() > 0 ? absl::StrJoin(lineage.parents(), ", ").c_str() : "(the base model)",
-                lineage.job_id().empty() ? "-" : lineage.job_id().c_str(), lineage.recipe_json().c_str());
+                lineage.job_id().empty() ? "-" : lineage.job_id().c_str(), LineageChain(client, variant).c_str(),
+                lineage.recipe_json().c_str());
   }
   // The evaluation in brief: a merge's re-compression errors; other reports as they are.
   nlohmann::json evaluation = nlohmann::json::parse(variant.evaluation_json(), nullptr, false);
@@ -63,11 +114,25 @@ void PrintDetail(const v1::Variant& variant) {
                 evaluation.value("exact", false) ? "exact" : "re-compressed",
                 evaluation["max_relative_error"].get<double>(), evaluation["mean_relative_error"].get<double>(),
                 evaluation["modules"].size());
+  } else if (evaluation.is_object() && evaluation.contains("edits") && evaluation["edits"].is_array()) {
+    PrintEditEvaluation(evaluation);
   } else if (evaluation.is_object() && evaluation.contains("before") && evaluation.contains("after")) {
     std::printf("evaluation: %s, before -> after:\n", evaluation.value("method", std::string("unlearning")).c_str());
-    for (const auto& [metric, value] : evaluation["before"].items()) {
-      if (!value.is_number() || !evaluation["after"].contains(metric)) continue;
-      std::printf("  %-20s %10.4g -> %.4g\n", metric.c_str(), value.get<double>(), evaluation["after"][metric].get<double>());
+    for (const char* part : {"", "recall"}) {
+      const nlohmann::json& before = *part ? evaluation["before"].value(part, nlohmann::json::object()) : evaluation["before"];
+      const nlohmann::json& after = *part ? evaluation["after"].value(part, nlohmann::json::object()) : evaluation["after"];
+      for (const auto& [metric, value] : before.items()) {
+        if (!value.is_number() || !after.contains(metric)) continue;
+        std::printf("  %-24s %10.4g -> %.4g\n", (*part ? "recall." + metric : metric).c_str(), value.get<double>(),
+                    after[metric].get<double>());
+      }
+    }
+    if (evaluation.contains("goal")) {
+      const nlohmann::json& goal = evaluation["goal"];
+      std::printf("  goal: forget recall <= %g and retain recall >= %g of the target's (%s): %s at step %ld\n",
+                  goal.value("forget_recall_max", 0.0), goal.value("retain_floor", 0.0),
+                  goal.value("recall_metric", std::string("exact")).c_str(), goal.value("met", false) ? "met" : "not met",
+                  static_cast<long>(goal.value("chosen_step", 0)));
     }
     if (evaluation.contains("tokens_per_second")) {
       std::printf("  trained %ld steps at %.0f tokens/s\n", static_cast<long>(evaluation.value("steps", 0)),
@@ -155,7 +220,7 @@ int RunVariantsCommand(DeltaserveClient& client, const std::vector<std::string>&
   } else {
     return usage("list|get|register|upload|delete|pin|unpin NAME [PATH]");
   }
-  if (status.ok()) PrintDetail(variant);
+  if (status.ok()) PrintDetail(client, variant);
   return ReportStatus(client, status);
 }
 

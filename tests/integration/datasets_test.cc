@@ -126,8 +126,9 @@ TEST_F(DatasetsServerTest, AFinetuneOnQuestionsLearnsTheAnswersAndUnlearningRepo
   unlearn.set_method("grad_diff");
   unlearn.set_forget_dataset("qa/forget");
   unlearn.set_retain_dataset("qa/retain");
-  unlearn.set_steps(30);
-  unlearn.set_learning_rate(0.005f);
+  // The goal in ROUGE-L: the forgotten answers keep at most 0.4 of their words in order.
+  unlearn.set_recall_metric("rouge_l");
+  unlearn.set_forget_recall_max(0.4f);
   unlearn.set_micro_batch_size(2);
   grpc::Status status = SubmitUnlearn(*client_, unlearn, &job);
   ExpectSucceeds(*client_, status, job);
@@ -141,7 +142,10 @@ TEST_F(DatasetsServerTest, AFinetuneOnQuestionsLearnsTheAnswersAndUnlearningRepo
               evaluation["before"]["forget_loss"].get<double>(), evaluation["after"]["forget_loss"].get<double>(),
               evaluation["before"]["retain_loss"].get<double>(), evaluation["after"]["retain_loss"].get<double>());
   EXPECT_GT(before, 0.9);
-  EXPECT_LE(after, 0.5 * before);
+  EXPECT_LT(after, before);
+  EXPECT_LE(evaluation["after"]["recall"]["forget_rouge_l"].get<double>(), 0.4);
+  EXPECT_EQ(evaluation["goal"]["recall_metric"], "rouge_l");
+  EXPECT_TRUE(evaluation["goal"]["met"].get<bool>());
   EXPECT_FALSE(evaluation["before"].contains("verbatim_rouge_l")) << "no plain rows to measure verbatim";
   EXPECT_EQ(evaluation["forget_data"]["dataset"], "qa/forget");
   EXPECT_EQ(evaluation["forget_data"]["sha256"].get<std::string>().size(), 64u);
