@@ -114,7 +114,7 @@ absl::Status Gatekeeper::CheckJobs(const Access& access) const {
   const int64_t limit = principal.quotas.max_running_jobs();
   if (limit <= 0) return absl::OkStatus();
   int64_t active = 0;
-  for (const char* state : {"QUEUED", "RUNNING"}) {
+  for (control::JobState state : {control::JobState::kQueued, control::JobState::kRunning}) {
     control::JobFilter filter;
     filter.state = state;
     for (const control::JobRecord& job : holdings_.jobs->List(filter, 0, 100000)) {

@@ -17,25 +17,32 @@ namespace {
 namespace v1 = deltaserve::v1;
 
 
-// Job kinds: the API's enum and the runner's names.
-constexpr std::pair<v1::JobKind, const char*> kKinds[] = {{v1::MERGE_JOB, control::kMergeJobKind},
-                                                          {v1::FINETUNE_JOB, control::kFinetuneJobKind},
-                                                          {v1::UNLEARN_JOB, control::kUnlearnJobKind},
-                                                          {v1::EDIT_JOB, control::kEditJobKind},
-                                                          {v1::STATS_JOB, control::kStatsJobKind}};
+// Job kinds and states: the API's enums and the server's.
+constexpr std::pair<v1::JobKind, control::JobKind> kKinds[] = {{v1::MERGE_JOB, control::JobKind::kMerge},
+                                                               {v1::FINETUNE_JOB, control::JobKind::kFinetune},
+                                                               {v1::UNLEARN_JOB, control::JobKind::kUnlearn},
+                                                               {v1::EDIT_JOB, control::JobKind::kEdit},
+                                                               {v1::STATS_JOB, control::JobKind::kStats}};
+constexpr std::pair<v1::JobState, control::JobState> kStates[] = {{v1::QUEUED, control::JobState::kQueued},
+                                                                  {v1::RUNNING, control::JobState::kRunning},
+                                                                  {v1::SUCCEEDED, control::JobState::kSucceeded},
+                                                                  {v1::FAILED, control::JobState::kFailed},
+                                                                  {v1::CANCELLED, control::JobState::kCancelled}};
 
-v1::JobKind KindToProto(const std::string& kind) {
-  for (const auto& [value, name] : kKinds) {
-    if (kind == name) return value;
+template <typename Proto, typename Server, size_t N>
+Proto ToProtoEnum(const std::pair<Proto, Server> (&table)[N], Server value, Proto unknown) {
+  for (const auto& [proto, server] : table) {
+    if (server == value) return proto;
   }
-  return v1::JOB_KIND_UNSPECIFIED;
+  return unknown;
 }
 
-std::string KindName(v1::JobKind kind) {
-  for (const auto& [value, name] : kKinds) {
-    if (kind == value) return name;
+template <typename Proto, typename Server, size_t N>
+std::optional<Server> FromProtoEnum(const std::pair<Proto, Server> (&table)[N], Proto value) {
+  for (const auto& [proto, server] : table) {
+    if (proto == value) return server;
   }
-  return "";
+  return std::nullopt;
 }
 
 // Widen gives the double a float's shortest decimal form denotes, so that 0.3f is recorded as
@@ -144,9 +151,8 @@ void ToProto(const control::StatsJobSpec& spec, v1::StatsRequest* out) {
 
 void ToProto(const control::JobRecord& record, v1::Job* out) {
   out->set_id(control::JobId(record.number));
-  out->set_kind(KindToProto(record.kind));
-  v1::JobState state;
-  out->set_state(v1::JobState_Parse(record.state, &state) ? state : v1::JOB_STATE_UNSPECIFIED);
+  out->set_kind(ToProtoEnum(kKinds, record.kind, v1::JOB_KIND_UNSPECIFIED));
+  out->set_state(ToProtoEnum(kStates, record.state, v1::JOB_STATE_UNSPECIFIED));
   out->set_progress(record.progress);
   out->set_message(record.message);
   out->set_error(record.error);
@@ -156,19 +162,19 @@ void ToProto(const control::JobRecord& record, v1::Job* out) {
   SetTime(record.created_unix_nanos, out->mutable_created());
   if (record.started_unix_nanos != 0) SetTime(record.started_unix_nanos, out->mutable_started());
   if (record.finished_unix_nanos != 0) SetTime(record.finished_unix_nanos, out->mutable_finished());
-  if (record.kind == control::kMergeJobKind) {
+  if (record.kind == control::JobKind::kMerge) {
     absl::StatusOr<control::MergeJobSpec> spec = control::MergeJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_merge());
-  } else if (record.kind == control::kFinetuneJobKind) {
+  } else if (record.kind == control::JobKind::kFinetune) {
     absl::StatusOr<control::FinetuneJobSpec> spec = control::FinetuneJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_finetune());
-  } else if (record.kind == control::kUnlearnJobKind) {
+  } else if (record.kind == control::JobKind::kUnlearn) {
     absl::StatusOr<control::UnlearnJobSpec> spec = control::UnlearnJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_unlearn());
-  } else if (record.kind == control::kEditJobKind) {
+  } else if (record.kind == control::JobKind::kEdit) {
     absl::StatusOr<control::EditJobSpec> spec = control::EditJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_edit());
-  } else if (record.kind == control::kStatsJobKind) {
+  } else if (record.kind == control::JobKind::kStats) {
     absl::StatusOr<control::StatsJobSpec> spec = control::StatsJobSpec::FromJson(record.spec_json);
     if (spec.ok()) ToProto(*spec, out->mutable_stats());
   }
@@ -397,7 +403,8 @@ class WatchCall final : public grpc::ServerWriteReactor<v1::Job> {
     if (!ok) {
       final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke");
       finish_pending_ = true;
-    } else if (control::IsTerminalJobState(v1::JobState_Name(in_flight_.state()))) {
+    } else if (std::optional<control::JobState> state = FromProtoEnum(kStates, in_flight_.state());
+               state.has_value() && control::IsTerminal(*state)) {
       finish_pending_ = true;  // OK: the job ended and its last state was written
     }
     MaybeWriteLocked();
@@ -569,10 +576,13 @@ grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* con
       return absl::InvalidArgumentError("page_token is not one this server returned");
     }
     control::JobFilter filter;
-    if (request->state() != v1::JOB_STATE_UNSPECIFIED) filter.state = v1::JobState_Name(request->state());
+    if (request->state() != v1::JOB_STATE_UNSPECIFIED) {
+      filter.state = FromProtoEnum(kStates, request->state());
+      if (!filter.state.has_value()) return absl::InvalidArgumentError("unknown job state");
+    }
     if (request->kind() != v1::JOB_KIND_UNSPECIFIED) {
-      filter.kind = KindName(request->kind());
-      if (filter.kind.empty()) return absl::InvalidArgumentError("unknown job kind");
+      filter.kind = FromProtoEnum(kKinds, request->kind());
+      if (!filter.kind.has_value()) return absl::InvalidArgumentError("unknown job kind");
     }
     // One more than a page tells whether another page follows; jobs the caller may not see are
     // skipped (fetching on past them).

@@ -154,11 +154,19 @@ DatasetRecord ReadDatasetRow(Statement& row) {
   return record;
 }
 
-JobRecord ReadJobRow(Statement& row) {
+// ReadJobRow: the job of a row; DATA_LOSS for a kind or state this version does not know (a
+// catalog written by a newer version).
+absl::StatusOr<JobRecord> ReadJobRow(Statement& row) {
   JobRecord record;
   record.number = row.Integer(0);
-  record.kind = row.Text(1);
-  record.state = row.Text(2);
+  const std::optional<JobKind> kind = ParseJobKind(row.Text(1));
+  const std::optional<JobState> state = ParseJobState(row.Text(2));
+  if (!kind.has_value() || !state.has_value()) {
+    return absl::DataLossError(absl::StrCat("job ", record.number, " in the catalog has kind \"", row.Text(1),
+                                            "\" and state \"", row.Text(2), "\", which this version does not know"));
+  }
+  record.kind = *kind;
+  record.state = *state;
   record.progress = row.Real(3);
   record.message = row.Text(4);
   record.error = row.Text(5);
@@ -174,15 +182,19 @@ JobRecord ReadJobRow(Statement& row) {
   return record;
 }
 
-// SelectAll runs a query and reads every row with `read`; `what` names the rows in errors.
-template <typename Record>
-absl::StatusOr<std::vector<Record>> SelectAll(sqlite3* database, const std::string& sql, Record (*read)(Statement&),
-                                              const char* what) {
+// SelectAll runs a query and reads every row with `read` (which returns a Record or a
+// StatusOr of one); `what` names the rows in errors.
+template <typename Record, typename Read>
+absl::StatusOr<std::vector<Record>> SelectAll(sqlite3* database, const std::string& sql, Read read, const char* what) {
   Statement select(database, sql);
   if (!select.ok()) return SqliteError(database, "preparing a query");
   std::vector<Record> records;
   int result;
-  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) records.push_back(read(select));
+  while ((result = sqlite3_step(select.get())) == SQLITE_ROW) {
+    absl::StatusOr<Record> record = read(select);
+    if (!record.ok()) return record.status();
+    records.push_back(*std::move(record));
+  }
   if (result != SQLITE_DONE) return SqliteError(database, absl::StrCat("listing ", what, "s"));
   return records;
 }
@@ -339,7 +351,8 @@ absl::StatusOr<VariantRecord> CatalogStore::GetVariant(const std::string& name) 
 
 absl::StatusOr<std::vector<VariantRecord>> CatalogStore::ListVariants() const {
   absl::MutexLock lock(&mutex_);
-  return SelectAll(database_, absl::StrCat("SELECT ", kColumns, " FROM variants ORDER BY name"), &ReadRow, "variant");
+  return SelectAll<VariantRecord>(database_, absl::StrCat("SELECT ", kColumns, " FROM variants ORDER BY name"), &ReadRow,
+                                  "variant");
 }
 
 absl::Status CatalogStore::InsertDataset(const DatasetRecord& record) {
@@ -369,7 +382,7 @@ absl::Status CatalogStore::DeleteDataset(const std::string& name) {
 
 absl::StatusOr<std::vector<DatasetRecord>> CatalogStore::ListDatasets() const {
   absl::MutexLock lock(&mutex_);
-  return SelectAll(database_, absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY name"), &ReadDatasetRow,
+  return SelectAll<DatasetRecord>(database_, absl::StrCat("SELECT ", kDatasetColumns, " FROM datasets ORDER BY name"), &ReadDatasetRow,
                    "dataset");
 }
 
@@ -378,8 +391,8 @@ absl::Status CatalogStore::InsertJob(JobRecord& record) {
   Statement insert(database_, absl::StrCat("INSERT INTO jobs (", kJobColumns,
                                            ") VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"));
   if (!insert.ok()) return SqliteError(database_, "preparing an insert");
-  insert.Bind(1, record.kind);
-  insert.Bind(2, record.state);
+  insert.Bind(1, std::string(JobKindName(record.kind)));
+  insert.Bind(2, std::string(JobStateName(record.state)));
   insert.Bind(3, record.progress);
   insert.Bind(4, record.message);
   insert.Bind(5, record.error);
@@ -409,7 +422,7 @@ absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
                    "output_variant = ?, memory_bytes = ?, started_unix_nanos = ?, finished_unix_nanos = ?, "
                    "report_json = ? WHERE number = ?");
   if (!update.ok()) return SqliteError(database_, "preparing an update");
-  update.Bind(1, record.state);
+  update.Bind(1, std::string(JobStateName(record.state)));
   update.Bind(2, record.progress);
   update.Bind(3, record.message);
   update.Bind(4, record.error);
@@ -429,7 +442,8 @@ absl::Status CatalogStore::UpdateJob(const JobRecord& record) {
 
 absl::StatusOr<std::vector<JobRecord>> CatalogStore::ListJobs() const {
   absl::MutexLock lock(&mutex_);
-  return SelectAll(database_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY number"), &ReadJobRow, "job");
+  return SelectAll<JobRecord>(database_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY number"), &ReadJobRow,
+                              "job");
 }
 
 }  // namespace deltaserve::control

@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/control/job_types.h"
 
 struct sqlite3;
 
@@ -56,8 +57,8 @@ struct DatasetRecord {
 
 struct JobRecord {
   int64_t number = 0;  // assigned by InsertJob; the API's id is "job-<number>"
-  std::string kind;    // "MERGE", ...
-  std::string state = "QUEUED";  // QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+  JobKind kind = JobKind::kMerge;    // stored by name (JobKindName)
+  JobState state = JobState::kQueued;  // stored by name (JobStateName)
   double progress = 0.0;         // 0..1
   std::string message;           // what it is doing now, or did last
   std::string error;             // why it FAILED
@@ -105,7 +106,8 @@ class CatalogStore {
   absl::Status InsertJob(JobRecord& record);
   // UpdateJob rewrites a job's row (all but number, kind, spec and key); NOT_FOUND if absent.
   absl::Status UpdateJob(const JobRecord& record);
-  // ListJobs returns every job in number order.
+  // ListJobs returns every job in number order; DATA_LOSS names a row whose kind or state this
+  // version does not know.
   absl::StatusOr<std::vector<JobRecord>> ListJobs() const;
 
  private:

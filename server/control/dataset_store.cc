@@ -120,7 +120,7 @@ absl::Status DatasetStore::RemoveUnreferenced(const std::vector<std::string>& ca
   for (const DatasetRecord& dataset : datasets) files.erase(dataset.sha256);
   ASSIGN_OR_RETURN(std::vector<JobRecord> jobs, store_->ListJobs());
   for (const JobRecord& job : jobs) {
-    if (IsTerminalJobState(job.state)) continue;
+    if (IsTerminal(job.state)) continue;
     for (auto it = files.begin(); it != files.end();) {
       it = absl::StrContains(job.spec_json, *it) ? files.erase(it) : std::next(it);
     }

@@ -98,7 +98,7 @@ std::vector<ops::edit::EditSpec> LineageEdits(const VariantRegistry& registry, s
   for (int depth = 0; depth < 64 && !name.empty(); ++depth) {
     std::shared_ptr<const Variant> variant = registry.Find(name);
     if (variant == nullptr) break;
-    if (variant->lineage.kind == kEditJobKind) {
+    if (variant->lineage.kind == JobKindName(JobKind::kEdit)) {
       nlohmann::json recipe = nlohmann::json::parse(variant->lineage.recipe_json, nullptr, false);
       if (recipe.is_object() && recipe.contains("edits") && recipe["edits"].is_array()) {
         for (const nlohmann::json& edit : recipe["edits"]) {
@@ -250,9 +250,9 @@ EditJobs::EditJobs(VariantRegistry* registry, const DatasetStore* datasets, JobR
     : registry_(registry),
       datasets_(datasets),
       statistics_(std::move(options.statistics_dir), std::move(options.model_fingerprint)),
-      edit_kind_(kEditJobKind, registry, runner, [this](EditJobSpec& spec) { return Check(spec); },
+      edit_kind_(JobKind::kEdit, registry, runner, [this](EditJobSpec& spec) { return Check(spec); },
                  [this](const EditJobSpec& spec, JobContext& context) { return Run(spec, context); }),
-      stats_kind_(kStatsJobKind, registry, runner, [this](StatsJobSpec& spec) { return Check(spec); },
+      stats_kind_(JobKind::kStats, registry, runner, [this](StatsJobSpec& spec) { return Check(spec); },
                   [this](const StatsJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> EditJobs::Submit(EditJobSpec spec, const std::string& idempotency_key) {
@@ -475,7 +475,7 @@ absl::Status EditJobs::Run(const EditJobSpec& spec, JobContext& context) {
   }
   std::vector<std::string> parents;
   if (!spec.parent.empty()) parents.push_back(spec.parent);
-  VariantLineage lineage{kEditJobKind, parents, recipe.dump(), JobId(context.record().number), evaluation.dump()};
+  VariantLineage lineage{JobKindName(JobKind::kEdit), parents, recipe.dump(), JobId(context.record().number), evaluation.dump()};
   return PublishDeltas(*registry_, context, spec.output, outcome.deltas, base_model, lineage);
 }
 

@@ -40,9 +40,6 @@
 
 namespace deltaserve::control {
 
-inline constexpr const char* kEditJobKind = "EDIT";
-inline constexpr const char* kStatsJobKind = "STATS";
-
 struct EditFact {
   std::string prompt;  // with "{}" where the subject goes
   std::string subject;

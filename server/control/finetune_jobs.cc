@@ -113,7 +113,7 @@ absl::StatusOr<FinetuneJobSpec> FinetuneJobSpec::FromJson(const std::string& tex
 FinetuneJobs::FinetuneJobs(VariantRegistry* registry, const DatasetStore* datasets, JobRunner* runner)
     : registry_(registry),
       datasets_(datasets),
-      kind_(kFinetuneJobKind, registry, runner, [this](FinetuneJobSpec& spec) { return Check(spec); },
+      kind_(JobKind::kFinetune, registry, runner, [this](FinetuneJobSpec& spec) { return Check(spec); },
             [this](const FinetuneJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> FinetuneJobs::Submit(FinetuneJobSpec spec, const std::string& idempotency_key) {
@@ -203,7 +203,7 @@ absl::Status FinetuneJobs::Run(const FinetuneJobSpec& spec, JobContext& context)
 
   std::vector<std::string> parents;
   if (!spec.parent.empty()) parents.push_back(spec.parent);
-  VariantLineage lineage{kFinetuneJobKind, parents, RecipeJson(spec, examples.size()), JobId(context.record().number),
+  VariantLineage lineage{JobKindName(JobKind::kFinetune), parents, RecipeJson(spec, examples.size()), JobId(context.record().number),
                          evaluation.dump()};
   return PublishDeltas(*registry_, context, spec.output, outcome.deltas, base_model, lineage);
 }

@@ -28,8 +28,6 @@
 
 namespace deltaserve::control {
 
-inline constexpr const char* kFinetuneJobKind = "FINETUNE";
-
 struct FinetuneJobSpec {
   std::string parent;  // "" = the base model
   std::string output;

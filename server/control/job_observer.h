@@ -4,18 +4,20 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
+#include <optional>
+
+#include "server/control/job_types.h"
 
 namespace deltaserve::control {
 
 class JobObserver {
  public:
   virtual ~JobObserver() = default;
-  // OnJobState: a job of `kind` ("MERGE", ...) went from state `from` ("" for a job this
-  // process had not counted yet) to `to`. run_seconds: how long it ran, when it ends after
+  // OnJobState: a job of `kind` went from state `from` (none for a job this process had not
+  // counted yet) to `to`. run_seconds: how long it ran, when it ends after
   // running (else 0). reserved_bytes: the job memory reserved by running jobs after the change.
-  virtual void OnJobState(const std::string& kind, const std::string& from, const std::string& to,
-                          double run_seconds, int64_t reserved_bytes) = 0;
+  virtual void OnJobState(JobKind kind, std::optional<JobState> from, JobState to, double run_seconds,
+                          int64_t reserved_bytes) = 0;
 };
 
 }  // namespace deltaserve::control

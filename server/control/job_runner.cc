@@ -41,10 +41,6 @@ absl::StatusOr<int64_t> ParseJobId(const std::string& id) {
   return number;
 }
 
-bool IsTerminalJobState(const std::string& state) {
-  return state == "SUCCEEDED" || state == "FAILED" || state == "CANCELLED";
-}
-
 absl::Status JobContext::Step(double progress, const std::string& message) {
   JobRunner& runner = *runner_;
   absl::MutexLock lock(&runner.mutex_);
@@ -84,7 +80,7 @@ absl::StatusOr<std::unique_ptr<JobRunner>> JobRunner::Create(JobRunnerOptions op
 
 JobRunner::~JobRunner() { Stop(); }
 
-void JobRunner::RegisterKind(const std::string& kind, JobKindHandlers handlers) {
+void JobRunner::RegisterKind(JobKind kind, JobKindHandlers handlers) {
   kinds_[kind] = std::move(handlers);
 }
 
@@ -99,9 +95,9 @@ absl::Status JobRunner::Start() {
     job->record = std::move(row);
     JobRecord& record = job->record;
     auto kind = kinds_.find(record.kind);
-    if (record.state == "QUEUED") {
+    if (record.state == JobState::kQueued) {
       absl::StatusOr<JobBody> body =
-          kind == kinds_.end() ? absl::UnimplementedError(absl::StrCat("unknown job kind ", record.kind))
+          kind == kinds_.end() ? absl::UnimplementedError(absl::StrCat("no handler for job kind ", JobKindName(record.kind)))
           : record.memory_bytes > options_.memory_bytes
               ? absl::ResourceExhaustedError(absl::StrCat("it needs about ", MiB(record.memory_bytes),
                                                           ", more than --job-memory-bytes now allows (",
@@ -115,7 +111,7 @@ absl::Status JobRunner::Start() {
         FinishLocked(*job, absl::Status(body.status().code(),
                                         absl::StrCat("could not resume after a restart: ", body.status().message())));
       }
-    } else if (record.state == "RUNNING") {
+    } else if (record.state == JobState::kRunning) {
       ++interrupted;
       if (kind != kinds_.end() && kind->second.published(record)) {
         FinishLocked(*job, absl::OkStatus());
@@ -131,7 +127,7 @@ absl::Status JobRunner::Start() {
                              " interrupted by the previous stop"));
   }
   started_ = true;
-  for (int64_t number : queue_) ObserveLocked(jobs_[number]->record, "");
+  for (int64_t number : queue_) ObserveLocked(jobs_[number]->record, std::nullopt);
   for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
   DispatchLocked();
   return absl::OkStatus();
@@ -149,13 +145,13 @@ void JobRunner::Stop() {
   absl::MutexLock lock(&mutex_);
   for (int64_t number : dispatched_) {
     Job& job = *jobs_.at(number);
-    job.record.state = "QUEUED";
+    job.record.state = JobState::kQueued;
     job.record.started_unix_nanos = 0;
     job.record.message = "queued";
     reserved_bytes_ -= job.record.memory_bytes;
     --running_jobs_;
     ChangedLocked(job, /*persist=*/true);
-    ObserveLocked(job.record, "RUNNING");
+    ObserveLocked(job.record, JobState::kRunning);
   }
   dispatched_.clear();
 }
@@ -173,13 +169,13 @@ void JobRunner::DispatchLocked() {
     Job& job = *jobs_.at(queue_.front());
     dispatched_.push_back(queue_.front());
     queue_.pop_front();
-    job.record.state = "RUNNING";
+    job.record.state = JobState::kRunning;
     job.record.started_unix_nanos = NowNanos();
     job.record.message = "started";
     reserved_bytes_ += job.record.memory_bytes;
     ++running_jobs_;
     ChangedLocked(job, /*persist=*/true);
-    ObserveLocked(job.record, "QUEUED");
+    ObserveLocked(job.record, JobState::kQueued);
     dispatched = true;
   }
   if (dispatched) work_available_.SignalAll();
@@ -216,21 +212,21 @@ void JobRunner::Work() {
 
 void JobRunner::FinishLocked(Job& job, const absl::Status& status, const std::string& result) {
   JobRecord& record = job.record;
-  const std::string from = record.state;
+  const JobState from = record.state;
   if (status.ok()) {
-    record.state = "SUCCEEDED";
+    record.state = JobState::kSucceeded;
     record.progress = 1.0;
     record.message = result;
   } else if (absl::IsCancelled(status) && stopping_) {
-    record.state = "FAILED";
+    record.state = JobState::kFailed;
     record.error = "interrupted: the server shut down while the job was running; submit it again";
     record.error_code = absl::StatusCodeToString(absl::StatusCode::kAborted);
     record.message = "interrupted";
   } else if (absl::IsCancelled(status) && job.cancel_requested) {
-    record.state = "CANCELLED";
+    record.state = JobState::kCancelled;
     record.message = "cancelled";
   } else {
-    record.state = "FAILED";
+    record.state = JobState::kFailed;
     record.error = std::string(status.message());
     record.error_code = absl::StatusCodeToString(status.code());
     record.message = "failed";
@@ -241,9 +237,9 @@ void JobRunner::FinishLocked(Job& job, const absl::Status& status, const std::st
   ObserveLocked(record, from);
 }
 
-void JobRunner::ObserveLocked(const JobRecord& record, const std::string& from) {
+void JobRunner::ObserveLocked(const JobRecord& record, std::optional<JobState> from) {
   if (options_.observer == nullptr || !started_) return;
-  const double run_seconds = from == "RUNNING" && record.started_unix_nanos > 0
+  const double run_seconds = from == JobState::kRunning && record.started_unix_nanos > 0
                                  ? (record.finished_unix_nanos - record.started_unix_nanos) * 1e-9
                                  : 0.0;
   options_.observer->OnJobState(record.kind, from, record.state, run_seconds, reserved_bytes_);
@@ -253,7 +249,7 @@ void JobRunner::ChangedLocked(const Job& job, bool persist) {
   if (persist) {
     absl::Status stored = store_->UpdateJob(job.record);
     if (!stored.ok()) {
-      common::Log(absl::StrCat(JobId(job.record.number), " is ", job.record.state,
+      common::Log(absl::StrCat(JobId(job.record.number), " is ", JobStateName(job.record.state),
                                " but the catalog did not record it: ", stored.message()));
     }
   }
@@ -280,7 +276,7 @@ absl::StatusOr<JobRunner::Job*> JobRunner::FindLocked(int64_t number) const {
 
 absl::StatusOr<JobRecord> JobRunner::Submit(JobSubmission submission) {
   if (kinds_.count(submission.kind) == 0) {
-    return absl::InternalError(absl::StrCat("job kind ", submission.kind, " is not registered"));
+    return absl::InternalError(absl::StrCat("job kind ", JobKindName(submission.kind), " is not registered"));
   }
   absl::MutexLock lock(&mutex_);
   if (!started_ || stopping_) return absl::UnavailableError("the job runner is not running");
@@ -303,7 +299,7 @@ absl::StatusOr<JobRecord> JobRunner::Submit(JobSubmission submission) {
   }
   if (!submission.output_variant.empty()) {
     for (const auto& [number, job] : jobs_) {
-      if (!IsTerminalJobState(job->record.state) && job->record.output_variant == submission.output_variant) {
+      if (!IsTerminal(job->record.state) && job->record.output_variant == submission.output_variant) {
         return absl::AlreadyExistsError(absl::StrCat(JobId(number), " is already producing variant \"",
                                                      submission.output_variant, "\""));
       }
@@ -324,7 +320,7 @@ absl::StatusOr<JobRecord> JobRunner::Submit(JobSubmission submission) {
   job->body = std::move(submission.body);
   jobs_[record.number] = std::move(job);
   queue_.push_back(record.number);
-  ObserveLocked(record, "");
+  ObserveLocked(record, std::nullopt);
   DispatchLocked();
   return record;
 }
@@ -350,8 +346,8 @@ std::vector<JobRecord> JobRunner::List(const JobFilter& filter, int64_t before, 
   auto end = before > 0 ? jobs_.lower_bound(before) : jobs_.end();
   for (auto it = std::make_reverse_iterator(end); it != jobs_.rend() && page.size() < limit; ++it) {
     const JobRecord& record = it->second->record;
-    if (!filter.state.empty() && record.state != filter.state) continue;
-    if (!filter.kind.empty() && record.kind != filter.kind) continue;
+    if (filter.state.has_value() && record.state != *filter.state) continue;
+    if (filter.kind.has_value() && record.kind != *filter.kind) continue;
     page.push_back(record);
   }
   return page;
@@ -362,12 +358,12 @@ absl::StatusOr<JobRecord> JobRunner::Cancel(int64_t number) {
   absl::StatusOr<Job*> found = FindLocked(number);
   if (!found.ok()) return found.status();
   Job& job = **found;
-  if (IsTerminalJobState(job.record.state)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(JobId(number), " already ended (", job.record.state, "); there is nothing to cancel"));
+  if (IsTerminal(job.record.state)) {
+    return absl::FailedPreconditionError(absl::StrCat(JobId(number), " already ended (", JobStateName(job.record.state),
+                                                      "); there is nothing to cancel"));
   }
   job.cancel_requested = true;
-  if (job.record.state == "QUEUED") {
+  if (job.record.state == JobState::kQueued) {
     queue_.erase(std::find(queue_.begin(), queue_.end(), number));
     FinishLocked(job, absl::CancelledError("cancelled before it started"));
     DispatchLocked();

@@ -20,7 +20,7 @@
 //     RUNNING ones to stop and records them FAILED ("interrupted").
 // Thread-safe. Watch listeners run under the runner's lock: they must be quick and must not
 // call the runner. The store must outlive the runner.
-//   runner->RegisterKind("MERGE", {resume, published});
+//   runner->RegisterKind(JobKind::kMerge, {resume, published});
 //   RETURN_IF_ERROR(runner->Start());
 //   ASSIGN_OR_RETURN(JobRecord job, runner->Submit(std::move(submission)));
 #pragma once
@@ -30,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,8 +49,6 @@ namespace deltaserve::control {
 // anything else).
 std::string JobId(int64_t number);
 absl::StatusOr<int64_t> ParseJobId(const std::string& id);
-
-bool IsTerminalJobState(const std::string& state);
 
 class JobRunner;
 
@@ -91,7 +90,7 @@ struct JobKindHandlers {
 };
 
 struct JobSubmission {
-  std::string kind;
+  JobKind kind = JobKind::kMerge;
   std::string spec_json = "{}";
   std::string output_variant;
   std::string idempotency_key;  // "" = none
@@ -111,8 +110,8 @@ struct JobRunnerOptions {
 };
 
 struct JobFilter {
-  std::string state;  // "" = any
-  std::string kind;   // "" = any
+  std::optional<JobState> state;  // none = any
+  std::optional<JobKind> kind;    // none = any
 };
 
 class JobRunner {
@@ -123,7 +122,7 @@ class JobRunner {
   JobRunner& operator=(const JobRunner&) = delete;
 
   // RegisterKind and Start: kinds first, then Start once.
-  void RegisterKind(const std::string& kind, JobKindHandlers handlers);
+  void RegisterKind(JobKind kind, JobKindHandlers handlers);
   absl::Status Start();
   void Stop();
 
@@ -167,7 +166,8 @@ class JobRunner {
   void FinishLocked(Job& job, const absl::Status& status, const std::string& result = "succeeded") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Observe tells the observer (if any) of a state change, except while Start restores rows
   // that this process never counted.
-  void ObserveLocked(const JobRecord& record, const std::string& from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // `from` is none for a job this process had not counted yet.
+  void ObserveLocked(const JobRecord& record, std::optional<JobState> from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::Status StepLocked(int64_t number, double progress, const std::string& message)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   absl::StatusOr<Job*> FindLocked(int64_t number) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -175,7 +175,7 @@ class JobRunner {
   const JobRunnerOptions options_;
   CatalogStore* const store_;
   common::Clock* const clock_;
-  std::map<std::string, JobKindHandlers> kinds_;  // set before Start, read-only after
+  std::map<JobKind, JobKindHandlers> kinds_;  // set before Start, read-only after
 
   mutable absl::Mutex mutex_;
   absl::CondVar work_available_;

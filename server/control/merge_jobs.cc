@@ -117,7 +117,7 @@ absl::StatusOr<MergeJobSpec> MergeJobSpec::FromJson(const std::string& text) {
 
 MergeJobs::MergeJobs(VariantRegistry* registry, JobRunner* runner)
     : registry_(registry),
-      kind_(kMergeJobKind, registry, runner, [this](const MergeJobSpec& spec) { return Check(spec); },
+      kind_(JobKind::kMerge, registry, runner, [this](const MergeJobSpec& spec) { return Check(spec); },
             [this](const MergeJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> MergeJobs::Submit(MergeJobSpec spec, const std::string& idempotency_key) {
@@ -196,7 +196,7 @@ absl::Status MergeJobs::Run(const MergeJobSpec& spec, JobContext& context) {
 
   // 3. The output: written and synced in a staging directory, then published.
   RETURN_IF_ERROR(context.Step(kReadShare + kMergeShare, "writing the merged adapter"));
-  VariantLineage lineage{kMergeJobKind, Parents(spec), done_spec.ToJson(), JobId(context.record().number),
+  VariantLineage lineage{JobKindName(JobKind::kMerge), Parents(spec), done_spec.ToJson(), JobId(context.record().number),
                          EvaluationJson(done_spec, *merged)};
   return PublishDeltas(*registry_, context, spec.output, merged->deltas, base_model, lineage);
 }

@@ -26,8 +26,6 @@
 
 namespace deltaserve::control {
 
-inline constexpr const char* kMergeJobKind = "MERGE";
-
 struct MergeInputSpec {
   std::string variant;
   double weight = 1.0;

@@ -9,7 +9,7 @@
 //     to `run` it.
 // Thread-safe as the runner is; the registry and runner must outlive it, and it must be built
 // before runner->Start().
-//   SpecJobKind<MergeJobSpec> kind_{kMergeJobKind, registry, runner, check, run};
+//   SpecJobKind<MergeJobSpec> kind_{JobKind::kMerge, registry, runner, check, run};
 #pragma once
 
 #include <functional>
@@ -28,7 +28,7 @@ class SpecJobKind {
   using Check = std::function<absl::StatusOr<int64_t>(Spec&)>;
   using Run = std::function<absl::Status(const Spec&, JobContext&)>;
 
-  SpecJobKind(const char* kind, const VariantRegistry* registry, JobRunner* runner, Check check, Run run)
+  SpecJobKind(JobKind kind, const VariantRegistry* registry, JobRunner* runner, Check check, Run run)
       : kind_(kind), runner_(runner), check_(std::move(check)), run_(std::move(run)) {
     JobKindHandlers handlers;
     handlers.resume = [this](const JobRecord& record) -> absl::StatusOr<JobBody> {
@@ -57,7 +57,7 @@ class SpecJobKind {
     return [run = run_, spec = std::move(spec)](JobContext& context) { return run(spec, context); };
   }
 
-  const std::string kind_;
+  const JobKind kind_;
   JobRunner* const runner_;
   const Check check_;
   const Run run_;

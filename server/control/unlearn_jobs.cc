@@ -117,7 +117,7 @@ absl::StatusOr<UnlearnJobSpec> UnlearnJobSpec::FromJson(const std::string& text)
 UnlearnJobs::UnlearnJobs(VariantRegistry* registry, const DatasetStore* datasets, JobRunner* runner)
     : registry_(registry),
       datasets_(datasets),
-      kind_(kUnlearnJobKind, registry, runner, [this](UnlearnJobSpec& spec) { return Check(spec); },
+      kind_(JobKind::kUnlearn, registry, runner, [this](UnlearnJobSpec& spec) { return Check(spec); },
             [this](const UnlearnJobSpec& spec, JobContext& context) { return Run(spec, context); }) {}
 
 absl::StatusOr<JobRecord> UnlearnJobs::Submit(UnlearnJobSpec spec, const std::string& idempotency_key) {
@@ -274,7 +274,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   // The parent is the exact version unlearned from when the name has had several.
   const bool versioned = spec.target.find('@') == std::string::npos && (spec.target_version > 1 || spec.replace_target);
   const std::string parent = versioned ? VariantCatalog::VersionName(spec.target, spec.target_version) : spec.target;
-  VariantLineage lineage{kUnlearnJobKind, {parent}, recipe.dump(), JobId(context.record().number), evaluation.dump()};
+  VariantLineage lineage{JobKindName(JobKind::kUnlearn), {parent}, recipe.dump(), JobId(context.record().number), evaluation.dump()};
   Replacement replacement{spec.target_version, spec.keep_previous};
   return PublishDeltas(*registry_, context, spec.output, outcome.deltas, target.config.base_model_name_or_path,
                        lineage, spec.replace_target ? &replacement : nullptr);

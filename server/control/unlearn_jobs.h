@@ -28,8 +28,6 @@
 
 namespace deltaserve::control {
 
-inline constexpr const char* kUnlearnJobKind = "UNLEARN";
-
 struct UnlearnJobSpec {
   std::string target;
   int64_t target_version = 0;  // set at submission: the version the job unlearns from

@@ -221,16 +221,17 @@ void ServerMetrics::OnAdapterEviction(engine::AdapterTier from) {
   if (prometheus::Counter* counter = adapter_evictions_[static_cast<int>(from)]) counter->Increment();
 }
 
-void ServerMetrics::OnJobState(const std::string& kind, const std::string& from, const std::string& to,
+void ServerMetrics::OnJobState(control::JobKind kind, std::optional<control::JobState> from, control::JobState to,
                               double run_seconds, int64_t reserved_bytes) {
-  const std::string label = absl::AsciiStrToLower(kind);
-  auto active = [](const std::string& state) { return state == "QUEUED" || state == "RUNNING"; };
-  if (active(from)) jobs_.Add({{"kind", label}, {"state", from}}).Decrement();
+  using control::JobState;
+  const std::string label = absl::AsciiStrToLower(control::JobKindName(kind));
+  auto active = [](JobState state) { return state == JobState::kQueued || state == JobState::kRunning; };
+  if (from.has_value() && active(*from)) jobs_.Add({{"kind", label}, {"state", control::JobStateName(*from)}}).Decrement();
   if (active(to)) {
-    jobs_.Add({{"kind", label}, {"state", to}}).Increment();
+    jobs_.Add({{"kind", label}, {"state", control::JobStateName(to)}}).Increment();
   } else {
-    jobs_finished_.Add({{"kind", label}, {"state", to}}).Increment();
-    if (from == "RUNNING") {
+    jobs_finished_.Add({{"kind", label}, {"state", control::JobStateName(to)}}).Increment();
+    if (from == JobState::kRunning) {
       job_run_seconds_
           .Add({{"kind", label}}, Histogram::BucketBoundaries{0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600})
           .Observe(run_seconds);

@@ -43,7 +43,7 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   void OnAdapterResidency(const engine::AdapterResidency& residency) override;
   void OnAdapterLoad(engine::AdapterTier from, double seconds) override;
   void OnAdapterEviction(engine::AdapterTier from) override;
-  void OnJobState(const std::string& kind, const std::string& from, const std::string& to, double run_seconds,
+  void OnJobState(control::JobKind kind, std::optional<control::JobState> from, control::JobState to, double run_seconds,
                   int64_t reserved_bytes) override;
 
   const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }

@@ -75,7 +75,7 @@ TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
   {
     auto store = CatalogStore::Open(path);
     ASSERT_TRUE(store.ok()) << store.status();
-    first.kind = "MERGE";
+    first.kind = JobKind::kEdit;
     first.spec_json = R"({"method":"cat"})";
     first.output_variant = "team/out";
     first.idempotency_key = "k1";
@@ -92,7 +92,7 @@ TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
     ASSERT_TRUE((*store)->InsertJob(another_no_key).ok()) << "empty keys never collide";
     EXPECT_GT(another_no_key.number, no_key.number);
 
-    first.state = "FAILED";
+    first.state = JobState::kFailed;
     first.progress = 0.5;
     first.message = "failed";
     first.error = "out of memory";
@@ -111,8 +111,8 @@ TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
   ASSERT_EQ(jobs->size(), 3u);
   const JobRecord& read = (*jobs)[0];
   EXPECT_EQ(read.number, first.number);
-  EXPECT_EQ(read.kind, "MERGE");
-  EXPECT_EQ(read.state, "FAILED");
+  EXPECT_EQ(read.kind, JobKind::kEdit);
+  EXPECT_EQ(read.state, JobState::kFailed);
   EXPECT_DOUBLE_EQ(read.progress, 0.5);
   EXPECT_EQ(read.message, "failed");
   EXPECT_EQ(read.error, "out of memory");
@@ -124,6 +124,38 @@ TEST(CatalogStoreTest, JobRowsRoundTripWithUniqueKeysAndSurviveReopening) {
   EXPECT_EQ(read.created_unix_nanos, first.created_unix_nanos);
   EXPECT_EQ(read.started_unix_nanos, first.started_unix_nanos);
   EXPECT_EQ(read.finished_unix_nanos, first.finished_unix_nanos);
+}
+
+TEST(CatalogStoreTest, KindsAndStatesAreStoredByNameAndUnknownNamesAreRefused) {
+  const std::string path = testing::MakeTempDir("catalog-job-names") + "/catalog.db";
+  {
+    auto store = CatalogStore::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    JobRecord job;
+    job.kind = JobKind::kStats;
+    job.state = JobState::kCancelled;
+    ASSERT_TRUE((*store)->InsertJob(job).ok());
+  }
+  sqlite3* database = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &database), SQLITE_OK);
+  auto column = [&](const char* sql) {
+    sqlite3_stmt* statement = nullptr;
+    std::string text;
+    if (sqlite3_prepare_v2(database, sql, -1, &statement, nullptr) == SQLITE_OK && sqlite3_step(statement) == SQLITE_ROW) {
+      text = reinterpret_cast<const char*>(sqlite3_column_text(statement, 0));
+    }
+    sqlite3_finalize(statement);
+    return text;
+  };
+  EXPECT_EQ(column("SELECT kind || '/' || state FROM jobs"), "STATS/CANCELLED");
+  // A kind a later version added: this version says which row, instead of guessing.
+  ASSERT_EQ(sqlite3_exec(database, "UPDATE jobs SET kind = 'DISTILL'", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(database);
+  auto store = CatalogStore::Open(path);
+  ASSERT_TRUE(store.ok());
+  auto jobs = (*store)->ListJobs();
+  EXPECT_EQ(jobs.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(jobs.status().message().find("kind \"DISTILL\""), std::string::npos) << jobs.status();
 }
 
 TEST(CatalogStoreTest, ReplaceVariantSwitchesTheNameInOneTransaction) {

@@ -135,14 +135,14 @@ TEST(DatasetStoreTest, DatasetsRoundTripShareFilesAndOutliveNamesWhileJobsNeedTh
   EXPECT_TRUE(common::PathExists(file));
   // A queued job pins it: deleting the last name keeps it while the job may still run.
   JobRecord job;
-  job.kind = "FINETUNE";
+  job.kind = JobKind::kFinetune;
   job.spec_json = "{\"dataset_sha256\":\"" + facts->sha256 + "\"}";
   ASSERT_TRUE((*catalog)->InsertJob(job).ok());
   ASSERT_TRUE((*store)->Delete("team/copy").ok());
   EXPECT_TRUE(common::PathExists(file)) << "a queued job still refers to the file";
   EXPECT_TRUE((*store)->ReadRows(facts->sha256).ok());
   // Once the job ended, the next start-up removes the file.
-  job.state = "SUCCEEDED";
+  job.state = JobState::kSucceeded;
   ASSERT_TRUE((*catalog)->UpdateJob(job).ok());
   store->reset();
   store = DatasetStore::Create(data_dir, DatasetLimits{}, catalog->get());

@@ -19,7 +19,7 @@
 namespace deltaserve::control {
 namespace {
 
-constexpr const char* kKind = "TEST";
+constexpr JobKind kKind = JobKind::kMerge;
 
 std::unique_ptr<CatalogStore> OpenStore(const std::string& directory) {
   auto store = CatalogStore::Open(common::JoinPath(directory, "catalog.db"));
@@ -75,8 +75,8 @@ JobRecord WaitForRecord(JobRunner& runner, int64_t number, const std::function<b
   return record;
 }
 
-JobRecord WaitForState(JobRunner& runner, int64_t number, const std::string& state) {
-  return WaitForRecord(runner, number, [&state](const JobRecord& record) { return record.state == state; });
+JobRecord WaitForState(JobRunner& runner, int64_t number, JobState state) {
+  return WaitForRecord(runner, number, [state](const JobRecord& record) { return record.state == state; });
 }
 
 // A runner whose step pause outlasts any test: a body's Step then waits until the job is
@@ -115,7 +115,7 @@ TEST(JobRunnerTest, WatchersSeeRunningProgressAndSuccessInOrderAndTheRowIsKept) 
     return step;
   }, "out"));
   ASSERT_TRUE(job.ok()) << job.status();
-  EXPECT_EQ(job->state, "QUEUED");
+  EXPECT_EQ(job->state, JobState::kQueued);
   EXPECT_GT(job->created_unix_nanos, 0);
 
   absl::Mutex mutex;
@@ -126,7 +126,7 @@ TEST(JobRunnerTest, WatchersSeeRunningProgressAndSuccessInOrderAndTheRowIsKept) 
   });
   ASSERT_TRUE(token.ok());
   go.Notify();
-  JobRecord done = WaitForState(*runner, job->number, "SUCCEEDED");
+  JobRecord done = WaitForState(*runner, job->number, JobState::kSucceeded);
   runner->Unwatch(*token);
   EXPECT_EQ(done.progress, 1.0);
   EXPECT_GT(done.started_unix_nanos, 0);
@@ -134,19 +134,19 @@ TEST(JobRunnerTest, WatchersSeeRunningProgressAndSuccessInOrderAndTheRowIsKept) 
 
   absl::MutexLock lock(&mutex);
   ASSERT_GE(seen.size(), 3u);
-  EXPECT_EQ(seen.back().state, "SUCCEEDED");
+  EXPECT_EQ(seen.back().state, JobState::kSucceeded);
   double progress = 0;
   bool saw_quarter = false;
   for (const JobRecord& record : seen) {
     EXPECT_GE(record.progress, progress) << "progress never goes back";
     progress = record.progress;
-    saw_quarter |= record.message == "a quarter" && record.state == "RUNNING";
+    saw_quarter |= record.message == "a quarter" && record.state == JobState::kRunning;
   }
   EXPECT_TRUE(saw_quarter);
   auto rows = store->ListJobs();
   ASSERT_TRUE(rows.ok());
   ASSERT_EQ(rows->size(), 1u);
-  EXPECT_EQ((*rows)[0].state, "SUCCEEDED");
+  EXPECT_EQ((*rows)[0].state, JobState::kSucceeded);
   EXPECT_EQ((*rows)[0].output_variant, "out");
 }
 
@@ -156,7 +156,7 @@ TEST(JobRunnerTest, AFailedJobKeepsItsErrorAndCode) {
   auto runner = StartRunner(store.get());
   auto job = runner->Submit(Submission([](JobContext&) { return absl::ResourceExhaustedError("too big"); }));
   ASSERT_TRUE(job.ok());
-  JobRecord failed = WaitForState(*runner, job->number, "FAILED");
+  JobRecord failed = WaitForState(*runner, job->number, JobState::kFailed);
   EXPECT_EQ(failed.error, "too big");
   EXPECT_EQ(failed.error_code, "RESOURCE_EXHAUSTED");
   auto rows = store->ListJobs();
@@ -175,14 +175,14 @@ TEST(JobRunnerTest, CancelEndsAQueuedJobAtOnceAndARunningOneAtItsNextStep) {
     return absl::OkStatus();
   }));
   ASSERT_TRUE(running.ok() && queued.ok());
-  WaitForState(*runner, running->number, "RUNNING");
+  WaitForState(*runner, running->number, JobState::kRunning);
 
   auto cancelled = runner->Cancel(queued->number);
   ASSERT_TRUE(cancelled.ok());
-  EXPECT_EQ(cancelled->state, "CANCELLED");
+  EXPECT_EQ(cancelled->state, JobState::kCancelled);
   EXPECT_EQ(cancelled->started_unix_nanos, 0);
   ASSERT_TRUE(runner->Cancel(running->number).ok());
-  WaitForState(*runner, running->number, "CANCELLED");
+  WaitForState(*runner, running->number, JobState::kCancelled);
   EXPECT_FALSE(queued_ran);
   EXPECT_EQ(runner->Cancel(running->number).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(runner->Cancel(999).status().code(), absl::StatusCode::kNotFound);
@@ -204,14 +204,14 @@ TEST(JobRunnerTest, AnIdempotencyKeyReturnsTheFirstJobEvenAfterARestart) {
     auto different = runner->Submit(Submission(body, "a", 0, "key-1", R"({"x":2})"));
     EXPECT_EQ(different.status().code(), absl::StatusCode::kAlreadyExists);
     EXPECT_NE(different.status().message().find("different request"), std::string::npos);
-    WaitForState(*runner, first_number, "SUCCEEDED");
+    WaitForState(*runner, first_number, JobState::kSucceeded);
   }
   auto runner = StartRunner(store.get());
   EXPECT_TRUE(runner->HasIdempotencyKey("key-1"));
   auto again = runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); }, "a", 0, "key-1", R"({"x":1})"));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->number, first_number);
-  EXPECT_EQ(again->state, "SUCCEEDED");
+  EXPECT_EQ(again->state, JobState::kSucceeded);
 }
 
 TEST(JobRunnerTest, TwoUnfinishedJobsMayNotProduceOneVariant) {
@@ -222,7 +222,7 @@ TEST(JobRunnerTest, TwoUnfinishedJobsMayNotProduceOneVariant) {
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(runner->Submit(Submission(StepUntilCancelled, "same")).status().code(), absl::StatusCode::kAlreadyExists);
   ASSERT_TRUE(runner->Cancel(first->number).ok());
-  WaitForState(*runner, first->number, "CANCELLED");
+  WaitForState(*runner, first->number, JobState::kCancelled);
   auto second = runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); }, "same"));
   EXPECT_TRUE(second.ok()) << "the output is free again once the first job ended";
 }
@@ -230,7 +230,7 @@ TEST(JobRunnerTest, TwoUnfinishedJobsMayNotProduceOneVariant) {
 // Submits two jobs of `each` bytes to two workers under a budget of 100, while the first runs,
 // and returns the second's state right after its Submit: the runner decides under its lock,
 // so that state is final until the first job ends. Then lets both finish.
-std::string SecondJobStateBesideTheFirst(int64_t each) {
+JobState SecondJobStateBesideTheFirst(int64_t each) {
   const std::string directory = testing::MakeTempDir("jobs-memory");
   auto store = OpenStore(directory);
   JobRunnerOptions options;
@@ -245,26 +245,26 @@ std::string SecondJobStateBesideTheFirst(int64_t each) {
   auto a = runner->Submit(Submission(body, "", each));
   auto b = runner->Submit(Submission(body, "", each));
   EXPECT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(runner->Get(a->number)->state, "RUNNING");
-  const std::string second = runner->Get(b->number)->state;
+  EXPECT_EQ(runner->Get(a->number)->state, JobState::kRunning);
+  const JobState second = runner->Get(b->number)->state;
   release.Notify();
-  const JobRecord first_done = WaitForState(*runner, a->number, "SUCCEEDED");
-  const JobRecord second_done = WaitForState(*runner, b->number, "SUCCEEDED");
-  if (second == "QUEUED") {
+  const JobRecord first_done = WaitForState(*runner, a->number, JobState::kSucceeded);
+  const JobRecord second_done = WaitForState(*runner, b->number, JobState::kSucceeded);
+  if (second == JobState::kQueued) {
     EXPECT_GE(second_done.started_unix_nanos, first_done.finished_unix_nanos) << "it started once the first ended";
   }
   return second;
 }
 
 TEST(JobRunnerTest, RunningJobsStayWithinTheMemoryBudget) {
-  EXPECT_EQ(SecondJobStateBesideTheFirst(60), "QUEUED") << "60 + 60 exceeds 100: the second job waits";
-  EXPECT_EQ(SecondJobStateBesideTheFirst(40), "RUNNING") << "40 + 40 fits: both run";
+  EXPECT_EQ(SecondJobStateBesideTheFirst(60), JobState::kQueued) << "60 + 60 exceeds 100: the second job waits";
+  EXPECT_EQ(SecondJobStateBesideTheFirst(40), JobState::kRunning) << "40 + 40 fits: both run";
 }
 
 TEST(JobRunnerTest, ARestartFailsInterruptedJobsResumesQueuedOnesAndRecognisesPublishedOutputs) {
   const std::string directory = testing::MakeTempDir("jobs-restart");
   auto store = OpenStore(directory);
-  auto row = [&](const std::string& state, const std::string& output, int64_t memory = 0) {
+  auto row = [&](JobState state, const std::string& output, int64_t memory = 0) {
     JobRecord record;
     record.kind = kKind;
     record.state = state;
@@ -273,11 +273,11 @@ TEST(JobRunnerTest, ARestartFailsInterruptedJobsResumesQueuedOnesAndRecognisesPu
     EXPECT_TRUE(store->InsertJob(record).ok());
     return record.number;
   };
-  const int64_t interrupted = row("RUNNING", "lost");
-  const int64_t published = row("RUNNING", "made-it");
-  const int64_t queued = row("QUEUED", "later");
-  const int64_t too_big = row("QUEUED", "huge", 1000);
-  const int64_t finished = row("SUCCEEDED", "old");
+  const int64_t interrupted = row(JobState::kRunning, "lost");
+  const int64_t published = row(JobState::kRunning, "made-it");
+  const int64_t queued = row(JobState::kQueued, "later");
+  const int64_t too_big = row(JobState::kQueued, "huge", 1000);
+  const int64_t finished = row(JobState::kSucceeded, "old");
 
   JobKindHandlers handlers;
   std::atomic<int> resumed_ran{0};
@@ -294,21 +294,21 @@ TEST(JobRunnerTest, ARestartFailsInterruptedJobsResumesQueuedOnesAndRecognisesPu
   auto runner = StartRunner(store.get(), options, handlers);
 
   JobRecord failed = *runner->Get(interrupted);
-  EXPECT_EQ(failed.state, "FAILED");
+  EXPECT_EQ(failed.state, JobState::kFailed);
   EXPECT_NE(failed.error.find("interrupted"), std::string::npos);
   EXPECT_EQ(failed.error_code, "ABORTED");
-  EXPECT_EQ(runner->Get(published)->state, "SUCCEEDED");
-  EXPECT_EQ(runner->Get(finished)->state, "SUCCEEDED");
+  EXPECT_EQ(runner->Get(published)->state, JobState::kSucceeded);
+  EXPECT_EQ(runner->Get(finished)->state, JobState::kSucceeded);
   JobRecord refused = *runner->Get(too_big);
-  EXPECT_EQ(refused.state, "FAILED");
+  EXPECT_EQ(refused.state, JobState::kFailed);
   EXPECT_EQ(refused.error_code, "RESOURCE_EXHAUSTED");
-  WaitForState(*runner, queued, "SUCCEEDED");
+  WaitForState(*runner, queued, JobState::kSucceeded);
   EXPECT_EQ(resumed_ran.load(), 1);
   // The outcome is durable.
   auto rows = store->ListJobs();
   ASSERT_TRUE(rows.ok());
-  EXPECT_EQ((*rows)[0].state, "FAILED");
-  EXPECT_EQ((*rows)[1].state, "SUCCEEDED");
+  EXPECT_EQ((*rows)[0].state, JobState::kFailed);
+  EXPECT_EQ((*rows)[1].state, JobState::kSucceeded);
 }
 
 TEST(JobRunnerTest, StopInterruptsRunningJobsAndLeavesQueuedOnesForTheNextStart) {
@@ -322,13 +322,13 @@ TEST(JobRunnerTest, StopInterruptsRunningJobsAndLeavesQueuedOnesForTheNextStart)
   // go back to the queue.
   WaitForRecord(*runner, running->number, [](const JobRecord& record) { return record.message == "working"; });
   runner->Stop();
-  EXPECT_EQ(runner->Get(running->number)->state, "FAILED");
+  EXPECT_EQ(runner->Get(running->number)->state, JobState::kFailed);
   EXPECT_EQ(runner->Get(running->number)->error_code, "ABORTED");
   EXPECT_EQ(runner->Submit(Submission([](JobContext&) { return absl::OkStatus(); })).status().code(),
             absl::StatusCode::kUnavailable);
   auto rows = store->ListJobs();
   ASSERT_TRUE(rows.ok());
-  EXPECT_EQ((*rows)[1].state, "QUEUED");
+  EXPECT_EQ((*rows)[1].state, JobState::kQueued);
 }
 
 TEST(JobRunnerTest, ListsNewestFirstWithFiltersAndPages) {
@@ -343,7 +343,7 @@ TEST(JobRunnerTest, ListsNewestFirstWithFiltersAndPages) {
     ASSERT_TRUE(job.ok());
     numbers.push_back(job->number);
   }
-  WaitForState(*runner, numbers.back(), "SUCCEEDED");
+  WaitForState(*runner, numbers.back(), JobState::kSucceeded);
   std::vector<JobRecord> page = runner->List({}, 0, 2);
   ASSERT_EQ(page.size(), 2u);
   EXPECT_EQ(page[0].number, numbers[4]);
@@ -351,10 +351,10 @@ TEST(JobRunnerTest, ListsNewestFirstWithFiltersAndPages) {
   page = runner->List({}, page.back().number, 10);
   ASSERT_EQ(page.size(), 3u);
   EXPECT_EQ(page[2].number, numbers[0]);
-  page = runner->List({"FAILED", ""}, 0, 10);
+  page = runner->List({JobState::kFailed, std::nullopt}, 0, 10);
   ASSERT_EQ(page.size(), 2u);
   EXPECT_EQ(page[0].number, numbers[3]);
-  EXPECT_TRUE(runner->List({"", "OTHER"}, 0, 10).empty());
+  EXPECT_TRUE(runner->List({std::nullopt, JobKind::kStats}, 0, 10).empty());
 }
 
 }  // namespace
@@ -389,14 +389,14 @@ TEST(JobRunnerTest, StepsPauseByTheRunnersClockAndACancelEndsThePause) {
   WaitForRecord(*runner, two_steps->number, [](const JobRecord& record) { return record.message == "nearly"; });
   ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));  // pausing after the second step
   clock.Advance(absl::Seconds(10));
-  const JobRecord done = WaitForState(*runner, two_steps->number, "SUCCEEDED");
+  const JobRecord done = WaitForState(*runner, two_steps->number, JobState::kSucceeded);
   EXPECT_EQ(done.finished_unix_nanos, absl::ToUnixNanos(clock.Now()));
 
   auto cancelled = runner->Submit(Submission(StepUntilCancelled));
   ASSERT_TRUE(cancelled.ok());
   ASSERT_TRUE(clock.AwaitWaiters(1, absl::Seconds(20)));
   ASSERT_TRUE(runner->Cancel(cancelled->number).ok());
-  WaitForState(*runner, cancelled->number, "CANCELLED");  // the clock never moved
+  WaitForState(*runner, cancelled->number, JobState::kCancelled);  // the clock never moved
 }
 
 }  // namespace
