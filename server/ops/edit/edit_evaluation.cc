@@ -21,6 +21,18 @@ at::Tensor AnswerLogProbs(const model::LlamaModel& model, const EditHook& hook, 
   return at::log_softmax(TargetLogits(model, prompt_ids, answer, hook).to(at::kFloat), -1);
 }
 
+// MeasureTarget: efficacy (every target token the argmax), and the log-probabilities of the
+// target and of `original_answer`, through `hook`'s deltas.
+void MeasureTarget(const model::LlamaModel& model, const EditHook& hook, const PreparedEdit& edit,
+                   std::vector<int64_t> original_answer, EditMeasures& measures) {
+  const at::Tensor target = AnswerLogProbs(model, hook, edit.prompt_ids, edit.target_ids);
+  measures.efficacy = eval::TargetIsArgmax(target, edit.target_ids);
+  measures.target_log_prob = eval::SequenceLogProb(target, edit.target_ids);
+  measures.original_answer = std::move(original_answer);
+  measures.original_log_prob = eval::SequenceLogProb(
+      AnswerLogProbs(model, hook, edit.prompt_ids, measures.original_answer), measures.original_answer);
+}
+
 }  // namespace
 
 EditSpec ParaphraseSpec(const EditSpec& spec, const std::string& paraphrase) {
@@ -50,12 +62,7 @@ absl::StatusOr<EditMeasures> MeasureEfficacy(const model::LlamaModel& model, con
   RETURN_IF_ERROR(common::CatchTorchErrors("checking the edit", [&] {
     c10::InferenceMode inference;
     EditHook hook(deltas);
-    const at::Tensor target = AnswerLogProbs(model, hook, edit.prompt_ids, edit.target_ids);
-    measures.efficacy = eval::TargetIsArgmax(target, edit.target_ids);
-    measures.target_log_prob = eval::SequenceLogProb(target, edit.target_ids);
-    measures.original_answer = original_answer;
-    measures.original_log_prob = eval::SequenceLogProb(AnswerLogProbs(model, hook, edit.prompt_ids, original_answer),
-                                                       original_answer);
+    MeasureTarget(model, hook, edit, original_answer, measures);
   }));
   return measures;
 }
@@ -77,14 +84,10 @@ absl::StatusOr<EditMeasures> MeasureEdit(const model::LlamaModel& model, const m
   RETURN_IF_ERROR(common::CatchTorchErrors("measuring the edit", [&] {
     c10::InferenceMode inference;
     EditHook hook(deltas);
-    const at::Tensor target = AnswerLogProbs(model, hook, edit.prompt_ids, edit.target_ids);
-    measures.efficacy = eval::TargetIsArgmax(target, edit.target_ids);
-    measures.target_log_prob = eval::SequenceLogProb(target, edit.target_ids);
-    measures.original_answer = original_answer.empty()
-                                   ? GreedyContinuation(model, deltas, edit.prompt_ids, edit.target_ids.size())
-                                   : original_answer;
-    measures.original_log_prob = eval::SequenceLogProb(
-        AnswerLogProbs(model, hook, edit.prompt_ids, measures.original_answer), measures.original_answer);
+    MeasureTarget(model, hook, edit,
+                  original_answer.empty() ? GreedyContinuation(model, deltas, edit.prompt_ids, edit.target_ids.size())
+                                          : original_answer,
+                  measures);
     if (!paraphrases.empty()) {
       int hits = 0;
       for (const PreparedEdit& paraphrase : paraphrases) {
