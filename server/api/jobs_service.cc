@@ -254,7 +254,13 @@ absl::StatusOr<control::UnlearnJobSpec> FromProto(const v1::UnlearnRequest& requ
   if (request.rank() > 0) spec.rank = request.rank();
   spec.lora_alpha = request.has_lora_alpha() ? Widen(request.lora_alpha()) : 2.0 * spec.rank;
   if (request.steps() > 0) spec.steps = request.steps();
-  if (request.has_learning_rate()) spec.learning_rate = Widen(request.learning_rate());
+  if (request.has_learning_rate()) {
+    // Unset is the method's default (0 in the spec); an explicit value must be usable.
+    if (!(request.learning_rate() > 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("learning_rate must be in (0, 1), got ", request.learning_rate()));
+    }
+    spec.learning_rate = Widen(request.learning_rate());
+  }
   if (request.batch_size() > 0) spec.batch_size = request.batch_size();
   if (request.has_forget_weight()) spec.forget_weight = Widen(request.forget_weight());
   if (request.has_retain_weight()) spec.retain_weight = Widen(request.retain_weight());

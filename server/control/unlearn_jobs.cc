@@ -18,11 +18,6 @@ namespace {
 
 using ops::train::TrainingExample;
 
-double Beta(const UnlearnJobSpec& spec) {
-  if (spec.beta > 0) return spec.beta;
-  return spec.method == "simnpo" ? 4.5 : 0.1;
-}
-
 nlohmann::json RecallToJson(const ops::unlearn::Recall& recall) {
   nlohmann::json json = {{"forget_exact", recall.forget_exact}, {"forget_rouge_l", recall.forget_rouge_l}};
   if (recall.retain_exact) json["retain_exact"] = *recall.retain_exact;
@@ -149,7 +144,9 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
     if (spec.keep_previous) return absl::InvalidArgumentError("keep_previous applies only with replace_target");
     RETURN_IF_ERROR(CheckNewOutput(*registry_, spec.output));
   }
-  RETURN_IF_ERROR(ops::unlearn::ParseUnlearnMethod(spec.method).status());
+  ASSIGN_OR_RETURN(const ops::unlearn::UnlearnMethod method, ops::unlearn::ParseUnlearnMethod(spec.method));
+  if (spec.learning_rate == 0) spec.learning_rate = ops::unlearn::DefaultLearningRate(method);
+  if (!(spec.beta > 0)) spec.beta = ops::unlearn::DefaultBeta(method);
   RETURN_IF_ERROR(ops::unlearn::ParseRetainLoss(spec.retain_loss).status());
   RETURN_IF_ERROR(ops::unlearn::ParseRecallMetric(spec.recall_metric).status());
   if (!(spec.forget_recall_max >= 0 && spec.forget_recall_max <= 1)) {
@@ -213,7 +210,7 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   options.micro_batch_size = MicroBatchSize(spec.batch_size, spec.micro_batch_size);
   options.forget_weight = spec.forget_weight;
   options.retain_weight = spec.retain_weight;
-  options.beta = Beta(spec);
+  options.beta = spec.beta;
   options.delta = spec.delta;
   ASSIGN_OR_RETURN(ops::unlearn::UnlearnOutcome outcome,
                    ops::unlearn::Unlearn(registry_->model(), tokenizer, &target.deltas, forget, retain, holdout, options,

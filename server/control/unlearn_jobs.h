@@ -41,12 +41,12 @@ struct UnlearnJobSpec {
   int64_t rank = 8;
   double lora_alpha = 16;
   int64_t steps = 200;  // the budget
-  double learning_rate = 5e-3;
+  double learning_rate = 0;  // 0 = the method's (ops::unlearn::DefaultLearningRate), set by Check
   int64_t batch_size = 8;
   int64_t micro_batch_size = 0;  // 0 = batch_size (no accumulation)
   double forget_weight = 1.0;  // gamma
   double retain_weight = 3.0;  // alpha
-  double beta = -1;            // npo 0.1, simnpo 4.5 when negative
+  double beta = -1;            // negative = the method's (ops::unlearn::DefaultBeta), set by Check
   double delta = 0.0;          // simnpo
   std::string retain_loss = "nll";  // nll or kl
   // The goal (ops::unlearn::UnlearnGoal) and how often it is evaluated.

@@ -457,6 +457,13 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
     EXPECT_FALSE(recipe.contains("forget_texts")) << "the lineage keeps counts and digests, not the texts";
   }
 
+  // Each method's default learning rate is recorded on the job: SimNPO's is twice the others'.
+  ASSERT_TRUE(SubmitUnlearn(*client_, FactsUnlearn("facts/known", "facts/forgot-simnpo", "simnpo"), &job).ok());
+  EXPECT_FLOAT_EQ(job.unlearn().learning_rate(), 0.01f);
+  EXPECT_FLOAT_EQ(job.unlearn().beta(), 4.5f);
+  v1::Job cancelled;
+  ASSERT_TRUE(CancelJob(*client_, job.id(), &cancelled).ok());
+
   // A goal the method cannot meet: gradient ascent has no retain term, so forgetting takes the
   // retain facts with it. The job fails, publishes nothing, and keeps its trajectory.
   v1::UnlearnRequest ascent = FactsUnlearn("facts/known", "facts/forgot-ascent", "grad_ascent");
@@ -483,12 +490,15 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
   bad_metric.set_recall_metric("bleu");
   v1::UnlearnRequest bad_floor = FactsUnlearn("facts/known", "x/u", "npo");
   bad_floor.set_retain_floor(1.5f);
+  v1::UnlearnRequest zero_rate = FactsUnlearn("facts/known", "x/u", "npo");
+  zero_rate.set_learning_rate(0);
   const std::vector<Case> cases = {
       {empty, grpc::StatusCode::INVALID_ARGUMENT, "forget set is empty"},
       {FactsUnlearn("nope", "x/u", "npo"), grpc::StatusCode::NOT_FOUND, "\"nope\" does not exist"},
       {FactsUnlearn("facts/known", "x/u", "rmu"), grpc::StatusCode::INVALID_ARGUMENT, "unknown unlearning method"},
       {bad_metric, grpc::StatusCode::INVALID_ARGUMENT, "unknown recall metric"},
       {bad_floor, grpc::StatusCode::INVALID_ARGUMENT, "retain_floor must lie between 0 and 1"},
+      {zero_rate, grpc::StatusCode::INVALID_ARGUMENT, "learning_rate must be in (0, 1), got 0"},
   };
   for (const Case& test : cases) {
     grpc::Status status = SubmitUnlearn(*client_, test.request, &job);

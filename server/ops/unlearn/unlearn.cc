@@ -219,6 +219,10 @@ absl::StatusOr<UnlearnMethod> ParseUnlearnMethod(const std::string& name) {
       absl::StrCat("unknown unlearning method \"", name, "\": use grad_ascent, grad_diff, npo or simnpo"));
 }
 
+double DefaultLearningRate(UnlearnMethod method) { return method == UnlearnMethod::kSimNpo ? 0.01 : 0.005; }
+
+double DefaultBeta(UnlearnMethod method) { return method == UnlearnMethod::kSimNpo ? 4.5 : 0.1; }
+
 absl::StatusOr<RetainLoss> ParseRetainLoss(const std::string& name) {
   if (name == "nll") return RetainLoss::kNll;
   if (name == "kl") return RetainLoss::kKl;

@@ -56,9 +56,16 @@ struct UnlearnGoal {
   double retain_floor = 0.9;  // retain recall at least this fraction of the target's
 };
 
+// The method's default learning rate and beta: SimNPO's length-normalised loss moves more slowly
+// than NPO's at one rate (0.01 against 0.005 for the others); beta is the papers' (NPO 0.1,
+// SimNPO 4.5; unused by the gradient methods).
+double DefaultLearningRate(UnlearnMethod method);
+double DefaultBeta(UnlearnMethod method);
+
 // The defaults (npo, learning rate 0.005, budget 200, retain_weight 3, evaluations every 5
 // steps) forget every forget fact and keep every retain fact of the three fact sets of
-// tests/unit/ops/unlearn_scenarios_test.cc on the tiny and small demo models.
+// tests/unit/ops/unlearn_scenarios_test.cc on the tiny and small demo models. A caller that
+// picks another method sets its DefaultLearningRate and DefaultBeta.
 struct UnlearnOptions {
   UnlearnOptions() {
     trainer.learning_rate = 0.005;
