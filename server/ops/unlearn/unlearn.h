@@ -9,12 +9,13 @@
 // next-token distributions on them.
 // Every `eval_every` steps it measures recall (greedy, as served): each forget and retain row is
 // probed by prompt -> true continuation (a prompt/completion row: its prompt and completion; a
-// plain row: its first half and second half, and its text up to the last word and that word),
-// scored by exact reproduction (metric exact) or ROUGE-L F1 (metric rouge_l), averaged over
-// probes and rows. The forget goal: forget recall <= goal.forget_max. The retain floor: retain
-// recall >= goal.retain_floor times the target's. It stops as soon as a checkpoint meets both;
-// when the forget goal is met but the floor is not, it goes on for a few more evaluations (the
-// retain term may recover it). The result is the evaluated checkpoint that meets the forget
+// plain row: its text up to each of its last 8 word boundaries and the rest, leaving out
+// prompts other rows of the data begin with too, such as a template's opening, and prompts
+// that leave a single word after an earlier probe of the row), scored by exact reproduction
+// (metric exact) or ROUGE-L F1 (metric rouge_l), averaged over probes and rows. The forget
+// goal: forget recall <= goal.forget_max. The retain floor: retain recall >= goal.retain_floor
+// times the target's. It stops as soon as a checkpoint meets both; once one meets the forget
+// goal, it stops after 4 evaluations without a better one (the retain term may recover). The result is the evaluated checkpoint that meets the forget
 // goal with the best retain recall (goal_met says whether it also meets the floor); with none
 // meeting the forget goal, the last state (goal_met false). The caller decides whether to
 // publish. It also reports MUSE-style measures before and after (losses, verbatim and
