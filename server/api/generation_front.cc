@@ -1,5 +1,6 @@
 #include "server/api/generation_front.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -35,11 +36,22 @@ absl::StatusOr<std::shared_ptr<const control::Variant>> GenerationFront::Resolve
                                           base_model_name_, "\" or an empty variant)"));
 }
 
+absl::Status GenerationFront::CheckTextSize(std::string_view text, std::string_view field) const {
+  const int64_t context = engine_->model().config().MaxContextLength();
+  const int64_t limit = std::max<int64_t>(int64_t{64} << 10, 32 * context);
+  if (static_cast<int64_t>(text.size()) <= limit) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(std::string(field), " is ", text.size(), " bytes; at most ", limit,
+                                                 " are accepted (32 bytes per token of the model's ", context,
+                                                 "-token context)"));
+}
+
 absl::StatusOr<engine::EngineRequest> GenerationFront::Prepare(const Access& access, FrontRequest request,
                                                                std::shared_ptr<auth::RequestLease>* lease) {
   if (!IsBase(request.variant)) RETURN_IF_ERROR(access.CheckSee("variant", request.variant));
-  if (request.request_id.size() > 128 || !model::IsValidUtf8(request.request_id)) {
-    return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes");
+  if (request.request_id.size() > 128 || !model::IsValidUtf8(request.request_id) ||
+      std::any_of(request.request_id.begin(), request.request_id.end(),
+                  [](unsigned char c) { return c < 0x20 || c == 0x7f; })) {
+    return absl::InvalidArgumentError("request_id must be valid UTF-8 of at most 128 bytes, without control characters");
   }
   ASSIGN_OR_RETURN(*lease, gate_->Lease(access));
   engine::EngineRequest result;
@@ -63,6 +75,7 @@ absl::StatusOr<engine::EngineRequest> GenerationFront::Prepare(const Access& acc
     return absl::InvalidArgumentError(
         absl::StrCat("the input is empty: set ", request.text_field, " or ", request.ids_field));
   } else {
+    RETURN_IF_ERROR(CheckTextSize(request.text, request.text_field));
     ASSIGN_OR_RETURN(result.prompt_token_ids, engine_->tokenizer().EncodePrompt(request.text));
   }
   result.sampling = std::move(request.sampling);

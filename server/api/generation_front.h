@@ -81,6 +81,11 @@ class GenerationFront {
   const model::Tokenizer& tokenizer() const { return engine_->tokenizer(); }
   const control::VariantRegistry& variants() const { return *variants_; }
 
+  // CheckTextSize: INVALID_ARGUMENT when `text` (the request field `field`) is longer than any
+  // text that fits the model's context: 32 bytes per token of it, at least 64 KiB. Tokenizing
+  // is linear in the text, so this bounds the work of a prompt or a Tokenize before it starts.
+  absl::Status CheckTextSize(std::string_view text, std::string_view field) const;
+
  private:
   engine::Engine* engine_;
   const control::VariantRegistry* variants_;

@@ -66,6 +66,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     {
       absl::MutexLock lock(&mutex_);
       lease_ = std::move(lease);
+      deadline_ = DeadlineOf(context);
     }
     if (!request.ok()) {
       Gatekeeper::AddPushback(context, request.status());
@@ -145,6 +146,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   void OnCancel() override {
     absl::MutexLock lock(&mutex_);
     cancel_seen_ = true;
+    // gRPC cancels a call whose deadline passed: that is DEADLINE_EXCEEDED, not a cancel.
+    deadline_passed_ = absl::Now() >= deadline_;
     if (submitted_) front_->Cancel(engine_id_);
   }
 
@@ -153,6 +156,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
     {
       absl::MutexLock lock(&mutex_);
       done_ = true;
+      if (deadline_passed_ && final_status_.error_code() == grpc::StatusCode::CANCELLED) {
+        final_status_ = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the request's deadline passed");
+      }
       metrics_->RecordRpc("Generate", GrpcCodeName(final_status_.error_code()));
       if (!request_id_.empty()) {
         GenerationFront::LogFinished({"grpc", request_id_, tenant_, variant_, variant_version_,
@@ -194,6 +200,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   const absl::Time started_ = absl::Now();
   engine::Usage usage_ ABSL_GUARDED_BY(mutex_);
   std::shared_ptr<auth::RequestLease> lease_ ABSL_GUARDED_BY(mutex_);  // until the request is over
+  absl::Time deadline_ ABSL_GUARDED_BY(mutex_) = absl::InfiniteFuture();
+  bool deadline_passed_ ABSL_GUARDED_BY(mutex_) = false;  // the call was cancelled at its deadline
   std::string variant_ ABSL_GUARDED_BY(mutex_);
   int64_t variant_version_ ABSL_GUARDED_BY(mutex_) = 0;
   // Responses to write, front is in flight while writing_ (deque keeps addresses stable).
@@ -310,6 +318,7 @@ grpc::ServerUnaryReactor* GenerationService::Tokenize(grpc::CallbackServerContex
   const model::Tokenizer& tokenizer = front_->tokenizer();
   absl::StatusOr<std::vector<int32_t>> ids = [&]() -> absl::StatusOr<std::vector<int32_t>> {
     RETURN_IF_ERROR(front_->Admit(AuthorizationOf(*context)).status());
+    RETURN_IF_ERROR(front_->CheckTextSize(request->text(), "text"));
     return request->add_special_tokens() ? tokenizer.EncodePrompt(request->text()) : tokenizer.Encode(request->text());
   }();
   if (ids.ok()) {

@@ -68,6 +68,11 @@ bool OutputPublished(const VariantRegistry& registry, const JobRecord& record) {
 absl::Status PublishDeltas(VariantRegistry& registry, JobContext& context, const std::string& output,
                            const deltas::DeltaSet& result, const std::string& base_model,
                            const VariantLineage& lineage, const Replacement* replace) {
+  // A result with non-finite values or an absurd scale would serve NaN: refused, as uploads are.
+  if (absl::Status finite = deltas::CheckFactors(result); !finite.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("the job's result is not servable, so nothing was published: ",
+                                                      finite.message()));
+  }
   ASSIGN_OR_RETURN(std::string staged, registry.MakeStagingDirectory(JobId(context.record().number) + "-"));
   auto discard = [&](absl::Status status) {
     common::RemoveRecursively(staged).IgnoreError();

@@ -39,6 +39,38 @@ std::string ModuleName(int64_t layer, Projection projection) {
                       ProjectionName(projection));
 }
 
+absl::Status CheckFactors(const DeltaSet& deltas) {
+  for (int64_t layer = 0; layer < deltas.num_layers(); ++layer) {
+    for (Projection projection : kProjections) {
+      const std::vector<LowRankFactor>& factors = deltas.Factors(layer, projection);
+      for (size_t i = 0; i < factors.size(); ++i) {
+        const std::string which = factors.size() > 1 ? absl::StrCat(" (factor ", i + 1, " of ", factors.size(), ")") : "";
+        for (const auto& [tensor, letter] : {std::pair{&factors[i].a, 'A'}, std::pair{&factors[i].b, 'B'}}) {
+          if (!at::isfinite(*tensor).all().item<bool>()) {
+            return absl::InvalidArgumentError(absl::StrCat(TensorName(layer, projection, letter), which,
+                                                           " has non-finite values (NaN or infinity)"));
+          }
+        }
+        const double scale = factors[i].scale;
+        if (!std::isfinite(scale) || std::abs(scale) > kMaxDeltaScale) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              ModuleName(layer, projection), which, " has scale ", scale, " (lora_alpha / r); it must be finite and at most ",
+              kMaxDeltaScale, " in size"));
+        }
+        const double entry = std::abs(scale) * static_cast<double>(factors[i].rank()) *
+                             factors[i].a.abs().max().item<double>() * factors[i].b.abs().max().item<double>();
+        if (!(entry <= kMaxDeltaEntry)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              ModuleName(layer, projection), which, "'s delta may reach ", entry,
+              " in one entry (|scale| * rank * max|A| * max|B|), above ", kMaxDeltaEntry,
+              ": a delta that large overwhelms the weight it adapts"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
                                             const model::ModelConfig& base, at::ScalarType dtype,
                                             const at::Device& device) {
@@ -123,6 +155,7 @@ absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
     ASSIGN_OR_RETURN(at::Tensor b, model::ToTensor(*pair.b, dtype, device));
     adapter.deltas.Add(layer, projection, {a, b, config.ScaleFor(module)});
   }
+  if (absl::Status finite = CheckFactors(adapter.deltas); !finite.ok()) return Invalid(weights_path, std::string(finite.message()));
   return adapter;
 }
 

@@ -7,6 +7,10 @@
 // refused, never read. adapter_config.json is read by PeftAdapterConfig (peft_adapter_config.h),
 // which also gives each module's scale.
 //
+// Every factor read must be finite and every module's scale finite and at most kMaxDeltaScale
+// in size (CheckFactors): an adapter with a NaN in lora_B or a lora_alpha of 1e308 would serve
+// NaN logits. Jobs check their results the same way before publishing them.
+//
 // WritePeftAdapter writes a DeltaSet in the same format: modules with one factor are written
 // as they are (bit-identical on read), their scales recorded through alpha_pattern /
 // rank_pattern where they differ from the defaults; modules with several factors are
@@ -34,6 +38,20 @@ struct PeftAdapter {
 
 // ModuleName(3, kQuery) == "model.layers.3.self_attn.q_proj".
 std::string ModuleName(int64_t layer, model::Projection projection);
+
+// The largest |scale| (PEFT's lora_alpha / r, or / sqrt(r) with rsLoRA) a module may have. Real
+// adapters use about 0.1 to 16; beyond this bound a delta overwhelms the weight it adapts.
+inline constexpr double kMaxDeltaScale = 1000.0;
+// The largest bound on one entry of a module's delta, |scale| * rank * max|A| * max|B|, a factor
+// may have (a scale folded into B, as merges do, counts here). Real adapters stay below about
+// 100; base weights are of order 1.
+inline constexpr double kMaxDeltaEntry = 1e4;
+
+// CheckFactors: INVALID_ARGUMENT naming the tensor (e.g. "base_model.model.model.layers.3.
+// self_attn.q_proj.lora_B.weight has non-finite values (NaN or infinity)") or the module whose
+// scale is not finite or exceeds kMaxDeltaScale, or whose entries may exceed kMaxDeltaEntry;
+// OK otherwise.
+absl::Status CheckFactors(const DeltaSet& deltas);
 
 absl::StatusOr<PeftAdapter> ReadPeftAdapter(const std::string& directory,
                                             const model::ModelConfig& base, at::ScalarType dtype,

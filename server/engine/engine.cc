@@ -240,10 +240,14 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
 
   absl::MutexLock lock(&mutex_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
+  // What the server can hold: the free running slots (the loop fills them from the queue at its
+  // next step) plus the queue's room. Counting the waiting alone against the queue made a burst
+  // that arrives between two steps fill the queue before the free slots took any of it.
   int64_t queued = static_cast<int64_t>(incoming_.size()) + snapshot_.queued_requests;
-  if (queued >= options_.max_queued_requests) {
+  const int64_t free_slots = std::max<int64_t>(0, options_.max_running_requests - snapshot_.running_requests);
+  if (queued >= options_.max_queued_requests + free_slots) {
     return common::ResourceExhaustedWithRetry(
-        absl::StrCat("the request queue is full (", queued, " requests waiting, --max-queued-requests ",
+        absl::StrCat("the request queue is full (", queued - free_slots, " requests waiting, --max-queued-requests ",
                      options_.max_queued_requests, "); retry later"),
         absl::Seconds(1));
   }
@@ -547,6 +551,24 @@ void Engine::RunStep(Schedule& schedule) {
   }
 }
 
+namespace {
+
+// NonFinite: the request's error when its logits hold a NaN or an infinity (a broken variant or
+// an overflow): it fails INTERNAL rather than emit a token picked from garbage.
+absl::Status NonFinite(const RequestState& request) {
+  return absl::InternalError(absl::StrCat(
+      "the model produced non-finite logits (NaN or infinity) at position ", request.computed,
+      request.request.variant_name.empty() ? std::string(" of the base model")
+                                           : absl::StrCat(" through variant \"", request.request.variant_name, "\""),
+      "; no token was produced from them"));
+}
+
+bool AllFinite(const float* values, int64_t count) {
+  return std::all_of(values, values + count, [](float value) { return std::isfinite(value); });
+}
+
+}  // namespace
+
 void Engine::HandleLogits(Schedule& schedule, const at::Tensor& logits_tensor, absl::Time now) {
   at::Tensor logits = logits_tensor.to(at::kCPU).contiguous();
   const int64_t vocab = model_->config().vocab_size;
@@ -555,20 +577,30 @@ void Engine::HandleLogits(Schedule& schedule, const at::Tensor& logits_tensor, a
     RequestState* request = slice.request;
     const int64_t total = static_cast<int64_t>(request->tokens.size());
     if (request->request.kind == RequestKind::kScore) {
+      bool finite = true;
       for (int64_t i = 0; i < slice.length; ++i) {
         const int64_t target_position = slice.start + i + 1;
         if (target_position >= total) continue;
         const float* values = logits.data_ptr<float>() + row * vocab;
+        finite &= AllFinite(values, vocab);
         request->score_logprobs.push_back(
             LogProbability(values, vocab, request->tokens[target_position]));
         ++row;
       }
-      if (request->computed == total) Finish(request, FinishReason::kStop, absl::OkStatus(), now);
+      if (!finite) {
+        Finish(request, FinishReason::kError, NonFinite(*request), now);
+      } else if (request->computed == total) {
+        Finish(request, FinishReason::kStop, absl::OkStatus(), now);
+      }
       continue;
     }
     if (request->computed != total) continue;  // prefill chunk that did not reach the end
     const float* values = logits.data_ptr<float>() + row * vocab;
     ++row;
+    if (!AllFinite(values, vocab)) {
+      Finish(request, FinishReason::kError, NonFinite(*request), now);
+      continue;
+    }
     const SamplingOptions& sampling = request->request.sampling;
     SampledToken sampled = SampleToken(values, vocab, sampling, request->generator);
     request->tokens.push_back(sampled.token_id);

@@ -155,6 +155,20 @@ TEST_F(JobsServerTest, WatchersSeeProgressRiseToSuccess) {
   EXPECT_EQ(again[0].state(), v1::SUCCEEDED);
 }
 
+// A result that would serve NaN or overwhelm the base is refused as an upload is: a cat merge
+// whose input weight is 1e30 (folded into B) fails, says why, and publishes nothing.
+TEST_F(JobsServerTest, AMergeWhoseResultIsNotServableFailsAndPublishesNothing) {
+  v1::Job job;
+  ASSERT_TRUE(SubmitMerge(*client_, Merge("cat", "merged/overflow", {{"demo-000", 1e30}}), &job).ok());
+  const v1::Job failed = WatchJob(*client_, job.id()).back();
+  EXPECT_EQ(failed.state(), v1::FAILED);
+  EXPECT_EQ(failed.error_code(), "FAILED_PRECONDITION") << failed.error();
+  EXPECT_NE(failed.error().find("the job's result is not servable, so nothing was published"), std::string::npos)
+      << failed.error();
+  v1::Variant absent;
+  EXPECT_EQ(GetVariant(*client_, "merged/overflow", &absent).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_F(JobsServerTest, MetricsCountJobsByKindAndState) {
   auto finished = [] {
     return Sample(HttpGet(server_->metrics_port(), "/metrics"),

@@ -105,9 +105,14 @@ TEST_F(ServerTest, CancellationFreesTheKvCache) {
 }
 
 TEST_F(ServerTest, DeadlineExceeded) {
+  const std::string counted = "deltaserve_requests_total{code=\"DEADLINE_EXCEEDED\",method=\"Generate\"}";
+  const double before = std::max(0.0, Sample(HttpGet(server_->metrics_port(), "/metrics"), counted));
   // The tiny model's whole context takes longer than 30 ms to generate.
   Stream stream = RunStream(*client_, Generate("the cat", 4000), std::chrono::milliseconds(30));
   EXPECT_EQ(stream.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server counts it as such, not as CANCELLED (gRPC cancels the call at its deadline).
+  WaitUntil([&] { return Sample(HttpGet(server_->metrics_port(), "/metrics"), counted) >= before + 1; });
+  EXPECT_EQ(Sample(HttpGet(server_->metrics_port(), "/metrics"), counted), before + 1);
 }
 
 TEST_F(ServerTest, InvalidInputsAreExplained) {
@@ -137,6 +142,13 @@ TEST_F(ServerTest, InvalidInputsAreExplained) {
   v1::GenerateRequest bad_top_p = Generate("x", 5);
   bad_top_p.mutable_sampling()->set_top_p(2.0f);
   expect(bad_top_p, grpc::StatusCode::INVALID_ARGUMENT, "top_p");
+  // A request id is logged: one with a line break could forge a log line.
+  v1::GenerateRequest forging = Generate("x", 5);
+  forging.set_request_id("abc\n2026-12-07T00:00:00.000Z deltaserve: request finished status=OK");
+  expect(forging, grpc::StatusCode::INVALID_ARGUMENT, "without control characters");
+  v1::GenerateRequest long_id = Generate("x", 5);
+  long_id.set_request_id(std::string(129, 'r'));
+  expect(long_id, grpc::StatusCode::INVALID_ARGUMENT, "at most 128 bytes");
 
   v1::ScoreRequest empty_score;
   v1::ScoreResponse score_response;
@@ -164,6 +176,18 @@ TEST_F(ServerTest, ScoreAndTokenize) {
     sum += logprob;
   }
   EXPECT_NEAR(scored.total_logprob(), sum, 1e-3);
+
+  // Text longer than any that fits the context is refused before it is tokenized (a 3.6 MB
+  // Tokenize once took 5 s of CPU): 64 KiB for the tiny model's 512-token context.
+  tokenize.set_text(std::string(3600000, 'a'));
+  grpc::Status huge = client_->Tokenize(tokenize, &tokens);
+  EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(huge.error_message().find("text is 3600000 bytes; at most 65536 are accepted"), std::string::npos)
+      << huge.error_message();
+  Stream prompt = RunStream(*client_, Generate(std::string(70000, 'a'), 4));
+  EXPECT_EQ(prompt.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(prompt.status.error_message().find("prompt is 70000 bytes"), std::string::npos)
+      << prompt.status.error_message();
 }
 
 TEST_F(ServerTest, MetricsScrapeShowsTheFamilies) {
@@ -358,11 +382,12 @@ TEST(AdapterStartupTest, ABrokenAdapterStopsStartupWithItsName) {
 
 TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
   ServerProcess server;
-  ASSERT_TRUE(server.Start(TinyModelDir(), {"--max-running-requests", "1", "--max-queued-requests", "1"}));
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--max-running-requests", "8", "--max-queued-requests", "8"}));
   auto client = DeltaserveClient::Connect(server.target());
-  std::vector<Stream> streams(6);
+  constexpr int kStreams = 64;
+  std::vector<Stream> streams(kStreams);
   std::vector<std::thread> threads;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] { streams[i] = RunStream(*client, Generate("the cat", 150)); });
   }
   for (std::thread& thread : threads) thread.join();
@@ -376,11 +401,11 @@ TEST(ServerLimitsTest, FullQueueAnswersResourceExhausted) {
       EXPECT_EQ(stream.tokens.size(), 150u);
     }
   }
-  // One running and one queued at most: when all six arrive before the first is admitted, the
-  // first alone fills the queue, so a single success is legitimate.
+  // A burst of 64 is admitted up to 8 running plus 8 queued (more only if some end before the
+  // last arrive); it admitted 8 to 10 when the queue alone counted.
+  EXPECT_GE(ok, 16);
   EXPECT_GE(exhausted, 1);
-  EXPECT_GE(ok, 1);
-  EXPECT_EQ(exhausted + ok, 6);
+  EXPECT_EQ(exhausted + ok, kStreams);
 }
 
 // The gauges the Gateway API Inference Extension's endpoint picker reads, under vLLM's names, on

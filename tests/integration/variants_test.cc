@@ -6,10 +6,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "tests/integration/rpc_helpers.h"
 #include "tests/integration/server_process.h"
@@ -153,8 +155,32 @@ TEST_F(VariantsServerTest, InvalidUploadsAreRefusedWithTheReasonAndLeaveNothing)
   EXPECT_NE(too_big.error_message().find("--max-upload-bytes"), std::string::npos) << too_big.error_message();
   grpc::Status bad_name = upload("Bad Name", {{"adapter_config.json", config}, {"adapter_model.safetensors", weights}});
   EXPECT_EQ(bad_name.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Weights and scales that would serve NaN: every byte of one lora_B set (all-ones bits are a
+  // NaN in every float format), and a lora_alpha of 1e308.
+  std::string nan_weights = weights;
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, nan_weights.data(), sizeof(header_size));
+  const nlohmann::json header = nlohmann::json::parse(nan_weights.substr(8, header_size));
+  std::string spoiled_tensor;
+  for (const auto& [name, entry] : header.items()) {
+    if (name.find("lora_B") == std::string::npos || !spoiled_tensor.empty()) continue;
+    spoiled_tensor = name;
+    const size_t begin = 8 + header_size + entry["data_offsets"][0].get<size_t>();
+    const size_t end = 8 + header_size + entry["data_offsets"][1].get<size_t>();
+    std::fill(nan_weights.begin() + begin, nan_weights.begin() + end, '\xff');
+  }
+  ASSERT_FALSE(spoiled_tensor.empty());
+  grpc::Status nan = upload("bad-6", {{"adapter_config.json", config}, {"adapter_model.safetensors", nan_weights}});
+  EXPECT_EQ(nan.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(nan.error_message().find(spoiled_tensor + " has non-finite values"), std::string::npos) << nan.error_message();
+  nlohmann::json huge_alpha = nlohmann::json::parse(config);
+  huge_alpha["lora_alpha"] = 1e308;
+  grpc::Status alpha = upload("bad-7", {{"adapter_config.json", huge_alpha.dump()}, {"adapter_model.safetensors", weights}});
+  EXPECT_EQ(alpha.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(alpha.error_message().find("(lora_alpha / r); it must be finite and at most 1000"), std::string::npos)
+      << alpha.error_message();
 
-  for (const char* name : {"bad-1", "bad-2", "bad-3", "bad-4", "bad-5"}) {
+  for (const char* name : {"bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6", "bad-7"}) {
     v1::Variant variant;
     EXPECT_EQ(Get(name, &variant).error_code(), grpc::StatusCode::NOT_FOUND) << name;
   }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -234,6 +235,48 @@ TEST_F(DeltasTest, WriteReadRoundTripIsBitIdentical) {
               *common::ReadFileToString(common::JoinPath(second, file)))
         << file;
   }
+}
+
+// Adapters that would serve NaN are refused at read, naming the tensor or module; the same
+// check (CheckFactors) guards what jobs publish.
+TEST_F(DeltasTest, NonFiniteFactorsAndAbsurdScalesAreRefused) {
+  at::manual_seed(5);
+  const std::string config_json = R"({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})";
+  RawModule query = Random(config(), 0, Projection::kQuery, 4, 2.0);
+  RawModule value = Random(config(), 1, Projection::kValue, 4, 2.0);
+  ASSERT_TRUE(ReadPeftAdapter(WriteAdapter(config_json, {query, value}), config(), at::kFloat, at::kCPU).ok());
+  struct Case {
+    std::string config_json;
+    std::function<void(RawModule&)> spoil;
+    std::string words;
+  };
+  const std::vector<Case> cases = {
+      {config_json, [](RawModule& m) { m.b.fill_(NAN); },
+       "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight has non-finite values"},
+      {config_json, [](RawModule& m) { m.a[0][0] = INFINITY; },
+       "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight has non-finite values"},
+      {R"({"r": 4, "lora_alpha": 1e308, "target_modules": ["q_proj", "v_proj"]})", [](RawModule&) {},
+       "model.layers.0.self_attn.q_proj has scale 2.5e+307"},
+      {R"({"r": 4, "lora_alpha": 8, "alpha_pattern": {"v_proj": -40000}, "target_modules": ["q_proj", "v_proj"]})",
+       [](RawModule&) {}, "model.layers.1.self_attn.v_proj has scale -10000"},
+      {config_json, [](RawModule& m) { m.b *= 1e6; }, "model.layers.1.self_attn.v_proj's delta may reach"},
+  };
+  for (const Case& test : cases) {
+    RawModule spoiled = value;
+    spoiled.a = value.a.clone();
+    spoiled.b = value.b.clone();
+    test.spoil(spoiled);
+    auto read = ReadPeftAdapter(WriteAdapter(test.config_json, {query, spoiled}), config(), at::kFloat, at::kCPU);
+    ASSERT_FALSE(read.ok()) << test.words;
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(read.status().message().find(test.words), std::string::npos) << read.status();
+  }
+  DeltaSet stacked(config().num_hidden_layers);
+  stacked.Add(0, Projection::kUp, {query.a, query.b, 1.0});
+  stacked.Add(0, Projection::kUp, {query.a, query.b * NAN, 1.0});
+  const absl::Status status = CheckFactors(stacked);
+  EXPECT_NE(status.message().find("up_proj.lora_B.weight (factor 2 of 2) has non-finite values"), std::string::npos)
+      << status;
 }
 
 TEST_F(DeltasTest, StackedFactorsAreWrittenAsOneEquivalentFactor) {

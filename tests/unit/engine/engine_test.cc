@@ -294,6 +294,50 @@ class OrderSink : public RecordingSink {
 // load: c2 must not start on c first. (This failed under load when c1 could finish before b1
 // was even submitted: the test now holds c1 until both wait, and the engine keeps an older
 // load's room in every interleaving; see AdapterCacheTest.AYoungerRequestDoesNotTakeTheRoomOfAnOlderLoad.)
+// A variant whose delta is NaN (here added to the cache directly, past the checks that uploads
+// and jobs make) makes NaN logits: its requests fail INTERNAL saying so, instead of returning
+// token 0 with OK; requests of the base in the same batch are unaffected.
+TEST_F(EngineTest, NonFiniteLogitsFailTheRequestInsteadOfEmittingATokenFromThem) {
+  std::string adapters_dir = testing::MakeTempDir("engine-nan-adapter");
+  ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 1, 4).ok());
+  auto adapter = deltas::ReadPeftAdapter(adapters_dir + "/demo-000", model_->config(), at::kFloat, at::kCPU);
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  deltas::DeltaSet broken(model_->config().num_hidden_layers);
+  for (int64_t layer = 0; layer < broken.num_layers(); ++layer) {
+    for (int index = 0; index < deltas::kProjectionCount; ++index) {
+      const auto projection = static_cast<model::Projection>(index);
+      for (const deltas::LowRankFactor& factor : adapter->deltas.Factors(layer, projection)) {
+        broken.Add(layer, projection, {factor.a, factor.b * NAN, factor.scale});
+      }
+    }
+  }
+  auto engine = MakeEngine();
+  auto id = engine->adapters().Add("", std::make_shared<const deltas::DeltaSet>(std::move(broken)));
+  ASSERT_TRUE(id.ok()) << id.status();
+  EngineRequest generate = Request("the cat reads", 4);
+  generate.adapter_id = *id;
+  generate.variant_name = "acme/broken";
+  EngineRequest score = Request("the cat reads a letter", 0);
+  score.kind = RequestKind::kScore;
+  score.adapter_id = *id;
+  auto generated = std::make_shared<RecordingSink>();
+  auto scored = std::make_shared<RecordingSink>();
+  auto base = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(engine->Submit(std::move(generate), generated).ok());
+  ASSERT_TRUE(engine->Submit(std::move(score), scored).ok());
+  ASSERT_TRUE(engine->Submit(Request("the cat reads", 4), base).ok());
+  for (auto* sink : {generated.get(), scored.get()}) {
+    const RequestResult& result = sink->Wait();
+    EXPECT_EQ(result.reason, FinishReason::kError);
+    EXPECT_EQ(result.status.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(result.status.message().find("non-finite logits"), std::string::npos) << result.status;
+  }
+  EXPECT_NE(generated->Wait().status.message().find("variant \"acme/broken\""), std::string::npos);
+  EXPECT_TRUE(generated->tokens.empty()) << "no token comes from NaN logits";
+  EXPECT_EQ(base->Wait().reason, FinishReason::kLength);
+  EXPECT_EQ(base->tokens.size(), 4u);
+}
+
 TEST_F(EngineTest, AnAdapterWaitingForRoomIsNotOvertakenByYoungerRequests) {
   std::string adapters_dir = testing::MakeTempDir("engine-fair-adapters");
   ASSERT_TRUE(tools::WriteDemoAdapters(testing::TinyModelDir(), adapters_dir, 3, 4).ok());
@@ -501,25 +545,30 @@ TEST_F(EngineTest, DeadlineEndsTheRequest) {
   EXPECT_EQ(RunRequest(*engine, std::move(patient))->Wait().reason, FinishReason::kLength);
 }
 
-TEST_F(EngineTest, FullQueueIsRejectedAtOnce) {
+// A burst that arrives between two steps is admitted up to what the server holds: the free
+// running slots plus the queue (8 + 8 of 64), the rest refused at once. (It admitted 8 to 10
+// when the waiting alone were counted against the queue.)
+TEST_F(EngineTest, ABurstIsAdmittedUpToTheFreeSlotsPlusTheQueueAndTheRestRejectedAtOnce) {
   EngineOptions options;
-  options.max_running_requests = 1;
-  options.max_queued_requests = 2;
+  options.max_running_requests = 8;
+  options.max_queued_requests = 8;
   auto engine = MakeEngine(options);
   std::vector<std::shared_ptr<RecordingSink>> accepted;
   int rejected = 0;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 64; ++i) {
     auto sink = std::make_shared<RecordingSink>();
     absl::StatusOr<uint64_t> id = engine->Submit(Request("the cat", 200), sink);
     if (id.ok()) {
       accepted.push_back(sink);
     } else {
       EXPECT_EQ(id.status().code(), absl::StatusCode::kResourceExhausted) << id.status();
+      EXPECT_NE(id.status().message().find("the request queue is full"), std::string::npos) << id.status();
       ++rejected;
     }
   }
-  EXPECT_GT(rejected, 0);
-  EXPECT_LE(accepted.size(), 3u);
+  // None of the accepted can end (200 tokens each) before the burst is submitted.
+  EXPECT_EQ(accepted.size(), 16u);
+  EXPECT_EQ(rejected, 48);
   for (auto& sink : accepted) EXPECT_EQ(sink->Wait().reason, FinishReason::kLength);
 }
 
