@@ -156,6 +156,36 @@ TEST_F(ServerTest, InvalidInputsAreExplained) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// Calls with oversized metadata fail (and after a few gRPC closes their connection); other
+// connections, open before and opened after, are served throughout.
+TEST_F(ServerTest, OversizedMetadataOnOneConnectionDoesNotAffectOthers) {
+  auto channel = [&] {  // its own connection: channels share subchannels unless told not to
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return v1::Generation::NewStub(grpc::CreateCustomChannel(server_->target(), grpc::InsecureChannelCredentials(), args));
+  };
+  auto tokenize = [](v1::Generation::Stub& stub, size_t padding) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (padding > 0) context.AddMetadata("x-padding", std::string(padding, 'p'));
+    v1::TokenizeRequest request;
+    request.set_text("the cat reads");
+    v1::TokenizeResponse response;
+    return stub.Tokenize(&context, request, &response);
+  };
+  auto bystander = channel();
+  ASSERT_TRUE(tokenize(*bystander, 0).ok());
+  auto noisy = channel();
+  int refused = 0;
+  for (int i = 0; i < 20; ++i) {
+    refused += tokenize(*noisy, 64 << 10).ok() ? 0 : 1;
+    ASSERT_TRUE(tokenize(*bystander, 0).ok()) << "after oversized call " << i;
+  }
+  EXPECT_EQ(refused, 20);
+  EXPECT_TRUE(tokenize(*channel(), 0).ok()) << "a new connection is served";
+  EXPECT_TRUE(tokenize(*noisy, 0).ok()) << "the noisy client itself recovers with normal calls";
+}
+
 TEST_F(ServerTest, ScoreAndTokenize) {
   v1::TokenizeRequest tokenize;
   tokenize.set_text("the cat reads");
