@@ -57,12 +57,15 @@ absl::Status CheckFactors(const DeltaSet& deltas) {
               ModuleName(layer, projection), which, " has scale ", scale, " (lora_alpha / r); it must be finite and at most ",
               kMaxDeltaScale, " in size"));
         }
-        const double entry = std::abs(scale) * static_cast<double>(factors[i].rank()) *
-                             factors[i].a.abs().max().item<double>() * factors[i].b.abs().max().item<double>();
+        // A bound on every entry of scale * B A, whatever the split of each rank component's
+        // size between its column of B and its row of A.
+        const at::Tensor b_peaks = factors[i].b.abs().amax(0).to(at::kDouble);
+        const at::Tensor a_peaks = factors[i].a.abs().amax(1).to(at::kDouble);
+        const double entry = std::abs(scale) * (b_peaks * a_peaks).sum().item<double>();
         if (!(entry <= kMaxDeltaEntry)) {
           return absl::InvalidArgumentError(absl::StrCat(
               ModuleName(layer, projection), which, "'s delta may reach ", entry,
-              " in one entry (|scale| * rank * max|A| * max|B|), above ", kMaxDeltaEntry,
+              " in one entry (|scale| * sum over the rank of max|B column| * max|A row|), above ", kMaxDeltaEntry,
               ": a delta that large overwhelms the weight it adapts"));
         }
       }

@@ -42,9 +42,10 @@ std::string ModuleName(int64_t layer, model::Projection projection);
 // The largest |scale| (PEFT's lora_alpha / r, or / sqrt(r) with rsLoRA) a module may have. Real
 // adapters use about 0.1 to 16; beyond this bound a delta overwhelms the weight it adapts.
 inline constexpr double kMaxDeltaScale = 1000.0;
-// The largest bound on one entry of a module's delta, |scale| * rank * max|A| * max|B|, a factor
-// may have (a scale folded into B, as merges do, counts here). Real adapters stay below about
-// 100; base weights are of order 1.
+// The largest bound on one entry of a module's delta a factor may have: |scale| times the sum,
+// over its rank components, of the largest entry of the component's column of B times that of
+// its row of A (a scale folded into B, as merges do, counts here). Real adapters stay far below;
+// base weights are of order 1.
 inline constexpr double kMaxDeltaEntry = 1e4;
 
 // CheckFactors: INVALID_ARGUMENT naming the tensor (e.g. "base_model.model.model.layers.3.
