@@ -157,7 +157,7 @@ absl::StatusOr<int64_t> UnlearnJobs::Check(UnlearnJobSpec& spec) const {
   }
   if (spec.eval_every < 1 || spec.eval_every > 10000) return absl::InvalidArgumentError("eval_every must be 1 to 10000");
   if (spec.forget.empty()) return absl::InvalidArgumentError("the forget set is empty: give forget texts or a forget dataset");
-  if (spec.method == "grad_diff" && spec.retain.empty()) {
+  if (method == ops::unlearn::UnlearnMethod::kGradDiff && spec.retain.empty()) {
     return absl::InvalidArgumentError("grad_diff needs a retain set: retain texts or a retain dataset");
   }
   RETURN_IF_ERROR(spec.forget.Resolve(*datasets_, "forget", spec.output));
@@ -210,7 +210,8 @@ absl::Status UnlearnJobs::Run(const UnlearnJobSpec& spec, JobContext& context) {
   options.micro_batch_size = MicroBatchSize(spec.batch_size, spec.micro_batch_size);
   options.forget_weight = spec.forget_weight;
   options.retain_weight = spec.retain_weight;
-  options.beta = spec.beta;
+  // Check resolves the default; a spec queued by an older version may still hold -1.
+  options.beta = spec.beta > 0 ? spec.beta : ops::unlearn::DefaultBeta(options.method);
   options.delta = spec.delta;
   ASSIGN_OR_RETURN(ops::unlearn::UnlearnOutcome outcome,
                    ops::unlearn::Unlearn(registry_->model(), tokenizer, &target.deltas, forget, retain, holdout, options,

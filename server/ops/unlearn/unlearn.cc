@@ -154,13 +154,19 @@ class Measurer {
     return recall;
   }
 
-  absl::StatusOr<UnlearnMeasures> Measure(const train::LoraTrainer& trainer) const {
+  // Measure: every measure of the trainer's state; `known` is its recall when an evaluation
+  // already measured this very state (the probes' greedy generations are the costly part).
+  absl::StatusOr<UnlearnMeasures> Measure(const train::LoraTrainer& trainer, const Recall* known = nullptr) const {
     UnlearnMeasures measures;
     ASSIGN_OR_RETURN(measures.forget_loss, trainer.MeanLoss(forget_));
     if (!retain_.empty()) {
       ASSIGN_OR_RETURN(measures.retain_loss.emplace(), trainer.MeanLoss(retain_));
     }
-    ASSIGN_OR_RETURN(measures.recall, MeasureRecallOf(trainer));
+    if (known != nullptr) {
+      measures.recall = *known;
+    } else {
+      ASSIGN_OR_RETURN(measures.recall, MeasureRecallOf(trainer));
+    }
     // MUSE's memorisation: ROUGE-L F1 of the greedy continuation against the truth, of each
     // plain row's first half (verbatim) and each prompt/completion row's prompt (knowledge).
     double verbatim = 0, knowledge = 0;
@@ -385,7 +391,8 @@ absl::StatusOr<UnlearnOutcome> Unlearn(const model::LlamaModel& model, const mod
     RETURN_IF_ERROR(Report(progress, 0.9 * step / budget, message));
   }
 
-  // The chosen checkpoint (or the last state), measured in full.
+  // The chosen checkpoint (or the last state), measured in full. The loop ends only right after
+  // an evaluation, so the last trajectory point is the last state's recall.
   if (best.has_value()) {
     trainer->Restore(best_factors);
     outcome.chosen_step = best->step;
@@ -395,7 +402,8 @@ absl::StatusOr<UnlearnOutcome> Unlearn(const model::LlamaModel& model, const mod
     outcome.chosen_step = outcome.trajectory.back().step;
   }
   RETURN_IF_ERROR(Report(progress, 0.9, "measuring the result"));
-  ASSIGN_OR_RETURN(outcome.after, measurer.Measure(*trainer));
+  ASSIGN_OR_RETURN(outcome.after,
+                   measurer.Measure(*trainer, best.has_value() ? &best->recall : &outcome.trajectory.back().recall));
   outcome.deltas = trainer->Combined();
   return outcome;
 }
