@@ -65,12 +65,20 @@ ABSL_FLAG(int, port, 50051, "gRPC port (0 = pick a free one and print it)");
 ABSL_FLAG(int, metrics_port, 9464, "Prometheus /metrics port (0 = pick a free one, -1 = off)");
 ABSL_FLAG(int, http_port, 8000,
           "OpenAI-compatible HTTP API port on --host: /v1/completions, /v1/chat/completions, /v1/models, /health, "
-          "/metrics (0 = pick a free one, -1 = off)");
-ABSL_FLAG(int, http_threads, 64, "HTTP requests handled at once (a streamed response holds one until it ends)");
+          "and /metrics for admins (0 = pick a free one, -1 = off)");
+ABSL_FLAG(int, http_threads, 256,
+          "HTTP requests handled at once (a streamed response holds one until it ends); threads start as needed");
+ABSL_FLAG(int, http_max_connections, 1024,
+          "open HTTP connections at most; beyond it a new one replaces the oldest idle one, or gets 503 when every "
+          "connection has a request running");
+ABSL_FLAG(double, http_header_timeout_seconds, 10, "time a new HTTP connection has to send its request's head");
+ABSL_FLAG(double, http_body_timeout_seconds, 60, "time an HTTP request has to send its body once its head is read");
+ABSL_FLAG(double, http_keep_alive_seconds, 15, "an idle keep-alive HTTP connection closes after this");
 ABSL_FLAG(bool, vllm_metrics, true,
           "also export vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc and "
           "vllm:lora_requests_info, the gauges the Gateway API Inference Extension's endpoint picker reads by default, "
-          "on the HTTP API port's /metrics (the metrics port keeps to deltaserve_* names, which pass promtool)");
+          "on the metrics port's /metrics/endpoint-picker and the HTTP API port's admin-only /metrics (the metrics "
+          "port's /metrics keeps to deltaserve_* names, which pass promtool)");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
@@ -167,6 +175,15 @@ int main(int argc, char** argv) {
   deltaserve::common::SetLogFormat(log_format == "json" ? deltaserve::common::LogFormat::kJson
                                                         : deltaserve::common::LogFormat::kText);
 
+  for (const auto& [name, value] : {std::pair<const char*, double>{"--http-header-timeout-seconds",
+                                                                    absl::GetFlag(FLAGS_http_header_timeout_seconds)},
+                                    {"--http-body-timeout-seconds", absl::GetFlag(FLAGS_http_body_timeout_seconds)},
+                                    {"--http-keep-alive-seconds", absl::GetFlag(FLAGS_http_keep_alive_seconds)},
+                                    {"--http-max-connections", absl::GetFlag(FLAGS_http_max_connections)},
+                                    {"--http-threads", absl::GetFlag(FLAGS_http_threads)}}) {
+    if (!(value > 0)) return Fail(absl::InvalidArgumentError(absl::StrCat(name, " must be positive, not ", value)));
+  }
+
   // Signals are taken by sigwait below, never by a handler; block them before any thread starts.
   sigset_t signals;
   sigemptyset(&signals);
@@ -187,20 +204,26 @@ int main(int argc, char** argv) {
   auto metrics = std::make_shared<deltaserve::telemetry::ServerMetrics>(
       std::make_shared<prometheus::Registry>(), absl::GetFlag(FLAGS_max_running_requests),
       absl::GetFlag(FLAGS_vllm_metrics));
-  // /metrics: deltaserve_* on the metrics port; on the HTTP API port also the vLLM-named gauges
-  // (see ServerMetrics::Exposition).
-  auto metrics_route = [&metrics](bool with_vllm_gauges) {
-    return deltaserve::api::HttpRoute{
-        "GET", "/metrics",
-        [&metrics, with_vllm_gauges](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
-          response.Send(200, deltaserve::telemetry::ServerMetrics::kExpositionContentType,
-                        metrics->Exposition(with_vllm_gauges));
-        }};
+  // The metrics port is for in-cluster scrapers (its series name variants, so the Kubernetes
+  // manifests admit only Prometheus and the endpoint picker to it): /metrics has deltaserve_*,
+  // /metrics/endpoint-picker adds the vLLM-named gauges (see ServerMetrics::Exposition).
+  auto send_metrics = [&metrics](bool with_vllm_gauges, deltaserve::api::HttpResponse& response) {
+    response.Send(200, deltaserve::telemetry::ServerMetrics::kExpositionContentType,
+                  metrics->Exposition(with_vllm_gauges));
   };
   std::unique_ptr<deltaserve::api::HttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
-    auto started = deltaserve::api::HttpServer::Start({absl::GetFlag(FLAGS_metrics_host), metrics_port, 2}, {metrics_route(false)});
+    auto started = deltaserve::api::HttpServer::Start(
+        {absl::GetFlag(FLAGS_metrics_host), metrics_port, 4},
+        {{"GET", "/metrics",
+          [&send_metrics](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
+            send_metrics(false, response);
+          }},
+         {"GET", "/metrics/endpoint-picker",
+          [&send_metrics](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
+            send_metrics(true, response);
+          }}});
     if (!started.ok()) return Fail(started.status());
     metrics_server = std::move(*started);
     metrics_port = metrics_server->port();
@@ -360,9 +383,27 @@ int main(int argc, char** argv) {
   deltaserve::api::OpenAiApi openai(&front, chat_template, &serving_state, metrics.get());
   if (http_port >= 0) {
     std::vector<deltaserve::api::HttpRoute> routes = openai.Routes();
-    routes.push_back(metrics_route(true));
+    // Tenants reach this port, and the series name other tenants' variants: admins only.
+    routes.push_back({"GET", "/metrics",
+                      [&gate, &send_metrics](const deltaserve::api::HttpRequest& request,
+                                             deltaserve::api::HttpResponse& response) {
+                        absl::StatusOr<deltaserve::api::Access> access =
+                            gate.AdmitAuthorization(request.Header("Authorization"));
+                        if (!access.ok()) return deltaserve::api::OpenAiApi::SendError(access.status(), response);
+                        if (!access->principal().admin) {
+                          return deltaserve::api::OpenAiApi::SendError(
+                              absl::PermissionDeniedError("/metrics on the API port is for admins (its series name "
+                                                          "every tenant's variants): scrape the metrics port"),
+                              response);
+                        }
+                        send_metrics(true, response);
+                      }});
     deltaserve::api::HttpServerOptions http_options{host, http_port, absl::GetFlag(FLAGS_http_threads)};
     http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+    http_options.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+    http_options.header_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_header_timeout_seconds));
+    http_options.body_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_body_timeout_seconds));
+    http_options.keep_alive_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_keep_alive_seconds));
     http_options.not_found = &deltaserve::api::OpenAiApi::SendHttpError;
     auto started = deltaserve::api::HttpServer::Start(std::move(http_options), std::move(routes));
     if (!started.ok()) return Fail(started.status());

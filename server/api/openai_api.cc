@@ -189,7 +189,8 @@ std::vector<HttpRoute> OpenAiApi::Routes() {
          } else {
            w.Send(200, kJson, "{\"status\": \"serving\"}");
          }
-       }},
+       },
+       /*inline_route=*/true},
   };
 }
 
@@ -271,8 +272,13 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
   std::vector<engine::GenerationOutput> pieces;
   if (!parsed.stream) {
     engine::GenerationOutput all;
+    bool cancelled = false;
     while (!result.has_value()) {
-      sink->Wait(absl::Seconds(1), &pieces, &result);
+      sink->Wait(absl::Milliseconds(500), &pieces, &result);
+      if (!cancelled && !result.has_value() && response.ClientGone()) {
+        front_->Cancel(engine_id);  // nobody will read the answer; the engine ends the request shortly
+        cancelled = true;
+      }
       if (result.has_value()) pieces.push_back(std::move(result->final_output));
       for (engine::GenerationOutput& piece : pieces) {
         all.text += piece.text;
@@ -312,6 +318,7 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
       text_offset += piece.text.size();
     }
     pieces.clear();
+    if (open && !result.has_value() && response.ClientGone()) open = false;
     if (!open && !result.has_value()) {
       front_->Cancel(engine_id);  // the client is gone; the engine ends the request shortly
     }

@@ -277,5 +277,46 @@ TEST(OpenAiHttpTenantsTest, KeysAndQuotasApplyAsOnGrpc) {
   EXPECT_EQ(refused.Json()["error"]["type"], "rate_limit_error");
 }
 
+
+// The series on /metrics name every tenant's variants, so on the API port (which tenants reach)
+// only an admin's key reads them; the in-cluster metrics port serves the endpoint picker.
+TEST(OpenAiHttpTenantsTest, MetricsOnTheApiPortAreForAdminsOnly) {
+  const std::string data_dir = MakeTempDir("http-metrics-tenants");
+  const std::string adapters = MakeTempDir("http-metrics-adapters");
+  ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), adapters, 2, 4).ok());
+  const std::string config = data_dir + "/config.textproto";
+  ASSERT_TRUE(common::WriteFileAtomically(
+                  config, "tenants { name: \"ops\" role: ADMIN api_key_sha256: \"" + common::Sha256Hex("ops-key") +
+                              "\" }\ntenants { name: \"acme\" role: TENANT api_key_sha256: \"" +
+                              common::Sha256Hex("acme-key") + "\" namespaces: \"acme\" }\n")
+                  .ok());
+  ServerProcess server;
+  ASSERT_TRUE(server.Start(TinyModelDir(), {"--config", config, "--data-dir", data_dir, "--adapter-dir", adapters}));
+  const std::vector<std::string> acme = {"Authorization: Bearer acme-key"};
+  const std::vector<std::string> ops = {"Authorization: Bearer ops-key"};
+  std::thread running([&] {
+    Post(server.http_port(), "/v1/completions",
+         {{"model", "demo-001"}, {"prompt", "the cat"}, {"max_tokens", 1500}, {"ignore_eos", true}}, acme);
+  });
+  std::string admin_scrape;
+  const bool seen = WaitUntil([&] {
+    admin_scrape = HttpCall(server.http_port(), "GET", "/metrics", "", ops).body;
+    return admin_scrape.find("running_lora_adapters=\"demo-001\"") != std::string::npos;
+  });
+  const HttpReply anonymous = HttpCall(server.http_port(), "GET", "/metrics");
+  const HttpReply tenant = HttpCall(server.http_port(), "GET", "/metrics", "", acme);
+  const std::string picker_scrape = HttpGet(server.metrics_port(), "/metrics/endpoint-picker");
+  running.join();
+  ASSERT_TRUE(seen) << admin_scrape;
+  ErrorOf(anonymous, 401);
+  EXPECT_NE(ErrorOf(tenant, 403).find("metrics port"), std::string::npos);
+  for (const HttpReply* reply : {&anonymous, &tenant}) {
+    EXPECT_EQ(reply->body.find("demo-001"), std::string::npos) << reply->body;
+    EXPECT_EQ(reply->body.find("lora"), std::string::npos) << reply->body;
+  }
+  EXPECT_NE(picker_scrape.find("vllm:lora_requests_info"), std::string::npos) << picker_scrape;
+  EXPECT_NE(picker_scrape.find("vllm:num_requests_waiting"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace deltaserve::testing
