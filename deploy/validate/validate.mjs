@@ -2,8 +2,10 @@
 // against its schema (kubernetes-models for Kubernetes, the Prometheus Operator and the Gateway
 // API; schemas/inferencepool-v1.json for the InferencePool), and checks the deltaserve
 // Deployment against the server itself: every flag it passes exists (deltaserve --helpfull),
-// container ports, probes, Service and InferencePool ports agree with the flags, and the
-// termination grace period covers preStop plus --shutdown-grace-seconds.
+// container ports, probes, Service and InferencePool ports agree with the flags, the
+// termination grace period covers preStop plus --shutdown-grace-seconds, a NetworkPolicy admits
+// only named scrapers to the metrics port (its series name every tenant's variants), and the
+// endpoint picker scrapes that port.
 //   node validate.mjs SERVER_BINARY [OVERLAYS_DIR]   (exit 1 and one line per problem on failure)
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
@@ -30,6 +32,7 @@ const modules = {
   "policy/v1": "kubernetes-models/policy/v1",
   "autoscaling/v2": "kubernetes-models/autoscaling/v2",
   "rbac.authorization.k8s.io/v1": "kubernetes-models/rbac.authorization.k8s.io/v1",
+  "networking.k8s.io/v1": "kubernetes-models/networking.k8s.io/v1",
   "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
   "gateway.networking.k8s.io/v1": "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1",
 };
@@ -73,6 +76,54 @@ function flagsOf(args) {
     if (match) flags.set(match[1].replaceAll("-", "_"), match[2] ?? "true");
   }
   return flags;
+}
+
+// selectorMatches: whether a label selector (matchLabels and matchExpressions) selects `labels`.
+function selectorMatches(selector, labels) {
+  if (!selector) return false;
+  for (const [key, value] of Object.entries(selector.matchLabels ?? {})) {
+    if (labels[key] !== value) return false;
+  }
+  for (const { key, operator, values } of selector.matchExpressions ?? []) {
+    const has = Object.prototype.hasOwnProperty.call(labels, key);
+    if (operator === "In" && !(has && values.includes(labels[key]))) return false;
+    if (operator === "NotIn" && has && values.includes(labels[key])) return false;
+    if (operator === "Exists" && !has) return false;
+    if (operator === "DoesNotExist" && has) return false;
+  }
+  return true;
+}
+
+// checkMetricsAccess: the metrics port is reachable only from named pods, and the endpoint
+// picker (when there is an InferencePool) is one of them and scrapes it.
+function checkMetricsAccess(where, objects, labels, flags) {
+  const metricsPort = flags.get("metrics_port");
+  const coversMetrics = (rule) => !rule.ports || rule.ports.some((p) => p.port === "metrics" || String(p.port) === metricsPort);
+  const policies = objects.filter((o) => o.kind === "NetworkPolicy" && selectorMatches(o.spec.podSelector, labels) &&
+                                         (o.spec.policyTypes ?? ["Ingress"]).includes("Ingress"));
+  if (policies.length === 0) {
+    problem(where, "no NetworkPolicy selects the server pods: every tenant could read the metrics port's variant names");
+  }
+  const metricsRules = policies.flatMap((p) => (p.spec.ingress ?? []).filter(coversMetrics));
+  if (metricsRules.some((rule) => !rule.from || rule.from.length === 0)) {
+    problem(where, "a NetworkPolicy rule admits any source to the metrics port, whose series name every tenant's variants");
+  }
+  if (!objects.some((o) => o.kind === "InferencePool")) return;
+  const isPicker = (c) => (c.args ?? []).some((a) => a.startsWith("--pool-name="));
+  const picker = objects.find((o) => o.kind === "Deployment" && o.spec.template.spec.containers.some(isPicker));
+  if (!picker) return problem(where, "the InferencePool has no endpoint picker Deployment (a container with --pool-name)");
+  const pickerFlags = flagsOf(picker.spec.template.spec.containers.find(isPicker).args);
+  if (pickerFlags.get("model_server_metrics_port") !== metricsPort) {
+    problem(where, `the endpoint picker must scrape --metrics-port (--model-server-metrics-port=${metricsPort}): ` +
+                   "the API port's /metrics answers admins only");
+  }
+  if ((pickerFlags.get("model_server_metrics_path") ?? "/metrics") !== "/metrics/endpoint-picker") {
+    problem(where, "the endpoint picker must read --model-server-metrics-path=/metrics/endpoint-picker (the vLLM-named gauges)");
+  }
+  const pickerLabels = picker.spec.template.metadata.labels ?? {};
+  const admitsPicker = metricsRules.some((rule) => (rule.from ?? []).some(
+      (peer) => !peer.namespaceSelector && !peer.ipBlock && selectorMatches(peer.podSelector, pickerLabels)));
+  if (!admitsPicker) problem(where, "no NetworkPolicy rule admits the endpoint picker's pods to the metrics port");
 }
 
 function checkServer(where, objects, deployment) {
@@ -122,6 +173,7 @@ function checkServer(where, objects, deployment) {
   }
   const labels = deployment.spec.template.metadata.labels;
   const selects = (selector) => Object.entries(selector ?? {}).every(([k, v]) => labels[k] === v);
+  checkMetricsAccess(where, objects, labels, flags);
   for (const object of objects) {
     if (object.kind === "Service" && selects(object.spec.selector)) {
       for (const port of object.spec.ports) {
