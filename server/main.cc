@@ -84,6 +84,10 @@ ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
 ABSL_FLAG(int, threads, 0, "intra-op CPU threads of the engine's steps (0 = one per CPU core)");
 ABSL_FLAG(int64_t, max_batch_tokens, 2048, "tokens per forward pass (decode + prefill chunks)");
+ABSL_FLAG(double, itl_target_ms, 200,
+          "inter-token latency target for running streams while prompts are prefilled: a step that decodes takes "
+          "only the prompt tokens its measured cost allows within it (0 = off: prompt chunks up to "
+          "--max-batch-tokens)");
 ABSL_FLAG(int64_t, max_running_requests, 64, "requests in the running batch at most");
 ABSL_FLAG(int64_t, max_queued_requests, 256, "waiting requests before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30, "KV cache budget in bytes");
@@ -248,6 +252,7 @@ int main(int argc, char** argv) {
   deltaserve::engine::EngineOptions engine_options;
   engine_options.clock = clock;
   engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  engine_options.itl_target = absl::Milliseconds(absl::GetFlag(FLAGS_itl_target_ms));
   engine_options.max_running_requests = absl::GetFlag(FLAGS_max_running_requests);
   engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);

@@ -18,6 +18,7 @@
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
 #include "server/engine/sampler.h"
+#include "server/engine/prefill_pacer.h"
 #include "server/engine/scheduler.h"
 
 namespace deltaserve::engine {
@@ -93,6 +94,9 @@ absl::Status EngineOptions::Validate() const {
   }
   RETURN_IF_ERROR(positive("--max-tokens-limit", max_tokens_limit));
   if (threads < 0) return absl::InvalidArgumentError("--threads must not be negative (0 = one per CPU core)");
+  if (itl_target < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--itl-target-ms must not be negative (0 = no pacing of prompt chunks)");
+  }
   if (default_max_tokens > max_tokens_limit) {
     return absl::InvalidArgumentError("--default-max-tokens must not exceed --max-tokens-limit");
   }
@@ -146,6 +150,12 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests}, allocator_.get(),
       gate_.get());
+  PrefillPacerOptions pacing;
+  pacing.target = options_.itl_target;
+  pacing.min_tokens = std::min<int64_t>(options_.kv_block_tokens, options_.max_batch_tokens);
+  pacing.max_tokens = options_.max_batch_tokens;
+  pacing.initial_tokens = std::min<int64_t>(64, options_.max_batch_tokens);
+  pacer_ = std::make_unique<PrefillPacer>(pacing);
   {
     absl::MutexLock lock(&mutex_);
     snapshot_.kv_total_blocks = allocator_->total_blocks();
@@ -446,6 +456,7 @@ void Engine::Loop() {
     }
     FailRequestsOfFailedLoads(now);
 
+    scheduler_->set_prefill_cap(pacer_->Budget());
     Schedule schedule = scheduler_->Next();
     idle_ = schedule.slices.empty() && schedule.out_of_memory.empty();
     for (RequestState* request : schedule.out_of_memory) {
@@ -482,6 +493,8 @@ void Engine::Loop() {
 
 void Engine::RunStep(Schedule& schedule) {
   const absl::Time started = clock_->Now();
+  // The pacer learns from physical time, whatever clock the engine reads deadlines from.
+  const absl::Time wall_started = absl::Now();
   // Rows of one variant side by side: each variant's low-rank terms then run once per step, not
   // once per request. (Row order does not change any row's result.)
   std::stable_sort(schedule.slices.begin(), schedule.slices.end(),
@@ -541,6 +554,7 @@ void Engine::RunStep(Schedule& schedule) {
     }
     return;
   }
+  pacer_->Observe(schedule.decode_tokens, schedule.prefill_tokens, absl::Now() - wall_started);
   for (ScheduledSlice& slice : schedule.slices) slice.request->computed += slice.length;
   HandleLogits(schedule, *logits, now);
   if (observer_ != nullptr) {

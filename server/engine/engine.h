@@ -37,6 +37,7 @@ namespace deltaserve::engine {
 
 class KvBlockAllocator;
 class Scheduler;
+class PrefillPacer;
 class VariantGate;
 struct RequestState;
 struct Schedule;
@@ -113,6 +114,7 @@ class Engine {
   std::unique_ptr<KvBlockAllocator> allocator_;
   std::unique_ptr<VariantGate> gate_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<PrefillPacer> pacer_;
   // The last iteration scheduled nothing: wait for news instead of spinning.
   bool idle_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<RequestState>> requests_;

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "server/common/clock.h"
 #include "server/engine/adapter_cache.h"
 
@@ -12,6 +13,10 @@ namespace deltaserve::engine {
 struct EngineOptions {
   // Tokens per forward pass (decode tokens plus prefill chunks).
   int64_t max_batch_tokens = 2048;
+  // Inter-token latency target for running streams while prompts are prefilled: a step that
+  // decodes takes only the prompt tokens its measured cost allows within it (PrefillPacer);
+  // zero turns pacing off (prompt chunks up to max_batch_tokens).
+  absl::Duration itl_target = absl::Milliseconds(200);
   int64_t max_running_requests = 64;
   // Requests accepted but not yet running; beyond this Submit answers RESOURCE_EXHAUSTED.
   int64_t max_queued_requests = 256;

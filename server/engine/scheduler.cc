@@ -138,11 +138,16 @@ Schedule Scheduler::Next() {
     ++i;
   }
 
+  // Prompt chunks share what is left with the decodes' latency: at most prefill_cap_ when the
+  // step decodes.
+  schedule.decode_tokens = static_cast<int64_t>(schedule.slices.size());
+  int64_t prefill_left = schedule.decode_tokens > 0 ? std::min(budget, prefill_cap_) : budget;
+
   // 2. Running requests still prefilling: chunks under the remaining budget and free blocks.
   for (RequestState* request : running_) {
-    if (budget <= 0) break;
+    if (prefill_left <= 0) break;
     if (request->PendingTokens() <= 1) continue;
-    int64_t length = std::min(request->PendingTokens(), budget);
+    int64_t length = std::min(request->PendingTokens(), prefill_left);
     while (length > 0 && !Reserve(request, request->computed + length)) {
       // Shrink to what the free blocks allow.
       int64_t capacity = (request->kv_blocks + allocator_->FreeBlocks()) * allocator_->block_tokens();
@@ -152,6 +157,7 @@ Schedule Scheduler::Next() {
     schedule.slices.push_back({request, request->computed, length});
     Charge(request, length);
     budget -= length;
+    prefill_left -= length;
   }
 
   // 3. Admit waiting requests while there is room, the smallest tenant counter first (oldest
@@ -159,13 +165,13 @@ Schedule Scheduler::Next() {
   // to preempt (the freed blocks would only be fought over again).
   if (gate_ != nullptr) gate_->StartAdmission();
   std::vector<const RequestState*> skipped;  // not ready this step
-  while (preemptions_ == preemptions_before && budget > 0 &&
+  while (preemptions_ == preemptions_before && prefill_left > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
     // Only when there is room is the queue scanned for the next candidate.
     const size_t next = NextCandidate(skipped);
     if (next == waiting_.size()) break;
     RequestState* request = waiting_[next];
-    int64_t length = std::min(request->PendingTokens(), budget);
+    int64_t length = std::min(request->PendingTokens(), prefill_left);
     int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
     length = std::min(length, capacity);
     if (length <= 0) {
@@ -190,7 +196,9 @@ Schedule Scheduler::Next() {
     schedule.slices.push_back({request, request->computed, length});
     Charge(request, length);
     budget -= length;
+    prefill_left -= length;
   }
+  schedule.prefill_tokens = schedule.TotalTokens() - schedule.decode_tokens;
 
   // Prefilling requests can together hold every block while none can finish: free the
   // youngest so the others progress (or give up on a request that cannot fit even alone).

@@ -2,7 +2,9 @@
 // one token for every running request that is decoding, then prefill chunks for running
 // requests still prefilling, then admits waiting requests (FIFO) while there is room: at most
 // max_running_requests running, at most max_batch_tokens tokens per step, and KV blocks
-// reserved for every scheduled token. When a decoding request needs a block and none is free,
+// reserved for every scheduled token. In a step that decodes, prefill chunks and admissions
+// together take at most prefill_cap tokens (set each step from the PrefillPacer, so that one long
+// prompt cannot stall the running streams). When a decoding request needs a block and none is free,
 // the youngest running request is preempted (its blocks freed; it is recomputed later) — a
 // request alone in the engine that outgrows the whole cache is reported for finishing instead.
 // A waiting request is admitted only when its VariantGate says its variant is ready; requests
@@ -16,6 +18,7 @@
 // tenants, so idle time earns no credit. Engine-thread only.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -54,6 +57,8 @@ struct Schedule {
   std::vector<ScheduledSlice> slices;
   // Requests that can never fit in the KV cache and must be finished (kLength).
   std::vector<RequestState*> out_of_memory;
+  int64_t decode_tokens = 0;   // slices of decoding requests (one token each)
+  int64_t prefill_tokens = 0;  // the rest: prompt chunks
   int64_t TotalTokens() const;
 };
 
@@ -67,6 +72,8 @@ class Scheduler {
   // Remove takes a request out of the running or waiting set and frees its blocks.
   void Remove(RequestState* request);
   Schedule Next();
+  // set_prefill_cap: prefill tokens allowed in a step that also decodes (at least 1).
+  void set_prefill_cap(int64_t tokens) { prefill_cap_ = std::max<int64_t>(1, tokens); }
 
   const std::vector<RequestState*>& running() const { return running_; }
   const std::deque<RequestState*>& waiting() const { return waiting_; }
@@ -92,6 +99,7 @@ class Scheduler {
   std::deque<RequestState*> waiting_;   // FIFO; preempted requests go to the front
   uint64_t next_admission_ = 0;
   int64_t preemptions_ = 0;
+  int64_t prefill_cap_ = INT64_MAX;
   std::map<std::string, double> counters_;          // virtual token counters by tenant
   std::map<std::string, int64_t> active_requests_;  // waiting or running, by tenant
 };

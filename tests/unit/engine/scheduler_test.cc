@@ -50,6 +50,37 @@ TEST(SchedulerTest, ChunksPrefillUnderTheTokenBudget) {
   EXPECT_EQ(allocator.used_blocks(), 3 + 1);  // a: 11 tokens, b: 4 tokens
 }
 
+TEST(SchedulerTest, APrefillCapLimitsPromptTokensOnlyInStepsThatDecode) {
+  KvBlockAllocator allocator(2000, 4);
+  Scheduler scheduler({/*max_batch_tokens=*/2048, /*max_running_requests=*/8}, &allocator);
+  scheduler.set_prefill_cap(32);
+  auto streaming = Request(3), long_prompt = Request(2001), late = Request(10);
+  scheduler.Enqueue(long_prompt.get());
+  Schedule alone = scheduler.Next();  // nothing decodes: the whole budget
+  ASSERT_EQ(alone.slices.size(), 1u);
+  EXPECT_EQ(alone.slices[0].length, 2001);
+  EXPECT_EQ(alone.decode_tokens, 0);
+  EXPECT_EQ(alone.prefill_tokens, 2001);
+  Apply(alone);
+
+  auto second = Request(2001);
+  scheduler.Enqueue(streaming.get());
+  scheduler.Enqueue(second.get());
+  scheduler.Enqueue(late.get());
+  Schedule mixed = scheduler.Next();  // long_prompt decodes: prompts share 32 tokens
+  EXPECT_EQ(mixed.decode_tokens, 1);
+  EXPECT_EQ(mixed.prefill_tokens, 32);
+  EXPECT_EQ(mixed.TotalTokens(), 33);
+  Apply(mixed);
+  for (int step = 0; step < 100 && second->computed < 2001; ++step) {
+    Schedule next = scheduler.Next();
+    EXPECT_LE(next.prefill_tokens, 32);
+    EXPECT_GE(next.decode_tokens, 1);
+    Apply(next);
+  }
+  EXPECT_EQ(second->computed, 2001) << "the long prompt still progresses, 32 tokens a step";
+}
+
 TEST(SchedulerTest, RespectsTheRunningLimit) {
   KvBlockAllocator allocator(100, 4);
   Scheduler scheduler({64, 2}, &allocator);
