@@ -29,6 +29,7 @@
 #include "server/api/generation_service.h"
 #include "server/api/http_server.h"
 #include "server/api/openai_api.h"
+#include "server/api/parse_error_interceptor.h"
 #include "server/api/jobs_service.h"
 #include "server/api/server_credentials.h"
 #include "server/api/serving_state.h"
@@ -360,6 +361,8 @@ int main(int argc, char** argv) {
   builder.RegisterService(&variants);
   builder.RegisterService(&jobs);
   builder.RegisterService(&dataset_service);
+  deltaserve::api::InstallProtobufParseErrorCapture();
+  builder.experimental().SetInterceptorCreators(deltaserve::api::ParseErrorInterceptors());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", address)));
