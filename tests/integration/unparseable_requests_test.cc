@@ -83,6 +83,11 @@ TEST_F(UnparseableRequestsTest, GarbageGetsInvalidArgumentOverEveryKindOfMethod)
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method << ": " << status.error_message();
     EXPECT_NE(status.error_message().find("could not be parsed"), std::string::npos) << status.error_message();
   }
+  for (const char* method : {"/deltaserve.v1.Variants/UploadAdapter", "/deltaserve.v1.Datasets/UploadDataset"}) {
+    // A stream's chunk that does not parse reads as the stream's end: the upload is refused as
+    // incomplete, and nothing is stored.
+    EXPECT_EQ(Call(method, garbage).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+  }
   // The server goes on serving well-formed requests.
   v1::TokenizeRequest good;
   good.set_text("the cat");
