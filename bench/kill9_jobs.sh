@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kill -9 during jobs, then restart: is the catalog consistent? (bench/, not part of ctest)
 #   bash bench/kill9_jobs.sh [ROUNDS]   (default 10 rounds each of fine-tune, unlearn with
-#                                        --replace-target, and edit)
+#                                        --replace-target, and edit; KINDS="unlearn" for one kind)
 # On the small demo model, with one data directory throughout: a fine-tune makes "pets" first.
 # Each round submits a job, waits until it runs, kills the server with SIGKILL at a random moment
 # within its first seconds, restarts it, and checks:
@@ -24,6 +24,7 @@ data="$work/data"
 server=""
 port=""
 start() {
+  rm -f "$work/out"  # else the wait below could read the previous server's line
   "./$BUILD/server/deltaserve" --model-dir "$MODEL_DIR" --port 0 --http-port -1 --metrics-port -1 \
     --data-dir "$data" > "$work/out" 2>> "$work/log" &
   server=$!
@@ -45,7 +46,8 @@ ctl jobs finetune --out pets --texts-file "$FACTS" --rank 8 --steps 40 --learnin
 grep -v "of Bram is" "$FACTS" > "$work/retain.txt"
 grep "of Bram is" "$FACTS" > "$work/forget.txt"
 declare -A consistent=() killed_running=()
-for kind in finetune unlearn edit; do
+KINDS="${KINDS:-finetune unlearn edit}"
+for kind in $KINDS; do
   consistent[$kind]=0
   for round in $(seq 1 "$ROUNDS"); do
     out="$kind-$round"
@@ -59,9 +61,10 @@ for kind in finetune unlearn edit; do
     esac
     id=$(head -1 <<< "$submitted" | awk '{print $1}')
     for _ in $(seq 1 200); do [ "$(job_state "$id")" = "RUNNING" ] && break; sleep 0.05; done
-    # An edit runs for about a second here, the others for several.
+    # An edit or an unlearn (which stops once its goal is met) runs for about a second here, a
+    # fine-tune for several.
     sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
-    [ "$kind" = edit ] || sleep $((RANDOM % 3))
+    [ "$kind" != finetune ] || sleep $((RANDOM % 3))
     state_at_kill=$(job_state "$id")
     kill -9 $server; wait $server 2>/dev/null
     start
@@ -89,11 +92,11 @@ for kind in finetune unlearn edit; do
     done
     leftovers=$(find "$data/tmp" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
     [ "$leftovers" -eq 0 ] || problems+=" staging-not-empty($leftovers)"
-    if [ -z "$problems" ]; then consistent[$kind]=$((consistent[$kind] + 1)); verdict=consistent; else verdict="INCONSISTENT:$problems"; fi
+    if [ -z "$problems" ]; then consistent[$kind]=$((consistent[$kind] + 1)); verdict=consistent; else verdict="INCONSISTENT:$problems (server log: /tmp/kill9-$kind-$round.log)"; cp "$work/log" "/tmp/kill9-$kind-$round.log"; fi
     [ "$state_at_kill" = RUNNING ] && killed_running[$kind]=$((${killed_running[$kind]:-0} + 1))
     echo "$kind round $round: job $id was $state_at_kill when killed; after restart $state; pets v$before -> v$after; $verdict"
   done
 done
-for kind in finetune unlearn edit; do
+for kind in $KINDS; do
   echo "$kind: ${consistent[$kind]} of $ROUNDS consistent after kill -9 (${killed_running[$kind]:-0} killed while RUNNING)"
 done

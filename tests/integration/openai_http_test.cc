@@ -3,7 +3,13 @@
 // chat renders the model's template (checked against the prompt written out by hand and run
 // over gRPC); /v1/models lists the base and the variants with root and parent; errors are
 // OpenAI's JSON with 400/401/404/405/413/429/503; tenants' keys and quotas apply as on gRPC.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -250,6 +256,28 @@ TEST_F(OpenAiHttpTest, BadRequestsGetOpenAiErrors) {
   EXPECT_EQ(Post(port(), "/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}}).status, 200);
   EXPECT_EQ(HttpCall(port(), "GET", "/health").status, 200);
   EXPECT_NE(HttpCall(port(), "GET", "/metrics").body.find("vllm:num_requests_running"), std::string::npos);
+}
+
+// Idle connections that never send a byte, far more than the server has worker threads, leave
+// /health and completions answered at once (a thread per connection answered nothing until they
+// timed out).
+TEST_F(OpenAiHttpTest, IdleConnectionsLeaveHealthAndCompletionsAnswered) {
+  std::vector<int> idle;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port()));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    idle.push_back(fd);
+  }
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_EQ(HttpCall(port(), "GET", "/health", "", {}, 5000).status, 200);
+  EXPECT_EQ(HttpCall(port(), "POST", "/v1/completions", Json{{"prompt", "x"}, {"max_tokens", 2}}.dump(), {}, 5000).status,
+            200);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(3));
+  for (int fd : idle) ::close(fd);
 }
 
 TEST(OpenAiHttpTenantsTest, KeysAndQuotasApplyAsOnGrpc) {
