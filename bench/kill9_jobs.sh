@@ -61,10 +61,13 @@ for kind in $KINDS; do
     esac
     id=$(head -1 <<< "$submitted" | awk '{print $1}')
     for _ in $(seq 1 200); do [ "$(job_state "$id")" = "RUNNING" ] && break; sleep 0.05; done
-    # An edit or an unlearn (which stops once its goal is met) runs for about a second here, a
-    # fine-tune for several.
-    sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
-    [ "$kind" != finetune ] || sleep $((RANDOM % 3))
+    # An edit runs for a few tenths of a second here, an unlearn (which stops once its goal is
+    # met) for about a second, a fine-tune for several.
+    case $kind in
+      edit) sleep "0.$((RANDOM % 4))$((RANDOM % 10))" ;;
+      unlearn) sleep "0.$((RANDOM % 10))$((RANDOM % 10))" ;;
+      finetune) sleep "$((RANDOM % 3)).$((RANDOM % 10))" ;;
+    esac
     state_at_kill=$(job_state "$id")
     kill -9 $server; wait $server 2>/dev/null
     start
