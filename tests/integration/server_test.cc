@@ -176,9 +176,12 @@ TEST_F(ServerTest, OversizedMetadataOnOneConnectionDoesNotAffectOthers) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     return v1::Generation::NewStub(grpc::CreateCustomChannel(server_->target(), grpc::InsecureChannelCredentials(), args));
   };
-  auto tokenize = [](v1::Generation::Stub& stub, size_t padding) {
+  // wait_for_ready: the call may wait for its channel to reconnect (for the noisy client, whose
+  // connection the server may have closed); the bystander's calls never wait.
+  auto tokenize = [](v1::Generation::Stub& stub, size_t padding, bool wait_for_ready = false) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.set_wait_for_ready(wait_for_ready);
     if (padding > 0) context.AddMetadata("x-padding", std::string(padding, 'p'));
     v1::TokenizeRequest request;
     request.set_text("the cat reads");
@@ -195,7 +198,8 @@ TEST_F(ServerTest, OversizedMetadataOnOneConnectionDoesNotAffectOthers) {
   }
   EXPECT_EQ(refused, 20);
   EXPECT_TRUE(tokenize(*channel(), 0).ok()) << "a new connection is served";
-  EXPECT_TRUE(tokenize(*noisy, 0).ok()) << "the noisy client itself recovers with normal calls";
+  EXPECT_TRUE(tokenize(*noisy, 0, /*wait_for_ready=*/true).ok())
+      << "the noisy client itself recovers with normal calls";
 }
 
 TEST_F(ServerTest, ScoreAndTokenize) {
