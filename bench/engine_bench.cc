@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -36,6 +37,7 @@
 ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, bfloat16 or float16");
+ABSL_FLAG(std::string, weight_dtype, "auto", "storage width of the weight matrices: auto, float32, bfloat16, float16, int8");
 ABSL_FLAG(int, decode_tokens, 128, "tokens generated per request");
 ABSL_FLAG(int, decode_rounds, 7, "batch-1 decode rounds, each after its own bandwidth measurement");
 ABSL_FLAG(std::string, concurrency, "1,4,16,64", "concurrent request counts to compare");
@@ -244,7 +246,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", dtype.status().ToString().c_str());
     return 1;
   }
-  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {*dtype, *device});
+  auto width = model::ParseWeightDtype(absl::GetFlag(FLAGS_weight_dtype));
+  if (!width.ok()) {
+    std::fprintf(stderr, "%s\n", width.status().ToString().c_str());
+    return 1;
+  }
+  model::ModelOptions model_options;
+  model_options.dtype = *dtype;
+  model_options.device = *device;
+  model_options.weight_dtype = *width;
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), model_options);
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
     return 1;
@@ -276,15 +287,18 @@ int main(int argc, char** argv) {
     per_token.push_back(Seconds(sink->finished_ - sink->first_token_) / (sink->tokens_ - 1));
     in_steps.push_back(step_timer.seconds / sink->tokens_);
     greedy_ids = sink->first_ids_;
-    floor.push_back(static_cast<double>(llama->WeightBytes()) / bandwidth);
+    floor.push_back(static_cast<double>(llama->DecodeStepWeightBytes()) / bandwidth);
     ratio.push_back(floor.back() / per_token.back());
   }
-  std::printf("model: %s, %.1f MiB of %s weights\n", absl::GetFlag(FLAGS_model_dir).c_str(),
-              llama->WeightBytes() / 1048576.0, absl::GetFlag(FLAGS_dtype).c_str());
+  const std::optional<at::ScalarType> stored = llama->weight_width();
+  std::printf("model: %s, %.1f MiB of weights stored as %s (%.1f MiB read per decode step), computing in %s\n",
+              absl::GetFlag(FLAGS_model_dir).c_str(), llama->WeightBytes() / 1048576.0,
+              stored.has_value() ? model::WidthName(*stored).c_str() : "mixed widths",
+              llama->DecodeStepWeightBytes() / 1048576.0, absl::GetFlag(FLAGS_dtype).c_str());
   std::printf("batch-1 decode, median of %zu rounds: %.3f ms/token; bandwidth floor %.3f ms/token "
               "(%.2f GB/s); floor/measured = %.2f (rounds %.2f to %.2f)\n",
               ratio.size(), bench::Percentile(per_token, 0.5) * 1e3, bench::Percentile(floor, 0.5) * 1e3,
-              llama->WeightBytes() / bench::Percentile(floor, 0.5) / 1e9, bench::Percentile(ratio, 0.5),
+              llama->DecodeStepWeightBytes() / bench::Percentile(floor, 0.5) / 1e9, bench::Percentile(ratio, 0.5),
               *std::min_element(ratio.begin(), ratio.end()), *std::max_element(ratio.begin(), ratio.end()));
   std::printf("  of which in engine steps (forward pass and sampling): %.3f ms/token\n",
               bench::Percentile(in_steps, 0.5) * 1e3);

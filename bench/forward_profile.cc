@@ -38,6 +38,7 @@ ABSL_FLAG(int, steps, 20, "timed repetitions of each measurement in a round (the
 ABSL_FLAG(int, rounds, 9, "rounds of the batch-1 measurements, alternating thread counts");
 ABSL_FLAG(std::string, adapters_dir, "", "PEFT adapters demo-000, demo-001, ... for the mixed step");
 ABSL_FLAG(int, rows, 64, "sequences in the mixed-adapter decode step");
+ABSL_FLAG(std::string, weight_dtype, "auto", "storage width of the weight matrices: auto, float32, bfloat16, float16, int8");
 
 namespace {
 
@@ -62,7 +63,14 @@ int main(int argc, char** argv) {
   std::vector<char*> arguments = common::NormalizeFlagNames(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
   c10::InferenceMode inference;
-  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {at::kFloat, at::kCPU});
+  auto width = model::ParseWeightDtype(absl::GetFlag(FLAGS_weight_dtype));
+  if (!width.ok()) {
+    std::fprintf(stderr, "%s\n", width.status().ToString().c_str());
+    return 1;
+  }
+  model::ModelOptions options;
+  options.weight_dtype = *width;
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), options);
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
     return 1;
@@ -71,13 +79,14 @@ int main(int argc, char** argv) {
   const int steps = absl::GetFlag(FLAGS_steps);
   const int64_t context = absl::GetFlag(FLAGS_context);
 
-  std::vector<at::Tensor> matrices;
+  std::vector<model::WeightMatrix> matrices;
   for (const model::LayerWeights& w : llama.weights().layers) {
-    matrices.insert(matrices.end(), {w.qkv_proj, w.o_proj, w.gate_up_proj, w.down_proj});
+    matrices.insert(matrices.end(), {w.q_proj, w.k_proj, w.v_proj, w.o_proj, w.gate_proj,
+                                     w.up_proj, w.down_proj});
   }
   matrices.push_back(llama.weights().lm_head);
   std::vector<at::Tensor> inputs;
-  for (const at::Tensor& matrix : matrices) inputs.push_back(at::randn({1, matrix.size(1)}));
+  for (const model::WeightMatrix& matrix : matrices) inputs.push_back(at::randn({1, matrix.columns()}));
   at::Tensor cache = llama.AllocateKvCache(context + 1).zero_();
   model::ForwardBatch batch;
   batch.token_ids = {5};
@@ -116,7 +125,7 @@ int main(int argc, char** argv) {
         c10::InferenceMode off(false);  // outside inference mode: libtorch operators only
         (void)llama.Forward(generic_batch);
       }));
-      figures.ratio.push_back(static_cast<double>(llama.WeightBytes()) / figures.bandwidth.back() /
+      figures.ratio.push_back(static_cast<double>(llama.DecodeStepWeightBytes()) / figures.bandwidth.back() /
                               figures.forward.back());
     }
   }
@@ -135,19 +144,22 @@ int main(int argc, char** argv) {
                 bench::Percentile(f.generic, 0.5) * 1e3);
   }
 
-  // Weight products of a few rows: GEMM (at::linear), one matrix-vector product per row, and the
-  // small-batch kernel (where LlamaModel's Linear switches between them).
+  // Weight products of a few rows: GEMM (at::linear), one matrix-vector product per row (both
+  // over float32 copies of the weights), and the small-batch kernel at the weights' own width
+  // (where LlamaModel's Linear switches between them).
   std::printf("\nweight products of a step of R rows, ms (all threads)\n");
   std::printf("rows   gemm  mv_per_row  small_batch\n");
+  std::vector<at::Tensor> dense;
+  for (const model::WeightMatrix& matrix : matrices) dense.push_back(matrix.Dense(at::kFloat));
   for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}) {
     std::vector<at::Tensor> batches;
-    for (const at::Tensor& matrix : matrices) batches.push_back(at::randn({rows, matrix.size(1)}));
+    for (const model::WeightMatrix& matrix : matrices) batches.push_back(at::randn({rows, matrix.columns()}));
     const double gemm = MedianSeconds(steps, [&] {
-      for (size_t i = 0; i < matrices.size(); ++i) (void)at::linear(batches[i], matrices[i]);
+      for (size_t i = 0; i < matrices.size(); ++i) (void)at::linear(batches[i], dense[i]);
     });
     const double per_row = MedianSeconds(steps, [&] {
       for (size_t i = 0; i < matrices.size(); ++i) {
-        for (int64_t row = 0; row < rows; ++row) (void)at::mv(matrices[i], batches[i][row]);
+        for (int64_t row = 0; row < rows; ++row) (void)at::mv(dense[i], batches[i][row]);
       }
     });
     const double small_batch = MedianSeconds(steps, [&] {

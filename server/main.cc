@@ -82,7 +82,12 @@ ABSL_FLAG(bool, vllm_metrics, true,
           "port's /metrics keeps to deltaserve_* names, which pass promtool)");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address to serve /metrics on");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:N");
-ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32, float16, bfloat16");
+ABSL_FLAG(std::string, dtype, "float32",
+          "compute dtype (activations, accumulation, norms, attention, KV cache): float32, float16, bfloat16");
+ABSL_FLAG(std::string, weight_dtype, "auto",
+          "storage width of the base weight matrices: auto (computing in float32 on the CPU, the "
+          "checkpoint's own width, served from the mapped file; else --dtype), float32, bfloat16, "
+          "float16, or int8 (weight-only, one scale per output channel; CPU)");
 ABSL_FLAG(int, threads, 0, "intra-op CPU threads of the engine's steps (0 = one per CPU core)");
 ABSL_FLAG(int64_t, max_batch_tokens, 2048, "tokens per forward pass (decode + prefill chunks)");
 ABSL_FLAG(double, itl_target_ms, 200,
@@ -238,15 +243,25 @@ int main(int argc, char** argv) {
   if (!device.ok()) return Fail(device.status());
   auto dtype = deltaserve::model::ParseDtype(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return Fail(dtype.status());
+  auto weight_dtype = deltaserve::model::ParseWeightDtype(absl::GetFlag(FLAGS_weight_dtype));
+  if (!weight_dtype.ok()) return Fail(weight_dtype.status());
   absl::Time load_started = absl::Now();
-  auto model = deltaserve::model::LlamaModel::Load(model_dir, {*dtype, *device});
+  deltaserve::model::ModelOptions model_options;
+  model_options.dtype = *dtype;
+  model_options.device = *device;
+  model_options.weight_dtype = *weight_dtype;
+  auto model = deltaserve::model::LlamaModel::Load(model_dir, model_options);
   if (!model.ok()) return Fail(model.status());
   auto tokenizer = deltaserve::model::LoadTokenizer(model_dir, (*model)->config());
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   std::shared_ptr<const deltaserve::model::LlamaModel> shared_model = std::move(*model);
   Log(absl::StrCat("loaded ", shared_model->config().architecture, " from ", model_dir, " (",
-                   shared_model->WeightBytes() >> 20, " MiB of weights, ", absl::GetFlag(FLAGS_dtype),
-                   " on ", device->str(), ") in ", absl::FormatDuration(absl::Now() - load_started)));
+                   shared_model->WeightBytes() >> 20, " MiB of weights stored as ",
+                   shared_model->weight_width().has_value()
+                       ? deltaserve::model::WidthName(*shared_model->weight_width())
+                       : std::string("mixed widths"),
+                   ", computing in ", absl::GetFlag(FLAGS_dtype), " on ", device->str(), ") in ",
+                   absl::FormatDuration(absl::Now() - load_started)));
 
   // Everything that decides by time reads this one clock (tests inject manual ones instead).
   deltaserve::common::Clock* const clock = deltaserve::common::RealClock();

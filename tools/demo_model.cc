@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -17,6 +18,9 @@
 
 namespace deltaserve::tools {
 namespace {
+
+// The demo tokenizer is trained on a generated corpus that cannot fill more pieces than this.
+constexpr int64_t kLargestTrainedVocab = 4000;
 
 // SplitMix64: a tiny, portable, fixed-seed generator, so the demo weights are identical on
 // every machine and libtorch version.
@@ -125,14 +129,32 @@ absl::StatusOr<model::ModelConfig> DemoModelConfig(const DemoModelOptions& optio
     config.num_attention_heads = 8;
     config.num_key_value_heads = 4;
     config.max_position_embeddings = 4096;
+  } else if (options.size == "llama2-7b-shape") {
+    config.hidden_size = 4096;
+    config.intermediate_size = 11008;
+    config.num_hidden_layers = 32;
+    config.num_attention_heads = 32;
+    config.num_key_value_heads = 32;
+    config.max_position_embeddings = 4096;
+    config.vocab_size = 32000;
+  } else if (options.size == "llama3-8b-shape") {
+    config.hidden_size = 4096;
+    config.intermediate_size = 14336;
+    config.num_hidden_layers = 32;
+    config.num_attention_heads = 32;
+    config.num_key_value_heads = 8;
+    config.max_position_embeddings = 8192;
+    config.vocab_size = 128256;
+    config.rope_theta = 500000.0;
   } else {
-    return absl::InvalidArgumentError("--size must be tiny, small or medium, not \"" +
-                                      options.size + "\"");
+    return absl::InvalidArgumentError(
+        "--size must be tiny, small, medium, llama2-7b-shape or llama3-8b-shape, not \"" + options.size + "\"");
   }
+  if (options.layers < 0) return absl::InvalidArgumentError("--layers must be >= 0");
+  if (options.layers > 0) config.num_hidden_layers = options.layers;
   config.head_dim = config.hidden_size / config.num_attention_heads;
-  config.vocab_size = options.size == "tiny" ? 512 : options.size == "small" ? 2000 : 4000;
+  if (config.vocab_size == 0) config.vocab_size = options.size == "tiny" ? 512 : options.size == "small" ? 2000 : 4000;
   config.rms_norm_eps = 1e-5;
-  config.rope_theta = 10000.0;
   config.rope_scaling = options.rope_scaling;
   config.tie_word_embeddings = options.tie_word_embeddings;
   config.attention_qkv_bias = options.architecture == "Qwen2ForCausalLM";
@@ -159,17 +181,26 @@ absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions
     absl::Status written = common::WriteFileAtomically(tokenizer_path, *bytes);
     if (!written.ok()) return written;
   } else {
-    absl::Status trained = TrainTokenizer(directory, static_cast<int>(config.vocab_size), options.seed);
+    const int tokenizer_vocab = static_cast<int>(std::min<int64_t>(config.vocab_size, kLargestTrainedVocab));
+    absl::Status trained = TrainTokenizer(directory, tokenizer_vocab, options.seed);
     if (!trained.ok()) return trained;
   }
   std::string error;
   auto processor = model::sentencepiece_bridge::Processor::Load(tokenizer_path, &error);
   if (processor == nullptr) return absl::InternalError("cannot reload " + tokenizer_path + ": " + error);
-  config.vocab_size = processor->PieceSize();
+  // The demo sizes' vocabulary is the tokenizer's; real shapes keep theirs, as checkpoints whose
+  // embedding has more rows than the tokenizer has pieces do.
+  if (config.vocab_size <= kLargestTrainedVocab) config.vocab_size = processor->PieceSize();
 
+  // Tensors are generated one at a time while the file is written (a full-depth real shape is
+  // larger than memory in float32), in the order the weights have always been drawn from the
+  // generator, so the demo models keep their values.
   Random random(options.seed);
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& [name, shape] : model::ExpectedTensorShapes(config)) {
+  std::vector<model::TensorSpec> specs;
+  for (const auto& [name, shape] : model::ExpectedTensorShapes(config)) specs.push_back({name, options.dtype, shape});
+  auto produce = [&random, &options](const model::TensorSpec& spec) -> absl::StatusOr<at::Tensor> {
+    const std::string& name = spec.name;
+    const std::vector<int64_t>& shape = spec.shape;
     at::Tensor tensor;
     if (name.find("norm") != std::string::npos) {
       tensor = at::ones(shape, at::kFloat) + NormalTensor(random, shape, 0.05);
@@ -182,10 +213,10 @@ absl::Status WriteDemoModel(const std::string& directory, const DemoModelOptions
     } else {
       tensor = NormalTensor(random, shape, 1.0 / std::sqrt(static_cast<double>(shape[1])));
     }
-    tensors.push_back({name, tensor.to(options.dtype)});
-  }
-  absl::Status status = model::WriteSafetensors(common::JoinPath(directory, "model.safetensors"),
-                                                tensors, {{"format", "pt"}});
+    return tensor.to(options.dtype);
+  };
+  absl::Status status = model::WriteSafetensorsStreamed(common::JoinPath(directory, "model.safetensors"),
+                                                        specs, produce, {{"format", "pt"}});
   if (!status.ok()) return status;
   status = common::WriteFileAtomically(common::JoinPath(directory, "config.json"), config.ToJson());
   if (!status.ok()) return status;

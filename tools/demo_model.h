@@ -17,8 +17,14 @@
 namespace deltaserve::tools {
 
 struct DemoModelOptions {
-  // "tiny" (unit tests, ~100k parameters), "small" (~3M), "medium" (~40M, benchmarks).
+  // "tiny" (unit tests, ~100k parameters), "small" (~3M), "medium" (~40M, benchmarks), or the
+  // layer shapes of real models for benchmarks whose figures depend on proportions:
+  // "llama2-7b-shape" (hidden 4096, intermediate 11008, 32 heads, vocab 32000, 32 layers) and
+  // "llama3-8b-shape" (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, vocab 128256,
+  // 32 layers). Real shapes keep their vocabulary size; the tokenizer covers the first pieces.
   std::string size = "tiny";
+  // Layers, when > 0, instead of the size's own (e.g. 2 layers of 7B shapes).
+  int64_t layers = 0;
   // Stored dtype of the weights: float32, float16 or bfloat16.
   at::ScalarType dtype = at::kFloat;
   // LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM (q/k/v biases).

@@ -44,7 +44,10 @@ std::string GgufWeightName(int64_t layer, model::Projection projection) {
   return absl::StrCat("blk.", layer, ".", kNames[static_cast<int>(projection)], ".weight");
 }
 
-void AddTokenizer(GgufWriter& writer, const model::sentencepiece_bridge::Processor& processor) {
+// The token list has one entry per embedding row: a checkpoint whose embedding has more rows than
+// its tokenizer has pieces gets unused "<pad_N>" entries, as llama.cpp needs.
+void AddTokenizer(GgufWriter& writer, const model::sentencepiece_bridge::Processor& processor,
+                  int64_t vocab_size) {
   std::vector<std::string> tokens;
   std::vector<float> scores;
   std::vector<int32_t> types;
@@ -58,6 +61,11 @@ void AddTokenizer(GgufWriter& writer, const model::sentencepiece_bridge::Process
                     : processor.IsByte(id)    ? kByte
                                               : kNormal);
   }
+  for (int64_t id = processor.PieceSize(); id < vocab_size; ++id) {
+    tokens.push_back(absl::StrCat("<pad_", id, ">"));
+    scores.push_back(-1e9f);
+    types.push_back(kUnused);
+  }
   writer.AddString("tokenizer.ggml.model", "llama");
   writer.AddStringArray("tokenizer.ggml.tokens", tokens);
   writer.AddFloat32Array("tokenizer.ggml.scores", scores);
@@ -68,7 +76,8 @@ void AddTokenizer(GgufWriter& writer, const model::sentencepiece_bridge::Process
 
 }  // namespace
 
-absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out_path) {
+absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out_path,
+                            GgufTensorType weight_type) {
   ASSIGN_OR_RETURN(std::unique_ptr<model::LlamaModel> llama, model::LlamaModel::Load(model_dir, {}));
   const model::ModelConfig& config = llama->config();
   RETURN_IF_ERROR(CheckExportable(config));
@@ -80,7 +89,10 @@ absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out
   GgufWriter writer;
   writer.AddString("general.architecture", "llama");
   writer.AddString("general.name", "deltaserve export");
-  writer.AddUint32("general.file_type", 0);  // all float32
+  // llama.cpp's file types: all F32 0, mostly F16 1, mostly Q8_0 7.
+  writer.AddUint32("general.file_type", weight_type == GgufTensorType::kF32    ? 0
+                                        : weight_type == GgufTensorType::kF16 ? 1
+                                                                               : 7);
   writer.AddUint32("llama.vocab_size", static_cast<uint32_t>(config.vocab_size));
   writer.AddUint32("llama.context_length", static_cast<uint32_t>(config.max_position_embeddings));
   writer.AddUint32("llama.embedding_length", static_cast<uint32_t>(config.hidden_size));
@@ -93,26 +105,36 @@ absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out
   writer.AddUint32("llama.rope.dimension_count", static_cast<uint32_t>(config.head_dim));
   writer.AddFloat32("llama.rope.freq_base", static_cast<float>(config.rope_theta));
   writer.AddFloat32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(config.rms_norm_eps));
-  AddTokenizer(writer, *processor);
+  AddTokenizer(writer, *processor, config.vocab_size);
 
   const model::LlamaWeights& weights = llama->weights();
+  // Matrices at the asked width; norms stay float32, as llama.cpp expects.
+  absl::Status added = absl::OkStatus();
+  auto add = [&](const std::string& name, const at::Tensor& tensor, GgufTensorType type) {
+    if (added.ok()) added = writer.AddTensor(name, tensor, type);
+  };
+  auto matrix = [&](const std::string& name, const at::Tensor& tensor) { add(name, tensor, weight_type); };
+  auto norm = [&](const std::string& name, const at::Tensor& tensor) { add(name, tensor, GgufTensorType::kF32); };
   RETURN_IF_ERROR(common::CatchTorchErrors("GGUF export", [&] {
-    writer.AddTensor("token_embd.weight", weights.embed_tokens);
+    matrix("token_embd.weight", weights.embed_tokens.Dense(at::kFloat));
     for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
       const model::LayerWeights& w = weights.layers[layer];
-      writer.AddTensor(absl::StrCat("blk.", layer, ".attn_norm.weight"), w.input_norm);
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kQuery), PermuteForPairs(w.q_proj, config.num_attention_heads));
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kKey), PermuteForPairs(w.k_proj, config.num_key_value_heads));
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kValue), w.v_proj);
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kOutput), w.o_proj);
-      writer.AddTensor(absl::StrCat("blk.", layer, ".ffn_norm.weight"), w.post_attention_norm);
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kGate), w.gate_proj);
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kUp), w.up_proj);
-      writer.AddTensor(GgufWeightName(layer, model::Projection::kDown), w.down_proj);
+      norm(absl::StrCat("blk.", layer, ".attn_norm.weight"), w.input_norm);
+      matrix(GgufWeightName(layer, model::Projection::kQuery),
+             PermuteForPairs(w.q_proj.Dense(at::kFloat), config.num_attention_heads));
+      matrix(GgufWeightName(layer, model::Projection::kKey),
+             PermuteForPairs(w.k_proj.Dense(at::kFloat), config.num_key_value_heads));
+      matrix(GgufWeightName(layer, model::Projection::kValue), w.v_proj.Dense(at::kFloat));
+      matrix(GgufWeightName(layer, model::Projection::kOutput), w.o_proj.Dense(at::kFloat));
+      norm(absl::StrCat("blk.", layer, ".ffn_norm.weight"), w.post_attention_norm);
+      matrix(GgufWeightName(layer, model::Projection::kGate), w.gate_proj.Dense(at::kFloat));
+      matrix(GgufWeightName(layer, model::Projection::kUp), w.up_proj.Dense(at::kFloat));
+      matrix(GgufWeightName(layer, model::Projection::kDown), w.down_proj.Dense(at::kFloat));
     }
-    writer.AddTensor("output_norm.weight", weights.final_norm);
-    if (!config.tie_word_embeddings) writer.AddTensor("output.weight", weights.lm_head);
+    norm("output_norm.weight", weights.final_norm);
+    if (!config.tie_word_embeddings) matrix("output.weight", weights.lm_head.Dense(at::kFloat));
   }));
+  RETURN_IF_ERROR(added);
   return writer.Write(out_path);
 }
 
@@ -142,8 +164,8 @@ absl::Status WriteGgufLora(const std::string& model_dir, const std::string& adap
         if (projection == model::Projection::kQuery) stacked_b = PermuteForPairs(stacked_b, config.num_attention_heads);
         if (projection == model::Projection::kKey) stacked_b = PermuteForPairs(stacked_b, config.num_key_value_heads);
         const std::string name = GgufWeightName(layer, projection);
-        writer.AddTensor(name + ".lora_a", at::cat(a, 0));
-        writer.AddTensor(name + ".lora_b", stacked_b);
+        (void)writer.AddTensor(name + ".lora_a", at::cat(a, 0));  // F32: cannot fail
+        (void)writer.AddTensor(name + ".lora_b", stacked_b);
       }
     }
   });

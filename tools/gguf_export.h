@@ -1,7 +1,8 @@
 // GGUF export of a Llama-architecture model and of PEFT LoRA adapters, for running the same
 // weights in llama.cpp (bench/run_llama_cpp.sh compares the two engines side by side).
 //
-// WriteGgufModel: config.json + weights + SentencePiece tokenizer.model -> one float32 GGUF file
+// WriteGgufModel: config.json + weights + SentencePiece tokenizer.model -> one GGUF file whose
+// matrices are F32, F16 or Q8_0 (norms F32)
 // (architecture "llama": Llama and Mistral layouts without biases and without rope scaling; others
 // are refused with the reason). llama.cpp's "llama" graph rotates adjacent pairs where Hugging
 // Face rotates halves, so the rows of q_proj and k_proj are permuted per head to match, as
@@ -18,10 +19,12 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "tools/gguf_writer.h"
 
 namespace deltaserve::tools {
 
-absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out_path);
+absl::Status WriteGgufModel(const std::string& model_dir, const std::string& out_path,
+                            GgufTensorType weight_type = GgufTensorType::kF32);
 absl::Status WriteGgufLora(const std::string& model_dir, const std::string& adapter_dir,
                            const std::string& out_path);
 

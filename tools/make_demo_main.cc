@@ -1,4 +1,5 @@
-// deltaserve-make-demo --out DIR [--size tiny|small|medium] [--dtype float32|float16|bfloat16]
+// deltaserve-make-demo --out DIR [--size tiny|small|medium|llama2-7b-shape|llama3-8b-shape]
+//   [--layers N] [--dtype float32|float16|bfloat16]
 // Writes the embedded demo model (see demo_model.h).
 #include <cstdio>
 #include <string>
@@ -12,7 +13,9 @@
 #include "tools/demo_model.h"
 
 ABSL_FLAG(std::string, out, "", "directory to write the model to (required)");
-ABSL_FLAG(std::string, size, "tiny", "tiny, small or medium");
+ABSL_FLAG(std::string, size, "tiny",
+          "tiny, small, medium, or real layer shapes: llama2-7b-shape, llama3-8b-shape");
+ABSL_FLAG(int64_t, layers, 0, "layers instead of the size's own (e.g. 2 layers of 7B shapes)");
 ABSL_FLAG(std::string, dtype, "float32", "stored weight dtype: float32, float16, bfloat16");
 ABSL_FLAG(int, adapters, 0, "also write this many random PEFT LoRA adapters for the model");
 ABSL_FLAG(int, rank, 16, "rank of the demo adapters");
@@ -27,6 +30,7 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
   deltaserve::tools::DemoModelOptions options;
   options.size = absl::GetFlag(FLAGS_size);
+  options.layers = absl::GetFlag(FLAGS_layers);
   options.architecture = absl::GetFlag(FLAGS_architecture);
   std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) {

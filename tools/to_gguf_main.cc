@@ -14,7 +14,8 @@
 #include "tools/gguf_export.h"
 
 ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory (Llama or Mistral, SentencePiece tokenizer)");
-ABSL_FLAG(std::string, out, "", "GGUF file to write for the model (float32)");
+ABSL_FLAG(std::string, out, "", "GGUF file to write for the model");
+ABSL_FLAG(std::string, type, "f32", "the matrices' type in the file: f32, f16 or q8_0 (norms stay f32)");
 ABSL_FLAG(std::string, adapters, "", "comma-separated PEFT LoRA adapter directories to convert too");
 ABSL_FLAG(std::string, adapters_out, "", "directory for the adapters' GGUF files (NAME.gguf each)");
 
@@ -27,7 +28,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--model-dir and --out are required\n");
     return 2;
   }
-  absl::Status status = deltaserve::tools::WriteGgufModel(model_dir, absl::GetFlag(FLAGS_out));
+  const std::string type_name = absl::GetFlag(FLAGS_type);
+  deltaserve::tools::GgufTensorType type;
+  if (type_name == "f32") {
+    type = deltaserve::tools::GgufTensorType::kF32;
+  } else if (type_name == "f16") {
+    type = deltaserve::tools::GgufTensorType::kF16;
+  } else if (type_name == "q8_0") {
+    type = deltaserve::tools::GgufTensorType::kQ8_0;
+  } else {
+    std::fprintf(stderr, "--type must be f32, f16 or q8_0, not \"%s\"\n", type_name.c_str());
+    return 2;
+  }
+  absl::Status status = deltaserve::tools::WriteGgufModel(model_dir, absl::GetFlag(FLAGS_out), type);
   if (!status.ok()) {
     std::fprintf(stderr, "%s: %s\n", model_dir.c_str(), status.ToString().c_str());
     return 1;

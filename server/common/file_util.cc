@@ -126,6 +126,34 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
   return file;
 }
 
+namespace {
+
+size_t PageSize() {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+}  // namespace
+
+void MappedFile::ReadIn(const uint8_t* data, size_t size) {
+  if (size == 0) return;
+  const size_t page = PageSize();
+  const uintptr_t first = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data) + size;
+  ::madvise(reinterpret_cast<void*>(first), end - first, MADV_WILLNEED);
+  // One read per page faults it in; `volatile` keeps the reads.
+  for (uintptr_t address = first; address < end; address += page) {
+    (void)*reinterpret_cast<const volatile uint8_t*>(std::max(address, reinterpret_cast<uintptr_t>(data)));
+  }
+}
+
+void MappedFile::ReleasePages(const uint8_t* data, size_t size) {
+  const size_t page = PageSize();
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + size) / page * page;
+  if (end > first) ::madvise(reinterpret_cast<void*>(first), end - first, MADV_DONTNEED);
+}
+
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),

@@ -56,6 +56,12 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  // ReadIn brings the pages of [data, data + size) (inside the mapping) into memory now, so
+  // that later reads do not fault to disk. ReleasePages gives the whole pages inside that range
+  // back to the kernel (a later read faults them in again from the file). Both are hints.
+  static void ReadIn(const uint8_t* data, size_t size);
+  static void ReleasePages(const uint8_t* data, size_t size);
+
  private:
   void Reset();
   const uint8_t* data_ = nullptr;

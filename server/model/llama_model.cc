@@ -35,27 +35,60 @@ constexpr int64_t kSmallBatchKernelRows = 256;
 // row vs GEMM: 4 rows 243, 230 vs 201, 212; 8 rows 272, 256 vs 330, 344.
 constexpr int64_t kMatrixVectorRows = 4;
 
-// Linear is at::linear (y = x W^T + b for x [rows, in]) with the small-batch paths above.
-at::Tensor Linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
-  const int64_t rows = input.size(0);
-  if (rows <= kSmallBatchKernelRows && cpu_kernels::Applies({&input, &weight}) &&
-      (!bias.defined() || cpu_kernels::Applies({&bias})) && input.stride(1) == 1 &&
-      weight.is_contiguous()) {
+// UsesSmallBatchKernel: the step is small enough for cpu_kernels::SmallBatchLinear, which reads
+// every weight width directly, and the operands suit it.
+bool UsesSmallBatchKernel(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
+  return input.size(0) <= kSmallBatchKernelRows && cpu_kernels::Applies({&input}) &&
+         (!bias.defined() || cpu_kernels::Applies({&bias})) && input.stride(1) == 1 &&
+         weight.values.device().is_cpu() && weight.values.is_contiguous();
+}
+
+// Linear is y = x W^T + b for x [rows, in], with the small-batch paths above; elsewhere at::linear
+// over the weights widened to the input's dtype (no copy when they already are).
+at::Tensor Linear(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
+  if (UsesSmallBatchKernel(input, weight, bias)) {
     return cpu_kernels::SmallBatchLinear(input, weight, bias);
   }
+  const at::Tensor dense = weight.Dense(input.scalar_type());
+  const int64_t rows = input.size(0);
   if (rows > kMatrixVectorRows || input.device().type() != at::kCPU) {
-    return at::linear(input, weight, bias);
+    return at::linear(input, dense, bias);
   }
   std::vector<at::Tensor> outputs;
   outputs.reserve(rows);
   for (int64_t row = 0; row < rows; ++row) {
-    outputs.push_back(bias.defined() ? at::addmv(bias, weight, input[row]) : at::mv(weight, input[row]));
+    outputs.push_back(bias.defined() ? at::addmv(bias, dense, input[row]) : at::mv(dense, input[row]));
   }
   return rows == 1 ? outputs[0].unsqueeze(0) : at::stack(outputs);
 }
 
+// LinearGroup: the products of one input with several matrices (q, k, v; gate, up), side by
+// side in one [rows, sum of outputs] tensor, so that their outputs are adjacent columns.
+at::Tensor LinearGroup(const at::Tensor& input,
+                       std::initializer_list<std::pair<const WeightMatrix*, const at::Tensor*>> parts) {
+  bool kernel = true;
+  int64_t total = 0;
+  for (const auto& [weight, bias] : parts) {
+    kernel = kernel && UsesSmallBatchKernel(input, *weight, *bias);
+    total += weight->rows();
+  }
+  if (kernel) {
+    at::Tensor output = at::empty({input.size(0), total}, input.options());
+    int64_t offset = 0;
+    for (const auto& [weight, bias] : parts) {
+      at::Tensor columns = output.narrow(1, offset, weight->rows());
+      cpu_kernels::SmallBatchLinearInto(input, *weight, *bias, columns);
+      offset += weight->rows();
+    }
+    return output;
+  }
+  std::vector<at::Tensor> outputs;
+  for (const auto& [weight, bias] : parts) outputs.push_back(Linear(input, *weight, *bias));
+  return at::cat(outputs, 1);
+}
+
 at::Tensor Project(int64_t layer, Projection projection, const at::Tensor& input,
-                   const at::Tensor& weight, const at::Tensor& bias,
+                   const WeightMatrix& weight, const at::Tensor& bias,
                    const ProjectionDeltaHook* deltas) {
   at::Tensor output = Linear(input, weight, bias);
   if (deltas != nullptr) deltas->AddDelta(layer, projection, input, output);
@@ -79,8 +112,28 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& 
         "--dtype ", c10::toString(options.dtype), " cannot be computed on ", options.device.str(),
         " by this libtorch (", probe.message(), "); choose another --dtype (float32 or bfloat16 on CPU)"));
   }
-  ASSIGN_OR_RETURN(LlamaWeights weights,
-                   LoadLlamaWeights(model_dir, config, options.dtype, options.device));
+  if (options.weight_dtype.has_value() && *options.weight_dtype != options.dtype &&
+      !options.device.is_cpu()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--weight-dtype ", WidthName(*options.weight_dtype), " differs from --dtype ",
+        WidthName(options.dtype), ": on ", options.device.str(),
+        " the weights are kept in the compute dtype (leave --weight-dtype at auto)"));
+  }
+  if (options.weight_dtype.has_value() && *options.weight_dtype != at::kFloat &&
+      options.dtype != at::kFloat) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--weight-dtype ", WidthName(*options.weight_dtype), " with --dtype ", WidthName(options.dtype),
+        ": narrow weights are widened into float32 arithmetic; use --dtype float32"));
+  }
+  WeightLoadOptions load_options;
+  load_options.compute_dtype = options.dtype;
+  load_options.device = options.device;
+  load_options.weight_width = options.weight_dtype;
+  if (!load_options.weight_width.has_value() &&
+      !(options.device.is_cpu() && options.dtype == at::kFloat)) {
+    load_options.weight_width = options.dtype;
+  }
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(model_dir, config, load_options));
   return std::make_unique<LlamaModel>(std::move(config), std::move(weights), options);
 }
 
@@ -100,14 +153,33 @@ int64_t LlamaModel::WeightBytes() const {
   int64_t bytes = weights_.embed_tokens.nbytes() + weights_.final_norm.nbytes();
   if (!config_.tie_word_embeddings) bytes += weights_.lm_head.nbytes();
   for (const LayerWeights& w : weights_.layers) {
-    for (const at::Tensor* t : {&w.input_norm, &w.q_proj, &w.k_proj, &w.v_proj, &w.o_proj,
-                                &w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias,
-                                &w.post_attention_norm, &w.gate_proj, &w.up_proj, &w.down_proj,
-                                &w.gate_bias, &w.up_bias, &w.down_bias}) {
+    for (const WeightMatrix* m : {&w.q_proj, &w.k_proj, &w.v_proj, &w.o_proj, &w.gate_proj,
+                                  &w.up_proj, &w.down_proj}) {
+      bytes += m->nbytes();
+    }
+    for (const at::Tensor* t : {&w.input_norm, &w.q_bias, &w.k_bias, &w.v_bias, &w.o_bias,
+                                &w.post_attention_norm, &w.gate_bias, &w.up_bias, &w.down_bias}) {
       if (t->defined()) bytes += t->nbytes();
     }
   }
   return bytes;
+}
+
+int64_t LlamaModel::DecodeStepWeightBytes() const {
+  return WeightBytes() - (config_.tie_word_embeddings ? 0 : weights_.embed_tokens.nbytes());
+}
+
+std::optional<at::ScalarType> LlamaModel::weight_width() const {
+  const at::ScalarType width = weights_.embed_tokens.width();
+  auto same = [width](const WeightMatrix& m) { return m.width() == width; };
+  if (!same(weights_.lm_head)) return std::nullopt;
+  for (const LayerWeights& w : weights_.layers) {
+    for (const WeightMatrix* m : {&w.q_proj, &w.k_proj, &w.v_proj, &w.o_proj, &w.gate_proj,
+                                  &w.up_proj, &w.down_proj}) {
+      if (!same(*m)) return std::nullopt;
+    }
+  }
+  return width;
 }
 
 at::Tensor LlamaModel::AllocateKvCache(int64_t capacity) const {
@@ -190,12 +262,13 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   const int64_t kv_width = kv_heads * head_dim;
   const int64_t intermediate = config_.intermediate_size;
   const bool decode_only = tokens == static_cast<int64_t>(batch.sequences.size());  // one token each
-  at::Tensor hidden = at::embedding(weights_.embed_tokens, ids);
+  at::Tensor hidden = weights_.embed_tokens.GatherRows(ids, options_.dtype);
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
     at::Tensor normed = RmsNorm(hidden, w.input_norm, eps);
     // One product for q, k and v; deltas are added in place into their column ranges.
-    at::Tensor qkv = Linear(normed, w.qkv_proj, w.qkv_bias);
+    at::Tensor qkv = LinearGroup(normed, {{&w.q_proj, &w.q_bias}, {&w.k_proj, &w.k_bias},
+                                          {&w.v_proj, &w.v_bias}});
     if (deltas != nullptr) {
       // Each view is taken just before its delta goes in: when training, the first in-place
       // addition gives qkv an autograd history that views taken earlier would not carry.
@@ -247,7 +320,7 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);
 
     normed = RmsNorm(hidden, w.post_attention_norm, eps);
-    at::Tensor gate_up = Linear(normed, w.gate_up_proj, w.gate_up_bias);
+    at::Tensor gate_up = LinearGroup(normed, {{&w.gate_proj, &w.gate_bias}, {&w.up_proj, &w.up_bias}});
     if (deltas != nullptr) {  // views taken just before their deltas, as for qkv
       at::Tensor gate_part = gate_up.narrow(1, 0, intermediate);
       deltas->AddDelta(layer, Projection::kGate, normed, gate_part);

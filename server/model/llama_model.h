@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,8 +55,13 @@ struct ForwardBatch {
 };
 
 struct ModelOptions {
+  // The compute dtype: activations, accumulation, norms, attention and the KV cache.
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // The weight matrices' storage width (weight_matrix.h). nullopt ("auto"): computing in float32
+  // on the CPU, each matrix keeps its checkpoint width (a bf16 checkpoint stays bf16); otherwise
+  // the compute dtype. Widths other than the compute dtype are for the CPU only.
+  std::optional<at::ScalarType> weight_dtype;
 };
 
 class LlamaModel {
@@ -73,10 +79,16 @@ class LlamaModel {
   at::Tensor AllocateKvCache(int64_t capacity) const;
   int64_t KvCacheBytesPerToken() const;
   int64_t WeightBytes() const;
+  // DecodeStepWeightBytes: the weight bytes one decode step reads: all but the embedding table
+  // (one row of it is gathered), unless it is also the LM head.
+  int64_t DecodeStepWeightBytes() const;
 
   const ModelConfig& config() const { return config_; }
   const LlamaWeights& weights() const { return weights_; }
   at::ScalarType dtype() const { return options_.dtype; }
+  // The storage width of the weight matrices, or nullopt when they differ (auto width over a
+  // checkpoint of mixed widths).
+  std::optional<at::ScalarType> weight_width() const;
   at::Device device() const { return options_.device; }
 
  private:

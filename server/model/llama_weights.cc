@@ -2,6 +2,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -20,8 +21,7 @@ std::string LayerName(int64_t layer, const char* suffix) {
 
 // Opens the single file or every shard named by the index; maps tensor name -> file.
 absl::Status OpenShards(const std::string& model_dir,
-                        std::vector<std::unique_ptr<SafetensorsFile>>& files,
-                        std::map<std::string, const SafetensorsFile*>& owner) {
+                        std::map<std::string, std::shared_ptr<const SafetensorsFile>>& owner) {
   std::string single = common::JoinPath(model_dir, "model.safetensors");
   std::string index_path = common::JoinPath(model_dir, "model.safetensors.index.json");
   std::vector<std::string> shard_names;
@@ -53,9 +53,9 @@ absl::Status OpenShards(const std::string& model_dir,
   for (const std::string& shard : shard_names) {
     ASSIGN_OR_RETURN(SafetensorsFile file,
                      SafetensorsFile::Open(common::JoinPath(model_dir, shard)));
-    files.push_back(std::make_unique<SafetensorsFile>(std::move(file)));
-    for (const auto& [name, tensor] : files.back()->tensors()) {
-      auto [it, inserted] = owner.emplace(name, files.back().get());
+    auto shared = std::make_shared<const SafetensorsFile>(std::move(file));
+    for (const auto& [name, tensor] : shared->tensors()) {
+      auto [it, inserted] = owner.emplace(name, shared);
       if (!inserted) {
         return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " appears in both ",
                                                        it->second->path(), " and ", shard));
@@ -65,24 +65,102 @@ absl::Status OpenShards(const std::string& model_dir,
   return absl::OkStatus();
 }
 
-// Stacks `parts` into one tensor along dimension 0 and rebinds each part to its view of it.
-at::Tensor Stack(std::initializer_list<at::Tensor*> parts) {
-  if (!(*parts.begin())->defined()) return at::Tensor();
-  std::vector<at::Tensor> tensors;
-  for (at::Tensor* part : parts) tensors.push_back(*part);
-  at::Tensor stacked = at::cat(tensors, 0);
-  int64_t offset = 0;
-  for (at::Tensor* part : parts) {
-    const int64_t rows = part->size(0);
-    *part = stacked.narrow(0, offset, rows);
-    offset += rows;
+
+absl::StatusOr<at::ScalarType> FloatingType(const SafetensorsFile& file, const std::string& name,
+                                            StoredDtype dtype) {
+  switch (dtype) {
+    case StoredDtype::kF32: return at::kFloat;
+    case StoredDtype::kF16: return at::kHalf;
+    case StoredDtype::kBF16: return at::kBFloat16;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor ", name, " has dtype ",
+                                                     DtypeName(dtype),
+                                                     "; weights must be F32, F16 or BF16"));
   }
-  return stacked;
 }
+
+// Reads the checkpoint's tensors by name, checking each against the shape config.json implies.
+class CheckpointReader {
+ public:
+  CheckpointReader(std::string model_dir, const ModelConfig& config, const WeightLoadOptions& options)
+      : model_dir_(std::move(model_dir)), options_(options) {
+    for (auto& [name, shape] : ExpectedTensorShapes(config)) shapes_.emplace(name, std::move(shape));
+  }
+
+  absl::Status Open() { return OpenShards(model_dir_, owner_); }
+
+  // Matrix: a weight matrix at its storage width. Undefined when the name is optional and absent.
+  absl::StatusOr<WeightMatrix> Matrix(const std::string& name) {
+    ASSIGN_OR_RETURN(Found found, Find(name));
+    const at::ScalarType width = options_.weight_width.value_or(
+        options_.device.is_cpu() ? found.type : options_.compute_dtype);
+    const bool aligned = reinterpret_cast<uintptr_t>(found.stored->data) %
+                             static_cast<uintptr_t>(c10::elementSize(found.type)) == 0;
+    if (options_.device.is_cpu() && width == found.type && aligned) {
+      // Served from the mapping; the deleter keeps the file mapped while the tensor lives.
+      common::MappedFile::ReadIn(found.stored->data, static_cast<size_t>(found.stored->byte_size));
+      std::shared_ptr<const SafetensorsFile> file = found.file;
+      at::Tensor values = at::from_blob(
+          const_cast<uint8_t*>(found.stored->data), found.stored->shape,
+          [file](void*) {}, at::TensorOptions().dtype(found.type));
+      return WeightMatrix{values, at::Tensor()};
+    }
+    WeightMatrix matrix;
+    if (width == at::kChar) {
+      ASSIGN_OR_RETURN(at::Tensor dense, ToTensor(*found.stored, at::kFloat, at::kCPU));
+      matrix = QuantizeInt8(dense);
+      matrix.values = matrix.values.to(options_.device);
+      matrix.scales = matrix.scales.to(options_.device);
+    } else {
+      ASSIGN_OR_RETURN(matrix.values, ToTensor(*found.stored, width, options_.device));
+    }
+    common::MappedFile::ReleasePages(found.stored->data, static_cast<size_t>(found.stored->byte_size));
+    return matrix;
+  }
+
+  // Small: a norm or bias in the compute dtype; undefined when absent and not required.
+  absl::StatusOr<at::Tensor> Small(const std::string& name) {
+    if (shapes_.count(name) == 0) return at::Tensor();  // not part of this architecture
+    ASSIGN_OR_RETURN(Found found, Find(name));
+    return ToTensor(*found.stored, options_.compute_dtype, options_.device);
+  }
+
+ private:
+  struct Found {
+    std::shared_ptr<const SafetensorsFile> file;
+    const StoredTensor* stored;
+    at::ScalarType type;
+  };
+
+  absl::StatusOr<Found> Find(const std::string& name) {
+    auto it = owner_.find(name);
+    if (it == owner_.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(model_dir_, ": tensor ", name, " is missing from the checkpoint"));
+    }
+    const StoredTensor& stored = *it->second->Find(name);
+    const std::vector<int64_t>& shape = shapes_.at(name);
+    if (stored.shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          it->second->path(), ": tensor ", name, " has shape [", absl::StrJoin(stored.shape, ", "),
+          "] but config.json implies [", absl::StrJoin(shape, ", "), "]"));
+    }
+    ASSIGN_OR_RETURN(at::ScalarType type, FloatingType(*it->second, name, stored.dtype));
+    return Found{it->second, &stored, type};
+  }
+
+  std::string model_dir_;
+  WeightLoadOptions options_;
+  std::map<std::string, std::vector<int64_t>> shapes_;
+  std::map<std::string, std::shared_ptr<const SafetensorsFile>> owner_;
+};
 
 }  // namespace
 
-at::Tensor& ProjectionWeight(LayerWeights& layer, Projection projection) {
+namespace {
+
+template <class Layer>
+auto& SelectProjection(Layer& layer, Projection projection) {
   switch (projection) {
     case Projection::kQuery: return layer.q_proj;
     case Projection::kKey: return layer.k_proj;
@@ -95,11 +173,14 @@ at::Tensor& ProjectionWeight(LayerWeights& layer, Projection projection) {
   return layer.q_proj;
 }
 
-void FuseProjections(LayerWeights& w) {
-  w.qkv_proj = Stack({&w.q_proj, &w.k_proj, &w.v_proj});
-  w.qkv_bias = Stack({&w.q_bias, &w.k_bias, &w.v_bias});
-  w.gate_up_proj = Stack({&w.gate_proj, &w.up_proj});
-  w.gate_up_bias = Stack({&w.gate_bias, &w.up_bias});
+}  // namespace
+
+WeightMatrix& ProjectionWeight(LayerWeights& layer, Projection projection) {
+  return SelectProjection(layer, projection);
+}
+
+const WeightMatrix& ProjectionWeight(const LayerWeights& layer, Projection projection) {
+  return SelectProjection(layer, projection);
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
@@ -140,62 +221,39 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
 }
 
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const std::string& model_dir,
-                                              const ModelConfig& config, at::ScalarType dtype,
-                                              const at::Device& device) {
-  std::vector<std::unique_ptr<SafetensorsFile>> files;
-  std::map<std::string, const SafetensorsFile*> owner;
-  RETURN_IF_ERROR(OpenShards(model_dir, files, owner));
-
-  std::map<std::string, at::Tensor> loaded;
-  for (const auto& [name, shape] : ExpectedTensorShapes(config)) {
-    auto it = owner.find(name);
-    if (it == owner.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(model_dir, ": tensor ", name, " is missing from the checkpoint"));
-    }
-    const StoredTensor& stored = *it->second->Find(name);
-    if (stored.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          it->second->path(), ": tensor ", name, " has shape [", absl::StrJoin(stored.shape, ", "),
-          "] but config.json implies [", absl::StrJoin(shape, ", "), "]"));
-    }
-    if (stored.dtype != StoredDtype::kF32 && stored.dtype != StoredDtype::kF16 &&
-        stored.dtype != StoredDtype::kBF16) {
-      return absl::InvalidArgumentError(absl::StrCat(it->second->path(), ": tensor ", name,
-                                                     " has dtype ", DtypeName(stored.dtype),
-                                                     "; weights must be F32, F16 or BF16"));
-    }
-    ASSIGN_OR_RETURN(loaded[name], ToTensor(stored, dtype, device));
-  }
-  auto take = [&loaded](const std::string& name) {
-    auto it = loaded.find(name);
-    return it == loaded.end() ? at::Tensor() : it->second;
-  };
+                                              const ModelConfig& config,
+                                              const WeightLoadOptions& options) {
+  CheckpointReader reader(model_dir, config, options);
+  RETURN_IF_ERROR(reader.Open());
   LlamaWeights weights;
-  weights.embed_tokens = take("model.embed_tokens.weight");
+  ASSIGN_OR_RETURN(weights.embed_tokens, reader.Matrix("model.embed_tokens.weight"));
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
     LayerWeights w;
-    w.input_norm = take(LayerName(layer, "input_layernorm.weight"));
-    w.q_proj = take(LayerName(layer, "self_attn.q_proj.weight"));
-    w.k_proj = take(LayerName(layer, "self_attn.k_proj.weight"));
-    w.v_proj = take(LayerName(layer, "self_attn.v_proj.weight"));
-    w.o_proj = take(LayerName(layer, "self_attn.o_proj.weight"));
-    w.q_bias = take(LayerName(layer, "self_attn.q_proj.bias"));
-    w.k_bias = take(LayerName(layer, "self_attn.k_proj.bias"));
-    w.v_bias = take(LayerName(layer, "self_attn.v_proj.bias"));
-    w.o_bias = take(LayerName(layer, "self_attn.o_proj.bias"));
-    w.post_attention_norm = take(LayerName(layer, "post_attention_layernorm.weight"));
-    w.gate_proj = take(LayerName(layer, "mlp.gate_proj.weight"));
-    w.up_proj = take(LayerName(layer, "mlp.up_proj.weight"));
-    w.down_proj = take(LayerName(layer, "mlp.down_proj.weight"));
-    w.gate_bias = take(LayerName(layer, "mlp.gate_proj.bias"));
-    w.up_bias = take(LayerName(layer, "mlp.up_proj.bias"));
-    w.down_bias = take(LayerName(layer, "mlp.down_proj.bias"));
-    FuseProjections(w);
+    auto name = [layer](const char* suffix) { return LayerName(layer, suffix); };
+    ASSIGN_OR_RETURN(w.input_norm, reader.Small(name("input_layernorm.weight")));
+    ASSIGN_OR_RETURN(w.q_proj, reader.Matrix(name("self_attn.q_proj.weight")));
+    ASSIGN_OR_RETURN(w.k_proj, reader.Matrix(name("self_attn.k_proj.weight")));
+    ASSIGN_OR_RETURN(w.v_proj, reader.Matrix(name("self_attn.v_proj.weight")));
+    ASSIGN_OR_RETURN(w.o_proj, reader.Matrix(name("self_attn.o_proj.weight")));
+    ASSIGN_OR_RETURN(w.q_bias, reader.Small(name("self_attn.q_proj.bias")));
+    ASSIGN_OR_RETURN(w.k_bias, reader.Small(name("self_attn.k_proj.bias")));
+    ASSIGN_OR_RETURN(w.v_bias, reader.Small(name("self_attn.v_proj.bias")));
+    ASSIGN_OR_RETURN(w.o_bias, reader.Small(name("self_attn.o_proj.bias")));
+    ASSIGN_OR_RETURN(w.post_attention_norm, reader.Small(name("post_attention_layernorm.weight")));
+    ASSIGN_OR_RETURN(w.gate_proj, reader.Matrix(name("mlp.gate_proj.weight")));
+    ASSIGN_OR_RETURN(w.up_proj, reader.Matrix(name("mlp.up_proj.weight")));
+    ASSIGN_OR_RETURN(w.down_proj, reader.Matrix(name("mlp.down_proj.weight")));
+    ASSIGN_OR_RETURN(w.gate_bias, reader.Small(name("mlp.gate_proj.bias")));
+    ASSIGN_OR_RETURN(w.up_bias, reader.Small(name("mlp.up_proj.bias")));
+    ASSIGN_OR_RETURN(w.down_bias, reader.Small(name("mlp.down_proj.bias")));
     weights.layers.push_back(std::move(w));
   }
-  weights.final_norm = take("model.norm.weight");
-  weights.lm_head = config.tie_word_embeddings ? weights.embed_tokens : take("lm_head.weight");
+  ASSIGN_OR_RETURN(weights.final_norm, reader.Small("model.norm.weight"));
+  if (config.tie_word_embeddings) {
+    weights.lm_head = weights.embed_tokens;
+  } else {
+    ASSIGN_OR_RETURN(weights.lm_head, reader.Matrix("lm_head.weight"));
+  }
   return weights;
 }
 

@@ -1,7 +1,9 @@
 #include "server/model/safetensors_tensor.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -62,48 +64,90 @@ absl::StatusOr<at::Tensor> ToTensor(const StoredTensor& stored, at::ScalarType d
   return result;
 }
 
-absl::Status WriteSafetensors(const std::string& path,
-                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
-  std::vector<std::pair<std::string, at::Tensor>> sorted = tensors;
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
+absl::Status WriteSafetensorsStreamed(const std::string& path, std::vector<TensorSpec> specs,
+                                     const std::function<absl::StatusOr<at::Tensor>(const TensorSpec&)>& produce,
+                                     const std::map<std::string, std::string>& metadata) {
+  // Data in the order given; header entries sorted by name, so the same tensors in the same
+  // order always give the same bytes.
+  std::map<std::string, nlohmann::ordered_json> entries;
+  uint64_t offset = 0;
+  for (const TensorSpec& spec : specs) {
+    ASSIGN_OR_RETURN(StoredDtype dtype, StoredDtypeFor(spec.dtype));
+    uint64_t elements = 1;
+    for (int64_t size : spec.shape) elements *= static_cast<uint64_t>(size);
+    const uint64_t bytes = elements * DtypeSize(dtype);
+    auto [it, inserted] = entries.emplace(
+        spec.name, nlohmann::ordered_json{{"dtype", DtypeName(dtype)},
+                                          {"shape", spec.shape},
+                                          {"data_offsets", {offset, offset + bytes}}});
+    if (!inserted) return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", spec.name));
+    offset += bytes;
+  }
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     header["__metadata__"] = nlohmann::ordered_json::object();
     for (const auto& [key, value] : metadata) header["__metadata__"][key] = value;
   }
-  std::vector<at::Tensor> contiguous;
-  uint64_t offset = 0;
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const auto& [name, tensor] = sorted[i];
-    if (i > 0 && sorted[i - 1].first == name) {
-      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", name));
-    }
-    ASSIGN_OR_RETURN(StoredDtype dtype, StoredDtypeFor(tensor.scalar_type()));
-    at::Tensor cpu;
-    RETURN_IF_ERROR(common::CatchTorchErrors("preparing a tensor for writing", [&] {
-      cpu = tensor.detach().to(at::kCPU).contiguous();
-    }));
-    uint64_t bytes = static_cast<uint64_t>(cpu.numel()) * DtypeSize(dtype);
-    header[name] = {{"dtype", DtypeName(dtype)},
-                    {"shape", cpu.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-    contiguous.push_back(std::move(cpu));
-  }
+  for (auto& [name, entry] : entries) header[name] = std::move(entry);
   std::string header_text = header.dump();
   while ((header_text.size() + 8) % 8 != 0) header_text.push_back(' ');
-  std::string output;
-  output.reserve(8 + header_text.size() + offset);
-  uint64_t header_size = header_text.size();
-  for (int i = 0; i < 8; ++i) output.push_back(static_cast<char>((header_size >> (8 * i)) & 0xff));
-  output += header_text;
-  for (const at::Tensor& tensor : contiguous) {
-    output.append(static_cast<const char*>(tensor.data_ptr()),
-                  static_cast<size_t>(tensor.numel() * tensor.element_size()));
+  std::string prefix;
+  const uint64_t header_size = header_text.size();
+  for (int i = 0; i < 8; ++i) prefix.push_back(static_cast<char>((header_size >> (8 * i)) & 0xff));
+  prefix += header_text;
+
+  const std::string temp = path + ".tmp";
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(temp.c_str(), "wb"), &std::fclose);
+  if (file == nullptr) return absl::InternalError(absl::StrCat("cannot create ", temp));
+  auto write = [&](const void* data, size_t size) {
+    return size == 0 || std::fwrite(data, 1, size, file.get()) == size;
+  };
+  absl::Status status = write(prefix.data(), prefix.size())
+                            ? absl::OkStatus()
+                            : absl::InternalError(absl::StrCat("cannot write ", temp));
+  for (size_t i = 0; status.ok() && i < specs.size(); ++i) {
+    absl::StatusOr<at::Tensor> tensor = produce(specs[i]);
+    if (!tensor.ok()) {
+      status = tensor.status();
+      break;
+    }
+    at::Tensor cpu;
+    status = common::CatchTorchErrors("preparing a tensor for writing", [&] {
+      cpu = tensor->detach().to(at::kCPU).contiguous();
+    });
+    if (status.ok() && (cpu.scalar_type() != specs[i].dtype || cpu.sizes() != at::IntArrayRef(specs[i].shape))) {
+      status = absl::InternalError(absl::StrCat("tensor ", specs[i].name, " does not have the declared dtype and shape"));
+    }
+    if (status.ok() && !write(cpu.data_ptr(), static_cast<size_t>(cpu.nbytes()))) {
+      status = absl::InternalError(absl::StrCat("cannot write ", temp));
+    }
   }
-  return common::WriteFileAtomically(path, output);
+  if (status.ok() && std::fflush(file.get()) != 0) status = absl::InternalError(absl::StrCat("cannot write ", temp));
+  file.reset();
+  if (status.ok()) status = common::SyncPath(temp);
+  if (status.ok() && std::rename(temp.c_str(), path.c_str()) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot rename ", temp, " to ", path));
+  }
+  if (!status.ok()) std::remove(temp.c_str());
+  return status;
+}
+
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  // Data in name order too, as this writer always laid it out.
+  std::map<std::string, const at::Tensor*> by_name;
+  for (const auto& [name, tensor] : tensors) {
+    if (!by_name.emplace(name, &tensor).second) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name ", name));
+    }
+  }
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, tensor] : by_name) specs.push_back({name, tensor->scalar_type(), tensor->sizes().vec()});
+  return WriteSafetensorsStreamed(
+      path, std::move(specs),
+      [&by_name](const TensorSpec& spec) -> absl::StatusOr<at::Tensor> { return *by_name.at(spec.name); },
+      metadata);
 }
 
 }  // namespace deltaserve::model

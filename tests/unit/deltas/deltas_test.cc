@@ -64,10 +64,9 @@ class DeltasTest : public ::testing::Test {
   std::unique_ptr<model::LlamaModel> Merged(const std::vector<RawModule>& modules) const {
     model::LlamaWeights weights = base_->weights();
     for (const RawModule& module : modules) {
-      at::Tensor& weight = model::ProjectionWeight(weights.layers[module.layer], module.projection);
-      weight = weight + module.expected_scale * at::matmul(module.b, module.a);
+      model::WeightMatrix& weight = model::ProjectionWeight(weights.layers[module.layer], module.projection);
+      weight.values = weight.Dense(at::kFloat) + module.expected_scale * at::matmul(module.b, module.a);
     }
-    for (model::LayerWeights& layer : weights.layers) model::FuseProjections(layer);
     return std::make_unique<model::LlamaModel>(config(), weights, model::ModelOptions{});
   }
 

@@ -206,10 +206,9 @@ TEST_F(EngineTest, AdaptersMixInOneBatchAndMatchMergedWeights) {
     for (int projection = 0; projection < deltas::kProjectionCount; ++projection) {
       const auto kind = static_cast<model::Projection>(projection);
       at::Tensor delta = adapters[0]->Merged(layer, kind);
-      at::Tensor& weight = model::ProjectionWeight(weights.layers[layer], kind);
-      if (delta.defined()) weight = weight + delta;
+      model::WeightMatrix& weight = model::ProjectionWeight(weights.layers[layer], kind);
+      if (delta.defined()) weight.values = weight.Dense(at::kFloat) + delta;
     }
-    model::FuseProjections(weights.layers[layer]);
   }
   auto merged_model = std::make_shared<const model::LlamaModel>(model_->config(), weights, model::ModelOptions{});
   auto merged_engine = Engine::Create(EngineOptions{}, merged_model, tokenizer_);

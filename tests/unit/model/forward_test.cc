@@ -64,9 +64,9 @@ at::Tensor ReferenceForward(const LlamaModel& model, const std::vector<int64_t>&
   const int64_t group = c.num_attention_heads / c.num_key_value_heads;
   std::vector<double> inverse = RopeInverseFrequencies(c);
   at::Tensor hidden = at::empty({n, c.hidden_size});
-  for (int64_t t = 0; t < n; ++t) hidden[t] = w.embed_tokens[ids[t]];
-  auto linear = [](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-    at::Tensor y = at::mm(x, weight.t());
+  for (int64_t t = 0; t < n; ++t) hidden[t] = w.embed_tokens.Dense(at::kFloat)[ids[t]];
+  auto linear = [](const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias) {
+    at::Tensor y = at::mm(x, weight.Dense(at::kFloat).t());
     return bias.defined() ? y + bias : y;
   };
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
@@ -94,7 +94,7 @@ at::Tensor ReferenceForward(const LlamaModel& model, const std::vector<int64_t>&
     at::Tensor activated = gate / (1 + at::exp(-gate)) * up;
     hidden = hidden + linear(activated, lw.down_proj, lw.down_bias);
   }
-  return at::mm(ReferenceRmsNorm(hidden, w.final_norm, c.rms_norm_eps), w.lm_head.t());
+  return at::mm(ReferenceRmsNorm(hidden, w.final_norm, c.rms_norm_eps), w.lm_head.Dense(at::kFloat).t());
 }
 
 std::unique_ptr<LlamaModel> LoadModel(const std::string& directory, at::ScalarType dtype = at::kFloat) {
@@ -187,10 +187,10 @@ TEST(ForwardTest, DeltaHookMatchesMergedWeights) {
   LlamaWeights merged = model->weights();
   at::manual_seed(3);
   const int64_t rank = 4;
-  auto add = [&](int64_t layer, Projection projection, at::Tensor& weight) {
-    LowRankHook::Factors f{at::randn({rank, weight.size(1)}) * 0.2, at::randn({weight.size(0), rank}) * 0.2};
+  auto add = [&](int64_t layer, Projection projection, WeightMatrix& weight) {
+    LowRankHook::Factors f{at::randn({rank, weight.columns()}) * 0.2, at::randn({weight.rows(), rank}) * 0.2};
     hook.factors[{layer, static_cast<int>(projection)}] = f;
-    weight = weight + hook.scale * at::matmul(f.b, f.a);  // a new tensor: the base is untouched
+    weight.values = weight.Dense(at::kFloat) + hook.scale * at::matmul(f.b, f.a);  // the base is untouched
   };
   add(0, Projection::kQuery, merged.layers[0].q_proj);
   add(0, Projection::kValue, merged.layers[0].v_proj);
@@ -325,10 +325,12 @@ TEST(ForwardTest, HalfPrecisionCheckpointsLoadToTheSameValues) {
     std::string half = WriteModel(options, "half");
     auto reference = LoadModel(f32);
     auto loaded = LoadModel(half);  // computed in float32
-    at::Tensor expected = reference->weights().layers[1].down_proj.to(stored).to(at::kFloat);
-    EXPECT_TRUE(at::equal(loaded->weights().layers[1].down_proj, expected)) << c10::toString(stored);
-    EXPECT_TRUE(at::equal(loaded->weights().embed_tokens,
-                          reference->weights().embed_tokens.to(stored).to(at::kFloat)));
+    at::Tensor expected = reference->weights().layers[1].down_proj.values.to(stored);
+    // Kept at the checkpoint's width (the default), holding the same values.
+    EXPECT_EQ(loaded->weights().layers[1].down_proj.width(), stored);
+    EXPECT_TRUE(at::equal(loaded->weights().layers[1].down_proj.values, expected)) << c10::toString(stored);
+    EXPECT_TRUE(at::equal(loaded->weights().embed_tokens.values,
+                          reference->weights().embed_tokens.values.to(stored)));
   }
 }
 

@@ -182,7 +182,7 @@ TEST_F(LoaderTest, WrongShapeNamesTheTensor) {
       if (name == "model.layers.1.mlp.up_proj.weight") tensor = at::zeros({3, 3});
     }
   });
-  auto weights = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto weights = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_FALSE(weights.ok());
   EXPECT_NE(weights.status().message().find("model.layers.1.mlp.up_proj.weight has shape [3, 3]"),
             std::string::npos)
@@ -195,7 +195,7 @@ TEST_F(LoaderTest, MissingTensorNamesTheTensor) {
                                  [](const auto& entry) { return entry.first == "model.norm.weight"; }),
                   tensors.end());
   });
-  auto weights = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto weights = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_FALSE(weights.ok());
   EXPECT_NE(weights.status().message().find("model.norm.weight is missing"), std::string::npos);
 }
@@ -206,13 +206,13 @@ TEST_F(LoaderTest, IntegerWeightsAreRejected) {
       if (name == "model.norm.weight") tensor = tensor.to(at::kInt);
     }
   });
-  auto weights = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto weights = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_FALSE(weights.ok());
   EXPECT_NE(weights.status().message().find("must be F32, F16 or BF16"), std::string::npos);
 }
 
 TEST_F(LoaderTest, ShardedCheckpointLoadsLikeTheSingleFile) {
-  auto single = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto single = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_TRUE(single.ok());
   std::vector<std::pair<std::string, at::Tensor>> first, second;
   std::string weight_map;
@@ -229,16 +229,16 @@ TEST_F(LoaderTest, ShardedCheckpointLoadsLikeTheSingleFile) {
                                           "{\"metadata\":{},\"weight_map\":{" + weight_map + "}}")
                   .ok());
   std::remove(common::JoinPath(directory_, "model.safetensors").c_str());
-  auto sharded = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto sharded = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_TRUE(sharded.ok()) << sharded.status();
-  EXPECT_TRUE(at::equal(sharded->layers[0].q_proj, single->layers[0].q_proj));
-  EXPECT_TRUE(at::equal(sharded->lm_head, single->lm_head));
+  EXPECT_TRUE(at::equal(sharded->layers[0].q_proj.values, single->layers[0].q_proj.values));
+  EXPECT_TRUE(at::equal(sharded->lm_head.values, single->lm_head.values));
 }
 
 TEST_F(LoaderTest, PickleCheckpointsAreRefused) {
   std::remove(common::JoinPath(directory_, "model.safetensors").c_str());
   std::ofstream(common::JoinPath(directory_, "pytorch_model.bin")) << "pickle";
-  auto weights = LoadLlamaWeights(directory_, config_, at::kFloat, at::kCPU);
+  auto weights = LoadLlamaWeights(directory_, config_, WeightLoadOptions{});
   ASSERT_FALSE(weights.ok());
   EXPECT_NE(weights.status().message().find("pickled .bin files are refused"), std::string::npos);
 }

@@ -38,7 +38,7 @@ std::pair<at::Tensor, at::Tensor> KeysAndValues(const std::string& text, int64_t
 TEST(KeyStatisticsTest, KeysAreTheDownProjectionsInputs) {
   for (int64_t layer : {0, 1}) {
     auto [keys, values] = KeysAndValues(kTexts[0], layer, nullptr);
-    const at::Tensor& down = TinyModel().weights().layers[layer].down_proj;
+    const at::Tensor down = TinyModel().weights().layers[layer].down_proj.Dense(at::kFloat);
     EXPECT_TRUE(at::allclose(at::matmul(keys, down.t()), values, 1e-4, 1e-4)) << "layer " << layer;
   }
 }

@@ -99,8 +99,8 @@ TEST(LoraTrainerTest, StepsAreDeterministicAndFrozenTensorsStayBitIdentical) {
   const model::LlamaModel& model = Model(at::kFloat);
   deltas::DeltaSet parent = RandomParent(model.config(), at::kFloat);
   const at::Tensor parent_a = parent.Factors(0, Projection::kQuery)[0].a.clone();
-  const at::Tensor base_weight = model.weights().layers[0].qkv_proj.clone();
-  const at::Tensor embeddings = model.weights().embed_tokens.clone();
+  const at::Tensor base_weight = model.weights().layers[0].q_proj.values.clone();
+  const at::Tensor embeddings = model.weights().embed_tokens.values.clone();
   const std::vector<TrainingExample> examples = Examples();
   std::vector<std::unique_ptr<LoraTrainer>> trainers;
   for (int run = 0; run < 2; ++run) {
@@ -126,9 +126,9 @@ TEST(LoraTrainerTest, StepsAreDeterministicAndFrozenTensorsStayBitIdentical) {
   }
   EXPECT_TRUE(at::equal(parent.Factors(0, Projection::kQuery)[0].a, parent_a));
   EXPECT_FALSE(parent.Factors(0, Projection::kQuery)[0].a.grad().defined());
-  EXPECT_TRUE(at::equal(model.weights().layers[0].qkv_proj, base_weight));
-  EXPECT_FALSE(model.weights().layers[0].qkv_proj.grad().defined());
-  EXPECT_TRUE(at::equal(model.weights().embed_tokens, embeddings));
+  EXPECT_TRUE(at::equal(model.weights().layers[0].q_proj.values, base_weight));
+  EXPECT_FALSE(model.weights().layers[0].q_proj.values.grad().defined());
+  EXPECT_TRUE(at::equal(model.weights().embed_tokens.values, embeddings));
   // What is served: the parent's factor first, then the trained one, per module.
   deltas::DeltaSet combined = trainers[0]->Combined();
   ASSERT_EQ(combined.Factors(1, Projection::kValue).size(), 2u);

@@ -2,11 +2,14 @@
 // (header, typed key/values, tensor descriptions with fastest-varying dimension first, data
 // aligned to 32 bytes), and compared with the model's own tensors: the q/k row permutation is
 // checked element by element against the pair layout it must produce.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
 
 #include <c10/core/InferenceMode.h>
+#include <c10/util/Half.h>
 #include <gtest/gtest.h>
 
 #include "server/common/file_util.h"
@@ -149,17 +152,61 @@ TEST(GgufExportTest, TheModelReadsBackWithItsShapesAndPairOrderedQueriesAndKeys)
   EXPECT_EQ(file.array_lengths["tokenizer.ggml.tokens"], static_cast<uint64_t>(config.vocab_size));
   EXPECT_EQ(file.tensors.size(), 2 + 9 * config.num_hidden_layers + (config.tie_word_embeddings ? 0 : 1));
   const model::LlamaWeights& weights = (*model)->weights();
-  ExpectSame(file.tensors["token_embd.weight"], weights.embed_tokens);
+  ExpectSame(file.tensors["token_embd.weight"], weights.embed_tokens.Dense(at::kFloat));
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
     const std::string block = "blk." + std::to_string(layer) + ".";
     const model::LayerWeights& w = weights.layers[layer];
-    ExpectRowsPermuted(file.tensors[block + "attn_q.weight"], w.q_proj, config.head_dim);
-    ExpectRowsPermuted(file.tensors[block + "attn_k.weight"], w.k_proj, config.head_dim);
-    ExpectSame(file.tensors[block + "attn_v.weight"], w.v_proj);
-    ExpectSame(file.tensors[block + "ffn_down.weight"], w.down_proj);
+    ExpectRowsPermuted(file.tensors[block + "attn_q.weight"], w.q_proj.Dense(at::kFloat), config.head_dim);
+    ExpectRowsPermuted(file.tensors[block + "attn_k.weight"], w.k_proj.Dense(at::kFloat), config.head_dim);
+    ExpectSame(file.tensors[block + "attn_v.weight"], w.v_proj.Dense(at::kFloat));
+    ExpectSame(file.tensors[block + "ffn_down.weight"], w.down_proj.Dense(at::kFloat));
     ExpectSame(file.tensors[block + "ffn_norm.weight"], w.post_attention_norm);
   }
   ExpectSame(file.tensors["output_norm.weight"], weights.final_norm);
+}
+
+TEST(GgufExportTest, F16AndQ8_0MatricesDecodeToTheModelsWeightsWithinTheirRounding) {
+  c10::InferenceMode guard;
+  auto model = model::LlamaModel::Load(testing::TinyModelDir(), {});
+  ASSERT_TRUE(model.ok());
+  const at::Tensor original = (*model)->weights().layers[0].down_proj.Dense(at::kFloat).contiguous();
+  const int64_t rows = original.size(0), columns = original.size(1);
+  const float* expected = original.data_ptr<float>();
+  for (GgufTensorType type : {GgufTensorType::kF16, GgufTensorType::kQ8_0}) {
+    const std::string out = testing::MakeTempDir("gguf-narrow") + "/model.gguf";
+    ASSERT_TRUE(WriteGgufModel(testing::TinyModelDir(), out, type).ok());
+    GgufFile file = ReadGguf(out);
+    EXPECT_EQ(file.numbers["general.file_type"], type == GgufTensorType::kF16 ? 1 : 7);
+    EXPECT_EQ(file.tensors["blk.0.ffn_norm.weight"].type, 0u);  // norms stay F32
+    const GgufTensor& down = file.tensors["blk.0.ffn_down.weight"];
+    ASSERT_EQ(down.type, static_cast<uint32_t>(type));
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(down.data);
+    if (type == GgufTensorType::kF16) {
+      for (int64_t i = 0; i < rows * columns; ++i) {
+        uint16_t bits;
+        std::memcpy(&bits, bytes + 2 * i, 2);
+        ASSERT_EQ(static_cast<float>(c10::Half(bits, c10::Half::from_bits())),
+                  static_cast<float>(c10::Half(expected[i])))
+            << i;
+      }
+      continue;
+    }
+    // Q8_0: blocks of 32 values, an f16 scale (amax / 127) then 32 int8 values.
+    for (int64_t block = 0; block < rows * columns / 32; ++block) {
+      const uint8_t* at = bytes + block * 34;
+      uint16_t bits;
+      std::memcpy(&bits, at, 2);
+      const float scale = static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+      float largest = 0;
+      for (int i = 0; i < 32; ++i) largest = std::max(largest, std::abs(expected[block * 32 + i]));
+      EXPECT_NEAR(scale, largest / 127, largest / 127 * 1e-3) << block;
+      for (int i = 0; i < 32; ++i) {
+        const float decoded = scale * static_cast<float>(static_cast<int8_t>(at[2 + i]));
+        // Half a step, plus what rounding the scale to f16 moves the largest value.
+        ASSERT_LE(std::abs(decoded - expected[block * 32 + i]), scale * 0.5f + largest * 1e-3f) << block << " " << i;
+      }
+    }
+  }
 }
 
 TEST(GgufExportTest, AnAdapterReadsBackWithScalesFoldedIntoB) {
