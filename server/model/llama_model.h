@@ -28,7 +28,7 @@ namespace deltaserve::model {
 
 // ProjectionDeltaHook: variants plug in here. AddDelta must add its delta for the tokens it
 // covers into `output` ([tokens, out_features]) given the projection's `input`, in place:
-// `output` may be a view into a fused projection (q/k/v, gate/up) that the model reads later.
+// `output` may be a column range of a wider output (q/k/v, gate/up side by side) that the model reads later.
 class ProjectionDeltaHook {
  public:
   virtual ~ProjectionDeltaHook() = default;
