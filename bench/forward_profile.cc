@@ -27,7 +27,7 @@
 #include "server/common/flag_names.h"
 #include "server/deltas/cpu_low_rank.h"
 #include "server/deltas/peft_adapter.h"
-#include "server/deltas/segmented_delta_hook.h"
+#include "server/deltas/delta_backend.h"
 #include "server/engine/intra_op_threads.h"
 #include "server/model/cpu_small_batch_linear.h"
 #include "server/model/llama_model.h"
@@ -195,8 +195,8 @@ int main(int argc, char** argv) {
   }
   const int mixed_steps = std::max(3, steps / 2);
   const double base_step = MedianSeconds(mixed_steps, [&] { (void)llama.Forward(step); });
-  deltas::SegmentedDeltaHook hook(segments);
-  step.deltas = &hook;
+  const std::unique_ptr<model::ProjectionDeltaHook> hook = deltas::MakeDeltaBackend(at::kCPU)->ForStep(segments);
+  step.deltas = hook.get();
   const double mixed_step = MedianSeconds(mixed_steps, [&] { (void)llama.Forward(step); });
   // The low-rank products alone: every module's hook call on inputs of the step's shape.
   const model::ModelConfig& config = llama.config();
@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
   }
   const double low_rank = MedianSeconds(mixed_steps, [&] {
     for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-      for (size_t m = 0; m < modules.size(); ++m) hook.AddDelta(layer, modules[m].first, module_inputs[m], module_outputs[m]);
+      for (size_t m = 0; m < modules.size(); ++m) hook->AddDelta(layer, modules[m].first, module_inputs[m], module_outputs[m]);
     }
   });
   std::printf("low-rank products alone: %.2f ms; adapter bytes read per step %.1f MiB\n", low_rank * 1e3,

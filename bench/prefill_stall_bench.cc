@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> storage;
   std::vector<char*> arguments = common::NormalizeFlagNames(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
-  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), {at::kFloat, at::Device(at::kCPU)});
+  auto loaded = model::LlamaModel::Load(absl::GetFlag(FLAGS_model_dir), model::ModelOptions());
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
     return 1;

@@ -175,7 +175,7 @@ absl::Status SharedVariants::PublishLocked(const Variant& variant) {
   if (!renamed.ok()) {
     // Taken: another replica published this name and version first.
     if (common::PathExists(target)) {
-      fail(absl::OkStatus());
+      fail(absl::OkStatus()).IgnoreError();  // only the staged copy's removal
       return absl::AlreadyExistsError(absl::StrCat("another replica published version ", variant.version, " first"));
     }
     return fail(renamed);

@@ -6,7 +6,7 @@
 // Layout: A [rank, in] row-major; B [out, rank] either row-major or, faster, column-major
 // (B^T stored row-major, so the expansion streams rows of B^T: see ServingLayout). Row by row,
 // in 16-lane vectors (AVX-512, AVX2+FMA or baseline code chosen when the program loads):
-// callers pass a few rows at a time (SegmentedDeltaHook cuts segments into pieces of 8), so the
+// callers pass a few rows at a time (the CPU delta backend cuts segments into pieces of 8), so the
 // factors stay in cache between rows. (BLAS GEMM for long segments was dropped: on this
 // project's machine OpenBLAS's GEMM for rank-16 shapes ran slower than these loops spread over
 // the worker team.)

@@ -68,7 +68,7 @@ class DeltaSet {
   at::Tensor Merged(int64_t layer, model::Projection projection) const;
   // AddTo adds the module's delta for `input` [tokens, in] into `output` [tokens, out], in
   // place, with plain differentiable operators (training and editing run through it; serving
-  // uses SegmentedDeltaHook's faster path).
+  // uses a DeltaBackend's faster path: delta_backend.h).
   void AddTo(int64_t layer, model::Projection projection, const at::Tensor& input, at::Tensor& output) const;
 
  private:

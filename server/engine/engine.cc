@@ -13,7 +13,7 @@
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
 #include "server/deltas/peft_adapter.h"
-#include "server/deltas/segmented_delta_hook.h"
+#include "server/deltas/delta_backend.h"
 #include "server/engine/intra_op_threads.h"
 #include "server/engine/kv_block_allocator.h"
 #include "server/engine/request_state.h"
@@ -123,6 +123,7 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
                std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer)
     : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
       observer_(observer), clock_(options.clock != nullptr ? options.clock : common::RealClock()) {
+  delta_backend_ = deltas::MakeDeltaBackend(model_->device());
   const int64_t block_bytes = model_->KvCacheBytesPerToken() * options_.kv_block_tokens;
   allocator_ = std::make_unique<KvBlockAllocator>(options_.kv_cache_bytes / block_bytes,
                                                   options_.kv_block_tokens);
@@ -544,8 +545,8 @@ void Engine::RunStep(Schedule& schedule) {
   // request's last chunk holds only its final token) ask for one row and read none.
   if (batch.logit_rows.empty()) batch.logit_rows.push_back(0);
   // One data path for every variant: base products over all rows, then each segment's deltas.
-  deltas::SegmentedDeltaHook hook(std::move(segments));
-  if (!hook.empty()) batch.deltas = &hook;
+  const std::unique_ptr<model::ProjectionDeltaHook> hook = delta_backend_->ForStep(segments);
+  batch.deltas = hook.get();
   absl::StatusOr<at::Tensor> logits = model_->Run(batch);
   const absl::Time now = clock_->Now();
   if (!logits.ok()) {

@@ -26,6 +26,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/deltas/delta_backend.h"
 #include "server/engine/adapter_cache.h"
 #include "server/engine/engine_observer.h"
 #include "server/engine/engine_options.h"
@@ -115,6 +116,8 @@ class Engine {
   std::unique_ptr<VariantGate> gate_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<PrefillPacer> pacer_;
+  // How a step's variants are applied, chosen for the model's device (delta_backend.h).
+  std::unique_ptr<deltas::DeltaBackend> delta_backend_;
   // The last iteration scheduled nothing: wait for news instead of spinning.
   bool idle_ = false;
   std::unordered_map<uint64_t, std::unique_ptr<RequestState>> requests_;

@@ -12,7 +12,7 @@
 #include "server/common/file_util.h"
 #include "server/deltas/cpu_low_rank.h"
 #include "server/deltas/peft_adapter.h"
-#include "server/deltas/segmented_delta_hook.h"
+#include "server/deltas/delta_backend.h"
 #include "server/model/llama_model.h"
 #include "server/model/safetensors_tensor.h"
 #include "tests/support/test_models.h"
@@ -133,27 +133,34 @@ void DeltasTest::ExpectMixedBatchMatchesMergedWeights(const std::vector<std::vec
     batch.token_ids.insert(batch.token_ids.end(), sequences[i].begin(), sequences[i].end());
     batch.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
   }
-  SegmentedDeltaHook hook(segments);
-  batch.deltas = &hook;
-  at::Tensor logits = base_->Forward(batch);
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    std::unique_ptr<model::LlamaModel> merged = Merged(variants[i] < 0 ? std::vector<RawModule>{} : adapters.raw[variants[i]]);
-    model::ForwardBatch alone;
-    alone.token_ids = sequences[i];
-    alone.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
-    at::Tensor expected = merged->Forward(alone);
-    at::Tensor actual = logits.narrow(0, segments[i].start, segments[i].length);
-    EXPECT_TRUE(at::allclose(actual, expected, 1e-4, 1e-4))
-        << "sequence " << i << " max difference " << (actual - expected).abs().max().item<float>();
-    if (variants[i] >= 0) {
-      model::ForwardBatch plain_base = alone;
-      EXPECT_FALSE(at::allclose(base_->Forward(plain_base), expected, 1e-3, 1e-3)) << "adapter " << i << " has no effect";
+  std::vector<std::unique_ptr<DeltaBackend>> backends;
+  backends.push_back(MakeCpuDeltaBackend());
+  backends.push_back(MakeLibtorchDeltaBackend());
+  for (const std::unique_ptr<DeltaBackend>& backend : backends) {
+    SCOPED_TRACE(backend->name());
+    const std::unique_ptr<model::ProjectionDeltaHook> hook = backend->ForStep(segments);
+    ASSERT_NE(hook, nullptr);
+    batch.deltas = hook.get();
+    at::Tensor logits = base_->Forward(batch);
+    for (size_t i = 0; i < sequences.size(); ++i) {
+      std::unique_ptr<model::LlamaModel> merged = Merged(variants[i] < 0 ? std::vector<RawModule>{} : adapters.raw[variants[i]]);
+      model::ForwardBatch alone;
+      alone.token_ids = sequences[i];
+      alone.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), nullptr});
+      at::Tensor expected = merged->Forward(alone);
+      at::Tensor actual = logits.narrow(0, segments[i].start, segments[i].length);
+      EXPECT_TRUE(at::allclose(actual, expected, 1e-4, 1e-4))
+          << "sequence " << i << " max difference " << (actual - expected).abs().max().item<float>();
+      if (variants[i] >= 0) {
+        model::ForwardBatch plain_base = alone;
+        EXPECT_FALSE(at::allclose(base_->Forward(plain_base), expected, 1e-3, 1e-3)) << "adapter " << i << " has no effect";
+      }
     }
   }
 }
 
 // One batch: base, plain, rsLoRA, patterned, plain again; different lengths (the longest cut
-// into several pieces by the hook); B as read and in the serving layout.
+// into several pieces by the CPU backend); B as read and in the serving layout; both backends.
 TEST_F(DeltasTest, MixedBatchMatchesMergedWeights) {
   c10::InferenceMode guard;
   for (bool serving_layout : {false, true}) {
@@ -170,6 +177,39 @@ TEST_F(DeltasTest, SingleRowSegmentsMatchMergedWeights) {
   c10::InferenceMode guard;
   ExpectMixedBatchMatchesMergedWeights({{7}, {300}, {42}, {9}, {256}, {12}, {401}, {5}, {77}, {1}, {64}},
                                        {0, 1, 2, -1, 0, 2, 1, 0, 1, 2, 0}, /*serving_layout=*/true);
+}
+
+// A step's layout lists, per module, the segments whose variant has factors there, in row
+// order; the base's segments and modules a variant leaves alone get nothing; a step of base rows
+// only has no hook at all.
+TEST_F(DeltasTest, StepLayoutListsEachModulesSegmentsOnce) {
+  ThreeAdapters adapters = WriteThreeAdapters(config());
+  ASSERT_EQ(adapters.deltas.size(), 3u);
+  const DeltaSet& plain = adapters.deltas[0];      // layer 0 q_proj, layer 1 v_proj
+  const DeltaSet& patterned = adapters.deltas[2];  // k_proj in both layers, layer 0 down_proj, layer 1 up_proj
+  const std::vector<DeltaSegment> segments = {{0, 3, &plain}, {3, 2, nullptr}, {5, 4, &patterned}, {9, 1, &plain}};
+  const StepLayout layout(segments);
+  ASSERT_FALSE(layout.empty());
+  const std::vector<SegmentFactors>& queries = layout.Module(0, Projection::kQuery);
+  ASSERT_EQ(queries.size(), 2u);
+  EXPECT_EQ(queries[0].start, 0);
+  EXPECT_EQ(queries[0].length, 3);
+  EXPECT_EQ(queries[1].start, 9);
+  EXPECT_EQ(queries[1].factors, &plain.Factors(0, Projection::kQuery));
+  const std::vector<SegmentFactors>& keys = layout.Module(1, Projection::kKey);
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0].start, 5);
+  EXPECT_EQ(keys[0].length, 4);
+  EXPECT_EQ(keys[0].factors, &patterned.Factors(1, Projection::kKey));
+  EXPECT_EQ(layout.Module(1, Projection::kValue).size(), 2u);
+  EXPECT_EQ(layout.Module(0, Projection::kValue).size(), 0u);
+  EXPECT_EQ(layout.Module(0, Projection::kDown).size(), 1u);
+  EXPECT_EQ(layout.Module(1, Projection::kDown).size(), 0u);
+  EXPECT_EQ(layout.Module(0, Projection::kGate).size(), 0u);
+  for (const auto& backend : {MakeCpuDeltaBackend(), MakeLibtorchDeltaBackend()}) {
+    EXPECT_EQ(backend->ForStep({{0, 4, nullptr}, {4, 2, nullptr}}), nullptr) << backend->name();
+    EXPECT_NE(backend->ForStep(segments), nullptr) << backend->name();
+  }
 }
 
 // AddLowRankRows on inputs and outputs off the 16-lane vectors (in 45, out 37), ranks off and on

@@ -55,7 +55,7 @@ const ScenarioModel& LoadScenarioModel(const std::string& size) {
   tools::DemoModelOptions options;
   options.size = size;
   const std::string dir = size == "tiny" ? TinyModelDir() : WriteModel(options, size);
-  const model::LlamaModel* model = OrDie(model::LlamaModel::Load(dir, {at::kFloat, at::kCPU}), "loading").release();
+  const model::LlamaModel* model = OrDie(model::LlamaModel::Load(dir, model::ModelOptions()), "loading").release();
   const model::Tokenizer* tokenizer = OrDie(model::LoadTokenizer(dir, model->config()), "tokenizer").release();
   return models->emplace(size, ScenarioModel{size, model, tokenizer}).first->second;
 }

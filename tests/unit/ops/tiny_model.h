@@ -10,7 +10,7 @@
 namespace deltaserve::testing {
 
 inline const model::LlamaModel& TinyModel() {
-  static const model::LlamaModel* tiny = model::LlamaModel::Load(TinyModelDir(), {at::kFloat, at::kCPU})->release();
+  static const model::LlamaModel* tiny = model::LlamaModel::Load(TinyModelDir(), model::ModelOptions())->release();
   return *tiny;
 }
 

@@ -8,7 +8,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
-#include "server/deltas/segmented_delta_hook.h"
+#include "server/deltas/delta_backend.h"
 #include "tests/unit/ops/tiny_model.h"
 #include "tests/support/test_models.h"
 
@@ -20,7 +20,7 @@ using model::Projection;
 // The tiny model in float32 (shared with the other tests of this binary) or float64.
 const model::LlamaModel& Model(at::ScalarType dtype) {
   if (dtype != at::kDouble) return testing::TinyModel();
-  static auto* double_model = model::LlamaModel::Load(testing::TinyModelDir(), {at::kDouble, at::kCPU})->release();
+  static auto* double_model = model::LlamaModel::Load(testing::TinyModelDir(), {at::kDouble, at::kCPU, std::nullopt})->release();
   return *double_model;
 }
 
@@ -157,7 +157,9 @@ TEST(LoraTrainerTest, TrainingLowersTheLoss) {
     ASSERT_TRUE(done.ok());
     if (step == 0) first = done->loss;
     last = done->loss;
-    if (step == 0) EXPECT_DOUBLE_EQ(done->learning_rate, 2e-2 / 4) << "warm-up";
+    if (step == 0) {
+      EXPECT_DOUBLE_EQ(done->learning_rate, 2e-2 / 4) << "warm-up";
+    }
   }
   EXPECT_LT(last, 0.5 * first) << first << " -> " << last;
 }
@@ -173,11 +175,12 @@ TEST(LoraTrainerTest, TrainingStartsExactlyFromTheParentAsServed) {
   SequenceLosses losses = *(*trainer)->Losses({&example});
 
   const int64_t length = static_cast<int64_t>(example.token_ids.size());
-  deltas::SegmentedDeltaHook serving({{0, length, &parent}});
+  const std::unique_ptr<model::ProjectionDeltaHook> serving =
+      deltas::MakeDeltaBackend(at::kCPU)->ForStep({{0, length, &parent}});
   model::ForwardBatch batch;
   batch.token_ids = example.token_ids;
   batch.sequences.push_back({0, length, nullptr});
-  batch.deltas = &serving;
+  batch.deltas = serving.get();
   at::Tensor logprobs;
   {
     c10::InferenceMode inference;
