@@ -38,9 +38,11 @@ std::string Answer(DeltaserveClient& client, const std::string& variant, const s
   return stream.text.substr(0, expected.size());
 }
 
-class EditJobsTest : public SharedServerTest<EditJobsTest> {
+// The suites' shared steps; each suite has its own server.
+template <typename Suite>
+class EditJobsFixture : public SharedServerTest<Suite> {
  protected:
-  static void SetUpTestSuite() { StartServer(); }
+  using SharedServerTest<Suite>::client_;
 
   // The facts adapter, fine-tuned once per server.
   static void TrainFacts() {
@@ -78,6 +80,18 @@ class EditJobsTest : public SharedServerTest<EditJobsTest> {
   }
 
   static inline bool trained_ = false;
+};
+
+class EditJobsTest : public EditJobsFixture<EditJobsTest> {
+ protected:
+  static void SetUpTestSuite() { StartServer(); }
+};
+
+// The base's weights kept in int8 (--weight-dtype int8): the fine-tune and the edit compute over
+// the base as it is served.
+class EditJobsOnAnInt8BaseTest : public EditJobsFixture<EditJobsOnAnInt8BaseTest> {
+ protected:
+  static void SetUpTestSuite() { StartServer({"--weight-dtype", "int8"}); }
 };
 
 nlohmann::json Evaluation(const v1::Variant& variant) { return nlohmann::json::parse(variant.evaluation_json()); }
@@ -130,6 +144,22 @@ TEST_F(EditJobsTest, RomeEditsStackOnTheFactsAdapterAndAnAlphaEditOnTopKeepsThem
   ASSERT_TRUE(GetVariant(*client_, "facts/pets-alpha", &variant).ok());
   std::printf("[AlphaEdit job on the ROME variant: %s]\n", Evaluation(variant)["mean"].dump().c_str());
   EXPECT_EQ(variant.lineage().parents(0), "facts/pets-rome");
+  EXPECT_GE(Evaluation(variant)["mean"]["efficacy_after"].get<double>(), 0.95);
+}
+
+TEST_F(EditJobsOnAnInt8BaseTest, ARomeEditOnTheFactsAdapterServes) {
+  TrainFacts();
+  for (const auto& [subject, animal] : kFacts) ASSERT_EQ(Answer(*client_, "facts/pets", subject, animal), animal);
+  v1::Job job;
+  ExpectSucceeds(*client_, SubmitEdit(*client_, Edit("rome", "facts/pets-rome", {{"Orla", " owl"}}), &job), job);
+  EXPECT_EQ(Answer(*client_, "facts/pets-rome", "Orla", " owl"), " owl");
+  int kept = 0;
+  for (size_t i = 1; i < kFacts.size(); ++i) {
+    kept += Answer(*client_, "facts/pets-rome", kFacts[i].first, kFacts[i].second) == kFacts[i].second ? 1 : 0;
+  }
+  EXPECT_GE(kept, 6) << "the adapter's other facts survive the edit";
+  v1::Variant variant;
+  ASSERT_TRUE(GetVariant(*client_, "facts/pets-rome", &variant).ok());
   EXPECT_GE(Evaluation(variant)["mean"]["efficacy_after"].get<double>(), 0.95);
 }
 

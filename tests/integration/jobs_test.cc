@@ -521,6 +521,40 @@ TEST_F(JobsServerTest, UnlearningForgetsTheForgetSetAndKeepsTheRetainSet) {
   }
 }
 
+// The same jobs on a narrow base: the server keeps the tiny model's weights in int8
+// (--weight-dtype int8). Merges, fine-tunes and unlearning compute over the base as it is served,
+// and their outputs serve.
+class JobsOnAnInt8BaseTest : public SharedServerTest<JobsOnAnInt8BaseTest> {
+ protected:
+  static void SetUpTestSuite() {
+    adapters_ = new std::string(MakeTempDir("int8-base-adapters"));
+    ASSERT_TRUE(tools::WriteDemoAdapters(TinyModelDir(), *adapters_, 2, 4).ok());
+    StartServer({"--adapter-dir", *adapters_, "--weight-dtype", "int8"});
+  }
+  static inline std::string* adapters_ = nullptr;
+};
+
+TEST_F(JobsOnAnInt8BaseTest, MergesFinetunesAndUnlearningComputeOverTheInt8BaseAndServe) {
+  RunMerge(*client_, Merge("cat", "merged/cat-one", {{"demo-000", 1.0}}));
+  EXPECT_LT(MaxDifference(Logprobs(*client_, "merged/cat-one"), Logprobs(*client_, "demo-000")), 1e-4);
+  EXPECT_GT(MaxDifference(Logprobs(*client_, "demo-000"), Logprobs(*client_, "")), 1e-3) << "the adapter matters";
+  RunMerge(*client_, Merge("cat", "merged/cancel", {{"demo-001", 1.0}, {"demo-001", -1.0}}));
+  EXPECT_LT(MaxDifference(Logprobs(*client_, "merged/cancel"), Logprobs(*client_, "")), 1e-4);
+
+  EXPECT_EQ(Reproduced(*client_, ""), 0) << "the base model does not know them";
+  v1::Job job;
+  ASSERT_TRUE(SubmitFinetune(*client_, FactsFinetune("facts/known"), &job).ok());
+  const v1::Job trained = WatchJob(*client_, job.id()).back();
+  ASSERT_EQ(trained.state(), v1::SUCCEEDED) << trained.error();
+  EXPECT_EQ(Reproduced(*client_, "facts/known"), 8);
+
+  ASSERT_TRUE(SubmitUnlearn(*client_, FactsUnlearn("facts/known", "facts/forgot", "npo"), &job).ok());
+  const v1::Job forgot = WatchJob(*client_, job.id()).back();
+  ASSERT_EQ(forgot.state(), v1::SUCCEEDED) << forgot.error() << forgot.report_json();
+  EXPECT_EQ(Reproduced(*client_, "facts/forgot", 0, 4), 0) << "the forget set is not reproduced";
+  EXPECT_GE(Reproduced(*client_, "facts/forgot", 4, 8), 3) << "the retain set still is";
+}
+
 // The lifecycle tests run their own servers, with a pause between job steps so that a merge
 // of the tiny model lasts long enough to act on while it runs.
 class JobsLifecycleTest : public ::testing::Test {
