@@ -1,9 +1,10 @@
 // cpu_kernels::SmallBatchLinear against a double-precision product written here as plain loops,
 // over the same rounded (bfloat16, float16) or quantized (int8 with per-row scales) weights, for
 // every instruction set this CPU runs (AVX-512, AVX2 with F16C, baseline): every remainder of the
-// 4 x 4 register tile (rows and output features not multiples of 4, input widths not multiples
-// of the 16 lanes), strided input rows, output into a column range, bias, and sizes large enough
-// to split over two intra-op threads.
+// 4 x 4 register tile and of the single row's four parts (rows and output features not
+// multiples of 4, input widths not multiples of the 16 and 32 lanes of a step), strided input
+// rows, output into a column range, bias, and sizes large enough to split over two intra-op
+// threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -71,8 +72,8 @@ TEST(SmallBatchLinearTest, EveryInstructionSetOfThisCpuIsTested) {
 TEST(SmallBatchLinearTest, MatchesADoublePrecisionProductForEveryWidthAndTileRemainder) {
   for (at::ScalarType width : kWidths) {
     for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 13, 64}) {
-      for (int64_t in : {1, 16, 45, 64, 65, 130}) {
-        for (int64_t out : {1, 4, 37}) {
+      for (int64_t in : {1, 16, 45, 50, 64, 65, 130}) {
+        for (int64_t out : {1, 4, 10, 37}) {
           at::manual_seed(rows * 1000 + in + out);
           const at::Tensor x = at::randn({rows, in});
           const WeightMatrix w = StoreAtWidth(at::randn({out, in}), width);
