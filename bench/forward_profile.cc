@@ -87,20 +87,27 @@ int main(int argc, char** argv) {
   matrices.push_back(llama.weights().lm_head);
   std::vector<at::Tensor> inputs;
   for (const model::WeightMatrix& matrix : matrices) inputs.push_back(at::randn({1, matrix.columns()}));
-  at::Tensor cache = llama.AllocateKvCache(context + 1).zero_();
+  constexpr int64_t kBlockTokens = 16;
+  const int64_t blocks_per_sequence = (context + 1 + kBlockTokens - 1) / kBlockTokens;
+  std::vector<int32_t> table;
+  for (int64_t b = 0; b < blocks_per_sequence; ++b) table.push_back(static_cast<int32_t>(b));
+  const model::KvArena arena = llama.AllocateKvArena(blocks_per_sequence, kBlockTokens);
+  arena.storage().zero_();
   model::ForwardBatch batch;
   batch.token_ids = {5};
-  batch.sequences = {model::SequenceSlice{context, 1, &cache}};
+  batch.kv_arena = &arena;
+  batch.sequences = {model::SequenceSlice{context, 1, &table}};
   at::Tensor buffer = at::ones({int64_t{128} << 20});
-  // The generic run's cache is a normal tensor: inference tensors take no writes outside
+  // The generic run's arena holds normal tensors: inference tensors take no writes outside
   // inference mode.
   model::ForwardBatch generic_batch = batch;
-  at::Tensor generic_cache;
+  model::KvArena generic_arena;
   {
     c10::InferenceMode off(false);
-    generic_cache = cache.clone();
+    generic_arena = llama.AllocateKvArena(blocks_per_sequence, kBlockTokens);
+    generic_arena.storage().zero_();
   }
-  generic_batch.sequences = {model::SequenceSlice{context, 1, &generic_cache}};
+  generic_batch.kv_arena = &generic_arena;
 
   // Rounds alternate one intra-op thread and all of them; each round measures the bandwidth
   // first (this machine's drifts), so each ratio pairs neighbouring figures.
@@ -173,7 +180,7 @@ int main(int argc, char** argv) {
   if (adapters_dir.empty()) return 0;
   const int rows = absl::GetFlag(FLAGS_rows);
   std::vector<deltas::PeftAdapter> adapters;
-  std::vector<at::Tensor> caches;
+  std::vector<std::vector<int32_t>> tables;
   model::ForwardBatch step;
   std::vector<deltas::DeltaSegment> segments;
   for (int row = 0; row < rows; ++row) {
@@ -186,11 +193,17 @@ int main(int argc, char** argv) {
     }
     adapter->deltas = deltas::ServingLayout(adapter->deltas);  // as the engine's adapter cache keeps them
     adapters.push_back(std::move(*adapter));
-    caches.push_back(llama.AllocateKvCache(context + 1).zero_());
+    tables.emplace_back();
+    for (int64_t b = 0; b < blocks_per_sequence; ++b) {
+      tables.back().push_back(static_cast<int32_t>(row * blocks_per_sequence + b));
+    }
     step.token_ids.push_back(5 + row);
   }
+  const model::KvArena step_arena = llama.AllocateKvArena(rows * blocks_per_sequence, kBlockTokens);
+  step_arena.storage().zero_();
+  step.kv_arena = &step_arena;
   for (int row = 0; row < rows; ++row) {
-    step.sequences.push_back(model::SequenceSlice{context, 1, &caches[row]});
+    step.sequences.push_back(model::SequenceSlice{context, 1, &tables[row]});
     segments.push_back({row, 1, &adapters[row].deltas});
   }
   const int mixed_steps = std::max(3, steps / 2);

@@ -116,17 +116,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(
         "--kv-cache-bytes ", options.kv_cache_bytes, " holds no KV block (one block of ",
         options.kv_block_tokens, " tokens takes ", block_bytes, " bytes)"));
   }
-  return std::unique_ptr<Engine>(new Engine(options, std::move(model), std::move(tokenizer), observer));
+  // All of it now, so that a budget the device cannot hold fails here and not mid-request.
+  model::KvArena arena;
+  absl::Status allocated = common::CatchTorchErrors("allocating the KV cache (--kv-cache-bytes)", [&] {
+    arena = model->AllocateKvArena(options.kv_cache_bytes / block_bytes, options.kv_block_tokens);
+  });
+  if (!allocated.ok()) return absl::ResourceExhaustedError(allocated.message());
+  return std::unique_ptr<Engine>(
+      new Engine(options, std::move(model), std::move(tokenizer), observer, std::move(arena)));
 }
 
 Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
-               std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer)
+               std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer, model::KvArena kv_arena)
     : options_(options), model_(std::move(model)), tokenizer_(std::move(tokenizer)),
-      observer_(observer), clock_(options.clock != nullptr ? options.clock : common::RealClock()) {
+      observer_(observer), clock_(options.clock != nullptr ? options.clock : common::RealClock()),
+      kv_arena_(std::move(kv_arena)) {
   delta_backend_ = deltas::MakeDeltaBackend(model_->device());
-  const int64_t block_bytes = model_->KvCacheBytesPerToken() * options_.kv_block_tokens;
-  allocator_ = std::make_unique<KvBlockAllocator>(options_.kv_cache_bytes / block_bytes,
-                                                  options_.kv_block_tokens);
+  allocator_ = std::make_unique<KvBlockAllocator>(kv_arena_.blocks(), kv_arena_.block_tokens());
   AdapterCacheOptions cache_options;
   cache_options.device_budget_bytes = options_.adapter_cache_bytes;
   cache_options.host_budget_bytes = options_.adapter_host_cache_bytes;
@@ -503,6 +509,7 @@ void Engine::RunStep(Schedule& schedule) {
                      return a.request->deltas.get() < b.request->deltas.get();
                    });
   model::ForwardBatch batch;
+  batch.kv_arena = &kv_arena_;
   std::vector<deltas::DeltaSegment> segments;
   int64_t row = 0;
   for (ScheduledSlice& slice : schedule.slices) {
@@ -512,19 +519,10 @@ void Engine::RunStep(Schedule& schedule) {
       if (observer_ != nullptr) observer_->OnPromptTokens(request->prompt_tokens);
     }
     const int64_t needed = slice.start + slice.length;
-    if (!request->kv_cache.defined() || request->kv_cache.size(3) < needed) {
-      const int64_t capacity = request->kv_blocks * allocator_->block_tokens();
-      at::Tensor grown = model_->AllocateKvCache(capacity);
-      if (request->kv_cache.defined() && request->computed > 0) {
-        grown.narrow(3, 0, request->computed)
-            .copy_(request->kv_cache.narrow(3, 0, request->computed));
-      }
-      request->kv_cache = std::move(grown);
-    }
     for (int64_t i = 0; i < slice.length; ++i) {
       batch.token_ids.push_back(request->tokens[slice.start + i]);
     }
-    batch.sequences.push_back({slice.start, slice.length, &request->kv_cache});
+    batch.sequences.push_back({slice.start, slice.length, &request->kv_blocks});
     const deltas::DeltaSet* variant = request->deltas.get();
     if (!segments.empty() && segments.back().deltas == variant) {
       segments.back().length += slice.length;

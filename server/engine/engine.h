@@ -80,7 +80,7 @@ class Engine {
 
  private:
   Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaModel> model,
-         std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer);
+         std::shared_ptr<const model::Tokenizer> tokenizer, EngineObserver* observer, model::KvArena kv_arena);
   absl::Status Validate(const EngineRequest& request) const;
   void Loop();
   void RunStep(Schedule& schedule);
@@ -111,7 +111,9 @@ class Engine {
   // Declared after mutex_: destroyed first, its loader's listener locks mutex_.
   std::unique_ptr<AdapterCache> adapters_;
 
-  // Loop-thread state.
+  // Loop-thread state. The KV memory of every request, allocated once, and which of its blocks
+  // are free.
+  const model::KvArena kv_arena_;
   std::unique_ptr<KvBlockAllocator> allocator_;
   std::unique_ptr<VariantGate> gate_;
   std::unique_ptr<Scheduler> scheduler_;

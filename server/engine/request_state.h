@@ -23,17 +23,15 @@ struct RequestState {
   // The adapter's device deltas while the request is in the running set (null for the base).
   std::shared_ptr<const deltas::DeltaSet> deltas;
 
-  // Prompt followed by generated tokens. Tokens [0, computed) have their K/V in kv_cache;
-  // after a preemption computed drops to 0 and everything is recomputed.
+  // Prompt followed by generated tokens. Tokens [0, computed) have their K/V in the arena blocks
+  // of kv_blocks; after a preemption computed drops to 0 and everything is recomputed.
   std::vector<int32_t> tokens;
   int64_t prompt_tokens = 0;
   int64_t computed = 0;
   int64_t max_new_tokens = 0;  // clamped to the context length
 
-  // KV blocks reserved in the KvBlockAllocator; kv_cache holds at least kv_blocks * block
-  // tokens of capacity once the engine has grown it.
-  int64_t kv_blocks = 0;
-  at::Tensor kv_cache;
+  // The request's block table: arena blocks taken from the KvBlockAllocator, in position order.
+  std::vector<int32_t> kv_blocks;
   // Order of (re)admission to the running set: larger is younger (preempted first).
   uint64_t admission = 0;
   bool running = false;

@@ -11,26 +11,12 @@ int64_t Schedule::TotalTokens() const {
 }
 
 bool Scheduler::Reserve(RequestState* request, int64_t tokens) {
-  const int64_t exact = allocator_->BlocksFor(tokens);
-  if (exact <= request->kv_blocks) return true;
-  // The engine reallocates and copies a request's KV tensor whenever its blocks grow: one block
-  // at a time that copies O(length^2) over a generation (3-10 ms per growth at 500 tokens on the
-  // medium demo model, 0.2 ms per token). So a growing request takes half again what it holds,
-  // up to its longest possible length, where that still leaves every running request a block.
-  const int64_t longest = allocator_->BlocksFor(request->prompt_tokens + request->max_new_tokens);
-  const int64_t generous = std::max(exact, std::min(longest, request->kv_blocks + request->kv_blocks / 2));
-  const bool room = allocator_->FreeBlocks() - (generous - request->kv_blocks) >=
-                    static_cast<int64_t>(running_.size());
-  const int64_t total = room ? generous : exact;
-  if (!allocator_->TryReserve(total - request->kv_blocks)) return false;
-  request->kv_blocks = total;
-  return true;
+  const int64_t missing = allocator_->BlocksFor(tokens) - static_cast<int64_t>(request->kv_blocks.size());
+  return missing <= 0 || allocator_->TryAppend(missing, request->kv_blocks);
 }
 
 void Scheduler::Preempt(RequestState* request) {
   allocator_->Release(request->kv_blocks);
-  request->kv_blocks = 0;
-  request->kv_cache = at::Tensor();
   request->computed = 0;
   request->running = false;
   if (gate_ != nullptr) gate_->Release(request);
@@ -88,8 +74,6 @@ size_t Scheduler::NextCandidate(const std::vector<const RequestState*>& skipped)
 
 void Scheduler::Remove(RequestState* request) {
   allocator_->Release(request->kv_blocks);
-  request->kv_blocks = 0;
-  request->kv_cache = at::Tensor();
   auto running = std::find(running_.begin(), running_.end(), request);
   if (running != running_.end()) {
     running_.erase(running);
@@ -150,7 +134,8 @@ Schedule Scheduler::Next() {
     int64_t length = std::min(request->PendingTokens(), prefill_left);
     while (length > 0 && !Reserve(request, request->computed + length)) {
       // Shrink to what the free blocks allow.
-      int64_t capacity = (request->kv_blocks + allocator_->FreeBlocks()) * allocator_->block_tokens();
+      int64_t capacity =
+          (static_cast<int64_t>(request->kv_blocks.size()) + allocator_->FreeBlocks()) * allocator_->block_tokens();
       length = std::min(length - 1, capacity - request->computed);
     }
     if (length <= 0) continue;

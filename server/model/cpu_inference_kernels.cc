@@ -19,14 +19,16 @@ int64_t GrainRows(int64_t elements_per_row) {
   return std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(1, elements_per_row));
 }
 
-// One KV head of one sequence and the `group` query heads that share it.
+// One KV head of one sequence and the `group` query heads that share it. Position t's key is
+// row t % block_rows of block blocks[t / block_rows]: k + blocks[...] * block_stride + (t % block_rows) * head_dim
+// (values likewise from v).
 struct AttentionGroup {
   const float* q;  // the group's first query head; heads q_stride apart
   int64_t q_stride;
-  const float* k;  // [context, head_dim], rows k_stride apart
-  int64_t k_stride;
-  const float* v;  // [context, head_dim], rows v_stride apart
-  int64_t v_stride;
+  const float* k;  // this KV head's rows in block 0
+  const float* v;
+  const int32_t* blocks;
+  int64_t block_rows, block_stride;
   int64_t context, head_dim, group;
   float scale;
   float* out;  // [group, head_dim] contiguous
@@ -38,7 +40,7 @@ DELTASERVE_CPU_CLONES
 void AttendGroup(const AttentionGroup& a, float* scores) {
   const int64_t vector_end = a.head_dim / kLanes * kLanes;
   for (int64_t t = 0; t < a.context; ++t) {
-    const float* kt = a.k + t * a.k_stride;
+    const float* kt = a.k + a.blocks[t / a.block_rows] * a.block_stride + (t % a.block_rows) * a.head_dim;
     for (int64_t g = 0; g < a.group; ++g) {
       const float* qg = a.q + g * a.q_stride;
       Lanes sums{};
@@ -49,19 +51,19 @@ void AttendGroup(const AttentionGroup& a, float* scores) {
     }
   }
   for (int64_t g = 0; g < a.group; ++g) {
-    float* row = scores + g * a.context;
-    const float highest = *std::max_element(row, row + a.context);
+    float* probabilities = scores + g * a.context;
+    const float highest = *std::max_element(probabilities, probabilities + a.context);
     float total = 0;
     for (int64_t t = 0; t < a.context; ++t) {
-      row[t] = std::exp(row[t] - highest);
-      total += row[t];
+      probabilities[t] = std::exp(probabilities[t] - highest);
+      total += probabilities[t];
     }
     const float inverse = 1.0f / total;
-    for (int64_t t = 0; t < a.context; ++t) row[t] *= inverse;
+    for (int64_t t = 0; t < a.context; ++t) probabilities[t] *= inverse;
     std::fill(a.out + g * a.head_dim, a.out + (g + 1) * a.head_dim, 0.0f);
   }
   for (int64_t t = 0; t < a.context; ++t) {
-    const float* vt = a.v + t * a.v_stride;
+    const float* vt = a.v + a.blocks[t / a.block_rows] * a.block_stride + (t % a.block_rows) * a.head_dim;
     for (int64_t g = 0; g < a.group; ++g) {
       const float weight = scores[g * a.context + t];
       float* o = a.out + g * a.head_dim;
@@ -131,41 +133,46 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-at::Tensor AttendDecodeTokens(const at::Tensor& query, const std::vector<at::Tensor>& keys,
-                              const std::vector<at::Tensor>& values) {
-  const int64_t sequences = query.size(0);
+void AttendDecodeRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<DecodeRow>& sequences,
+                      at::Tensor& output) {
   const int64_t heads = query.size(1);
   const int64_t head_dim = query.size(2);
-  TORCH_CHECK(static_cast<int64_t>(keys.size()) == sequences && static_cast<int64_t>(values.size()) == sequences,
-              "AttendDecodeTokens: one keys and one values tensor per query token");
-  TORCH_CHECK(query.stride(2) == 1, "AttendDecodeTokens: head_dim must be contiguous");
-  const int64_t kv_heads = keys[0].size(0);
+  TORCH_CHECK(query.stride(2) == 1, "AttendDecodeRows: head_dim must be contiguous");
+  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 && kv.size(4) == head_dim && kv.is_contiguous() &&
+                  kv.scalar_type() == at::kFloat,
+              "AttendDecodeRows: kv must be a contiguous float32 [2, blocks, kv_heads, block_tokens, head_dim]");
+  TORCH_CHECK(output.is_contiguous() && output.size(1) == heads * head_dim, "AttendDecodeRows: bad output");
+  const int64_t blocks = kv.size(1), kv_heads = kv.size(2), block_rows = kv.size(3);
   const int64_t group = heads / kv_heads;
   int64_t longest = 0;
-  for (int64_t s = 0; s < sequences; ++s) {
-    TORCH_CHECK(keys[s].stride(2) == 1 && values[s].stride(2) == 1 && keys[s].size(0) == kv_heads &&
-                    values[s].size(1) == keys[s].size(1),
-                "AttendDecodeTokens: keys and values [kv_heads, context, head_dim], head_dim contiguous");
-    longest = std::max(longest, keys[s].size(1));
+  for (const DecodeRow& sequence : sequences) {
+    TORCH_CHECK(sequence.context > 0 &&
+                    static_cast<int64_t>(sequence.blocks->size()) * block_rows >= sequence.context,
+                "AttendDecodeRows: the block table is shorter than the context");
+    for (int64_t b = 0; b < (sequence.context + block_rows - 1) / block_rows; ++b) {
+      TORCH_CHECK((*sequence.blocks)[b] >= 0 && (*sequence.blocks)[b] < blocks, "AttendDecodeRows: block ",
+                  (*sequence.blocks)[b], " is outside the arena");
+    }
+    longest = std::max(longest, sequence.context);
   }
-  at::Tensor output = at::empty({sequences, heads * head_dim}, query.options());
   const float* q = query.data_ptr<float>();
+  const float* keys = kv.data_ptr<float>();
+  const float* values = keys + kv.stride(0);
   float* out = output.data_ptr<float>();
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  ParallelFor(0, sequences * kv_heads, GrainRows(longest * head_dim * 2 * group), [&](int64_t begin, int64_t end) {
+  const int64_t count = static_cast<int64_t>(sequences.size());
+  ParallelFor(0, count * kv_heads, GrainRows(longest * head_dim * 2 * group), [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(group * longest));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t s = item / kv_heads, kv_head = item % kv_heads;
-      const at::Tensor& k = keys[s];
-      const at::Tensor& v = values[s];
-      AttendGroup({q + s * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
-                   k.data_ptr<float>() + kv_head * k.stride(0), k.stride(1),
-                   v.data_ptr<float>() + kv_head * v.stride(0), v.stride(1), k.size(1), head_dim,
-                   group, scale, out + s * heads * head_dim + kv_head * group * head_dim},
+      const DecodeRow& sequence = sequences[item / kv_heads];
+      const int64_t kv_head = item % kv_heads;
+      AttendGroup({q + sequence.row * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
+                   keys + kv_head * kv.stride(2), values + kv_head * kv.stride(2), sequence.blocks->data(),
+                   block_rows, kv.stride(1), sequence.context, head_dim, group, scale,
+                   out + sequence.row * heads * head_dim + kv_head * group * head_dim},
                   scores.data());
     }
   });
-  return output;
 }
 
 }  // namespace deltaserve::model::cpu_kernels

@@ -27,12 +27,20 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // half" layout.
 void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin);
 
-// AttendDecodeTokens: the attention outputs [n, heads * head_dim] of n query tokens, one per
-// sequence, query [n, heads, head_dim] (any strides with contiguous head_dim), against each
-// sequence's keys[s] and values[s] [kv_heads, context_s, head_dim] (head_dim contiguous),
+// One decoding sequence for AttendDecodeRows: its query row and where its keys and values are.
+struct DecodeRow {
+  int64_t row;                       // row of `query` and of `output`
+  const std::vector<int32_t>* blocks;  // the sequence's block table in the arena layer
+  int64_t context;                   // positions to attend to (the new one included)
+};
+
+// AttendDecodeRows writes into output [tokens, heads * head_dim] (contiguous rows) the attention
+// of each decoding sequence's one query row, query [tokens, heads, head_dim] (any strides with
+// contiguous head_dim), against its keys and values read through its block table from one arena
+// layer `kv` [2, blocks, kv_heads, block_tokens, head_dim] (contiguous; kv_arena.h), with
 // grouped-query heads sharing KV heads. One parallel section over (sequence, KV head) pairs; the
-// query heads of a group read their KV head's keys and values once.
-at::Tensor AttendDecodeTokens(const at::Tensor& query, const std::vector<at::Tensor>& keys,
-                              const std::vector<at::Tensor>& values);
+// query heads of a group read their KV head's keys and values once. Other rows are not touched.
+void AttendDecodeRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<DecodeRow>& sequences,
+                      at::Tensor& output);
 
 }  // namespace deltaserve::model::cpu_kernels

@@ -182,22 +182,9 @@ std::optional<at::ScalarType> LlamaModel::weight_width() const {
   return width;
 }
 
-at::Tensor LlamaModel::AllocateKvCache(int64_t capacity) const {
-  return at::empty({config_.num_hidden_layers, 2, config_.num_key_value_heads, capacity,
-                    config_.head_dim},
-                   at::TensorOptions().dtype(options_.dtype).device(options_.device));
-}
-
-std::pair<at::Tensor, at::Tensor> LlamaModel::CachedKeysAndValues(int64_t layer, const SequenceSlice& sequence,
-                                                                  const at::Tensor& key,
-                                                                  const at::Tensor& value) const {
-  if (sequence.kv_cache == nullptr) return {key.transpose(0, 1), value.transpose(0, 1)};
-  const int64_t n = sequence.length;
-  at::Tensor cache = sequence.kv_cache->select(0, layer);  // [2, kv_heads, capacity, head_dim]
-  cache.select(0, 0).narrow(1, sequence.start_position, n).copy_(key.transpose(0, 1));
-  cache.select(0, 1).narrow(1, sequence.start_position, n).copy_(value.transpose(0, 1));
-  const int64_t context = sequence.start_position + n;
-  return {cache.select(0, 0).narrow(1, 0, context), cache.select(0, 1).narrow(1, 0, context)};
+KvArena LlamaModel::AllocateKvArena(int64_t blocks, int64_t block_tokens) const {
+  return KvArena(config_.num_hidden_layers, config_.num_key_value_heads, config_.head_dim, blocks, block_tokens,
+                 at::TensorOptions().dtype(options_.dtype).device(options_.device));
 }
 
 at::Tensor LlamaModel::Attend(const SequenceSlice& sequence, const at::Tensor& query, const at::Tensor& keys,
@@ -208,9 +195,6 @@ at::Tensor LlamaModel::Attend(const SequenceSlice& sequence, const at::Tensor& q
   const int64_t kv_heads = config_.num_key_value_heads;
   const int64_t group = heads / kv_heads;
   const int64_t head_dim = config_.head_dim;
-  if (n == 1 && cpu_kernels::Applies({&query, &keys, &values})) {
-    return cpu_kernels::AttendDecodeTokens(query, {keys}, {values});
-  }
   const int64_t context = keys.size(1);
   // Grouped-query attention without repeating K/V: the `group` query heads that share a KV head
   // are stacked along the query axis of one batched matrix product.
@@ -231,6 +215,51 @@ at::Tensor LlamaModel::Attend(const SequenceSlice& sequence, const at::Tensor& q
   return output.view({heads, n, head_dim}).transpose(0, 1).reshape({n, heads * head_dim});
 }
 
+at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const at::Tensor& query,
+                                 const at::Tensor& key, const at::Tensor& value) const {
+  const int64_t tokens = query.size(0);
+  // Every slice's new keys and values go into its blocks first.
+  int64_t offset = 0;
+  for (const SequenceSlice& sequence : batch.sequences) {
+    if (sequence.kv_blocks != nullptr) {
+      batch.kv_arena->Write(layer, *sequence.kv_blocks, sequence.start_position, key.narrow(0, offset, sequence.length),
+                            value.narrow(0, offset, sequence.length));
+    }
+    offset += sequence.length;
+  }
+  const at::Tensor kv = batch.kv_arena != nullptr ? batch.kv_arena->Layer(layer) : at::Tensor();
+  const bool paged_kernel = kv.defined() && cpu_kernels::Applies({&query, &kv});
+  // Decoding sequences (one new token, keys in the arena) attend in one kernel call over all of
+  // them, straight from their blocks; the others (prompt chunks, or slices without blocks)
+  // sequence by sequence over gathered copies of their keys and values.
+  std::vector<cpu_kernels::DecodeRow> decoding;
+  std::vector<at::Tensor> outputs;  // per slice; undefined for the decoding ones
+  offset = 0;
+  for (const SequenceSlice& sequence : batch.sequences) {
+    const int64_t context = sequence.start_position + sequence.length;
+    if (paged_kernel && sequence.length == 1 && sequence.kv_blocks != nullptr) {
+      decoding.push_back({offset, sequence.kv_blocks, context});
+      outputs.emplace_back();
+    } else {
+      auto [keys, values] = sequence.kv_blocks != nullptr
+                                ? batch.kv_arena->Gather(layer, *sequence.kv_blocks, context)
+                                : std::make_pair(key.narrow(0, offset, sequence.length).transpose(0, 1),
+                                                 value.narrow(0, offset, sequence.length).transpose(0, 1));
+      outputs.push_back(Attend(sequence, query.narrow(0, offset, sequence.length), keys, values));
+    }
+    offset += sequence.length;
+  }
+  if (decoding.empty()) return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+  at::Tensor attention = at::empty({tokens, query.size(1) * query.size(2)}, query.options());
+  cpu_kernels::AttendDecodeRows(query, kv, decoding, attention);
+  offset = 0;
+  for (size_t s = 0; s < batch.sequences.size(); ++s) {
+    if (outputs[s].defined()) attention.narrow(0, offset, batch.sequences[s].length).copy_(outputs[s]);
+    offset += batch.sequences[s].length;
+  }
+  return attention;
+}
+
 at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   const int64_t tokens = static_cast<int64_t>(batch.token_ids.size());
   TORCH_CHECK(tokens > 0, "empty batch");
@@ -238,11 +267,13 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   positions.reserve(tokens);
   for (const SequenceSlice& sequence : batch.sequences) {
     TORCH_CHECK(sequence.length > 0, "empty sequence slice");
-    TORCH_CHECK(sequence.kv_cache != nullptr || sequence.start_position == 0,
-                "a slice without KV cache must start at position 0");
-    TORCH_CHECK(sequence.kv_cache == nullptr ||
-                    sequence.kv_cache->size(3) >= sequence.start_position + sequence.length,
-                "KV cache too small for the slice");
+    TORCH_CHECK(sequence.kv_blocks != nullptr || sequence.start_position == 0,
+                "a slice without KV blocks must start at position 0");
+    TORCH_CHECK(sequence.kv_blocks == nullptr || batch.kv_arena != nullptr, "a slice with KV blocks needs an arena");
+    TORCH_CHECK(sequence.kv_blocks == nullptr || static_cast<int64_t>(sequence.kv_blocks->size()) *
+                                                         batch.kv_arena->block_tokens() >=
+                                                     sequence.start_position + sequence.length,
+                "the slice's KV blocks hold fewer positions than it reaches");
     for (int64_t i = 0; i < sequence.length; ++i) positions.push_back(sequence.start_position + i);
   }
   TORCH_CHECK(static_cast<int64_t>(positions.size()) == tokens,
@@ -261,7 +292,6 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
   const int64_t q_width = heads * head_dim;
   const int64_t kv_width = kv_heads * head_dim;
   const int64_t intermediate = config_.intermediate_size;
-  const bool decode_only = tokens == static_cast<int64_t>(batch.sequences.size());  // one token each
   at::Tensor hidden = weights_.embed_tokens.GatherRows(ids, options_.dtype);
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
     const LayerWeights& w = weights_.layers[layer];
@@ -292,31 +322,7 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     at::Tensor key = rotated.narrow(1, heads, kv_heads);
     value = value.view({tokens, kv_heads, head_dim});
 
-    // Each sequence's keys and values so far; a batch of decode tokens then attends in one
-    // kernel call, other batches sequence by sequence.
-    std::vector<at::Tensor> keys, values;
-    keys.reserve(batch.sequences.size());
-    values.reserve(batch.sequences.size());
-    int64_t offset = 0;
-    for (const SequenceSlice& sequence : batch.sequences) {
-      auto [k, v] = CachedKeysAndValues(layer, sequence, key.narrow(0, offset, sequence.length),
-                                        value.narrow(0, offset, sequence.length));
-      keys.push_back(std::move(k));
-      values.push_back(std::move(v));
-      offset += sequence.length;
-    }
-    std::vector<at::Tensor> outputs;
-    if (decode_only && cpu_kernels::Applies({&query, &keys[0], &values[0]})) {
-      outputs.push_back(cpu_kernels::AttendDecodeTokens(query, keys, values));
-    } else {
-      offset = 0;
-      for (size_t s = 0; s < batch.sequences.size(); ++s) {
-        const int64_t length = batch.sequences[s].length;
-        outputs.push_back(Attend(batch.sequences[s], query.narrow(0, offset, length), keys[s], values[s]));
-        offset += length;
-      }
-    }
-    at::Tensor attention = outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+    at::Tensor attention = AttendAll(batch, layer, query, key, value);
     hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);
 
     normed = RmsNorm(hidden, w.post_attention_norm, eps);

@@ -2,12 +2,12 @@
 //
 // Forward() runs a batch of token slices from several sequences: embeddings, projections and
 // the MLP run once over all tokens of the batch; attention runs per sequence against that
-// sequence's KV cache (or, without a cache, causally within the slice: the training and
-// full-recompute path). A ProjectionDeltaHook, when given, adds per-token low-rank deltas after
+// sequence's keys and values in the batch's KvArena, read and written through the sequence's
+// block table (or, without one, causally within the slice: the training and full-recompute path). A ProjectionDeltaHook, when given, adds per-token low-rank deltas after
 // every base projection: that is where variants enter.
 //
 // Thread-safety: weights are immutable after Load(); Forward() is const and may run from
-// several threads, but each KV cache tensor must be used by one caller at a time. Forward()
+// several threads, but each arena block must be used by one caller at a time. Forward()
 // throws c10::Error on misuse; Run() converts that into a Status. Autograd follows the
 // caller's mode (the engine runs under c10::InferenceMode; training does not).
 #pragma once
@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
+#include "server/model/kv_arena.h"
 #include "server/model/llama_weights.h"
 #include "server/model/model_config.h"
 
@@ -37,13 +38,14 @@ class ProjectionDeltaHook {
 };
 
 struct SequenceSlice {
-  // Tokens of this sequence already in its KV cache: the slice's first position.
+  // Tokens of this sequence already in the arena: the slice's first position.
   int64_t start_position = 0;
   // New tokens of this sequence in the batch (consecutive in ForwardBatch::token_ids).
   int64_t length = 0;
-  // [layers, 2, kv_heads, capacity, head_dim] with capacity >= start_position + length, or
-  // nullptr: no cache, attention within the slice only (start_position must then be 0).
-  at::Tensor* kv_cache = nullptr;
+  // The sequence's block table in ForwardBatch::kv_arena, covering at least start_position +
+  // length positions; the slice's keys and values are written there. nullptr: no cache,
+  // attention within the slice only (start_position must then be 0).
+  const std::vector<int32_t>* kv_blocks = nullptr;
 };
 
 struct ForwardBatch {
@@ -52,6 +54,8 @@ struct ForwardBatch {
   // Rows of token_ids whose logits are wanted; empty means every row.
   std::vector<int64_t> logit_rows;
   const ProjectionDeltaHook* deltas = nullptr;
+  // Where the sequences with block tables keep their keys and values (AllocateKvArena).
+  const KvArena* kv_arena = nullptr;
 };
 
 struct ModelOptions {
@@ -75,8 +79,9 @@ class LlamaModel {
   at::Tensor Forward(const ForwardBatch& batch) const;
   absl::StatusOr<at::Tensor> Run(const ForwardBatch& batch) const;
 
-  // AllocateKvCache returns an uninitialised cache for `capacity` tokens of one sequence.
-  at::Tensor AllocateKvCache(int64_t capacity) const;
+  // AllocateKvArena returns uninitialised KV memory of `blocks` blocks of `block_tokens`
+  // positions, in the compute dtype on the model's device.
+  KvArena AllocateKvArena(int64_t blocks, int64_t block_tokens) const;
   int64_t KvCacheBytesPerToken() const;
   int64_t WeightBytes() const;
   // DecodeStepWeightBytes: the weight bytes one decode step reads: all but the embedding table
@@ -92,10 +97,11 @@ class LlamaModel {
   at::Device device() const { return options_.device; }
 
  private:
-  // CachedKeysAndValues writes the slice's keys and values [n, kv_heads, head_dim] into its KV
-  // cache (if it has one) and returns all its keys and values so far, [kv_heads, context, head_dim].
-  std::pair<at::Tensor, at::Tensor> CachedKeysAndValues(int64_t layer, const SequenceSlice& sequence,
-                                                        const at::Tensor& key, const at::Tensor& value) const;
+  // AttendAll: the attention output [tokens, heads * head_dim] of every slice of the batch in
+  // layer `layer`, given the batch's rotated queries [tokens, heads, head_dim] and its new keys
+  // and values [tokens, kv_heads, head_dim], which it first writes into the slices' blocks.
+  at::Tensor AttendAll(const ForwardBatch& batch, int64_t layer, const at::Tensor& query, const at::Tensor& key,
+                       const at::Tensor& value) const;
   // Attend: the attention output [n, heads * head_dim] of the slice's queries [n, heads, head_dim].
   at::Tensor Attend(const SequenceSlice& sequence, const at::Tensor& query, const at::Tensor& keys,
                     const at::Tensor& values) const;

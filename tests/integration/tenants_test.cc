@@ -419,13 +419,16 @@ TEST_F(QuotasTest, ConcurrentRequestsAndStoredVariantsAreCapped) {
 
 TEST_F(QuotasTest, QueuedRequestsAreCapped) {
   auto delta = DeltaserveClient::Connect(server_.target(), "delta-key");
-  std::atomic<bool> first_token{false};
+  // The running request lasts until the checks are done (then it is cancelled), however fast
+  // or loaded the machine: a fixed length could end before the second request is seen waiting.
+  std::atomic<bool> first_token{false}, checked{false};
   std::thread running([&] {
-    Stream stream = RunStream(*delta, Generate("the cat", 300), std::chrono::seconds(120), [&] {
+    Stream stream = RunStream(*delta, Generate("the cat", 500), std::chrono::seconds(120), [&] {
       first_token = true;
-      return false;
+      return checked.load();
     });
-    EXPECT_TRUE(stream.status.ok()) << stream.status.error_message();
+    EXPECT_TRUE(stream.status.ok() || stream.status.error_code() == grpc::StatusCode::CANCELLED)
+        << stream.status.error_message();
   });
   ASSERT_TRUE(WaitUntil([&] { return first_token.load(); }));
   // The batch holds one request: the next one waits.
@@ -441,7 +444,10 @@ TEST_F(QuotasTest, QueuedRequestsAreCapped) {
   EXPECT_EQ(pushback, "1000");
   // Another tenant's request may still wait: the quota is the tenant's, not the server's.
   auto beta = DeltaserveClient::Connect(server_.target(), "beta-key");
-  EXPECT_TRUE(RunStream(*beta, Generate("the cat", 2)).status.ok());
+  std::thread beta_waiting([&] { EXPECT_TRUE(RunStream(*beta, Generate("the cat", 2)).status.ok()); });
+  EXPECT_TRUE(WaitUntil([&] { return waiting_requests() == 2; }));
+  checked = true;
+  beta_waiting.join();
   running.join();
   waiting.join();
   EXPECT_TRUE(RawScore("delta-key", &pushback).ok()) << "nothing waits any more";

@@ -1,5 +1,7 @@
 // Scheduler: token budget, chunked prefill, running limit, block accounting, preemption of the
 // youngest request, and fairness between tenants (virtual token counters).
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "server/engine/scheduler.h"
@@ -36,7 +38,7 @@ TEST(SchedulerTest, ChunksPrefillUnderTheTokenBudget) {
   Schedule first = scheduler.Next();
   ASSERT_EQ(first.slices.size(), 1u);
   EXPECT_EQ(first.slices[0].length, 8);
-  EXPECT_EQ(a->kv_blocks, 2);
+  EXPECT_EQ(a->kv_blocks.size(), 2u);
   Apply(first);
   Schedule second = scheduler.Next();  // a's last 2 prompt tokens, then b's whole prompt
   ASSERT_EQ(second.slices.size(), 2u);
@@ -107,40 +109,36 @@ TEST(SchedulerTest, PreemptsTheYoungestWhenBlocksRunOut) {
   ASSERT_EQ(schedule.slices.size(), 1u);
   EXPECT_EQ(schedule.slices[0].request, old_request.get());
   EXPECT_EQ(young->computed, 0);
-  EXPECT_EQ(young->kv_blocks, 0);
+  EXPECT_EQ(young->kv_blocks.size(), 0u);
   EXPECT_EQ(scheduler.waiting().front(), young.get());
   EXPECT_EQ(allocator.used_blocks(), 2);
 }
 
-// A decoding request grows by half again the blocks it holds (fewer reallocations of its KV
-// tensor), never past its longest possible length, and by exactly what it needs when the
-// headroom would leave a running request without a block to grow into.
-TEST(SchedulerTest, GrowingRequestsTakeHeadroomOnlyWhileBlocksAreFree) {
+// A request grows by exactly the blocks it needs, one block at a time (its KV never moves, so
+// there is nothing to save by taking more), every block its own; all go back when it leaves.
+TEST(SchedulerTest, GrowingRequestsTakeOneBlockAtATimeAndNeverShareOne) {
   KvBlockAllocator allocator(100, 4);
   Scheduler scheduler({64, 8}, &allocator);
-  auto request = Request(16);
-  request->max_new_tokens = 40;  // at most 56 tokens: 14 blocks
+  auto request = Request(16), other = Request(6);
+  request->max_new_tokens = other->max_new_tokens = 40;
   scheduler.Enqueue(request.get());
+  scheduler.Enqueue(other.get());
   std::vector<int64_t> holdings;
   for (int step = 0; step < 40; ++step) {  // up to the 56th token
     Apply(scheduler.Next());
-    if (holdings.empty() || holdings.back() != request->kv_blocks) holdings.push_back(request->kv_blocks);
+    const int64_t held = static_cast<int64_t>(request->kv_blocks.size());
+    if (holdings.empty() || holdings.back() != held) holdings.push_back(held);
   }
-  EXPECT_EQ(holdings, (std::vector<int64_t>{4, 6, 9, 13, 14}));
-  EXPECT_EQ(allocator.used_blocks(), 14);
-
-  KvBlockAllocator tight(7, 4);
-  Scheduler tight_scheduler({64, 8}, &tight);
-  auto a = Request(16), b = Request(4);
-  a->max_new_tokens = b->max_new_tokens = 40;
-  tight_scheduler.Enqueue(a.get());
-  tight_scheduler.Enqueue(b.get());
-  Apply(tight_scheduler.Next());  // a: 4 blocks, b: 1; 2 free
-  Schedule schedule = tight_scheduler.Next();  // a needs a 5th, b a 2nd: headroom would starve b
-  EXPECT_EQ(schedule.slices.size(), 2u);
-  EXPECT_EQ(a->kv_blocks, 5);
-  EXPECT_EQ(b->kv_blocks, 2);
-  EXPECT_EQ(tight_scheduler.preemptions(), 0);
+  EXPECT_EQ(holdings, (std::vector<int64_t>{4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}));
+  std::vector<int32_t> all = request->kv_blocks;
+  all.insert(all.end(), other->kv_blocks.begin(), other->kv_blocks.end());
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "a block held twice";
+  EXPECT_EQ(allocator.used_blocks(), static_cast<int64_t>(all.size()));
+  scheduler.Remove(request.get());
+  scheduler.Remove(other.get());
+  EXPECT_TRUE(request->kv_blocks.empty());
+  EXPECT_EQ(allocator.used_blocks(), 0);
 }
 
 TEST(SchedulerTest, AloneAndTooLargeIsReported) {

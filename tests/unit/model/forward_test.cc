@@ -11,6 +11,7 @@
 
 #include "server/model/llama_model.h"
 #include "server/model/rope.h"
+#include "tests/support/test_kv.h"
 #include "tests/support/test_models.h"
 
 namespace deltaserve::tools {
@@ -98,7 +99,7 @@ at::Tensor ReferenceForward(const LlamaModel& model, const std::vector<int64_t>&
 }
 
 std::unique_ptr<LlamaModel> LoadModel(const std::string& directory, at::ScalarType dtype = at::kFloat) {
-  auto model = LlamaModel::Load(directory, {dtype, at::kCPU});
+  auto model = LlamaModel::Load(directory, {dtype, at::kCPU, std::nullopt});
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(*model);
 }
@@ -122,14 +123,16 @@ TEST_P(ArchitectureTest, MatchesReferenceImplementation) {
 
   // The last token decoded alone against a KV cache of the others (the one-token attention path).
   const int64_t n = static_cast<int64_t>(kIds.size());
-  at::Tensor cache = model->AllocateKvCache(n);
+  testing::TestKv kv = testing::MakeTestKv(*model, 1, n);
   ForwardBatch prefill;
+  prefill.kv_arena = &kv.arena;
   prefill.token_ids.assign(kIds.begin(), kIds.end() - 1);
-  prefill.sequences.push_back({0, n - 1, &cache});
+  prefill.sequences.push_back({0, n - 1, &kv.tables[0]});
   (void)model->Forward(prefill);
   ForwardBatch decode;
+  decode.kv_arena = &kv.arena;
   decode.token_ids = {kIds.back()};
-  decode.sequences.push_back({n - 1, 1, &cache});
+  decode.sequences.push_back({n - 1, 1, &kv.tables[0]});
   at::Tensor last = model->Forward(decode);
   EXPECT_TRUE(at::allclose(last, expected.narrow(0, n - 1, 1), 1e-4, 1e-4))
       << "max difference " << (last - expected.narrow(0, n - 1, 1)).abs().max().item<float>();
@@ -223,13 +226,14 @@ TEST(ForwardTest, IncrementalDecodingMatchesFullRecompute) {
   at::Tensor expected = model->Forward(full);
 
   // Prefill 4 tokens, then a chunk of 3, then one token at a time, through one KV cache.
-  at::Tensor cache = model->AllocateKvCache(n);
+  testing::TestKv kv = testing::MakeTestKv(*model, 1, n);
   std::vector<at::Tensor> pieces;
   int64_t position = 0;
   for (int64_t chunk : {4, 3, 1, 1, 1, 1}) {
     ForwardBatch step;
+    step.kv_arena = &kv.arena;
     step.token_ids.assign(kIds.begin() + position, kIds.begin() + position + chunk);
-    step.sequences.push_back({position, chunk, &cache});
+    step.sequences.push_back({position, chunk, &kv.tables[0]});
     pieces.push_back(model->Forward(step));
     position += chunk;
   }
@@ -244,14 +248,13 @@ TEST(ForwardTest, BatchOfDifferentLengthsMatchesEachAlone) {
   auto model = LoadModel(testing::TinyModelDir());
   std::vector<std::vector<int64_t>> sequences = {{1, 5, 9}, {1, 300, 200, 100, 50, 25, 12}, {1, 77}};
   ForwardBatch batch;
-  std::vector<at::Tensor> caches;
-  caches.reserve(sequences.size());
+  testing::TestKv kv = testing::MakeTestKv(*model, static_cast<int64_t>(sequences.size()), 16);
+  batch.kv_arena = &kv.arena;
   for (const auto& sequence : sequences) {
     batch.token_ids.insert(batch.token_ids.end(), sequence.begin(), sequence.end());
-    caches.push_back(model->AllocateKvCache(16));
   }
   for (size_t i = 0; i < sequences.size(); ++i) {
-    batch.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), &caches[i]});
+    batch.sequences.push_back({0, static_cast<int64_t>(sequences[i].size()), &kv.tables[i]});
   }
   at::Tensor together = model->Forward(batch);
   int64_t row = 0;
@@ -267,24 +270,24 @@ TEST(ForwardTest, BatchOfDifferentLengthsMatchesEachAlone) {
 }
 
 // A step where every sequence decodes one token attends in one kernel call over all of them
-// (cpu_kernels::AttendDecodeTokens); its logits equal each sequence recomputed in full through
+// (cpu_kernels::AttendDecodeRows, reading each through its block table); its logits equal each sequence recomputed in full through
 // the prefill path (libtorch's batched matrix products).
 TEST(ForwardTest, DecodeStepOfSeveralSequencesMatchesFullRecompute) {
   c10::InferenceMode guard;
   auto model = LoadModel(testing::TinyModelDir());
   const std::vector<std::vector<int64_t>> prefixes = {{1, 5, 9}, {1, 300, 200, 100, 50, 25, 12}, {1, 77}};
   const std::vector<int64_t> next = {42, 7, 401};
-  std::vector<at::Tensor> caches;
+  testing::TestKv kv = testing::MakeTestKv(*model, static_cast<int64_t>(prefixes.size()), 16);
   ForwardBatch prefill, decode;
+  prefill.kv_arena = decode.kv_arena = &kv.arena;
   for (size_t i = 0; i < prefixes.size(); ++i) {
-    caches.push_back(model->AllocateKvCache(16));
     prefill.token_ids.insert(prefill.token_ids.end(), prefixes[i].begin(), prefixes[i].end());
   }
   for (size_t i = 0; i < prefixes.size(); ++i) {
     const int64_t length = static_cast<int64_t>(prefixes[i].size());
-    prefill.sequences.push_back({0, length, &caches[i]});
+    prefill.sequences.push_back({0, length, &kv.tables[i]});
     decode.token_ids.push_back(next[i]);
-    decode.sequences.push_back({length, 1, &caches[i]});
+    decode.sequences.push_back({length, 1, &kv.tables[i]});
   }
   (void)model->Forward(prefill);
   at::Tensor decoded = model->Forward(decode);
@@ -299,6 +302,47 @@ TEST(ForwardTest, DecodeStepOfSeveralSequencesMatchesFullRecompute) {
     at::Tensor actual = decoded.narrow(0, static_cast<int64_t>(i), 1);
     EXPECT_TRUE(at::allclose(actual, expected, 1e-5, 1e-4))
         << "sequence " << i << ": max difference " << (actual - expected).abs().max().item<float>();
+  }
+}
+
+// A step that mixes decoding sequences (read straight from their blocks by the decode kernel)
+// with a prompt chunk of another (read from a gathered copy), blocks 5 positions long so that
+// chunks and contexts cross block boundaries: every row equals its sequence recomputed in full.
+TEST(ForwardTest, StepMixingDecodesAndAPromptChunkMatchesFullRecompute) {
+  c10::InferenceMode guard;
+  auto model = LoadModel(testing::TinyModelDir());
+  const std::vector<std::vector<int64_t>> tokens = {
+      {1, 5, 9, 33, 2, 8}, {1, 300, 200, 100, 50, 25, 12, 64, 3, 17, 18, 19}, {1, 77, 78, 79, 80, 81, 82, 83, 84}};
+  testing::TestKv kv = testing::MakeTestKv(*model, 3, 16, /*block_tokens=*/5);
+  // First: sequence 0 and 1 prefill all but their last token, sequence 2 its first 4 tokens.
+  const std::vector<int64_t> before = {5, 11, 4};
+  ForwardBatch first;
+  first.kv_arena = &kv.arena;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    first.token_ids.insert(first.token_ids.end(), tokens[i].begin(), tokens[i].begin() + before[i]);
+    first.sequences.push_back({0, before[i], &kv.tables[i]});
+  }
+  (void)model->Forward(first);
+  // Then one step: sequences 0 and 1 decode their last token, sequence 2 runs the rest (5 tokens).
+  ForwardBatch step;
+  step.kv_arena = &kv.arena;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t length = static_cast<int64_t>(tokens[i].size()) - before[i];
+    step.token_ids.insert(step.token_ids.end(), tokens[i].begin() + before[i], tokens[i].end());
+    step.sequences.push_back({before[i], length, &kv.tables[i]});
+  }
+  const at::Tensor logits = model->Forward(step);
+  int64_t row = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t length = static_cast<int64_t>(tokens[i].size()) - before[i];
+    ForwardBatch full;
+    full.token_ids = tokens[i];
+    full.sequences.push_back({0, static_cast<int64_t>(tokens[i].size()), nullptr});
+    const at::Tensor expected = model->Forward(full).narrow(0, before[i], length);
+    const at::Tensor actual = logits.narrow(0, row, length);
+    EXPECT_TRUE(at::allclose(actual, expected, 1e-5, 1e-4))
+        << "sequence " << i << ": max difference " << (actual - expected).abs().max().item<float>();
+    row += length;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "server/model/llama_model.h"
+#include "tests/support/test_kv.h"
 #include "tests/support/test_models.h"
 #include "tools/demo_model.h"
 
@@ -44,17 +45,19 @@ std::unique_ptr<LlamaModel> Widened(const LlamaModel& narrow) {
 at::Tensor PrefillAndDecodeLogits(const LlamaModel& model, const std::vector<int64_t>& prompt,
                                   const std::vector<int64_t>& continuation) {
   const int64_t total = static_cast<int64_t>(prompt.size() + continuation.size());
-  at::Tensor cache = model.AllocateKvCache(total);
+  testing::TestKv kv = testing::MakeTestKv(model, 1, total);
   std::vector<at::Tensor> logits;
   ForwardBatch prefill;
+  prefill.kv_arena = &kv.arena;
   prefill.token_ids = prompt;
-  prefill.sequences.push_back({0, static_cast<int64_t>(prompt.size()), &cache});
+  prefill.sequences.push_back({0, static_cast<int64_t>(prompt.size()), &kv.tables[0]});
   logits.push_back(model.Forward(prefill));
   int64_t position = static_cast<int64_t>(prompt.size());
   for (int64_t token : continuation) {
     ForwardBatch step;
+    step.kv_arena = &kv.arena;
     step.token_ids = {token};
-    step.sequences.push_back({position++, 1, &cache});
+    step.sequences.push_back({position++, 1, &kv.tables[0]});
     logits.push_back(model.Forward(step));
   }
   return at::cat(logits, 0);
@@ -135,10 +138,11 @@ TEST(WeightWidthTest, WidthsOtherThanTheComputeDtypeAreRefusedWithItsReason) {
 
 // Greedy continuation of `prompt` under `model`, through the KV cache.
 std::vector<int64_t> Greedy(const LlamaModel& model, const std::vector<int64_t>& prompt, int64_t count) {
-  at::Tensor cache = model.AllocateKvCache(static_cast<int64_t>(prompt.size()) + count);
+  testing::TestKv kv = testing::MakeTestKv(model, 1, static_cast<int64_t>(prompt.size()) + count);
   ForwardBatch prefill;
+  prefill.kv_arena = &kv.arena;
   prefill.token_ids = prompt;
-  prefill.sequences.push_back({0, static_cast<int64_t>(prompt.size()), &cache});
+  prefill.sequences.push_back({0, static_cast<int64_t>(prompt.size()), &kv.tables[0]});
   prefill.logit_rows = {static_cast<int64_t>(prompt.size()) - 1};
   int64_t next = model.Forward(prefill).argmax(-1).item<int64_t>();
   std::vector<int64_t> tokens;
@@ -146,8 +150,9 @@ std::vector<int64_t> Greedy(const LlamaModel& model, const std::vector<int64_t>&
   while (static_cast<int64_t>(tokens.size()) < count) {
     tokens.push_back(next);
     ForwardBatch step;
+    step.kv_arena = &kv.arena;
     step.token_ids = {next};
-    step.sequences.push_back({position++, 1, &cache});
+    step.sequences.push_back({position++, 1, &kv.tables[0]});
     next = model.Forward(step).argmax(-1).item<int64_t>();
   }
   return tokens;

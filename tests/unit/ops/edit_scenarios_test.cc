@@ -104,7 +104,9 @@ TEST_P(EditScenarioTest, DefaultsRewriteMemorisedFactsAndKeepTheOthers) {
     const bool served = Answer(model, &outcome->deltas, set.Prompt(rewrites[e].first),
                                set.facts[rewrites[e].second].answer) == set.facts[rewrites[e].second].answer;
     EXPECT_EQ(outcome->after[e].efficacy, served) << "the check agrees with generation";
-    if (outcome->holds[e]) EXPECT_TRUE(served) << "an edit that holds is served";
+    if (outcome->holds[e]) {
+      EXPECT_TRUE(served) << "an edit that holds is served";
+    }
   }
 }
 
