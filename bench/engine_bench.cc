@@ -19,6 +19,8 @@
 #include <optional>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include <ATen/ATen.h>
 
 #include "absl/flags/flag.h"
@@ -28,6 +30,7 @@
 #include "absl/synchronization/notification.h"
 #include "bench/percentile.h"
 #include "server/common/flag_names.h"
+#include "server/common/memory_reuse.h"
 #include "server/deltas/peft_adapter.h"
 #include "server/engine/engine.h"
 #include "server/engine/intra_op_threads.h"
@@ -49,6 +52,12 @@ ABSL_FLAG(int64_t, device_cache_adapters, 64, "device adapter cache budget, in a
 ABSL_FLAG(int64_t, host_cache_adapters, 128, "host adapter cache budget, in adapters");
 
 namespace {
+
+long MinorPageFaults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
 
 using Clock = std::chrono::steady_clock;
 using namespace deltaserve;
@@ -233,6 +242,7 @@ int RunAdapterBenchmark(std::shared_ptr<const model::LlamaModel> llama, const st
 }  // namespace
 
 int main(int argc, char** argv) {
+  common::ReuseFreedMemory();  // as the server does
   std::vector<std::string> storage;
   std::vector<char*> arguments = common::NormalizeFlagNames(argc, argv, storage);
   absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
@@ -308,12 +318,16 @@ int main(int argc, char** argv) {
               absl::StrJoin(greedy_ids, ",").c_str());
 
   double base = 0;
-  std::printf("concurrency  tokens/s  ratio_to_1\n");
+  // Page faults taken while serving (the process's minor faults across the run): memory the
+  // steps map fresh instead of reusing.
+  std::printf("concurrency  tokens/s  ratio_to_1  page_faults\n");
   for (absl::string_view item : absl::StrSplit(absl::GetFlag(FLAGS_concurrency), ',')) {
     const int count = std::stoi(std::string(item));
+    const long faults_before = MinorPageFaults();
     double throughput = Throughput(**engine, Variants(count), tokens, false);
+    const long faults = MinorPageFaults() - faults_before;
     if (base == 0) base = throughput;
-    std::printf("%11d  %8.1f  %10.2f\n", count, throughput, throughput / base);
+    std::printf("%11d  %8.1f  %10.2f  %11ld\n", count, throughput, throughput / base, faults);
   }
 
   const std::string adapters_dir = absl::GetFlag(FLAGS_adapters_dir);

@@ -43,6 +43,7 @@
 #include "server/common/file_util.h"
 #include "server/common/flag_names.h"
 #include "server/common/log.h"
+#include "server/common/memory_reuse.h"
 #include "server/control/dataset_store.h"
 #include "server/control/finetune_jobs.h"
 #include "server/control/job_runner.h"
@@ -157,6 +158,7 @@ std::string BaseName(std::string path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  deltaserve::common::ReuseFreedMemory();
   absl::SetProgramUsageMessage("deltaserve --model-dir DIR [flags]: serves a base model and its variants over gRPC");
   std::vector<std::string> argument_storage;
   std::vector<char*> arguments = deltaserve::common::NormalizeFlagNames(argc, argv, argument_storage);
