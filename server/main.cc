@@ -226,8 +226,12 @@ int main(int argc, char** argv) {
   std::unique_ptr<deltaserve::api::HttpServer> metrics_server;
   int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (metrics_port >= 0) {
+    deltaserve::api::HttpServerOptions metrics_options;
+    metrics_options.host = absl::GetFlag(FLAGS_metrics_host);
+    metrics_options.port = metrics_port;
+    metrics_options.threads = 4;
     auto started = deltaserve::api::HttpServer::Start(
-        {absl::GetFlag(FLAGS_metrics_host), metrics_port, 4},
+        metrics_options,
         {{"GET", "/metrics",
           [&send_metrics](const deltaserve::api::HttpRequest&, deltaserve::api::HttpResponse& response) {
             send_metrics(false, response);
@@ -423,7 +427,10 @@ int main(int argc, char** argv) {
                         }
                         send_metrics(true, response);
                       }});
-    deltaserve::api::HttpServerOptions http_options{host, http_port, absl::GetFlag(FLAGS_http_threads)};
+    deltaserve::api::HttpServerOptions http_options;
+    http_options.host = host;
+    http_options.port = http_port;
+    http_options.threads = absl::GetFlag(FLAGS_http_threads);
     http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
     http_options.max_connections = absl::GetFlag(FLAGS_http_max_connections);
     http_options.header_timeout = absl::Seconds(absl::GetFlag(FLAGS_http_header_timeout_seconds));

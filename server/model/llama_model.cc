@@ -231,7 +231,8 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
   const bool paged_kernel = kv.defined() && cpu_kernels::Applies({&query, &kv});
   // Decoding sequences (one new token, keys in the arena) attend in one kernel call over all of
   // them, straight from their blocks; the others (prompt chunks, or slices without blocks)
-  // sequence by sequence over gathered copies of their keys and values.
+  // sequence by sequence, over gathered copies of their keys and values when earlier positions
+  // are in the arena.
   std::vector<cpu_kernels::DecodeRow> decoding;
   std::vector<at::Tensor> outputs;  // per slice; undefined for the decoding ones
   offset = 0;
@@ -241,7 +242,8 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
       decoding.push_back({offset, sequence.kv_blocks, context});
       outputs.emplace_back();
     } else {
-      auto [keys, values] = sequence.kv_blocks != nullptr
+      // A slice that starts the sequence has all its keys and values at hand: no gathering.
+      auto [keys, values] = sequence.start_position > 0
                                 ? batch.kv_arena->Gather(layer, *sequence.kv_blocks, context)
                                 : std::make_pair(key.narrow(0, offset, sequence.length).transpose(0, 1),
                                                  value.narrow(0, offset, sequence.length).transpose(0, 1));
