@@ -133,24 +133,24 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-void AttendDecodeRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<DecodeRow>& sequences,
-                      at::Tensor& output) {
+void AttendRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<QueryRow>& sequences,
+                at::Tensor& output) {
   const int64_t heads = query.size(1);
   const int64_t head_dim = query.size(2);
-  TORCH_CHECK(query.stride(2) == 1, "AttendDecodeRows: head_dim must be contiguous");
+  TORCH_CHECK(query.stride(2) == 1, "AttendRows: head_dim must be contiguous");
   TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 && kv.size(4) == head_dim && kv.is_contiguous() &&
                   kv.scalar_type() == at::kFloat,
-              "AttendDecodeRows: kv must be a contiguous float32 [2, blocks, kv_heads, block_tokens, head_dim]");
-  TORCH_CHECK(output.is_contiguous() && output.size(1) == heads * head_dim, "AttendDecodeRows: bad output");
+              "AttendRows: kv must be a contiguous float32 [2, blocks, kv_heads, block_tokens, head_dim]");
+  TORCH_CHECK(output.is_contiguous() && output.size(1) == heads * head_dim, "AttendRows: bad output");
   const int64_t blocks = kv.size(1), kv_heads = kv.size(2), block_rows = kv.size(3);
   const int64_t group = heads / kv_heads;
   int64_t longest = 0;
-  for (const DecodeRow& sequence : sequences) {
+  for (const QueryRow& sequence : sequences) {
     TORCH_CHECK(sequence.context > 0 &&
                     static_cast<int64_t>(sequence.blocks->size()) * block_rows >= sequence.context,
-                "AttendDecodeRows: the block table is shorter than the context");
+                "AttendRows: the block table is shorter than the context");
     for (int64_t b = 0; b < (sequence.context + block_rows - 1) / block_rows; ++b) {
-      TORCH_CHECK((*sequence.blocks)[b] >= 0 && (*sequence.blocks)[b] < blocks, "AttendDecodeRows: block ",
+      TORCH_CHECK((*sequence.blocks)[b] >= 0 && (*sequence.blocks)[b] < blocks, "AttendRows: block ",
                   (*sequence.blocks)[b], " is outside the arena");
     }
     longest = std::max(longest, sequence.context);
@@ -164,7 +164,7 @@ void AttendDecodeRows(const at::Tensor& query, const at::Tensor& kv, const std::
   ParallelFor(0, count * kv_heads, GrainRows(longest * head_dim * 2 * group), [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(group * longest));
     for (int64_t item = begin; item < end; ++item) {
-      const DecodeRow& sequence = sequences[item / kv_heads];
+      const QueryRow& sequence = sequences[item / kv_heads];
       const int64_t kv_head = item % kv_heads;
       AttendGroup({q + sequence.row * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
                    keys + kv_head * kv.stride(2), values + kv_head * kv.stride(2), sequence.blocks->data(),

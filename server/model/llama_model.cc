@@ -229,19 +229,23 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
   }
   const at::Tensor kv = batch.kv_arena != nullptr ? batch.kv_arena->Layer(layer) : at::Tensor();
   const bool paged_kernel = kv.defined() && cpu_kernels::Applies({&query, &kv});
-  // Decoding sequences (one new token, keys in the arena) attend in one kernel call over all of
-  // them, straight from their blocks; the others (prompt chunks, or slices without blocks)
-  // sequence by sequence, over gathered copies of their keys and values when earlier positions
-  // are in the arena.
-  std::vector<cpu_kernels::DecodeRow> decoding;
-  std::vector<at::Tensor> outputs;  // per slice; undefined for the decoding ones
+  // On the CPU every slice with blocks attends in one kernel call straight from the arena, one
+  // query row per token (causal: each sees the positions up to its own). Otherwise (other
+  // devices, training, slices without blocks) sequence by sequence through libtorch, over
+  // gathered copies of the keys and values when earlier positions are in the arena: there a
+  // 1,500-token prompt chunk of the medium demo model spent 1 s per layer in the score matrix,
+  // its causal mask and softmax.
+  std::vector<cpu_kernels::QueryRow> decoding;
+  std::vector<at::Tensor> outputs;  // per slice; undefined for those the kernel takes
   offset = 0;
   for (const SequenceSlice& sequence : batch.sequences) {
-    const int64_t context = sequence.start_position + sequence.length;
-    if (paged_kernel && sequence.length == 1 && sequence.kv_blocks != nullptr) {
-      decoding.push_back({offset, sequence.kv_blocks, context});
+    if (paged_kernel && sequence.kv_blocks != nullptr) {
+      for (int64_t i = 0; i < sequence.length; ++i) {
+        decoding.push_back({offset + i, sequence.kv_blocks, sequence.start_position + i + 1});
+      }
       outputs.emplace_back();
     } else {
+      const int64_t context = sequence.start_position + sequence.length;
       // A slice that starts the sequence has all its keys and values at hand: no gathering.
       auto [keys, values] = sequence.start_position > 0
                                 ? batch.kv_arena->Gather(layer, *sequence.kv_blocks, context)
@@ -253,7 +257,7 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
   }
   if (decoding.empty()) return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
   at::Tensor attention = at::empty({tokens, query.size(1) * query.size(2)}, query.options());
-  cpu_kernels::AttendDecodeRows(query, kv, decoding, attention);
+  cpu_kernels::AttendRows(query, kv, decoding, attention);
   offset = 0;
   for (size_t s = 0; s < batch.sequences.size(); ++s) {
     if (outputs[s].defined()) attention.narrow(0, offset, batch.sequences[s].length).copy_(outputs[s]);
