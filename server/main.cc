@@ -99,6 +99,9 @@ ABSL_FLAG(int64_t, max_running_requests, 64, "requests in the running batch at m
 ABSL_FLAG(int64_t, max_queued_requests, 256, "waiting requests before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30, "KV cache budget in bytes");
 ABSL_FLAG(int64_t, kv_block_tokens, 16, "tokens per KV cache block");
+ABSL_FLAG(bool, prefix_caching, true,
+          "keep full blocks of prompt KV after requests end and reuse them for prompts that start with the same "
+          "tokens under the same variant (--prefix-caching=false turns it off)");
 ABSL_FLAG(int32_t, default_max_tokens, 256, "max_tokens when a request leaves it 0");
 ABSL_FLAG(int32_t, max_tokens_limit, 4096, "largest max_tokens a request may ask for");
 ABSL_FLAG(std::vector<std::string>, adapter_dir, {},
@@ -279,6 +282,11 @@ int main(int argc, char** argv) {
   engine_options.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
   engine_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   engine_options.kv_block_tokens = absl::GetFlag(FLAGS_kv_block_tokens);
+  engine_options.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
+  // The base model's fingerprint names it in prefix cache keys and in cached edit statistics.
+  auto fingerprint = deltaserve::model::ModelFingerprint(model_dir);
+  if (!fingerprint.ok()) return Fail(fingerprint.status());
+  engine_options.base_fingerprint = *fingerprint;
   engine_options.default_max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
   engine_options.max_tokens_limit = absl::GetFlag(FLAGS_max_tokens_limit);
   engine_options.adapter_cache_bytes = absl::GetFlag(FLAGS_adapter_cache_bytes);
@@ -317,8 +325,6 @@ int main(int argc, char** argv) {
   deltaserve::control::FinetuneJobs finetunes(registry->get(), datasets->get(), job_runner->get());
   deltaserve::control::UnlearnJobs unlearns(registry->get(), datasets->get(), job_runner->get());
   // Edit statistics are cached per base model: its fingerprint tells models of the same name apart.
-  auto fingerprint = deltaserve::model::ModelFingerprint(model_dir);
-  if (!fingerprint.ok()) return Fail(fingerprint.status());
   deltaserve::control::EditJobs edits(registry->get(), datasets->get(), job_runner->get(),
                                       {deltaserve::common::JoinPath(data_dir, "stats"), *fingerprint});
   if (absl::Status started = (*job_runner)->Start(); !started.ok()) return Fail(started);

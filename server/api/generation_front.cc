@@ -113,6 +113,7 @@ void GenerationFront::LogFinished(const Finished& finished) {
                {"variant", finished.variant.empty() ? "-" : absl::StrCat(finished.variant, "@", finished.variant_version)},
                {"status", absl::StatusCodeToString(finished.status.code())},
                {"prompt_tokens", absl::StrCat(finished.usage.prompt_tokens)},
+               {"cached_prompt_tokens", absl::StrCat(finished.usage.cached_prompt_tokens)},
                {"completion_tokens", absl::StrCat(finished.usage.completion_tokens)},
                {"ttft_s", absl::StrCat(finished.usage.time_to_first_token_seconds)},
                {"duration_s", absl::StrCat(absl::ToDoubleSeconds(finished.elapsed))}});

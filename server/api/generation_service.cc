@@ -114,6 +114,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       last.set_finish_reason(ToProto(result.reason));
       v1::Usage* usage = last.mutable_usage();
       usage->set_prompt_tokens(static_cast<int32_t>(result.usage.prompt_tokens));
+      usage->set_cached_prompt_tokens(static_cast<int32_t>(result.usage.cached_prompt_tokens));
       usage->set_completion_tokens(static_cast<int32_t>(result.usage.completion_tokens));
       usage->set_time_to_first_token_seconds(result.usage.time_to_first_token_seconds);
       usage->set_queue_time_seconds(result.usage.queue_time_seconds);

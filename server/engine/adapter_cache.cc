@@ -141,6 +141,7 @@ absl::Status AdapterCache::RemoveLocked(uint64_t id) {
   if (entry->pinned) pinned_bytes_ -= entry->bytes;
   // A load in flight keeps its reservation until the loader sees the entry gone.
   entries_.erase(id);
+  removed_.push_back(id);
   ++changes_;
   PublishLocked();
   return absl::OkStatus();
@@ -317,6 +318,13 @@ std::vector<std::pair<uint64_t, absl::Status>> AdapterCache::TakeLoadFailures() 
   std::vector<std::pair<uint64_t, absl::Status>> failures;
   failures.swap(failures_);
   return failures;
+}
+
+std::vector<uint64_t> AdapterCache::TakeRemoved() {
+  absl::MutexLock lock(&mutex_);
+  std::vector<uint64_t> removed;
+  removed.swap(removed_);
+  return removed;
 }
 
 void AdapterCache::SetLoadListener(std::function<void()> listener) {

@@ -110,6 +110,9 @@ class AdapterCache {
   // loader retries a failed adapter only when a later Want newly lists it (or Pin asks again),
   // so a broken adapter costs one attempt per burst of requests, not a retry loop.
   std::vector<std::pair<uint64_t, absl::Status>> TakeLoadFailures();
+  // TakeRemoved returns the adapters removed since the last call (the engine drops their cached
+  // prompt KV).
+  std::vector<uint64_t> TakeRemoved();
   // SetLoadListener: called on the loader thread, with no lock held, after every load (done or
   // failed). Set it before the first Want.
   void SetLoadListener(std::function<void()> listener);
@@ -167,6 +170,7 @@ class AdapterCache {
   int64_t pinned_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<uint64_t> wanted_ ABSL_GUARDED_BY(mutex_);
   std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mutex_);
+  std::vector<uint64_t> removed_ ABSL_GUARDED_BY(mutex_);
   // Bumped on every change that may let the loader make progress; the loader has acted on
   // every change up to changes_seen_ (and runs a load while load_in_flight_).
   uint64_t changes_ ABSL_GUARDED_BY(mutex_) = 0;

@@ -132,7 +132,8 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
       observer_(observer), clock_(options.clock != nullptr ? options.clock : common::RealClock()),
       kv_arena_(std::move(kv_arena)) {
   delta_backend_ = deltas::MakeDeltaBackend(model_->device());
-  allocator_ = std::make_unique<KvBlockAllocator>(kv_arena_.blocks(), kv_arena_.block_tokens());
+  allocator_ = std::make_unique<KvBlockAllocator>(kv_arena_.blocks(), kv_arena_.block_tokens(),
+                                                  options_.prefix_caching);
   AdapterCacheOptions cache_options;
   cache_options.device_budget_bytes = options_.adapter_cache_bytes;
   cache_options.host_budget_bytes = options_.adapter_host_cache_bytes;
@@ -254,6 +255,10 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
   uint64_t seed = request.sampling.seed.has_value() ? *request.sampling.seed : std::random_device{}();
   state->generator.seed(seed);
   state->request = std::move(request);
+  if (options_.prefix_caching) {
+    state->prefix_salt = PrefixSalt(options_.base_fingerprint, state->request.adapter_id);
+    state->prefix_keys = PrefixKeys(state->prefix_salt, state->tokens, options_.kv_block_tokens);
+  }
 
   absl::MutexLock lock(&mutex_);
   if (stopping_) return absl::UnavailableError("the server is shutting down");
@@ -299,6 +304,11 @@ void Engine::Cancel(uint64_t request_id) {
   cancelled_.push_back(request_id);
 }
 
+void Engine::FlushPrefixCache() {
+  absl::MutexLock lock(&mutex_);
+  flush_prefix_cache_ = true;
+}
+
 EngineSnapshot Engine::Snapshot() const {
   absl::MutexLock lock(&mutex_);
   return snapshot_;
@@ -330,6 +340,7 @@ void Engine::PublishSnapshot() {
     state.running_requests = static_cast<int64_t>(scheduler_->running().size());
     state.waiting_requests = static_cast<int64_t>(scheduler_->waiting().size());
     state.kv_cache_usage_ratio = allocator_->UsageRatio();
+    state.kv_cached_blocks = allocator_->cached_blocks();
     auto names = [](auto begin, auto end) {
       std::vector<std::string> result;
       for (auto it = begin; it != end; ++it) {
@@ -352,6 +363,7 @@ void Engine::PublishSnapshot() {
   snapshot_.running_requests = static_cast<int64_t>(scheduler_->running().size());
   snapshot_.kv_used_blocks = allocator_->used_blocks();
   snapshot_.kv_total_blocks = allocator_->total_blocks();
+  snapshot_.kv_cached_blocks = allocator_->cached_blocks();
   snapshot_.preemptions = scheduler_->preemptions();
   snapshot_.waiting_for_adapter = waiting_for_adapter;
 }
@@ -380,6 +392,7 @@ void Engine::Finish(RequestState* request, FinishReason reason, absl::Status sta
   result.status = std::move(status);
   result.final_output = std::move(final_output);
   result.usage.prompt_tokens = request->prompt_tokens;
+  result.usage.cached_prompt_tokens = request->cached_tokens;
   result.usage.completion_tokens = request->GeneratedTokens();
   const bool scheduled = request->first_scheduled != absl::InfinitePast();
   result.usage.queue_time_seconds =
@@ -414,11 +427,13 @@ void Engine::Loop() {
     std::vector<std::unique_ptr<RequestState>> arrivals;
     std::vector<uint64_t> cancels;
     bool stopping = false;
+    bool flush = false;
     {
       absl::MutexLock lock(&mutex_);
       const bool busy = !requests_.empty() && !idle_;
       auto has_news = [this, busy]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return busy || stopping_ || !incoming_.empty() || !cancelled_.empty() || adapters_changed_;
+        return busy || stopping_ || !incoming_.empty() || !cancelled_.empty() || adapters_changed_ ||
+               flush_prefix_cache_;
       };
       if (requests_.empty()) {
         mutex_.Await(absl::Condition(&has_news));
@@ -433,6 +448,13 @@ void Engine::Loop() {
       for (const auto& arrival : arrivals) ++queued_by_tenant_[arrival->request.tenant];
       cancels.swap(cancelled_);
       stopping = stopping_;
+      flush = flush_prefix_cache_;
+      flush_prefix_cache_ = false;
+    }
+    // A variant that is gone (deleted, re-registered or replaced: a new id) leaves no prompt KV.
+    if (flush) allocator_->DropAll();
+    for (uint64_t adapter : adapters_->TakeRemoved()) {
+      allocator_->DropSalt(PrefixSalt(options_.base_fingerprint, adapter));
     }
     absl::Time now = clock_->Now();
     for (auto& arrival : arrivals) {
@@ -516,7 +538,10 @@ void Engine::RunStep(Schedule& schedule) {
     RequestState* request = slice.request;
     if (request->first_scheduled == absl::InfinitePast()) {
       request->first_scheduled = started;
-      if (observer_ != nullptr) observer_->OnPromptTokens(request->prompt_tokens);
+      if (observer_ != nullptr) {
+        observer_->OnPromptTokens(request->prompt_tokens);
+        observer_->OnPrefixCache(request->cached_tokens, request->prompt_tokens - request->cached_tokens);
+      }
     }
     const int64_t needed = slice.start + slice.length;
     for (int64_t i = 0; i < slice.length; ++i) {
@@ -554,7 +579,10 @@ void Engine::RunStep(Schedule& schedule) {
     return;
   }
   pacer_->Observe(schedule.decode_tokens, schedule.prefill_tokens, absl::Now() - wall_started);
-  for (ScheduledSlice& slice : schedule.slices) slice.request->computed += slice.length;
+  for (ScheduledSlice& slice : schedule.slices) {
+    slice.request->computed += slice.length;
+    RegisterPromptBlocks(slice.request);
+  }
   HandleLogits(schedule, *logits, now);
   if (observer_ != nullptr) {
     StepStats stats;
@@ -562,6 +590,17 @@ void Engine::RunStep(Schedule& schedule) {
     stats.step_seconds = absl::ToDoubleSeconds(now - started);
     observer_->OnStep(stats);
   }
+}
+
+void Engine::RegisterPromptBlocks(RequestState* request) {
+  if (!allocator_->prefix_caching()) return;
+  const int64_t block_tokens = allocator_->block_tokens();
+  const int64_t full = std::min(request->computed, request->prompt_tokens) / block_tokens;
+  for (int64_t i = request->registered_blocks; i < full; ++i) {
+    allocator_->Register(request->kv_blocks[i], request->prefix_salt, request->prefix_keys[i],
+                         request->tokens.data() + i * block_tokens);
+  }
+  request->registered_blocks = std::max(request->registered_blocks, full);
 }
 
 namespace {

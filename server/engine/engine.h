@@ -49,6 +49,7 @@ struct EngineSnapshot {
   int64_t running_requests = 0;
   int64_t kv_used_blocks = 0;
   int64_t kv_total_blocks = 0;
+  int64_t kv_cached_blocks = 0;  // holding a cached prompt prefix (some may be in kv_used_blocks)
   int64_t preemptions = 0;
   int64_t waiting_for_adapter = 0;  // queued requests whose adapter is not on the device
 };
@@ -62,6 +63,9 @@ class Engine {
 
   absl::StatusOr<uint64_t> Submit(EngineRequest request, std::shared_ptr<RequestSink> sink);
   void Cancel(uint64_t request_id);
+  // FlushPrefixCache forgets every cached prompt block (at the loop's next iteration); blocks that
+  // running requests hold stay theirs.
+  void FlushPrefixCache();
   // Stop finishes every request still in the engine (kCancelled, UNAVAILABLE) and joins the
   // loop thread. Idempotent.
   void Stop();
@@ -84,6 +88,8 @@ class Engine {
   absl::Status Validate(const EngineRequest& request) const;
   void Loop();
   void RunStep(Schedule& schedule);
+  // RegisterPromptBlocks caches the request's full prompt blocks computed so far.
+  void RegisterPromptBlocks(RequestState* request);
   void HandleLogits(Schedule& schedule, const at::Tensor& logits, absl::Time now);
   void Finish(RequestState* request, FinishReason reason, absl::Status status, absl::Time now,
               GenerationOutput final_output = {});
@@ -100,6 +106,7 @@ class Engine {
   // Submitted requests not yet picked up by the loop.
   std::vector<std::unique_ptr<RequestState>> incoming_ ABSL_GUARDED_BY(mutex_);
   std::vector<uint64_t> cancelled_ ABSL_GUARDED_BY(mutex_);
+  bool flush_prefix_cache_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   // What the loop last published (plus the requests it has taken since); Submit bounds the

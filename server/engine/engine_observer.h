@@ -32,6 +32,8 @@ struct EngineState {
   int64_t running_requests = 0;
   int64_t waiting_requests = 0;
   double kv_cache_usage_ratio = 0;
+  // KV blocks holding a cached prompt prefix (referenced by running requests or not).
+  int64_t kv_cached_blocks = 0;
   // Waiting requests whose adapter is not on the device yet.
   int64_t requests_waiting_for_adapter = 0;
   // Distinct variant names (sorted) of running and of waiting requests; the base is not listed.
@@ -55,6 +57,9 @@ class EngineObserver {
   virtual void OnStep(const StepStats& stats) {}
   virtual void OnState(const EngineState& state) {}
   virtual void OnPromptTokens(int64_t count) {}
+  // Once per request, when first scheduled: prompt tokens found in the prefix cache and the ones
+  // to compute.
+  virtual void OnPrefixCache(int64_t hit_tokens, int64_t miss_tokens) {}
   // One call per generated token after a request's first.
   virtual void OnInterTokenLatency(double seconds) {}
   virtual void OnGeneratedTokens(int64_t count) {}

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -23,6 +24,11 @@ struct EngineOptions {
   // KV cache budget in bytes, accounted in blocks of kv_block_tokens tokens.
   int64_t kv_cache_bytes = int64_t{1} << 30;
   int64_t kv_block_tokens = 16;
+  // Keep full blocks of prompt KV after requests end and reuse them for prompts that start with
+  // the same tokens under the same base and variant (kv_block_allocator.h).
+  bool prefix_caching = true;
+  // Names the base model in prefix cache keys (model::ModelFingerprint; any stable string).
+  std::string base_fingerprint;
   // max_tokens when a request leaves it 0, and the largest max_tokens accepted.
   int32_t default_max_tokens = 256;
   int32_t max_tokens_limit = 4096;

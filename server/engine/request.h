@@ -67,6 +67,8 @@ struct GenerationOutput {
 
 struct Usage {
   int64_t prompt_tokens = 0;
+  // Prompt tokens whose KV came from the prefix cache (at the request's last admission).
+  int64_t cached_prompt_tokens = 0;
   int64_t completion_tokens = 0;
   double time_to_first_token_seconds = 0;
   double queue_time_seconds = 0;

@@ -32,6 +32,13 @@ struct RequestState {
 
   // The request's block table: arena blocks taken from the KvBlockAllocator, in position order.
   std::vector<int32_t> kv_blocks;
+  // Prefix cache: the salt naming what computes this request's KV (base model, variant id), the
+  // chained key of each full prompt block, how many leading blocks of kv_blocks are registered in
+  // the cache (or were shared from it), and how many prompt tokens the last admission found cached.
+  uint64_t prefix_salt = 0;
+  std::vector<uint64_t> prefix_keys;
+  int64_t registered_blocks = 0;
+  int64_t cached_tokens = 0;
   // Order of (re)admission to the running set: larger is younger (preempted first).
   uint64_t admission = 0;
   bool running = false;

@@ -18,6 +18,7 @@ bool Scheduler::Reserve(RequestState* request, int64_t tokens) {
 void Scheduler::Preempt(RequestState* request) {
   allocator_->Release(request->kv_blocks);
   request->computed = 0;
+  request->registered_blocks = 0;
   request->running = false;
   if (gate_ != nullptr) gate_->Release(request);
   running_.erase(std::find(running_.begin(), running_.end(), request));
@@ -135,7 +136,7 @@ Schedule Scheduler::Next() {
     while (length > 0 && !Reserve(request, request->computed + length)) {
       // Shrink to what the free blocks allow.
       int64_t capacity =
-          (static_cast<int64_t>(request->kv_blocks.size()) + allocator_->FreeBlocks()) * allocator_->block_tokens();
+          (static_cast<int64_t>(request->kv_blocks.size()) + allocator_->AvailableBlocks()) * allocator_->block_tokens();
       length = std::min(length - 1, capacity - request->computed);
     }
     if (length <= 0) continue;
@@ -156,8 +157,15 @@ Schedule Scheduler::Next() {
     const size_t next = NextCandidate(skipped);
     if (next == waiting_.size()) break;
     RequestState* request = waiting_[next];
-    int64_t length = std::min(request->PendingTokens(), prefill_left);
-    int64_t capacity = allocator_->FreeBlocks() * allocator_->block_tokens();
+    // The longest cached prefix of its prompt (a score request needs every position's logits).
+    std::vector<int32_t> hit;
+    if (request->request.kind != RequestKind::kScore && request->computed == 0) {
+      const int64_t max_blocks = (static_cast<int64_t>(request->tokens.size()) - 1) / allocator_->block_tokens();
+      hit = allocator_->Match(request->prefix_salt, request->prefix_keys, request->tokens.data(), max_blocks);
+    }
+    const int64_t hit_tokens = static_cast<int64_t>(hit.size()) * allocator_->block_tokens();
+    int64_t length = std::min(request->PendingTokens() - hit_tokens, prefill_left);
+    int64_t capacity = (allocator_->AvailableBlocks() - allocator_->Unreferenced(hit)) * allocator_->block_tokens();
     length = std::min(length, capacity);
     if (length <= 0) {
       if (running_.empty()) {
@@ -173,7 +181,11 @@ Schedule Scheduler::Next() {
       skipped.push_back(request);
       continue;
     }
-    Reserve(request, length);
+    allocator_->Share(hit, request->kv_blocks);
+    request->computed = hit_tokens;
+    request->registered_blocks = static_cast<int64_t>(hit.size());
+    request->cached_tokens = hit_tokens;
+    Reserve(request, request->computed + length);
     waiting_.erase(waiting_.begin() + next);
     request->running = true;
     request->admission = next_admission_++;

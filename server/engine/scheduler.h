@@ -8,7 +8,9 @@
 // the youngest running request is preempted (its blocks freed; it is recomputed later) — a
 // request alone in the engine that outgrows the whole cache is reported for finishing instead.
 // A waiting request is admitted only when its VariantGate says its variant is ready; requests
-// behind it that are ready go first.
+// behind it that are ready go first. At admission a request shares the longest run of cached
+// blocks of its prompt (KvBlockAllocator's prefix cache), always leaving at least one token to
+// compute, and starts computing after them; cached tokens cost neither step budget nor counter.
 // Fairness between tenants (EngineRequest::tenant) follows the virtual token counter scheme
 // (VTC, Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024): each tenant's
 // counter grows by the tokens scheduled for it (prompt and generated) divided by its weight;
@@ -82,8 +84,7 @@ class Scheduler {
   double counter(const std::string& tenant) const;
 
  private:
-  // Reserve makes the request hold blocks for `tokens` tokens, with headroom when growing (see
-  // scheduler.cc); false when the blocks are not free.
+  // Reserve makes the request hold blocks for `tokens` tokens; false when they are not available.
   bool Reserve(RequestState* request, int64_t tokens);
   void Preempt(RequestState* request);
   // Charge adds scheduled tokens to the request's tenant's counter.

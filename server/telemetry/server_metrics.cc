@@ -41,6 +41,16 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                             .Help("Tokens generated")
                             .Register(*registry_)
                             .Add({})),
+      prefix_hit_tokens_(prometheus::BuildCounter()
+                             .Name("deltaserve_prefix_cache_hit_tokens_total")
+                             .Help("Prompt tokens whose KV came from the prefix cache")
+                             .Register(*registry_)
+                             .Add({})),
+      prefix_miss_tokens_(prometheus::BuildCounter()
+                              .Name("deltaserve_prefix_cache_miss_tokens_total")
+                              .Help("Prompt tokens computed (not found in the prefix cache)")
+                              .Register(*registry_)
+                              .Add({})),
       time_to_first_token_(MakeHistogram(*registry_, "deltaserve_time_to_first_token_seconds",
                                          "Seconds from arrival to the first generated token",
                                          LatencyBuckets())),
@@ -71,9 +81,15 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry, int
                    .Add({})),
       kv_cache_usage_(prometheus::BuildGauge()
                           .Name("deltaserve_kv_cache_usage_ratio")
-                          .Help("Fraction of KV cache blocks in use (0 to 1)")
+                          .Help("Fraction of KV cache blocks held by requests (0 to 1); cached prefixes "
+                                "nobody holds count as free")
                           .Register(*registry_)
                           .Add({})),
+      kv_cached_blocks_(prometheus::BuildGauge()
+                            .Name("deltaserve_prefix_cache_blocks")
+                            .Help("KV cache blocks holding a cached prompt prefix (held by requests or not)")
+                            .Register(*registry_)
+                            .Add({})),
       waiting_for_adapter_(prometheus::BuildGauge()
                                .Name("deltaserve_requests_waiting_for_adapter")
                                .Help("Waiting requests whose adapter is not on the device yet")
@@ -168,6 +184,7 @@ void ServerMetrics::OnState(const engine::EngineState& state) {
   running_.Set(static_cast<double>(state.running_requests));
   waiting_.Set(static_cast<double>(state.waiting_requests));
   kv_cache_usage_.Set(state.kv_cache_usage_ratio);
+  kv_cached_blocks_.Set(static_cast<double>(state.kv_cached_blocks));
   waiting_for_adapter_.Set(static_cast<double>(state.requests_waiting_for_adapter));
   const std::string running = absl::StrJoin(state.running_variants, ",");
   const std::string waiting = absl::StrJoin(state.waiting_variants, ",");
@@ -192,6 +209,11 @@ void ServerMetrics::LoraInfo::Set(const std::string& running_now, const std::str
 }
 
 void ServerMetrics::OnPromptTokens(int64_t count) { prompt_tokens_.Increment(static_cast<double>(count)); }
+
+void ServerMetrics::OnPrefixCache(int64_t hit_tokens, int64_t miss_tokens) {
+  prefix_hit_tokens_.Increment(static_cast<double>(hit_tokens));
+  prefix_miss_tokens_.Increment(static_cast<double>(miss_tokens));
+}
 void ServerMetrics::OnInterTokenLatency(double seconds) { inter_token_latency_.Observe(seconds); }
 void ServerMetrics::OnGeneratedTokens(int64_t count) {
   generated_tokens_.Increment(static_cast<double>(count));

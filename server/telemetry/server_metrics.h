@@ -37,6 +37,7 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   void OnStep(const engine::StepStats& stats) override;
   void OnState(const engine::EngineState& state) override;
   void OnPromptTokens(int64_t count) override;
+  void OnPrefixCache(int64_t hit_tokens, int64_t miss_tokens) override;
   void OnInterTokenLatency(double seconds) override;
   void OnGeneratedTokens(int64_t count) override;
   void OnRequestFinished(const engine::FinishedRequestStats& stats) override;
@@ -61,6 +62,8 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   prometheus::Family<prometheus::Counter>& finished_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generated_tokens_;
+  prometheus::Counter& prefix_hit_tokens_;
+  prometheus::Counter& prefix_miss_tokens_;
   prometheus::Histogram& time_to_first_token_;
   prometheus::Histogram& inter_token_latency_;
   prometheus::Histogram& end_to_end_latency_;
@@ -70,6 +73,7 @@ class ServerMetrics : public engine::EngineObserver, public control::JobObserver
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_cache_usage_;
+  prometheus::Gauge& kv_cached_blocks_;
   prometheus::Gauge& waiting_for_adapter_;
   // Per tier (indexed by engine::AdapterTier); label tier="device"|"host"|"disk".
   prometheus::Gauge* adapters_resident_[engine::kAdapterTierCount];
