@@ -126,6 +126,31 @@ TEST_F(OpenAiHttpTest, StreamedCompletionAddsUpToTheWholeOne) {
   EXPECT_EQ(usage["completion_tokens"], 16);
 }
 
+TEST_F(OpenAiHttpTest, UsageReportsPromptTokensFoundInThePrefixCache) {
+  // A system prompt of several 16-token blocks, seen for the first time, then again.
+  const Json messages = Json::array(
+      {{{"role", "system"},
+        {"content", "You are the archivist of the northern harbour. You answer in one short sentence, you never "
+                    "guess, and you name the shelf where each record is kept."}},
+       {{"role", "user"}, {"content", "where is the ledger"}}});
+  const Json body = {{"messages", messages}, {"max_tokens", 4}, {"model", "demo-001"}};
+  HttpReply first = Post(port(), "/v1/chat/completions", body);
+  ASSERT_EQ(first.status, 200) << first.body;
+  EXPECT_EQ(first.Json()["usage"]["prompt_tokens_details"]["cached_tokens"], 0) << first.body;
+  Json streamed = body;
+  streamed["stream"] = true;
+  streamed["stream_options"] = {{"include_usage", true}};
+  HttpReply second = Post(port(), "/v1/chat/completions", streamed);
+  ASSERT_EQ(second.status, 200) << second.body;
+  std::vector<std::string> events = SseData(second.body);
+  ASSERT_GE(events.size(), 2u);
+  const Json usage = Json::parse(events[events.size() - 2])["usage"];
+  const int prompt = usage["prompt_tokens"].get<int>();
+  EXPECT_EQ(prompt, first.Json()["usage"]["prompt_tokens"].get<int>());
+  EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"].get<int>(), (prompt - 1) / 16 * 16) << usage.dump();
+  EXPECT_GE(prompt, 32);
+}
+
 TEST_F(OpenAiHttpTest, ChatRendersTheModelsTemplate) {
   // The demo template (tools/demo_model.h), written out by hand for this conversation.
   const std::string rendered = "<<SYS>> Be brief. <</SYS>>\n[INST] name a cat [/INST] Tom</s>[INST] another [/INST]";

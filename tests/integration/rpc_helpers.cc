@@ -58,6 +58,26 @@ v1::MergeRequest Merge(const std::string& method, const std::string& output,
   return request;
 }
 
+grpc::Status RegisterAdapter(DeltaserveClient& client, const std::string& name, const std::string& path,
+                             v1::Variant* variant) {
+  grpc::ClientContext context;
+  v1::RegisterAdapterRequest request;
+  request.set_name(name);
+  request.set_path(path);
+  v1::Variant ignored;
+  return client.variants().RegisterAdapter(&context, request, variant ? variant : &ignored);
+}
+
+grpc::Status DeleteVariant(DeltaserveClient& client, const std::string& name, bool drain) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::DeleteVariantRequest request;
+  request.set_name(name);
+  request.set_drain(drain);
+  v1::DeleteVariantResponse response;
+  return client.variants().DeleteVariant(&context, request, &response);
+}
+
 grpc::Status SubmitMerge(DeltaserveClient& client, const v1::MergeRequest& request, v1::Job* job) {
   grpc::ClientContext context;
   return client.jobs().SubmitMerge(&context, request, job);

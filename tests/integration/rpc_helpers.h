@@ -31,6 +31,11 @@ Stream RunStream(DeltaserveClient& client, const v1::GenerateRequest& request,
                  const std::function<bool()>& cancel = nullptr);
 
 grpc::Status GetVariant(DeltaserveClient& client, const std::string& name, v1::Variant* variant);
+// RegisterAdapter registers the adapter at `path` (under the server's --adapter-root) as `name`.
+grpc::Status RegisterAdapter(DeltaserveClient& client, const std::string& name, const std::string& path,
+                             v1::Variant* variant = nullptr);
+// DeleteVariant deletes `name`; with drain, after the requests using it finish (60 s at most).
+grpc::Status DeleteVariant(DeltaserveClient& client, const std::string& name, bool drain);
 
 // Merge builds a merge request (rank 0 = the server's default).
 v1::MergeRequest Merge(const std::string& method, const std::string& output,

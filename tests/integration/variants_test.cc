@@ -26,26 +26,6 @@ namespace {
 
 constexpr int64_t kTinyRank4AdapterBytes = 35840;
 
-grpc::Status RegisterAdapter(DeltaserveClient& client, const std::string& name, const std::string& path,
-                             v1::Variant* variant = nullptr) {
-  grpc::ClientContext context;
-  v1::RegisterAdapterRequest request;
-  request.set_name(name);
-  request.set_path(path);
-  v1::Variant ignored;
-  return client.variants().RegisterAdapter(&context, request, variant ? variant : &ignored);
-}
-
-grpc::Status DeleteVariant(DeltaserveClient& client, const std::string& name, bool drain) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  v1::DeleteVariantRequest request;
-  request.set_name(name);
-  request.set_drain(drain);
-  v1::DeleteVariantResponse response;
-  return client.variants().DeleteVariant(&context, request, &response);
-}
-
 class VariantsServerTest : public SharedServerTest<VariantsServerTest> {
  protected:
   static void SetUpTestSuite() {
