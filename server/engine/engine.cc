@@ -156,8 +156,8 @@ Engine::Engine(const EngineOptions& options, std::shared_ptr<const model::LlamaM
   });
   gate_ = std::make_unique<AdapterGate>(adapters_.get());
   scheduler_ = std::make_unique<Scheduler>(
-      SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests}, allocator_.get(),
-      gate_.get());
+      SchedulerOptions{options_.max_batch_tokens, options_.max_running_requests, options_.prefix_grouping},
+      allocator_.get(), gate_.get());
   PrefillPacerOptions pacing;
   pacing.target = options_.itl_target;
   pacing.min_tokens = std::min<int64_t>(options_.kv_block_tokens, options_.max_batch_tokens);

@@ -27,6 +27,9 @@ struct EngineOptions {
   // Keep full blocks of prompt KV after requests end and reuse them for prompts that start with
   // the same tokens under the same base and variant (kv_block_allocator.h).
   bool prefix_caching = true;
+  // Global prefix sharing in admission (scheduler.h): sharers of a cached or in-flight prefix
+  // go together.
+  bool prefix_grouping = true;
   // Names the base model in prefix cache keys (model::ModelFingerprint; any stable string).
   std::string base_fingerprint;
   // max_tokens when a request leaves it 0, and the largest max_tokens accepted.

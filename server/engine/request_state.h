@@ -39,6 +39,8 @@ struct RequestState {
   std::vector<uint64_t> prefix_keys;
   int64_t registered_blocks = 0;
   int64_t cached_tokens = 0;
+  // Times a younger request with a longer cached prefix was admitted before this one.
+  int passed_over = 0;
   // Order of (re)admission to the running set: larger is younger (preempted first).
   uint64_t admission = 0;
   bool running = false;

@@ -1,6 +1,7 @@
 #include "server/engine/scheduler.h"
 
 #include <algorithm>
+#include <unordered_set>
 
 namespace deltaserve::engine {
 
@@ -70,6 +71,35 @@ size_t Scheduler::NextCandidate(const std::vector<const RequestState*>& skipped)
       best_counter = value;
     }
   }
+  return best;
+}
+
+std::vector<int32_t> Scheduler::CachedPrefix(const RequestState* request) const {
+  // A score request needs every position's logits; a preempted one starts again from its prompt.
+  if (request->request.kind == RequestKind::kScore || request->computed != 0) return {};
+  const int64_t max_blocks = (static_cast<int64_t>(request->tokens.size()) - 1) / allocator_->block_tokens();
+  return allocator_->Match(request->prefix_salt, request->prefix_keys, request->tokens.data(), max_blocks);
+}
+
+size_t Scheduler::PreferCachedPrefix(size_t oldest, const std::vector<const RequestState*>& skipped) {
+  RequestState* first = waiting_[oldest];
+  if (!allocator_->prefix_caching() || first->passed_over >= options_.max_passed_over) return oldest;
+  const std::string& tenant = first->request.tenant;
+  size_t best = oldest;
+  size_t best_blocks = CachedPrefix(first).size();
+  int looked = 0;
+  for (size_t i = oldest + 1; i < waiting_.size() && looked < options_.prefix_lookahead; ++i) {
+    const RequestState* request = waiting_[i];
+    if (request->request.tenant != tenant) continue;
+    if (std::find(skipped.begin(), skipped.end(), request) != skipped.end()) continue;
+    ++looked;
+    const size_t blocks = CachedPrefix(request).size();
+    if (blocks > best_blocks) {
+      best = i;
+      best_blocks = blocks;
+    }
+  }
+  if (best != oldest) ++first->passed_over;
   return best;
 }
 
@@ -151,17 +181,26 @@ Schedule Scheduler::Next() {
   // to preempt (the freed blocks would only be fought over again).
   if (gate_ != nullptr) gate_->StartAdmission();
   std::vector<const RequestState*> skipped;  // not ready this step
+  // Prompt blocks running requests will register in the prefix cache.
+  std::unordered_set<uint64_t> pending_keys;
+  if (options_.prefix_grouping && allocator_->prefix_caching()) {
+    for (const RequestState* request : running_) {
+      pending_keys.insert(request->prefix_keys.begin() + request->registered_blocks, request->prefix_keys.end());
+    }
+  }
   while (preemptions_ == preemptions_before && prefill_left > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_running_requests) {
     // Only when there is room is the queue scanned for the next candidate.
-    const size_t next = NextCandidate(skipped);
+    size_t next = NextCandidate(skipped);
     if (next == waiting_.size()) break;
+    if (options_.prefix_grouping) next = PreferCachedPrefix(next, skipped);
     RequestState* request = waiting_[next];
-    // The longest cached prefix of its prompt (a score request needs every position's logits).
-    std::vector<int32_t> hit;
-    if (request->request.kind != RequestKind::kScore && request->computed == 0) {
-      const int64_t max_blocks = (static_cast<int64_t>(request->tokens.size()) - 1) / allocator_->block_tokens();
-      hit = allocator_->Match(request->prefix_salt, request->prefix_keys, request->tokens.data(), max_blocks);
+    std::vector<int32_t> hit = CachedPrefix(request);
+    // Its next block is being computed by a running prompt: wait and share it.
+    if (options_.prefix_grouping && hit.size() < request->prefix_keys.size() &&
+        pending_keys.count(request->prefix_keys[hit.size()]) > 0) {
+      skipped.push_back(request);
+      continue;
     }
     const int64_t hit_tokens = static_cast<int64_t>(hit.size()) * allocator_->block_tokens();
     int64_t length = std::min(request->PendingTokens() - hit_tokens, prefill_left);
@@ -194,6 +233,9 @@ Schedule Scheduler::Next() {
     Charge(request, length);
     budget -= length;
     prefill_left -= length;
+    if (options_.prefix_grouping) {
+      pending_keys.insert(request->prefix_keys.begin() + request->registered_blocks, request->prefix_keys.end());
+    }
   }
   schedule.prefill_tokens = schedule.TotalTokens() - schedule.decode_tokens;
 

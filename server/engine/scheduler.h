@@ -11,6 +11,13 @@
 // behind it that are ready go first. At admission a request shares the longest run of cached
 // blocks of its prompt (KvBlockAllocator's prefix cache), always leaving at least one token to
 // compute, and starts computing after them; cached tokens cost neither step budget nor counter.
+// Global prefix sharing (after BatchLLM, Zheng et al. 2024, done online): within the tenant whose
+// turn it is (VTC decides that as before), the waiting request with the longest cached prefix
+// goes first, so the sharers of a prefix run while it is cached instead of interleaving with
+// unrelated prompts until it is evicted (the oldest is passed over at most max_passed_over
+// times); and a request whose next prompt block a running request is computing waits for it,
+// so a prefix that many waiting requests share is computed once. Prompt chunks still ride along
+// with decodes under the pacer's cap.
 // Fairness between tenants (EngineRequest::tenant) follows the virtual token counter scheme
 // (VTC, Sheng et al., "Fairness in Serving Large Language Models", OSDI 2024): each tenant's
 // counter grows by the tokens scheduled for it (prompt and generated) divided by its weight;
@@ -47,6 +54,12 @@ class VariantGate {
 struct SchedulerOptions {
   int64_t max_batch_tokens = 2048;
   int64_t max_running_requests = 64;
+  // Global prefix sharing (see the top of this file); with the allocator's prefix cache only.
+  bool prefix_grouping = true;
+  // How many of the chosen tenant's waiting requests are compared for their cached prefix, and
+  // how often its oldest may be passed over for one with a longer cached prefix.
+  int prefix_lookahead = 64;
+  int max_passed_over = 16;
 };
 
 struct ScheduledSlice {
@@ -84,6 +97,12 @@ class Scheduler {
   double counter(const std::string& tenant) const;
 
  private:
+  // CachedPrefix: the cached blocks the request would share if admitted now.
+  std::vector<int32_t> CachedPrefix(const RequestState* request) const;
+  // PreferCachedPrefix: among the waiting requests of waiting_[oldest]'s tenant (up to
+  // prefix_lookahead, not skipped), the index of the one with the longest cached prefix; `oldest`
+  // on ties or once it was passed over max_passed_over times.
+  size_t PreferCachedPrefix(size_t oldest, const std::vector<const RequestState*>& skipped);
   // Reserve makes the request hold blocks for `tokens` tokens; false when they are not available.
   bool Reserve(RequestState* request, int64_t tokens);
   void Preempt(RequestState* request);

@@ -209,3 +209,100 @@ TEST(SchedulerTest, AFloodingTenantCannotQueueAheadOfAnother) {
 
 }  // namespace
 }  // namespace deltaserve::engine
+
+namespace deltaserve::engine {
+namespace {
+
+// A request whose prompt is `prefix` copies of token `prefix_token` then `rest` of `rest_token`,
+// keyed for the prefix cache as the engine does.
+std::unique_ptr<RequestState> Prompt(int prefix, int32_t prefix_token, int rest, int32_t rest_token,
+                                     const KvBlockAllocator& allocator) {
+  auto request = Request(prefix + rest);
+  std::fill(request->tokens.begin(), request->tokens.begin() + prefix, prefix_token);
+  std::fill(request->tokens.begin() + prefix, request->tokens.end(), rest_token);
+  request->prefix_salt = 1;
+  request->prefix_keys = PrefixKeys(1, request->tokens, allocator.block_tokens());
+  return request;
+}
+
+// Applies a schedule and registers the computed full prompt blocks, as the engine does.
+void ApplyAndRegister(const Schedule& schedule, KvBlockAllocator& allocator) {
+  Apply(schedule);
+  for (const ScheduledSlice& slice : schedule.slices) {
+    RequestState* request = slice.request;
+    const int64_t full = std::min(request->computed, request->prompt_tokens) / allocator.block_tokens();
+    for (int64_t i = request->registered_blocks; i < full; ++i) {
+      allocator.Register(request->kv_blocks[i], 1, request->prefix_keys[i],
+                         request->tokens.data() + i * allocator.block_tokens());
+    }
+    request->registered_blocks = std::max(request->registered_blocks, full);
+  }
+}
+
+TEST(SchedulerPrefixTest, ASharerWaitsForThePrefixBeingComputedThenStartsAfterIt) {
+  KvBlockAllocator allocator(100, 4, /*prefix_caching=*/true);
+  Scheduler scheduler({/*max_batch_tokens=*/64, /*max_running_requests=*/8}, &allocator);
+  auto first = Prompt(16, 3, 2, 8, allocator), sharer = Prompt(16, 3, 3, 9, allocator);
+  auto other = Prompt(16, 4, 2, 8, allocator);
+  scheduler.Enqueue(first.get());
+  scheduler.Enqueue(sharer.get());
+  scheduler.Enqueue(other.get());
+  Schedule step = scheduler.Next();  // the sharer waits; the unrelated prompt goes ahead
+  ASSERT_EQ(step.slices.size(), 2u);
+  EXPECT_EQ(step.slices[0].request, first.get());
+  EXPECT_EQ(step.slices[1].request, other.get());
+  ApplyAndRegister(step, allocator);
+  step = scheduler.Next();
+  ASSERT_EQ(step.slices.size(), 3u);
+  EXPECT_EQ(step.slices[2].request, sharer.get());
+  EXPECT_EQ(step.slices[2].start, 16);  // after the four shared blocks
+  EXPECT_EQ(step.slices[2].length, 3);
+  EXPECT_EQ(sharer->cached_tokens, 16);
+  EXPECT_TRUE(std::equal(first->kv_blocks.begin(), first->kv_blocks.begin() + 4, sharer->kv_blocks.begin()));
+
+  // Without grouping the sharer computes the prefix again alongside the first.
+  KvBlockAllocator plain_allocator(100, 4, true);
+  SchedulerOptions plain_options{64, 8};
+  plain_options.prefix_grouping = false;
+  Scheduler plain(plain_options, &plain_allocator);
+  auto a = Prompt(16, 3, 2, 8, plain_allocator), b = Prompt(16, 3, 3, 9, plain_allocator);
+  plain.Enqueue(a.get());
+  plain.Enqueue(b.get());
+  EXPECT_EQ(plain.Next().TotalTokens(), 18 + 19);
+}
+
+TEST(SchedulerPrefixTest, SharersOfACachedPrefixGoFirstWithinATenantButTheOldestIsNotStarved) {
+  KvBlockAllocator allocator(100, 4, true);
+  SchedulerOptions options{/*max_batch_tokens=*/64, /*max_running_requests=*/1};
+  options.max_passed_over = 2;
+  Scheduler scheduler(options, &allocator);
+  // Cache a 16-token prefix.
+  auto warm = Prompt(16, 3, 1, 8, allocator);
+  scheduler.Enqueue(warm.get());
+  ApplyAndRegister(scheduler.Next(), allocator);
+  scheduler.Remove(warm.get());
+  EXPECT_EQ(allocator.cached_blocks(), 4);
+
+  auto unrelated = Prompt(16, 4, 1, 8, allocator);
+  std::vector<std::unique_ptr<RequestState>> sharers;
+  for (int i = 0; i < 4; ++i) sharers.push_back(Prompt(16, 3, 2, 10 + i, allocator));
+  scheduler.Enqueue(unrelated.get());
+  for (auto& sharer : sharers) scheduler.Enqueue(sharer.get());
+  std::vector<RequestState*> order;
+  for (int admitted = 0; admitted < 5; ++admitted) {
+    Schedule step = scheduler.Next();
+    ASSERT_EQ(step.slices.size(), 1u);
+    order.push_back(step.slices[0].request);
+    scheduler.Remove(step.slices[0].request);
+  }
+  // Two sharers overtake the oldest; then it goes (passed over twice), then the other sharers.
+  EXPECT_EQ(order[0], sharers[0].get());
+  EXPECT_EQ(order[1], sharers[1].get());
+  EXPECT_EQ(order[2], unrelated.get());
+  EXPECT_EQ(order[3], sharers[2].get());
+  EXPECT_EQ(sharers[0]->cached_tokens, 16);
+  EXPECT_EQ(unrelated->cached_tokens, 0);
+}
+
+}  // namespace
+}  // namespace deltaserve::engine
