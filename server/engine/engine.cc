@@ -220,6 +220,13 @@ absl::Status Engine::Validate(const EngineRequest& request) const {
   if (!(sampling.top_p >= 0.0f && sampling.top_p <= 1.0f)) {
     return absl::InvalidArgumentError(absl::StrCat("top_p ", sampling.top_p, " is outside [0, 1]"));
   }
+  if (sampling.n < 1 || sampling.n > options_.max_choices) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n ", sampling.n, " is outside [1, ", options_.max_choices, "] (sequences per request)"));
+  }
+  if (sampling.n > 1 && request.kind == RequestKind::kScore) {
+    return absl::InvalidArgumentError("n > 1 applies to generation, not scoring");
+  }
   if (static_cast<int64_t>(sampling.stop.size()) > options_.max_stop_strings) {
     return absl::InvalidArgumentError(absl::StrCat("at most ", options_.max_stop_strings,
                                                    " stop strings are allowed, got ",
@@ -252,8 +259,12 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
   state->text = TextOutput(request.sampling.stop);
   state->arrival = clock_->Now();
   state->sink = std::move(sink);
-  uint64_t seed = request.sampling.seed.has_value() ? *request.sampling.seed : std::random_device{}();
-  state->generator.seed(seed);
+  state->seed = request.sampling.seed.has_value() ? *request.sampling.seed : std::random_device{}();
+  state->generator.seed(state->seed);
+  if (request.sampling.n > 1) {
+    state->fan_in = std::make_shared<ChoiceFanIn>(std::move(state->sink), request.sampling.n);
+    state->sink = state->fan_in->Choice(0);
+  }
   state->request = std::move(request);
   if (options_.prefix_caching) {
     state->prefix_salt = PrefixSalt(options_.base_fingerprint, state->request.adapter_id);
@@ -293,6 +304,7 @@ absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<R
     }
   }
   state->id = next_id_++;
+  state->family = state->id;
   uint64_t id = state->id;
   incoming_.push_back(std::move(state));
   ++snapshot_.active_requests;
@@ -416,7 +428,20 @@ void Engine::Finish(RequestState* request, FinishReason reason, absl::Status sta
     observer_->OnRequestFinished(stats);
   }
   std::shared_ptr<RequestSink> sink = std::move(request->sink);
+  // Ended before its prompt was computed: the other choices were never forked and end with it.
+  std::vector<std::shared_ptr<RequestSink>> unforked;
+  if (request->fan_in != nullptr && !request->forked) {
+    for (int32_t index = 1; index < request->request.sampling.n; ++index) {
+      unforked.push_back(request->fan_in->Choice(index));
+    }
+  }
   requests_.erase(request->id);  // destroys *request
+  for (auto& choice : unforked) {
+    RequestResult ended;
+    ended.reason = result.reason;
+    ended.status = result.status;
+    choice->OnFinished(std::move(ended));
+  }
   if (sink != nullptr) sink->OnFinished(std::move(result));
 }
 
@@ -473,8 +498,12 @@ void Engine::Loop() {
       return;
     }
     for (uint64_t id : cancels) {
-      auto it = requests_.find(id);
-      if (it != requests_.end()) Finish(it->second.get(), FinishReason::kCancelled, absl::OkStatus(), now);
+      // The request and the choices forked from it.
+      std::vector<RequestState*> family;
+      for (auto& [other, request] : requests_) {
+        if (request->family == id) family.push_back(request.get());
+      }
+      for (RequestState* request : family) Finish(request, FinishReason::kCancelled, absl::OkStatus(), now);
     }
     std::vector<RequestState*> expired;
     for (auto& [id, request] : requests_) {
@@ -653,35 +682,94 @@ void Engine::HandleLogits(Schedule& schedule, const at::Tensor& logits_tensor, a
       Finish(request, FinishReason::kError, NonFinite(*request), now);
       continue;
     }
-    const SamplingOptions& sampling = request->request.sampling;
-    SampledToken sampled = SampleToken(values, vocab, sampling, request->generator);
-    request->tokens.push_back(sampled.token_id);
-    if (request->first_token == absl::InfinitePast()) {
-      request->first_token = now;
-    } else if (observer_ != nullptr) {
-      observer_->OnInterTokenLatency(absl::ToDoubleSeconds(now - request->last_token));
+    // The other choices of an n > 1 request start from the same prompt and logits.
+    std::vector<RequestState*> choices = {request};
+    if (request->fan_in != nullptr && !request->forked) {
+      request->forked = true;
+      for (int32_t index = 1; index < request->request.sampling.n; ++index) {
+        if (RequestState* choice = Fork(request, index)) choices.push_back(choice);
+      }
     }
-    request->last_token = now;
-    if (observer_ != nullptr) observer_->OnGeneratedTokens(1);
-
-    GenerationOutput output;
-    output.token_ids.push_back(sampled.token_id);
-    if (sampling.logprobs) output.logprobs.push_back(sampled.logprob);
-    output.text = request->text.Append(tokenizer_->TokenBytes(sampled.token_id));
-    const bool stop_token =
-        (!sampling.ignore_eos && tokenizer_->IsEos(sampled.token_id)) ||
-        std::find(sampling.stop_token_ids.begin(), sampling.stop_token_ids.end(),
-                  sampled.token_id) != sampling.stop_token_ids.end();
-    if (stop_token || request->text.Stopped()) {
-      output.text += request->text.Flush();
-      Finish(request, FinishReason::kStop, absl::OkStatus(), now, std::move(output));
-    } else if (request->GeneratedTokens() >= request->max_new_tokens) {
-      output.text += request->text.Flush();
-      Finish(request, FinishReason::kLength, absl::OkStatus(), now, std::move(output));
-    } else {
-      request->sink->OnOutput(std::move(output));
-    }
+    for (RequestState* choice : choices) EmitToken(choice, values, now);
   }
+}
+
+void Engine::EmitToken(RequestState* request, const float* values, absl::Time now) {
+  const int64_t vocab = model_->config().vocab_size;
+  const SamplingOptions& sampling = request->request.sampling;
+  SampledToken sampled = SampleToken(values, vocab, sampling, request->generator);
+  request->tokens.push_back(sampled.token_id);
+  if (request->first_token == absl::InfinitePast()) {
+    request->first_token = now;
+  } else if (observer_ != nullptr) {
+    observer_->OnInterTokenLatency(absl::ToDoubleSeconds(now - request->last_token));
+  }
+  request->last_token = now;
+  if (observer_ != nullptr) observer_->OnGeneratedTokens(1);
+
+  GenerationOutput output;
+  output.token_ids.push_back(sampled.token_id);
+  if (sampling.logprobs) output.logprobs.push_back(sampled.logprob);
+  output.text = request->text.Append(tokenizer_->TokenBytes(sampled.token_id));
+  const bool stop_token =
+      (!sampling.ignore_eos && tokenizer_->IsEos(sampled.token_id)) ||
+      std::find(sampling.stop_token_ids.begin(), sampling.stop_token_ids.end(), sampled.token_id) !=
+          sampling.stop_token_ids.end();
+  if (stop_token || request->text.Stopped()) {
+    output.text += request->text.Flush();
+    Finish(request, FinishReason::kStop, absl::OkStatus(), now, std::move(output));
+  } else if (request->GeneratedTokens() >= request->max_new_tokens) {
+    output.text += request->text.Flush();
+    Finish(request, FinishReason::kLength, absl::OkStatus(), now, std::move(output));
+  } else {
+    request->sink->OnOutput(std::move(output));
+  }
+}
+
+RequestState* Engine::Fork(RequestState* parent, int32_t index) {
+  auto owned = std::make_unique<RequestState>();
+  RequestState* choice = owned.get();
+  {
+    absl::MutexLock lock(&mutex_);
+    choice->id = next_id_++;
+  }
+  choice->request = parent->request;
+  choice->sink = parent->fan_in->Choice(index);
+  choice->fan_in = parent->fan_in;
+  choice->choice_index = index;
+  choice->family = parent->family;
+  choice->forked = true;
+  choice->tokens = parent->tokens;
+  choice->prompt_tokens = parent->prompt_tokens;
+  choice->max_new_tokens = parent->max_new_tokens;
+  choice->text = TextOutput(parent->request.sampling.stop);
+  choice->arrival = parent->arrival;
+  choice->first_scheduled = parent->first_scheduled;
+  choice->seed = parent->seed + static_cast<uint64_t>(index);
+  choice->generator.seed(choice->seed);
+  choice->prefix_salt = parent->prefix_salt;
+  choice->prefix_keys = parent->prefix_keys;
+  choice->cached_tokens = parent->cached_tokens;
+  if (choice->request.adapter_id != 0) adapters_->AddUser(choice->request.adapter_id).IgnoreError();  // the parent holds it
+  requests_[choice->id] = std::move(owned);
+
+  // Share the prompt's full blocks; copy the partial one (the choices write there next).
+  const int64_t full = parent->computed / allocator_->block_tokens();
+  allocator_->Share({parent->kv_blocks.begin(), parent->kv_blocks.begin() + full}, choice->kv_blocks);
+  const bool partial = parent->computed % allocator_->block_tokens() != 0;
+  bool ready = !partial || allocator_->TryAppend(1, choice->kv_blocks);
+  if (ready && partial) kv_arena_.CopyBlock(parent->kv_blocks[full], choice->kv_blocks.back());
+  if (ready) {
+    choice->computed = parent->computed;
+    choice->registered_blocks = std::min(parent->registered_blocks, full);
+    ready = scheduler_->AdmitForked(choice);
+  }
+  if (!ready) {
+    allocator_->Release(choice->kv_blocks);
+    scheduler_->Enqueue(choice);
+    return nullptr;
+  }
+  return choice;
 }
 
 }  // namespace deltaserve::engine

@@ -91,6 +91,12 @@ class Engine {
   // RegisterPromptBlocks caches the request's full prompt blocks computed so far.
   void RegisterPromptBlocks(RequestState* request);
   void HandleLogits(Schedule& schedule, const at::Tensor& logits, absl::Time now);
+  // EmitToken samples the request's next token from `values` and hands it on (or finishes).
+  void EmitToken(RequestState* request, const float* values, absl::Time now);
+  // Fork makes choice `index` of a request with n > 1 whose prompt was just computed: it shares
+  // the prompt's full blocks, gets a copy of the partial one, and runs at once; when no block is
+  // free it waits in the queue instead, to compute its prompt (then null is returned).
+  RequestState* Fork(RequestState* parent, int32_t index);
   void Finish(RequestState* request, FinishReason reason, absl::Status status, absl::Time now,
               GenerationOutput final_output = {});
   void PublishSnapshot();

@@ -43,6 +43,8 @@ struct EngineOptions {
   AdapterReader read_adapter;
   // Limits on stop strings per request.
   int32_t max_stop_strings = 16;
+  // Sequences one request may ask for (SamplingOptions::n).
+  int32_t max_choices = 16;
   int32_t max_stop_string_bytes = 256;
   // Intra-op CPU threads of the engine's steps; 0 = one per CPU core (see intra_op_threads.h).
   int32_t threads = 0;

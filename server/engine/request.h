@@ -32,6 +32,9 @@ struct SamplingOptions {
   bool ignore_eos = false;
   // Report log p(token) under the unmodified model distribution for each generated token.
   bool logprobs = false;
+  // Parallel sampling: n sequences from one prompt, computed once. Choice i samples with its own
+  // generator seeded seed + i (so choice i equals a single request with that seed).
+  int32_t n = 1;
 };
 
 struct EngineRequest {
@@ -63,6 +66,10 @@ struct GenerationOutput {
   std::string text;  // always valid UTF-8
   std::vector<int32_t> token_ids;
   std::vector<float> logprobs;  // parallel to token_ids when requested
+  // With n > 1: which choice this is, and on a choice's last output, why it ended (the request's
+  // OnFinished comes once, after every choice ended).
+  int32_t index = 0;
+  std::optional<FinishReason> choice_finished;
 };
 
 struct Usage {

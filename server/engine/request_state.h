@@ -11,6 +11,7 @@
 
 #include "absl/time/time.h"
 #include "server/deltas/delta_set.h"
+#include "server/engine/choice_fan_in.h"
 #include "server/engine/request.h"
 #include "server/engine/text_output.h"
 
@@ -46,6 +47,14 @@ struct RequestState {
   bool running = false;
 
   std::mt19937_64 generator;
+  uint64_t seed = 0;  // the generator's seed
+  // Parallel sampling (n > 1): the choices' shared sink, this sequence's choice index, the id of
+  // the request the choices came from (cancelling it cancels them all), and whether the other
+  // choices were forked from this one (at the end of its prompt).
+  std::shared_ptr<ChoiceFanIn> fan_in;
+  int32_t choice_index = 0;
+  uint64_t family = 0;
+  bool forked = false;
   TextOutput text{{}};
   std::vector<float> score_logprobs;
 

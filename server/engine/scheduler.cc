@@ -74,6 +74,15 @@ size_t Scheduler::NextCandidate(const std::vector<const RequestState*>& skipped)
   return best;
 }
 
+bool Scheduler::AdmitForked(RequestState* request) {
+  if (gate_ != nullptr && !gate_->Acquire(request)) return false;
+  ++active_requests_[request->request.tenant];
+  request->running = true;
+  request->admission = next_admission_++;
+  running_.push_back(request);
+  return true;
+}
+
 std::vector<int32_t> Scheduler::CachedPrefix(const RequestState* request) const {
   // A score request needs every position's logits; a preempted one starts again from its prompt.
   if (request->request.kind == RequestKind::kScore || request->computed != 0) return {};

@@ -84,6 +84,9 @@ class Scheduler {
       : options_(options), allocator_(allocator), gate_(gate) {}
 
   void Enqueue(RequestState* request);
+  // AdmitForked puts a request straight into the running set (a choice forked from a running
+  // request, holding blocks already); false when its VariantGate refuses (nothing changed).
+  bool AdmitForked(RequestState* request);
   // Remove takes a request out of the running or waiting set and frees its blocks.
   void Remove(RequestState* request);
   Schedule Next();
