@@ -35,6 +35,8 @@ void FillOutput(const engine::GenerationOutput& output, const std::string& reque
   response->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());
   response->mutable_logprobs()->Add(output.logprobs.begin(), output.logprobs.end());
   response->set_request_id(request_id);
+  response->set_index(output.index);
+  if (output.choice_finished.has_value()) response->set_finish_reason(ToProto(*output.choice_finished));
 }
 
 // Status a finished engine request ends its RPC with.
@@ -272,6 +274,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     options.stop_token_ids.assign(sampling.stop_token_ids().begin(), sampling.stop_token_ids().end());
     options.ignore_eos = sampling.ignore_eos();
     options.logprobs = request->include_logprobs();
+    options.n = sampling.n() == 0 ? 1 : sampling.n();
     front_request.request_id = request->request_id();
     front_request.deadline = DeadlineOf(*context);
     return front_->Prepare(access, std::move(front_request), &lease);

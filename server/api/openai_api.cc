@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <deque>
+#include <map>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -247,7 +248,7 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
   const model::Tokenizer& tokenizer = front_->tokenizer();
   // One choice object (streamed chunk or whole) for a piece of output.
   auto choice = [&](const engine::GenerationOutput& piece, size_t text_offset, Json finish_reason, bool whole) {
-    Json result = {{"index", 0}};
+    Json result = {{"index", piece.index}};
     if (chat) {
       Json message = {{"content", piece.text}};
       if (whole) message["role"] = "assistant";
@@ -271,8 +272,10 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
 
   std::optional<engine::RequestResult> result;
   std::vector<engine::GenerationOutput> pieces;
+  // With n > 1 each choice ends by itself (its last piece says why); with one, the result says.
+  const bool several = parsed.sampling.n > 1;
   if (!parsed.stream) {
-    engine::GenerationOutput all;
+    std::map<int32_t, engine::GenerationOutput> all;  // by choice index
     bool cancelled = false;
     while (!result.has_value()) {
       sink->Wait(absl::Milliseconds(500), &pieces, &result);
@@ -280,11 +283,17 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
         front_->Cancel(engine_id);  // nobody will read the answer; the engine ends the request shortly
         cancelled = true;
       }
-      if (result.has_value()) pieces.push_back(std::move(result->final_output));
+      if (result.has_value() && !several) {
+        result->final_output.choice_finished = result->reason;
+        pieces.push_back(std::move(result->final_output));
+      }
       for (engine::GenerationOutput& piece : pieces) {
-        all.text += piece.text;
-        all.token_ids.insert(all.token_ids.end(), piece.token_ids.begin(), piece.token_ids.end());
-        all.logprobs.insert(all.logprobs.end(), piece.logprobs.begin(), piece.logprobs.end());
+        engine::GenerationOutput& whole = all[piece.index];
+        whole.index = piece.index;
+        whole.text += piece.text;
+        whole.token_ids.insert(whole.token_ids.end(), piece.token_ids.begin(), piece.token_ids.end());
+        whole.logprobs.insert(whole.logprobs.end(), piece.logprobs.begin(), piece.logprobs.end());
+        if (piece.choice_finished.has_value()) whole.choice_finished = piece.choice_finished;
       }
       pieces.clear();
     }
@@ -296,7 +305,11 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
       SendError(status, response);
       return;
     }
-    Json body = envelope(Json::array({choice(all, 0, FinishReasonText(result->reason), true)}), false);
+    Json choices = Json::array();
+    for (const auto& [index, whole] : all) {
+      choices.push_back(choice(whole, 0, FinishReasonText(whole.choice_finished.value_or(result->reason)), true));
+    }
+    Json body = envelope(std::move(choices), false);
     body["usage"] = UsageJson(result->usage);
     response.Send(200, kJson, Dump(body));
     return;
@@ -304,19 +317,20 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
 
   auto event = [&](const Json& data) { return response.WriteChunk(absl::StrCat("data: ", Dump(data), "\n\n")); };
   bool open = response.StartStream("text/event-stream");
-  if (open && chat) {
-    open = event(envelope(Json::array({{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}},
+  for (int32_t index = 0; open && chat && index < parsed.sampling.n; ++index) {
+    open = event(envelope(Json::array({{{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}},
                                         {"logprobs", nullptr}, {"finish_reason", nullptr}}}),
                           true));
   }
-  size_t text_offset = 0;
+  std::map<int32_t, size_t> text_offsets;  // by choice index
   while (!result.has_value()) {
     sink->Wait(absl::Milliseconds(500), &pieces, &result);
     for (const engine::GenerationOutput& piece : pieces) {
-      if (open && (!piece.text.empty() || !piece.token_ids.empty())) {
-        open = event(envelope(Json::array({choice(piece, text_offset, nullptr, false)}), true));
+      const Json finish = piece.choice_finished.has_value() ? Json(FinishReasonText(*piece.choice_finished)) : Json(nullptr);
+      if (open && (!piece.text.empty() || !piece.token_ids.empty() || !finish.is_null())) {
+        open = event(envelope(Json::array({choice(piece, text_offsets[piece.index], finish, false)}), true));
       }
-      text_offset += piece.text.size();
+      text_offsets[piece.index] += piece.text.size();
     }
     pieces.clear();
     if (open && !result.has_value() && response.ClientGone()) open = false;
@@ -331,8 +345,10 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
       {"http", request_id, tenant, served_variant, served_version, status, result->usage, absl::Now() - started});
   if (!open) return;
   if (status.ok()) {
-    event(envelope(Json::array({choice(result->final_output, text_offset, FinishReasonText(result->reason), false)}),
-                   true));
+    if (!several) {
+      event(envelope(Json::array({choice(result->final_output, text_offsets[0], FinishReasonText(result->reason), false)}),
+                     true));
+    }
     if (parsed.include_usage) {
       Json usage = envelope(Json::array(), true);
       usage["usage"] = UsageJson(result->usage);

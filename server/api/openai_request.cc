@@ -61,7 +61,6 @@ absl::StatusOr<std::vector<int32_t>> TokenIds(const Json& value, const char* fie
 
 // Refuse asks the engine cannot honour instead of silently ignoring them.
 absl::Status RefuseUnsupported(const Json& body) {
-  if (Present(body, "n") && body["n"] != 1) return FieldError("n", "must be 1: one choice per request");
   if (Present(body, "best_of") && body["best_of"] != 1) return FieldError("best_of", "must be 1");
   if (Present(body, "echo") && body["echo"] != false) return FieldError("echo", "is not supported");
   if (Present(body, "suffix") && body["suffix"] != "") return FieldError("suffix", "is not supported");
@@ -105,6 +104,10 @@ absl::Status ParseCommon(const Json& body, OpenAiRequest* request) {
   if (Present(body, "top_k")) {
     ASSIGN_OR_RETURN(int64_t top_k, Integer(body, "top_k", -1, std::numeric_limits<int32_t>::max()));
     sampling.top_k = top_k < 0 ? 0 : static_cast<int32_t>(top_k);  // vLLM: -1 = off
+  }
+  if (Present(body, "n")) {
+    ASSIGN_OR_RETURN(int64_t n, Integer(body, "n", 1, 16));
+    request.sampling.n = static_cast<int32_t>(n);
   }
   if (Present(body, "seed")) {
     ASSIGN_OR_RETURN(int64_t seed, Integer(body, "seed", std::numeric_limits<int64_t>::min(),

@@ -79,7 +79,9 @@ TEST_F(ParallelSamplingTest, ChoiceIEqualsASingleRequestSeededSeedPlusIAndThePro
   ASSERT_NE(prompt % 4, 0);
   EXPECT_EQ(result.usage.prompt_tokens, prompt);
   EXPECT_EQ(result.usage.completion_tokens, 4 * 12);
-  // One prompt, then 11 decodes per choice (the first token of every choice comes from the prompt's logits).
+  // One prompt, then 11 decodes per choice (the first token of every choice comes from the
+  // prompt's logits). The last step is counted once the engine published its snapshot.
+  ASSERT_TRUE(SnapshotSettles(**engine, [](const EngineSnapshot& s) { return s.active_requests == 0; }));
   EXPECT_EQ(steps.total.load(), prompt + 4 * 11);
   ASSERT_EQ(sink->choices_.size(), 4u);
 

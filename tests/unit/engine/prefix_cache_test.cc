@@ -194,8 +194,10 @@ TEST_F(PrefixCacheTest, ScoresAreComputedNotReadFromTheCache) {
   RunRequest(*on, Request(kSystem + " warm", 1));
   EngineRequest score = Request(kSystem + " the cat reads", 0);
   score.kind = RequestKind::kScore;
-  const RequestResult& cached = RunRequest(*on, score)->Wait();
-  const RequestResult& fresh = RunRequest(*off, score)->Wait();
+  auto cached_sink = RunRequest(*on, score);
+  auto fresh_sink = RunRequest(*off, score);
+  const RequestResult& cached = cached_sink->Wait();
+  const RequestResult& fresh = fresh_sink->Wait();
   EXPECT_EQ(cached.usage.cached_prompt_tokens, 0);
   ASSERT_EQ(cached.token_logprobs.size(), fresh.token_logprobs.size());
   for (size_t i = 0; i < fresh.token_logprobs.size(); ++i) {
