@@ -107,7 +107,7 @@ absl::Status ParseCommon(const Json& body, OpenAiRequest* request) {
   }
   if (Present(body, "n")) {
     ASSIGN_OR_RETURN(int64_t n, Integer(body, "n", 1, 16));
-    request.sampling.n = static_cast<int32_t>(n);
+    request->sampling.n = static_cast<int32_t>(n);
   }
   if (Present(body, "seed")) {
     ASSIGN_OR_RETURN(int64_t seed, Integer(body, "seed", std::numeric_limits<int64_t>::min(),

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <map>
 #include <sstream>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -151,6 +152,70 @@ TEST_F(OpenAiHttpTest, UsageReportsPromptTokensFoundInThePrefixCache) {
   EXPECT_GE(prompt, 32);
 }
 
+TEST_F(OpenAiHttpTest, NChoicesEqualSingleRequestsWithTheDerivedSeedsOverGrpcAndHttp) {
+  // gRPC: n = 4 in one stream, each message tagged with its choice.
+  v1::GenerateRequest several = Sampled("the cat reads", 10, "demo-001", 500);
+  several.mutable_sampling()->set_n(4);
+  Stream stream = RunStream(*client_, several);
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  std::map<int, std::vector<int32_t>> tokens;
+  std::map<int, std::string> texts;
+  std::set<int> ended;
+  for (const v1::GenerateResponse& response : stream.responses) {
+    tokens[response.index()].insert(tokens[response.index()].end(), response.token_ids().begin(),
+                                    response.token_ids().end());
+    texts[response.index()] += response.text();
+    if (response.finish_reason() != v1::FINISH_REASON_UNSPECIFIED && !response.has_usage()) ended.insert(response.index());
+  }
+  EXPECT_EQ(ended, (std::set<int>{0, 1, 2, 3}));
+  ASSERT_TRUE(stream.responses.back().has_usage());
+  EXPECT_EQ(stream.responses.back().usage().completion_tokens(), 40);
+  for (int i = 0; i < 4; ++i) {
+    Stream single = RunStream(*client_, Sampled("the cat reads", 10, "demo-001", 500 + i));
+    ASSERT_TRUE(single.status.ok());
+    EXPECT_EQ(tokens[i], single.tokens) << "choice " << i;
+    EXPECT_EQ(texts[i], single.text) << "choice " << i;
+  }
+
+  // HTTP: the same choices, whole and streamed.
+  const Json body = {{"prompt", "the cat reads"}, {"max_tokens", 10}, {"temperature", 0.9}, {"top_p", 0.95},
+                     {"seed", 500}, {"ignore_eos", true}, {"model", "demo-001"}, {"n", 4}};
+  HttpReply whole = Post(port(), "/v1/completions", body);
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  const Json answer = whole.Json();
+  const Json& choices = answer["choices"];
+  ASSERT_EQ(choices.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(choices[i]["index"], i);
+    EXPECT_EQ(choices[i]["text"], texts[i]);
+    EXPECT_EQ(choices[i]["finish_reason"], "length");
+  }
+  EXPECT_EQ(answer["usage"]["completion_tokens"], 40);
+  Json streamed_body = body;
+  streamed_body["stream"] = true;
+  HttpReply streamed = Post(port(), "/v1/completions", streamed_body);
+  ASSERT_EQ(streamed.status, 200) << streamed.body;
+  std::map<int, std::string> streamed_texts;
+  std::map<int, std::string> finishes;
+  for (const std::string& data : SseData(streamed.body)) {
+    if (data == "[DONE]") continue;
+    const Json event = Json::parse(data);
+    for (const Json& choice : event["choices"]) {
+      streamed_texts[choice["index"].get<int>()] += choice["text"].get<std::string>();
+      if (!choice["finish_reason"].is_null()) finishes[choice["index"].get<int>()] = choice["finish_reason"];
+    }
+  }
+  EXPECT_EQ(streamed_texts, texts);
+  EXPECT_EQ(finishes.size(), 4u);
+
+  // Out of range: a clear error naming the field.
+  Json too_many = body;
+  too_many["n"] = 17;
+  HttpReply refused = Post(port(), "/v1/completions", too_many);
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_NE(refused.body.find("\\\"n\\\" must be between 1 and 16"), std::string::npos) << refused.body;
+}
+
 TEST_F(OpenAiHttpTest, ChatRendersTheModelsTemplate) {
   // The demo template (tools/demo_model.h), written out by hand for this conversation.
   const std::string rendered = "<<SYS>> Be brief. <</SYS>>\n[INST] name a cat [/INST] Tom</s>[INST] another [/INST]";
@@ -263,7 +328,7 @@ TEST_F(OpenAiHttpTest, BadRequestsGetOpenAiErrors) {
             std::string::npos);
   EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"max_tokens", 3}}), 400).find("\"prompt\" is required"),
             std::string::npos);
-  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"n", 2}}), 400).find("\"n\""), std::string::npos);
+  EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"n", 0}}), 400).find("\"n\""), std::string::npos);
   EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"temperature", "hot"}}), 400).find("temperature"),
             std::string::npos);
   EXPECT_NE(ErrorOf(Post(port(), "/v1/completions", {{"prompt", "x"}, {"logprobs", 5}}), 400).find("top alternatives"),
