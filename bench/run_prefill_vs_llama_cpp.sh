@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Prefill throughput side by side with llama.cpp on the same weights (the medium demo model,
-# float32 against llama.cpp's F32; CPU): for each prompt length in LENGTHS (512,2048,4096), one
+# float32 against llama.cpp's F32; CPU): for each prompt length in LENGTHS (512,2048,4000: the model's
+# context is 4,096 tokens including the generated one), one
 # prompt alone, timed to its first token, in deltaserve's engine (deltaserve-bench-prefill-stall
 # with no other streams, --max-batch-tokens 2048 as the server's default) and in llama.cpp
 # (node-llama-cpp from the npm registry, installed into a temporary folder and removed afterwards;
 # batch size min(N, 2048)). Prints prompt tokens/s of each and deltaserve / llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LENGTHS=${LENGTHS:-512,2048,4096}
+LENGTHS=${LENGTHS:-512,2048,4000}
 MODEL_DIR=build/bench-medium
 bash scripts/build > /dev/null
 [ -f "$MODEL_DIR/config.json" ] || ./build/tools/deltaserve-make-demo --out "$MODEL_DIR" --size medium 2>/dev/null
