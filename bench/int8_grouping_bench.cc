@@ -35,15 +35,9 @@ at::Tensor RoundTrip(const at::Tensor& dense, int64_t group) {
 
 std::unique_ptr<LlamaModel> Quantized(const LlamaModel& full, int64_t group) {
   LlamaWeights weights = full.weights();
-  auto round_trip = [group](WeightMatrix& matrix) { matrix = WeightMatrix{RoundTrip(matrix.values, group), at::Tensor()}; };
-  round_trip(weights.embed_tokens);
-  round_trip(weights.lm_head);
-  for (LayerWeights& layer : weights.layers) {
-    for (Projection projection : {Projection::kQuery, Projection::kKey, Projection::kValue, Projection::kOutput,
-                                  Projection::kGate, Projection::kUp, Projection::kDown}) {
-      round_trip(ProjectionWeight(layer, projection));
-    }
-  }
+  ForEachWeightMatrix(weights, [group](WeightMatrix& matrix) {
+    matrix = WeightMatrix{RoundTrip(matrix.values, group), at::Tensor()};
+  });
   return std::make_unique<LlamaModel>(full.config(), weights, ModelOptions{});
 }
 

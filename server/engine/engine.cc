@@ -524,8 +524,9 @@ void Engine::Loop() {
                                              return slice.request == request;
                                            }),
                             schedule.slices.end());
-      Finish(request, FinishReason::kLength, absl::OkStatus(), now,
-             GenerationOutput{request->text.Flush(), {}, {}});
+      GenerationOutput last;
+      last.text = request->text.Flush();
+      Finish(request, FinishReason::kLength, absl::OkStatus(), now, std::move(last));
     }
     if (!schedule.slices.empty()) {
       // The forward pass reports its own errors; anything else libtorch throws in a step (a

@@ -183,6 +183,17 @@ const WeightMatrix& ProjectionWeight(const LayerWeights& layer, Projection proje
   return SelectProjection(layer, projection);
 }
 
+void ForEachWeightMatrix(LlamaWeights& weights, const std::function<void(WeightMatrix&)>& visit) {
+  visit(weights.embed_tokens);
+  visit(weights.lm_head);
+  for (LayerWeights& layer : weights.layers) {
+    for (Projection projection : {Projection::kQuery, Projection::kKey, Projection::kValue, Projection::kOutput,
+                                  Projection::kGate, Projection::kUp, Projection::kDown}) {
+      visit(SelectProjection(layer, projection));
+    }
+  }
+}
+
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
     const ModelConfig& config) {
   const int64_t hidden = config.hidden_size;

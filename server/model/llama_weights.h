@@ -12,6 +12,7 @@
 // biases are small and converted to the compute dtype.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,6 +59,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensorShapes(
 // change it: the loaded values may be read-only mapped memory).
 WeightMatrix& ProjectionWeight(LayerWeights& layer, Projection projection);
 const WeightMatrix& ProjectionWeight(const LayerWeights& layer, Projection projection);
+
+// ForEachWeightMatrix calls `visit` on the embedding, the LM head and every layer's seven
+// projections (to re-store or transform all of them alike).
+void ForEachWeightMatrix(LlamaWeights& weights, const std::function<void(WeightMatrix&)>& visit);
 
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const std::string& model_dir,
                                               const ModelConfig& config,

@@ -28,15 +28,7 @@ std::unique_ptr<LlamaModel> Load(const std::string& directory, std::optional<at:
 // A float32 model whose matrices are exactly `narrow`'s, widened (and dequantized).
 std::unique_ptr<LlamaModel> Widened(const LlamaModel& narrow) {
   LlamaWeights weights = narrow.weights();
-  auto widen = [](WeightMatrix& matrix) { matrix = WeightMatrix{matrix.Dense(at::kFloat), at::Tensor()}; };
-  widen(weights.embed_tokens);
-  widen(weights.lm_head);
-  for (LayerWeights& layer : weights.layers) {
-    for (Projection projection : {Projection::kQuery, Projection::kKey, Projection::kValue, Projection::kOutput,
-                                  Projection::kGate, Projection::kUp, Projection::kDown}) {
-      widen(ProjectionWeight(layer, projection));
-    }
-  }
+  ForEachWeightMatrix(weights, [](WeightMatrix& matrix) { matrix = WeightMatrix{matrix.Dense(at::kFloat), at::Tensor()}; });
   return std::make_unique<LlamaModel>(narrow.config(), weights, ModelOptions{});
 }
 
