@@ -16,6 +16,7 @@
 # against F16, our int8 against Q8_0). PAIRS overrides the pairs, e.g. "float16:f16 int8:q8_0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/llama_cpp_install.sh
 TOKENS=${TOKENS:-128}
 MODEL=${MODEL:-medium}
 bash scripts/build > /dev/null
@@ -38,11 +39,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== installing node-llama-cpp (npm registry) into $work"
-cp bench/llama_cpp_bench.mjs "$work/"
-(cd "$work" && echo '{"name": "llama-cpp-bench", "private": true, "type": "module"}' > package.json &&
-  NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional --loglevel=error \
-    node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 > /dev/null)
+install_node_llama_cpp "$work" bench/llama_cpp_bench.mjs
 
 adapters=$(printf "$MODEL_DIR/adapters/demo-%03d," 0 1 2 3 4 5 6 7)
 summary=""

@@ -8,17 +8,14 @@
 # batch size min(N, 2048)). Prints prompt tokens/s of each and deltaserve / llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/llama_cpp_install.sh
 LENGTHS=${LENGTHS:-512,2048,4000}
 MODEL_DIR=build/bench-medium
 bash scripts/build > /dev/null
 [ -f "$MODEL_DIR/config.json" ] || ./build/tools/deltaserve-make-demo --out "$MODEL_DIR" --size medium 2>/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "== installing node-llama-cpp (npm registry) into $work"
-cp bench/llama_cpp_prefill.mjs "$work/"
-(cd "$work" && echo '{"name": "llama-cpp-prefill", "private": true, "type": "module"}' > package.json &&
-  NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-audit --no-fund --omit=optional --loglevel=error \
-    node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 > /dev/null)
+install_node_llama_cpp "$work" bench/llama_cpp_prefill.mjs
 ./build/tools/deltaserve-to-gguf --model-dir "$MODEL_DIR" --out "$work/model.gguf" --type f32 > /dev/null
 vocab=$(sed -n 's/.*"vocab_size": *\([0-9]*\).*/\1/p' "$MODEL_DIR/config.json")
 theirs=$(cd "$work" && node llama_cpp_prefill.mjs "$work/model.gguf" "$vocab" "$LENGTHS")
