@@ -29,7 +29,7 @@
 #include "server/deltas/peft_adapter.h"
 #include "server/deltas/delta_backend.h"
 #include "server/engine/intra_op_threads.h"
-#include "server/model/cpu_small_batch_linear.h"
+#include "server/model/cpu_linear.h"
 #include "server/model/llama_model.h"
 
 ABSL_FLAG(std::string, model_dir, "", "model directory (e.g. the medium demo model)");
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
       figures.bandwidth.push_back(static_cast<double>(buffer.nbytes()) / read);
       figures.products.push_back(MedianSeconds(steps, [&] {
         for (size_t i = 0; i < matrices.size(); ++i) {
-          (void)model::cpu_kernels::SmallBatchLinear(inputs[i], matrices[i], at::Tensor());
+          (void)model::cpu_kernels::CpuLinear(inputs[i], matrices[i], at::Tensor());
         }
       }));
       figures.forward.push_back(MedianSeconds(steps, [&] { (void)llama.Forward(batch); }));
@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
       }
     });
     const double small_batch = MedianSeconds(steps, [&] {
-      for (size_t i = 0; i < matrices.size(); ++i) (void)model::cpu_kernels::SmallBatchLinear(batches[i], matrices[i], at::Tensor());
+      for (size_t i = 0; i < matrices.size(); ++i) (void)model::cpu_kernels::CpuLinear(batches[i], matrices[i], at::Tensor());
     });
     std::printf("%4ld  %5.2f  %10.2f  %11.2f\n", static_cast<long>(rows), gemm * 1e3, per_row * 1e3,
                 small_batch * 1e3);

@@ -14,7 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "bench/percentile.h"
-#include "server/model/cpu_small_batch_linear.h"
+#include "server/model/cpu_linear.h"
 #include "server/model/weight_matrix.h"
 
 ABSL_FLAG(int64_t, out, 11008, "output features (weight rows)");
@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
         std::vector<double> times;
         for (int m = 0; m < 2 * count; ++m) {
           const model::WeightMatrix& weight = matrices[w][m % count];
-          times.push_back(Seconds([&] { model::cpu_kernels::SmallBatchLinearInto(sets[s], x, weight, at::Tensor(), y); }));
+          times.push_back(Seconds([&] { model::cpu_kernels::CpuLinearInto(sets[s], model::cpu_kernels::LinearMethod::kByRows, x, weight, at::Tensor(), y); }));
         }
         const double bytes = static_cast<double>(matrices[w][0].values.nbytes());
         const double rate = bytes / bench::Percentile(times, 0.5);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include <c10/core/InferenceMode.h>
 
@@ -19,58 +18,21 @@ int64_t GrainRows(int64_t elements_per_row) {
   return std::max<int64_t>(1, kParallelGrainElements / std::max<int64_t>(1, elements_per_row));
 }
 
-// One KV head of one sequence and the `group` query heads that share it. Position t's key is
-// row t % block_rows of block blocks[t / block_rows]: k + blocks[...] * block_stride + (t % block_rows) * head_dim
-// (values likewise from v).
-struct AttentionGroup {
-  const float* q;  // the group's first query head; heads q_stride apart
-  int64_t q_stride;
-  const float* k;  // this KV head's rows in block 0
-  const float* v;
-  const int32_t* blocks;
-  int64_t block_rows, block_stride;
-  int64_t context, head_dim, group;
-  float scale;
-  float* out;  // [group, head_dim] contiguous
-};
-
-// softmax(q K^T * scale) V for each query head of the group, reading each key and value row once
-// for the whole group; `scores` holds group * context floats.
 DELTASERVE_CPU_CLONES
-void AttendGroup(const AttentionGroup& a, float* scores) {
-  const int64_t vector_end = a.head_dim / kLanes * kLanes;
-  for (int64_t t = 0; t < a.context; ++t) {
-    const float* kt = a.k + a.blocks[t / a.block_rows] * a.block_stride + (t % a.block_rows) * a.head_dim;
-    for (int64_t g = 0; g < a.group; ++g) {
-      const float* qg = a.q + g * a.q_stride;
-      Lanes sums{};
-      for (int64_t i = 0; i < vector_end; i += kLanes) sums += LoadLanes(qg + i) * LoadLanes(kt + i);
-      float dot = SumOfLanes(sums);
-      for (int64_t i = vector_end; i < a.head_dim; ++i) dot += qg[i] * kt[i];
-      scores[g * a.context + t] = dot * a.scale;
-    }
+void AddRow(float* x, const float* y, int64_t width) {
+  int64_t i = 0;
+  for (; i + kLanes <= width; i += kLanes) StoreLanes(x + i, LoadLanes(x + i) + LoadLanes(y + i));
+  for (; i < width; ++i) x[i] += y[i];
+}
+
+DELTASERVE_CPU_CLONES
+void SiluTimesRow(const float* gate, const float* up, float* out, int64_t width) {
+  int64_t i = 0;
+  for (; i + kLanes <= width; i += kLanes) {
+    const Lanes g = LoadLanes(gate + i);
+    StoreLanes(out + i, g / (1.0f + ExpLanes(-g)) * LoadLanes(up + i));
   }
-  for (int64_t g = 0; g < a.group; ++g) {
-    float* probabilities = scores + g * a.context;
-    const float highest = *std::max_element(probabilities, probabilities + a.context);
-    float total = 0;
-    for (int64_t t = 0; t < a.context; ++t) {
-      probabilities[t] = std::exp(probabilities[t] - highest);
-      total += probabilities[t];
-    }
-    const float inverse = 1.0f / total;
-    for (int64_t t = 0; t < a.context; ++t) probabilities[t] *= inverse;
-    std::fill(a.out + g * a.head_dim, a.out + (g + 1) * a.head_dim, 0.0f);
-  }
-  for (int64_t t = 0; t < a.context; ++t) {
-    const float* vt = a.v + a.blocks[t / a.block_rows] * a.block_stride + (t % a.block_rows) * a.head_dim;
-    for (int64_t g = 0; g < a.group; ++g) {
-      const float weight = scores[g * a.context + t];
-      float* o = a.out + g * a.head_dim;
-      for (int64_t i = 0; i < vector_end; i += kLanes) StoreLanes(o + i, LoadLanes(o + i) + weight * LoadLanes(vt + i));
-      for (int64_t i = vector_end; i < a.head_dim; ++i) o[i] += weight * vt[i];
-    }
-  }
+  for (; i < width; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 }  // namespace
@@ -133,46 +95,33 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-void AttendRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<QueryRow>& sequences,
-                at::Tensor& output) {
-  const int64_t heads = query.size(1);
-  const int64_t head_dim = query.size(2);
-  TORCH_CHECK(query.stride(2) == 1, "AttendRows: head_dim must be contiguous");
-  TORCH_CHECK(kv.dim() == 5 && kv.size(0) == 2 && kv.size(4) == head_dim && kv.is_contiguous() &&
-                  kv.scalar_type() == at::kFloat,
-              "AttendRows: kv must be a contiguous float32 [2, blocks, kv_heads, block_tokens, head_dim]");
-  TORCH_CHECK(output.is_contiguous() && output.size(1) == heads * head_dim, "AttendRows: bad output");
-  const int64_t blocks = kv.size(1), kv_heads = kv.size(2), block_rows = kv.size(3);
-  const int64_t group = heads / kv_heads;
-  int64_t longest = 0;
-  for (const QueryRow& sequence : sequences) {
-    TORCH_CHECK(sequence.context > 0 &&
-                    static_cast<int64_t>(sequence.blocks->size()) * block_rows >= sequence.context,
-                "AttendRows: the block table is shorter than the context");
-    for (int64_t b = 0; b < (sequence.context + block_rows - 1) / block_rows; ++b) {
-      TORCH_CHECK((*sequence.blocks)[b] >= 0 && (*sequence.blocks)[b] < blocks, "AttendRows: block ",
-                  (*sequence.blocks)[b], " is outside the arena");
-    }
-    longest = std::max(longest, sequence.context);
-  }
-  const float* q = query.data_ptr<float>();
-  const float* keys = kv.data_ptr<float>();
-  const float* values = keys + kv.stride(0);
+void AddInPlace(at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1,
+              "AddInPlace: x and y must be [rows, width] with contiguous elements");
+  const int64_t width = x.size(1);
+  float* to = x.data_ptr<float>();
+  const float* from = y.data_ptr<float>();
+  const int64_t to_stride = x.stride(0), from_stride = y.stride(0);
+  ParallelFor(0, x.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) AddRow(to + row * to_stride, from + row * from_stride, width);
+  });
+}
+
+at::Tensor SiluTimes(const at::Tensor& gate, const at::Tensor& up) {
+  TORCH_CHECK(gate.dim() == 2 && gate.sizes() == up.sizes() && gate.stride(1) == 1 && up.stride(1) == 1,
+              "SiluTimes: gate and up must be [rows, width] with contiguous elements");
+  const int64_t width = gate.size(1);
+  at::Tensor output = at::empty(gate.sizes(), gate.options());
+  const float* g = gate.data_ptr<float>();
+  const float* u = up.data_ptr<float>();
   float* out = output.data_ptr<float>();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int64_t count = static_cast<int64_t>(sequences.size());
-  ParallelFor(0, count * kv_heads, GrainRows(longest * head_dim * 2 * group), [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(group * longest));
-    for (int64_t item = begin; item < end; ++item) {
-      const QueryRow& sequence = sequences[item / kv_heads];
-      const int64_t kv_head = item % kv_heads;
-      AttendGroup({q + sequence.row * query.stride(0) + kv_head * group * query.stride(1), query.stride(1),
-                   keys + kv_head * kv.stride(2), values + kv_head * kv.stride(2), sequence.blocks->data(),
-                   block_rows, kv.stride(1), sequence.context, head_dim, group, scale,
-                   out + sequence.row * heads * head_dim + kv_head * group * head_dim},
-                  scores.data());
+  const int64_t gate_stride = gate.stride(0), up_stride = up.stride(0);
+  ParallelFor(0, gate.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      SiluTimesRow(g + row * gate_stride, u + row * up_stride, out + row * width, width);
     }
   });
+  return output;
 }
 
 }  // namespace deltaserve::model::cpu_kernels

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -27,22 +26,11 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // half" layout.
 void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin);
 
-// One query row for AttendRows: the row of `query` and of `output`, and the keys and values it
-// sees: the first `context` positions of its sequence (causal: a prompt token at position p sees
-// p + 1 of them).
-struct QueryRow {
-  int64_t row;
-  const std::vector<int32_t>* blocks;  // the sequence's block table in the arena layer
-  int64_t context;
-};
+// AddInPlace adds y into x, both [rows, width] (rows may be strided, elements contiguous).
+void AddInPlace(at::Tensor& x, const at::Tensor& y);
 
-// AttendRows writes into output [tokens, heads * head_dim] (contiguous rows) the attention of each
-// listed query row, query [tokens, heads, head_dim] (any strides with contiguous head_dim), against
-// its sequence's keys and values read through its block table from one arena layer `kv`
-// [2, blocks, kv_heads, block_tokens, head_dim] (contiguous; kv_arena.h), with grouped-query heads
-// sharing KV heads. Decode steps list one row per sequence, prompt chunks one per token. One
-// parallel section over (row, KV head) pairs; the query heads of a group read their KV head's keys
-// and values once; no score matrix or mask is materialised. Other rows are not touched.
-void AttendRows(const at::Tensor& query, const at::Tensor& kv, const std::vector<QueryRow>& rows, at::Tensor& output);
+// SiluTimes returns silu(gate) * up = gate / (1 + e^-gate) * up, a new contiguous [rows, width],
+// for gate and up [rows, width] (rows may be strided, elements contiguous).
+at::Tensor SiluTimes(const at::Tensor& gate, const at::Tensor& up);
 
 }  // namespace deltaserve::model::cpu_kernels

@@ -7,8 +7,9 @@
 #include "server/common/file_util.h"
 #include "server/common/status_macros.h"
 #include "server/common/torch_status.h"
+#include "server/model/cpu_attention.h"
 #include "server/model/cpu_inference_kernels.h"
-#include "server/model/cpu_small_batch_linear.h"
+#include "server/model/cpu_linear.h"
 #include "server/model/rope.h"
 
 namespace deltaserve::model {
@@ -21,13 +22,6 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return (as_float * at::rsqrt(variance + eps)).to(x.scalar_type()) * weight;
 }
 
-// Rows up to which Linear uses cpu_kernels::SmallBatchLinear under inference mode on float32
-// CPU tensors: it reads the weights once per call where OpenBLAS's GEMV reads them once per row
-// and its GEMM packs them on every call. Weight products of a decode step on the medium demo
-// model (2 threads, ms; GEMV per row / GEMM / kernel): 1 row 4.39 / 10.20 / 3.73, 8 rows
-// 15.98 / 17.67 / 7.88, 32 rows 53.2 / 20.97 / 13.84; 256 rows GEMM 108.5 / kernel 72.8.
-constexpr int64_t kSmallBatchKernelRows = 256;
-
 // Elsewhere on the CPU (outside inference mode, other dtypes), rows up to which Linear uses one
 // matrix-vector product per row: OpenBLAS's GEMM packs the whole weight matrix on every call,
 // which for a few rows costs more than streaming the weights once per row through GEMV. Engine
@@ -35,19 +29,21 @@ constexpr int64_t kSmallBatchKernelRows = 256;
 // row vs GEMM: 4 rows 243, 230 vs 201, 212; 8 rows 272, 256 vs 330, 344.
 constexpr int64_t kMatrixVectorRows = 4;
 
-// UsesSmallBatchKernel: the step is small enough for cpu_kernels::SmallBatchLinear, which reads
-// every weight width directly, and the operands suit it.
-bool UsesSmallBatchKernel(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
-  return input.size(0) <= kSmallBatchKernelRows && cpu_kernels::Applies({&input}) &&
+// UsesCpuKernel: float32 CPU operands under inference mode that cpu_kernels::CpuLinear reads
+// (every weight width, any number of rows). Against OpenBLAS (Debian's, through at::linear),
+// weight products of the medium demo model (2 threads): a decode step of 1 row 3.73 ms vs GEMV
+// per row 4.39, 32 rows 13.84 vs GEMM 20.97; a 2,048-token prompt chunk: see cpu_linear.h.
+bool UsesCpuKernel(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
+  return cpu_kernels::Applies({&input}) &&
          (!bias.defined() || cpu_kernels::Applies({&bias})) && input.stride(1) == 1 &&
          weight.values.device().is_cpu() && weight.values.is_contiguous();
 }
 
-// Linear is y = x W^T + b for x [rows, in], with the small-batch paths above; elsewhere at::linear
+// Linear is y = x W^T + b for x [rows, in], through cpu_kernels::CpuLinear where it applies; elsewhere at::linear
 // over the weights widened to the input's dtype (no copy when they already are).
 at::Tensor Linear(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
-  if (UsesSmallBatchKernel(input, weight, bias)) {
-    return cpu_kernels::SmallBatchLinear(input, weight, bias);
+  if (UsesCpuKernel(input, weight, bias)) {
+    return cpu_kernels::CpuLinear(input, weight, bias);
   }
   const at::Tensor dense = weight.Dense(input.scalar_type());
   const int64_t rows = input.size(0);
@@ -62,6 +58,15 @@ at::Tensor Linear(const at::Tensor& input, const WeightMatrix& weight, const at:
   return rows == 1 ? outputs[0].unsqueeze(0) : at::stack(outputs);
 }
 
+// AddResidual returns hidden + update; on the CPU kernels' path (cpu_inference_kernels.h) by
+// adding into `update`, a fresh product, so that libtorch's OpenMP threads never wake between
+// the kernels' own parallel sections (their spinning took 15% of a 512-token prompt's time).
+at::Tensor AddResidual(const at::Tensor& hidden, at::Tensor update) {
+  if (!cpu_kernels::Applies({&hidden, &update})) return hidden + update;
+  cpu_kernels::AddInPlace(update, hidden);
+  return update;
+}
+
 // LinearGroup: the products of one input with several matrices (q, k, v; gate, up), side by
 // side in one [rows, sum of outputs] tensor, so that their outputs are adjacent columns.
 at::Tensor LinearGroup(const at::Tensor& input,
@@ -69,7 +74,7 @@ at::Tensor LinearGroup(const at::Tensor& input,
   bool kernel = true;
   int64_t total = 0;
   for (const auto& [weight, bias] : parts) {
-    kernel = kernel && UsesSmallBatchKernel(input, *weight, *bias);
+    kernel = kernel && UsesCpuKernel(input, *weight, *bias);
     total += weight->rows();
   }
   if (kernel) {
@@ -77,7 +82,7 @@ at::Tensor LinearGroup(const at::Tensor& input,
     int64_t offset = 0;
     for (const auto& [weight, bias] : parts) {
       at::Tensor columns = output.narrow(1, offset, weight->rows());
-      cpu_kernels::SmallBatchLinearInto(input, *weight, *bias, columns);
+      cpu_kernels::CpuLinearInto(input, *weight, *bias, columns);
       offset += weight->rows();
     }
     return output;
@@ -229,20 +234,18 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
   }
   const at::Tensor kv = batch.kv_arena != nullptr ? batch.kv_arena->Layer(layer) : at::Tensor();
   const bool paged_kernel = kv.defined() && cpu_kernels::Applies({&query, &kv});
-  // On the CPU every slice with blocks attends in one kernel call straight from the arena, one
-  // query row per token (causal: each sees the positions up to its own). Otherwise (other
+  // On the CPU every slice with blocks attends in one kernel call straight from the arena, as one
+  // run of query rows (causal: each sees the positions up to its own; cpu_attention.h). Otherwise (other
   // devices, training, slices without blocks) sequence by sequence through libtorch, over
   // gathered copies of the keys and values when earlier positions are in the arena: there a
   // 1,500-token prompt chunk of the medium demo model spent 1 s per layer in the score matrix,
   // its causal mask and softmax.
-  std::vector<cpu_kernels::QueryRow> decoding;
+  std::vector<cpu_kernels::QueryRun> runs;
   std::vector<at::Tensor> outputs;  // per slice; undefined for those the kernel takes
   offset = 0;
   for (const SequenceSlice& sequence : batch.sequences) {
     if (paged_kernel && sequence.kv_blocks != nullptr) {
-      for (int64_t i = 0; i < sequence.length; ++i) {
-        decoding.push_back({offset + i, sequence.kv_blocks, sequence.start_position + i + 1});
-      }
+      runs.push_back({offset, sequence.length, sequence.kv_blocks, sequence.start_position + 1});
       outputs.emplace_back();
     } else {
       const int64_t context = sequence.start_position + sequence.length;
@@ -255,9 +258,9 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
     }
     offset += sequence.length;
   }
-  if (decoding.empty()) return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
+  if (runs.empty()) return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 0);
   at::Tensor attention = at::empty({tokens, query.size(1) * query.size(2)}, query.options());
-  cpu_kernels::AttendRows(query, kv, decoding, attention);
+  cpu_kernels::AttendRuns(query, kv, runs, attention);
   offset = 0;
   for (size_t s = 0; s < batch.sequences.size(); ++s) {
     if (outputs[s].defined()) attention.narrow(0, offset, batch.sequences[s].length).copy_(outputs[s]);
@@ -329,7 +332,7 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     value = value.view({tokens, kv_heads, head_dim});
 
     at::Tensor attention = AttendAll(batch, layer, query, key, value);
-    hidden = hidden + Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas);
+    hidden = AddResidual(hidden, Project(layer, Projection::kOutput, attention, w.o_proj, w.o_bias, deltas));
 
     normed = RmsNorm(hidden, w.post_attention_norm, eps);
     at::Tensor gate_up = LinearGroup(normed, {{&w.gate_proj, &w.gate_bias}, {&w.up_proj, &w.up_bias}});
@@ -341,8 +344,9 @@ at::Tensor LlamaModel::Forward(const ForwardBatch& batch) const {
     }
     at::Tensor gate = gate_up.narrow(1, 0, intermediate);
     at::Tensor up = gate_up.narrow(1, intermediate, intermediate);
-    hidden = hidden + Project(layer, Projection::kDown, at::silu(gate) * up, w.down_proj,
-                              w.down_bias, deltas);
+    const at::Tensor activated =
+        cpu_kernels::Applies({&gate, &up}) ? cpu_kernels::SiluTimes(gate, up) : at::silu(gate) * up;
+    hidden = AddResidual(hidden, Project(layer, Projection::kDown, activated, w.down_proj, w.down_bias, deltas));
   }
   if (!batch.logit_rows.empty()) {
     hidden = hidden.index_select(0, at::tensor(batch.logit_rows, long_options).to(options_.device));

@@ -2,7 +2,7 @@
 // storage width, separate from the width the forward pass computes in.
 //
 // Widths: float32, bfloat16, float16, or int8 (weight-only, symmetric, one float32 scale per
-// row: row o is values[o] * scales[o]). The CPU kernels (cpu_small_batch_linear.h) read every
+// row: row o is values[o] * scales[o]). The CPU kernels (cpu_linear.h) read every
 // width directly and widen in registers; everything else asks for Dense(), a widened copy.
 // Values may be views into a read-only memory-mapped checkpoint: never write into them.
 // Immutable value type; copies share the tensors.

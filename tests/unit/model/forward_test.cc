@@ -270,7 +270,7 @@ TEST(ForwardTest, BatchOfDifferentLengthsMatchesEachAlone) {
 }
 
 // A step where every sequence decodes one token attends in one kernel call over all of them
-// (cpu_kernels::AttendRows, reading each through its block table); its logits equal each sequence recomputed in full through
+// (cpu_kernels::AttendRuns, reading each through its block table); its logits equal each sequence recomputed in full through
 // the prefill path (libtorch's batched matrix products).
 TEST(ForwardTest, DecodeStepOfSeveralSequencesMatchesFullRecompute) {
   c10::InferenceMode guard;

@@ -1,15 +1,15 @@
-// cpu_kernels::SmallBatchLinear against a double-precision product written here as plain loops,
-// over the same rounded (bfloat16, float16) or quantized (int8 with per-row scales) weights, for
-// every instruction set this CPU runs (AVX-512, AVX2 with F16C, baseline): every remainder of the
-// 4 x 4 register tile and of the single row's four parts (rows and output features not
-// multiples of 4, input widths not multiples of the 16 and 32 lanes of a step), strided input
-// rows, output into a column range, bias, and sizes large enough to split over two intra-op
-// threads.
+// cpu_kernels::CpuLinear against a double-precision product written here as plain loops, over
+// the same rounded (bfloat16, float16) or quantized (int8 with per-row scales) weights, for every
+// instruction set this CPU runs (AVX-512, AVX2 with F16C, baseline) and both methods (register
+// tiles and the packed GEMM, each forced on every shape): every remainder of the 4 x 4 register
+// tile, of the single row's four parts and of the GEMM's row tile (14 or 6 rows), panel (32, 16
+// or 8 outputs), packed depth (256 inputs) and block of outputs (512), strided input rows, output
+// into a column range, bias, and sizes large enough to split over two intra-op threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
-#include "server/model/cpu_small_batch_linear.h"
+#include "server/model/cpu_linear.h"
 
 namespace deltaserve::model::cpu_kernels {
 namespace {
@@ -41,25 +41,29 @@ std::vector<double> ReferenceProduct(const at::Tensor& x, const WeightMatrix& w,
 void ExpectMatchesReference(const at::Tensor& x, const WeightMatrix& w, const at::Tensor& b) {
   const std::vector<double> expected = ReferenceProduct(x, w, b);
   for (const LinearKernelSet& kernels : SupportedLinearKernelSets()) {
-    at::Tensor wide = at::full({x.size(0), w.rows() + 5}, 7.0f);
-    at::Tensor y = wide.narrow(1, 2, w.rows());
-    SmallBatchLinearInto(kernels, x, w, b, y);
-    auto ya = y.accessor<float, 2>();
-    double worst = 0;
-    for (int64_t r = 0; r < y.size(0); ++r) {
-      for (int64_t o = 0; o < y.size(1); ++o) {
-        worst = std::max(worst, std::abs(ya[r][o] - expected[static_cast<size_t>(r * y.size(1) + o)]));
+    for (LinearMethod method : {LinearMethod::kRegisterTiles, LinearMethod::kPackedGemm}) {
+      const char* method_name = method == LinearMethod::kPackedGemm ? "packed GEMM" : "register tiles";
+      at::Tensor wide = at::full({x.size(0), w.rows() + 5}, 7.0f);
+      at::Tensor y = wide.narrow(1, 2, w.rows());
+      CpuLinearInto(kernels, method, x, w, b, y);
+      auto ya = y.accessor<float, 2>();
+      double worst = 0;
+      for (int64_t r = 0; r < y.size(0); ++r) {
+        for (int64_t o = 0; o < y.size(1); ++o) {
+          worst = std::max(worst, std::abs(ya[r][o] - expected[static_cast<size_t>(r * y.size(1) + o)]));
+        }
       }
+      // Sums of `in` products of unit-scale normals: float32 rounding stays far below 1e-3.
+      EXPECT_LT(worst, 1e-3) << kernels.name << " " << method_name << " " << w.width() << " rows " << x.size(0)
+                             << " in " << x.size(1) << " out " << w.rows();
+      EXPECT_TRUE(at::equal(wide.narrow(1, 0, 2), at::full({x.size(0), 2}, 7.0f))) << kernels.name << method_name;
+      EXPECT_TRUE(at::equal(wide.narrow(1, w.rows() + 2, 3), at::full({x.size(0), 3}, 7.0f)))
+          << kernels.name << method_name;
     }
-    // Sums of `in` products of unit-scale normals: float32 rounding stays far below 1e-3.
-    EXPECT_LT(worst, 1e-3) << kernels.name << " " << w.width() << " rows " << x.size(0) << " in "
-                           << x.size(1) << " out " << w.rows();
-    EXPECT_TRUE(at::equal(wide.narrow(1, 0, 2), at::full({x.size(0), 2}, 7.0f))) << kernels.name;
-    EXPECT_TRUE(at::equal(wide.narrow(1, w.rows() + 2, 3), at::full({x.size(0), 3}, 7.0f))) << kernels.name;
   }
 }
 
-TEST(SmallBatchLinearTest, EveryInstructionSetOfThisCpuIsTested) {
+TEST(CpuLinearTest, EveryInstructionSetOfThisCpuIsTested) {
   const std::vector<LinearKernelSet> sets = SupportedLinearKernelSets();
   ASSERT_FALSE(sets.empty());
   EXPECT_STREQ(sets.back().name, "baseline");
@@ -69,7 +73,7 @@ TEST(SmallBatchLinearTest, EveryInstructionSetOfThisCpuIsTested) {
 
 // One test over all shapes and widths: ctest runs each test in its own process, and loading
 // libtorch costs more than these products.
-TEST(SmallBatchLinearTest, MatchesADoublePrecisionProductForEveryWidthAndTileRemainder) {
+TEST(CpuLinearTest, MatchesADoublePrecisionProductForEveryWidthAndTileRemainder) {
   for (at::ScalarType width : kWidths) {
     for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 13, 64}) {
       for (int64_t in : {1, 16, 45, 50, 64, 65, 130}) {
@@ -85,7 +89,25 @@ TEST(SmallBatchLinearTest, MatchesADoublePrecisionProductForEveryWidthAndTileRem
   }
 }
 
-TEST(SmallBatchLinearTest, ReadsStridedRowsAndSplitsOverThreads) {
+// The GEMM's blocking: rows around its row tiles (6, 14) and their multiples, inputs around the
+// packed depth (256, 512), outputs around its panels and its 512-output block.
+TEST(CpuLinearTest, PackedGemmMatchesADoublePrecisionProductAcrossItsBlocks) {
+  at::set_num_threads(2);
+  for (at::ScalarType width : kWidths) {
+    for (int64_t rows : {6, 15, 28, 43}) {
+      for (int64_t in : {255, 257, 520}) {
+        for (int64_t out : {33, 530}) {
+          at::manual_seed(rows * 1000 + in + out);
+          const at::Tensor x = at::randn({rows, in});
+          ExpectMatchesReference(x, StoreAtWidth(at::randn({out, in}), width),
+                                 width == at::kChar ? at::randn({out}) : at::Tensor());
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuLinearTest, ReadsStridedRowsAndSplitsOverThreads) {
   at::set_num_threads(2);
   for (at::ScalarType width : kWidths) {
     at::manual_seed(7);
@@ -99,7 +121,7 @@ TEST(SmallBatchLinearTest, ReadsStridedRowsAndSplitsOverThreads) {
   }
 }
 
-TEST(SmallBatchLinearTest, WidensSpecialValuesExactly) {
+TEST(CpuLinearTest, WidensSpecialValuesExactly) {
   // Half-precision subnormals, the largest finite values and signed zeros widen exactly on every
   // instruction set (the baseline converts in software).
   const at::Tensor special = at::tensor({0.0f, -0.0f, 5.96e-8f, -5.96e-8f, 6.0e-5f, 65504.0f, -65504.0f,
@@ -113,14 +135,14 @@ TEST(SmallBatchLinearTest, WidensSpecialValuesExactly) {
       const double expected = w.values[0][i].item<double>();
       for (const LinearKernelSet& kernels : SupportedLinearKernelSets()) {
         at::Tensor y = at::empty({1, 1});
-        SmallBatchLinearInto(kernels, x, w, at::Tensor(), y);
+        CpuLinearInto(kernels, LinearMethod::kByRows, x, w, at::Tensor(), y);
         EXPECT_EQ(y.item<double>(), expected) << kernels.name << " " << width << " element " << i;
       }
     }
   }
 }
 
-TEST(SmallBatchLinearTest, Int8KeepsEveryRowWithinHalfAStepOfItsValues) {
+TEST(CpuLinearTest, Int8KeepsEveryRowWithinHalfAStepOfItsValues) {
   at::manual_seed(11);
   const at::Tensor dense = at::randn({9, 70});
   dense[3].zero_();  // a row of zeros keeps a finite scale
@@ -132,19 +154,19 @@ TEST(SmallBatchLinearTest, Int8KeepsEveryRowWithinHalfAStepOfItsValues) {
   EXPECT_EQ(w.values.abs().amax(1).max().item<int>(), 127);
 }
 
-TEST(SmallBatchLinearTest, RefusesLayoutsItCannotRead) {
+TEST(CpuLinearTest, RefusesLayoutsItCannotRead) {
   const WeightMatrix w{at::randn({8, 16}), at::Tensor()};
-  EXPECT_THROW(SmallBatchLinear(at::randn({16, 2}).t(), w, at::Tensor()), c10::Error);  // columns strided
-  EXPECT_THROW(SmallBatchLinear(at::randn({2, 16}), WeightMatrix{at::randn({16, 8}).t(), at::Tensor()},
+  EXPECT_THROW(CpuLinear(at::randn({16, 2}).t(), w, at::Tensor()), c10::Error);  // columns strided
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{at::randn({16, 8}).t(), at::Tensor()},
                                 at::Tensor()),
                c10::Error);
-  EXPECT_THROW(SmallBatchLinear(at::randn({2, 15}), w, at::Tensor()), c10::Error);  // widths differ
-  EXPECT_THROW(SmallBatchLinear(at::randn({2, 16}), w, at::randn({7})), c10::Error);
+  EXPECT_THROW(CpuLinear(at::randn({2, 15}), w, at::Tensor()), c10::Error);  // widths differ
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), w, at::randn({7})), c10::Error);
   // int8 without scales, and scales on a floating width.
-  EXPECT_THROW(SmallBatchLinear(at::randn({2, 16}), WeightMatrix{w.values.to(at::kChar), at::Tensor()},
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{w.values.to(at::kChar), at::Tensor()},
                                 at::Tensor()),
                c10::Error);
-  EXPECT_THROW(SmallBatchLinear(at::randn({2, 16}), WeightMatrix{w.values, at::ones({8})}, at::Tensor()),
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{w.values, at::ones({8})}, at::Tensor()),
                c10::Error);
 }
 
