@@ -19,10 +19,10 @@ int64_t GrainRows(int64_t elements_per_row) {
 }
 
 DELTASERVE_CPU_CLONES
-void AddRow(float* x, const float* y, int64_t width) {
+void AddRows(const float* x, const float* y, float* out, int64_t width) {
   int64_t i = 0;
-  for (; i + kLanes <= width; i += kLanes) StoreLanes(x + i, LoadLanes(x + i) + LoadLanes(y + i));
-  for (; i < width; ++i) x[i] += y[i];
+  for (; i + kLanes <= width; i += kLanes) StoreLanes(out + i, LoadLanes(x + i) + LoadLanes(y + i));
+  for (; i < width; ++i) out[i] = x[i] + y[i];
 }
 
 DELTASERVE_CPU_CLONES
@@ -95,16 +95,19 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-void AddInPlace(at::Tensor& x, const at::Tensor& y) {
+at::Tensor Add(const at::Tensor& x, const at::Tensor& y) {
   TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1,
-              "AddInPlace: x and y must be [rows, width] with contiguous elements");
+              "Add: x and y must be [rows, width] with contiguous elements");
   const int64_t width = x.size(1);
-  float* to = x.data_ptr<float>();
-  const float* from = y.data_ptr<float>();
-  const int64_t to_stride = x.stride(0), from_stride = y.stride(0);
+  at::Tensor output = at::empty(x.sizes(), x.options());
+  const float* a = x.data_ptr<float>();
+  const float* b = y.data_ptr<float>();
+  float* out = output.data_ptr<float>();
+  const int64_t a_stride = x.stride(0), b_stride = y.stride(0);
   ParallelFor(0, x.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) AddRow(to + row * to_stride, from + row * from_stride, width);
+    for (int64_t row = begin; row < end; ++row) AddRows(a + row * a_stride, b + row * b_stride, out + row * width, width);
   });
+  return output;
 }
 
 at::Tensor SiluTimes(const at::Tensor& gate, const at::Tensor& up) {

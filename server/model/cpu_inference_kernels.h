@@ -26,8 +26,9 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // half" layout.
 void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Tensor& cos, const at::Tensor& sin);
 
-// AddInPlace adds y into x, both [rows, width] (rows may be strided, elements contiguous).
-void AddInPlace(at::Tensor& x, const at::Tensor& y);
+// Add returns x + y, a new contiguous [rows, width], for x and y [rows, width] (rows may be
+// strided, elements contiguous).
+at::Tensor Add(const at::Tensor& x, const at::Tensor& y);
 
 // SiluTimes returns silu(gate) * up = gate / (1 + e^-gate) * up, a new contiguous [rows, width],
 // for gate and up [rows, width] (rows may be strided, elements contiguous).

@@ -119,8 +119,7 @@ void CpuLinearInto(const LinearKernelSet& kernels, LinearMethod method, const at
   });
 }
 
-void CpuLinearInto(const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias,
-                          at::Tensor& y) {
+void CpuLinearInto(const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias, at::Tensor& y) {
   CpuLinearInto(kSelectedKernels, LinearMethod::kByRows, x, weight, bias, y);
 }
 

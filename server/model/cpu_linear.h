@@ -31,8 +31,7 @@ namespace deltaserve::model::cpu_kernels {
 // (any row stride), weight [out, in] at any width (values contiguous), bias [out] float32 or
 // undefined, y [rows, out] float32 with contiguous rows (any row stride: it may be a column
 // range of a wider tensor). All on the CPU.
-void CpuLinearInto(const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias,
-                          at::Tensor& y);
+void CpuLinearInto(const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias, at::Tensor& y);
 
 // CpuLinear returns x W^T + bias as a new [rows, out] float32 tensor.
 at::Tensor CpuLinear(const at::Tensor& x, const WeightMatrix& weight, const at::Tensor& bias);

@@ -58,13 +58,11 @@ at::Tensor Linear(const at::Tensor& input, const WeightMatrix& weight, const at:
   return rows == 1 ? outputs[0].unsqueeze(0) : at::stack(outputs);
 }
 
-// AddResidual returns hidden + update; on the CPU kernels' path (cpu_inference_kernels.h) by
-// adding into `update`, a fresh product, so that libtorch's OpenMP threads never wake between
+// AddResidual returns hidden + update as a new tensor (delta hooks may keep either), through
+// cpu_inference_kernels.h where it applies, so that libtorch's OpenMP threads never wake between
 // the kernels' own parallel sections (their spinning took 15% of a 512-token prompt's time).
-at::Tensor AddResidual(const at::Tensor& hidden, at::Tensor update) {
-  if (!cpu_kernels::Applies({&hidden, &update})) return hidden + update;
-  cpu_kernels::AddInPlace(update, hidden);
-  return update;
+at::Tensor AddResidual(const at::Tensor& hidden, const at::Tensor& update) {
+  return cpu_kernels::Applies({&hidden, &update}) ? cpu_kernels::Add(hidden, update) : hidden + update;
 }
 
 // LinearGroup: the products of one input with several matrices (q, k, v; gate, up), side by

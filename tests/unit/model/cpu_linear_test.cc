@@ -157,14 +157,12 @@ TEST(CpuLinearTest, Int8KeepsEveryRowWithinHalfAStepOfItsValues) {
 TEST(CpuLinearTest, RefusesLayoutsItCannotRead) {
   const WeightMatrix w{at::randn({8, 16}), at::Tensor()};
   EXPECT_THROW(CpuLinear(at::randn({16, 2}).t(), w, at::Tensor()), c10::Error);  // columns strided
-  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{at::randn({16, 8}).t(), at::Tensor()},
-                                at::Tensor()),
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{at::randn({16, 8}).t(), at::Tensor()}, at::Tensor()),
                c10::Error);
   EXPECT_THROW(CpuLinear(at::randn({2, 15}), w, at::Tensor()), c10::Error);  // widths differ
   EXPECT_THROW(CpuLinear(at::randn({2, 16}), w, at::randn({7})), c10::Error);
   // int8 without scales, and scales on a floating width.
-  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{w.values.to(at::kChar), at::Tensor()},
-                                at::Tensor()),
+  EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{w.values.to(at::kChar), at::Tensor()}, at::Tensor()),
                c10::Error);
   EXPECT_THROW(CpuLinear(at::randn({2, 16}), WeightMatrix{w.values, at::ones({8})}, at::Tensor()),
                c10::Error);

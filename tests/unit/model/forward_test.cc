@@ -136,6 +136,26 @@ TEST_P(ArchitectureTest, MatchesReferenceImplementation) {
   at::Tensor last = model->Forward(decode);
   EXPECT_TRUE(at::allclose(last, expected.narrow(0, n - 1, 1), 1e-4, 1e-4))
       << "max difference " << (last - expected.narrow(0, n - 1, 1)).abs().max().item<float>();
+
+  // A 90-token prompt into the KV arena in two chunks of 57 and 33 rows: the packed GEMM (32 rows
+  // and more), the tiled prompt attention from position 0 and from the middle of the sequence,
+  // and the SiLU and residual kernels, against the reference.
+  std::vector<int64_t> long_ids;
+  for (int64_t i = 0; i < 90; ++i) long_ids.push_back(1 + (i * 37) % 400);
+  const at::Tensor long_expected = ReferenceForward(*model, long_ids);
+  testing::TestKv long_kv = testing::MakeTestKv(*model, 1, 90);
+  at::Tensor chunks[2];
+  for (int chunk = 0; chunk < 2; ++chunk) {
+    const int64_t start = chunk == 0 ? 0 : 57, length = chunk == 0 ? 57 : 33;
+    ForwardBatch part;
+    part.kv_arena = &long_kv.arena;
+    part.token_ids.assign(long_ids.begin() + start, long_ids.begin() + start + length);
+    part.sequences.push_back({start, length, &long_kv.tables[0]});
+    chunks[chunk] = model->Forward(part);
+  }
+  const at::Tensor long_logits = at::cat({chunks[0], chunks[1]}, 0);
+  EXPECT_TRUE(at::allclose(long_logits, long_expected, 1e-4, 1e-4))
+      << "max difference " << (long_logits - long_expected).abs().max().item<float>();
 }
 
 tools::DemoModelOptions Options(const std::string& architecture, bool tied,
