@@ -1,4 +1,4 @@
-// deltaserve-bench-linear-kernel [--out 11008] [--in 4096] [--rows 1] [--rounds 7]
+// deltaserve-bench-linear-kernel [--out 11008] [--in 4096] [--rows 1] [--rounds 7] [--method by_rows|tiles|gemm]
 // The weight product of a decode step of --rows sequences (1: batch-1 decode) of one real-shaped matrix, at
 // every storage width and with every instruction set this CPU supports, against the memory read
 // bandwidth measured right before each figure (summing a 512 MiB tensor with the same threads).
@@ -6,6 +6,7 @@
 // fraction of the bandwidth floor the kernel itself reaches, without the rest of a forward pass.
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -21,6 +22,8 @@ ABSL_FLAG(int64_t, out, 11008, "output features (weight rows)");
 ABSL_FLAG(int64_t, in, 4096, "input features");
 ABSL_FLAG(int64_t, rows, 1, "input rows (sequences in the decode step)");
 ABSL_FLAG(int, rounds, 7, "rounds; each measures the bandwidth, then every kernel");
+ABSL_FLAG(std::string, method, "by_rows",
+          "by_rows (as served: the packed GEMM from 32 rows), tiles (register tiles) or gemm (the packed GEMM)");
 ABSL_FLAG(int, matrices, 8, "distinct matrices cycled through, so that no call finds one in cache");
 
 namespace {
@@ -52,6 +55,15 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t rows = absl::GetFlag(FLAGS_rows);
+  const std::string method_name = absl::GetFlag(FLAGS_method);
+  if (method_name != "by_rows" && method_name != "tiles" && method_name != "gemm") {
+    std::fprintf(stderr, "--method must be by_rows, tiles or gemm, not \"%s\"\n", method_name.c_str());
+    return 1;
+  }
+  using model::cpu_kernels::LinearMethod;
+  const LinearMethod method = method_name == "tiles"  ? LinearMethod::kRegisterTiles
+                              : method_name == "gemm" ? LinearMethod::kPackedGemm
+                                                      : LinearMethod::kByRows;
   const at::Tensor x = at::randn({rows, in});
   at::Tensor y = at::empty({rows, out});
   at::Tensor buffer = at::ones({int64_t{128} << 20});
@@ -70,7 +82,7 @@ int main(int argc, char** argv) {
         std::vector<double> times;
         for (int m = 0; m < 2 * count; ++m) {
           const model::WeightMatrix& weight = matrices[w][m % count];
-          times.push_back(Seconds([&] { model::cpu_kernels::CpuLinearInto(sets[s], model::cpu_kernels::LinearMethod::kByRows, x, weight, at::Tensor(), y); }));
+          times.push_back(Seconds([&] { model::cpu_kernels::CpuLinearInto(sets[s], method, x, weight, at::Tensor(), y); }));
         }
         const double bytes = static_cast<double>(matrices[w][0].values.nbytes());
         const double rate = bytes / bench::Percentile(times, 0.5);
@@ -79,8 +91,8 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("%ld-row product of a [%ld, %ld] matrix; medians of %d rounds\n", static_cast<long>(rows),
-              static_cast<long>(out), static_cast<long>(in), absl::GetFlag(FLAGS_rounds));
+  std::printf("%ld-row product of a [%ld, %ld] matrix (%s); medians of %d rounds\n", static_cast<long>(rows),
+              static_cast<long>(out), static_cast<long>(in), method_name.c_str(), absl::GetFlag(FLAGS_rounds));
   std::printf("width     set       weights_GB/s  of_read_bandwidth\n");
   for (size_t w = 0; w < widths.size(); ++w) {
     for (size_t s = 0; s < sets.size(); ++s) {

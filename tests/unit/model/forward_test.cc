@@ -137,9 +137,9 @@ TEST_P(ArchitectureTest, MatchesReferenceImplementation) {
   EXPECT_TRUE(at::allclose(last, expected.narrow(0, n - 1, 1), 1e-4, 1e-4))
       << "max difference " << (last - expected.narrow(0, n - 1, 1)).abs().max().item<float>();
 
-  // A 90-token prompt into the KV arena in two chunks of 57 and 33 rows: the packed GEMM (32 rows
-  // and more), the tiled prompt attention from position 0 and from the middle of the sequence,
-  // and the SiLU and residual kernels, against the reference.
+  // A 90-token prompt into the KV arena in two chunks of 57 and 33 rows: the packed GEMM (from 48
+  // rows) and the register tiles, the tiled prompt attention from position 0 and from the middle
+  // of the sequence, and the SiLU and residual kernels, against the reference.
   std::vector<int64_t> long_ids;
   for (int64_t i = 0; i < 90; ++i) long_ids.push_back(1 + (i * 37) % 400);
   const at::Tensor long_expected = ReferenceForward(*model, long_ids);
