@@ -96,8 +96,8 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
 }
 
 at::Tensor Add(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1,
-              "Add: x and y must be [rows, width] with contiguous elements");
+  TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1 && Applies({&x, &y}),
+              "Add: x and y must be float32 CPU [rows, width] with contiguous elements, under inference mode");
   const int64_t width = x.size(1);
   at::Tensor output = at::empty(x.sizes(), x.options());
   const float* a = x.data_ptr<float>();
@@ -111,8 +111,9 @@ at::Tensor Add(const at::Tensor& x, const at::Tensor& y) {
 }
 
 at::Tensor SiluTimes(const at::Tensor& gate, const at::Tensor& up) {
-  TORCH_CHECK(gate.dim() == 2 && gate.sizes() == up.sizes() && gate.stride(1) == 1 && up.stride(1) == 1,
-              "SiluTimes: gate and up must be [rows, width] with contiguous elements");
+  TORCH_CHECK(gate.dim() == 2 && gate.sizes() == up.sizes() && gate.stride(1) == 1 && up.stride(1) == 1 &&
+                  Applies({&gate, &up}),
+              "SiluTimes: gate and up must be float32 CPU [rows, width] with contiguous elements, under inference mode");
   const int64_t width = gate.size(1);
   at::Tensor output = at::empty(gate.sizes(), gate.options());
   const float* g = gate.data_ptr<float>();
