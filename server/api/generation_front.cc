@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/common/log.h"
 #include "server/common/status_macros.h"
+#include "server/engine/logit_adjustments.h"
 #include "server/model/utf8_stream.h"
 
 namespace deltaserve::api {
@@ -79,6 +80,15 @@ absl::StatusOr<engine::EngineRequest> GenerationFront::Prepare(const Access& acc
     ASSIGN_OR_RETURN(result.prompt_token_ids, engine_->tokenizer().EncodePrompt(request.text));
   }
   result.sampling = std::move(request.sampling);
+  if (static_cast<int64_t>(request.bad_words.size()) > engine::kMaxBadWords) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("at most ", engine::kMaxBadWords, " bad_words are allowed, got ", request.bad_words.size()));
+  }
+  for (const std::string& word : request.bad_words) {
+    if (word.empty() || word.size() > 256) return absl::InvalidArgumentError("each of bad_words must be 1 to 256 bytes");
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, engine_->tokenizer().Encode(word));
+    result.sampling.bad_words.push_back(std::move(ids));
+  }
   result.deadline = request.deadline;
   result.request_id = request.request_id.empty() ? absl::StrCat("req-", next_request_number_++) : request.request_id;
   return result;

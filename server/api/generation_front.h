@@ -34,6 +34,9 @@ struct FrontRequest {
   const char* text_field = "prompt";
   const char* ids_field = "prompt_token_ids";
   engine::SamplingOptions sampling;
+  // Texts never to generate, encoded (without BOS) into sampling.bad_words: write them as they
+  // would appear in the output, with a leading space where a word follows another.
+  std::vector<std::string> bad_words;
   std::string request_id;  // "" = one is made up
   absl::Time deadline = absl::InfiniteFuture();
 };

@@ -275,6 +275,14 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationService::Generate(
     options.ignore_eos = sampling.ignore_eos();
     options.logprobs = request->include_logprobs();
     options.n = sampling.n() == 0 ? 1 : sampling.n();
+    options.repetition_penalty = sampling.repetition_penalty() == 0.0f ? 1.0f : sampling.repetition_penalty();
+    options.presence_penalty = sampling.presence_penalty();
+    options.frequency_penalty = sampling.frequency_penalty();
+    options.min_p = sampling.min_p();
+    for (const auto& [token, bias] : sampling.logit_bias()) options.logit_bias.emplace_back(token, bias);
+    options.banned_token_ids.assign(sampling.banned_token_ids().begin(), sampling.banned_token_ids().end());
+    options.allowed_token_ids.assign(sampling.allowed_token_ids().begin(), sampling.allowed_token_ids().end());
+    front_request.bad_words.assign(sampling.bad_words().begin(), sampling.bad_words().end());
     front_request.request_id = request->request_id();
     front_request.deadline = DeadlineOf(*context);
     return front_->Prepare(access, std::move(front_request), &lease);

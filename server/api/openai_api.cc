@@ -224,6 +224,7 @@ void OpenAiApi::Generate(const HttpRequest& http, HttpResponse& response, bool c
       request.ids = std::move(parsed.prompt_ids);
     }
     request.sampling = parsed.sampling;
+    request.bad_words = parsed.bad_words;
     request.request_id = http.Header("X-Request-Id");
     std::shared_ptr<auth::RequestLease> lease;
     ASSIGN_OR_RETURN(engine::EngineRequest engine_request, front_->Prepare(access, std::move(request), &lease));

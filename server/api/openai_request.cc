@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/common/json_limits.h"
 #include "server/common/status_macros.h"
@@ -64,16 +65,45 @@ absl::Status RefuseUnsupported(const Json& body) {
   if (Present(body, "best_of") && body["best_of"] != 1) return FieldError("best_of", "must be 1");
   if (Present(body, "echo") && body["echo"] != false) return FieldError("echo", "is not supported");
   if (Present(body, "suffix") && body["suffix"] != "") return FieldError("suffix", "is not supported");
-  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    if (Present(body, penalty) && (!body[penalty].is_number() || body[penalty].get<double>() != 0.0)) {
-      return FieldError(penalty, "is not supported (send 0 or leave it out)");
-    }
-  }
-  if (Present(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty())) {
-    return FieldError("logit_bias", "is not supported");
-  }
   if (Present(body, "tools") || Present(body, "functions")) {
     return absl::InvalidArgumentError("tool and function calling is not supported");
+  }
+  return absl::OkStatus();
+}
+
+// OpenAI's presence_penalty, frequency_penalty and logit_bias ({"token id": bias}), and vLLM's
+// repetition_penalty and min_p (its bad_words are read with the common fields).
+absl::Status ParseLogitAdjustments(const Json& body, engine::SamplingOptions* sampling) {
+  if (Present(body, "presence_penalty")) {
+    ASSIGN_OR_RETURN(double penalty, Number(body, "presence_penalty", -2.0, 2.0));
+    sampling->presence_penalty = static_cast<float>(penalty);
+  }
+  if (Present(body, "frequency_penalty")) {
+    ASSIGN_OR_RETURN(double penalty, Number(body, "frequency_penalty", -2.0, 2.0));
+    sampling->frequency_penalty = static_cast<float>(penalty);
+  }
+  if (Present(body, "repetition_penalty")) {
+    ASSIGN_OR_RETURN(double penalty, Number(body, "repetition_penalty", 0.0, 100.0));
+    if (penalty == 0.0) return FieldError("repetition_penalty", "must be above 0 (1 = off)");
+    sampling->repetition_penalty = static_cast<float>(penalty);
+  }
+  if (Present(body, "min_p")) {
+    ASSIGN_OR_RETURN(double min_p, Number(body, "min_p", 0.0, 1.0));
+    sampling->min_p = static_cast<float>(min_p);
+  }
+  if (Present(body, "logit_bias")) {
+    const Json& biases = body["logit_bias"];
+    if (!biases.is_object()) return FieldError("logit_bias", "must be an object of token id strings to biases");
+    for (const auto& [key, value] : biases.items()) {
+      int32_t token = 0;
+      if (!absl::SimpleAtoi(key, &token) || token < 0) {
+        return FieldError("logit_bias", absl::StrCat("keys must be token ids, not \"", key.substr(0, 32), "\""));
+      }
+      if (!value.is_number() || !(value.get<double>() >= -100.0 && value.get<double>() <= 100.0)) {
+        return FieldError("logit_bias", absl::StrCat("of token ", token, " must be a number between -100 and 100"));
+      }
+      sampling->logit_bias.emplace_back(token, static_cast<float>(value.get<double>()));
+    }
   }
   return absl::OkStatus();
 }
@@ -104,6 +134,15 @@ absl::Status ParseCommon(const Json& body, OpenAiRequest* request) {
   if (Present(body, "top_k")) {
     ASSIGN_OR_RETURN(int64_t top_k, Integer(body, "top_k", -1, std::numeric_limits<int32_t>::max()));
     sampling.top_k = top_k < 0 ? 0 : static_cast<int32_t>(top_k);  // vLLM: -1 = off
+  }
+  RETURN_IF_ERROR(ParseLogitAdjustments(body, &sampling));
+  if (Present(body, "bad_words")) {
+    const Json& words = body["bad_words"];
+    if (!words.is_array()) return FieldError("bad_words", "must be a list of strings");
+    for (const Json& word : words) {
+      if (!word.is_string()) return FieldError("bad_words", "must be a list of strings");
+      request->bad_words.push_back(word.get<std::string>());
+    }
   }
   if (Present(body, "n")) {
     ASSIGN_OR_RETURN(int64_t n, Integer(body, "n", 1, 16));

@@ -31,6 +31,7 @@ struct OpenAiRequest {
   std::vector<model::ChatMessage> messages;  // chat
   bool add_generation_prompt = true;
   engine::SamplingOptions sampling;
+  std::vector<std::string> bad_words;  // vLLM's extension: texts never generated
   bool stream = false;
   bool include_usage = false;
 };

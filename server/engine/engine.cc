@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <unordered_set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,6 +15,7 @@
 #include "server/deltas/delta_backend.h"
 #include "server/engine/intra_op_threads.h"
 #include "server/engine/kv_block_allocator.h"
+#include "server/engine/logit_adjustments.h"
 #include "server/engine/request_state.h"
 #include "server/engine/sampler.h"
 #include "server/engine/prefill_pacer.h"
@@ -244,7 +244,7 @@ absl::Status Engine::Validate(const EngineRequest& request) const {
           absl::StrCat("stop token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
-  return absl::OkStatus();
+  return CheckLogitAdjustments(sampling, vocab);
 }
 
 absl::StatusOr<uint64_t> Engine::Submit(EngineRequest request, std::shared_ptr<RequestSink> sink) {
@@ -698,7 +698,9 @@ void Engine::HandleLogits(Schedule& schedule, const at::Tensor& logits_tensor, a
 void Engine::EmitToken(RequestState* request, const float* values, absl::Time now) {
   const int64_t vocab = model_->config().vocab_size;
   const SamplingOptions& sampling = request->request.sampling;
-  SampledToken sampled = SampleToken(values, vocab, sampling, request->generator);
+  const TokenHistory history{request->tokens.data(), static_cast<int64_t>(request->tokens.size()),
+                             request->prompt_tokens};
+  SampledToken sampled = SampleToken(values, vocab, sampling, history, request->generator);
   request->tokens.push_back(sampled.token_id);
   if (request->first_token == absl::InfinitePast()) {
     request->first_token = now;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,6 +36,21 @@ struct SamplingOptions {
   // Parallel sampling: n sequences from one prompt, computed once. Choice i samples with its own
   // generator seeded seed + i (so choice i equals a single request with that seed).
   int32_t n = 1;
+  // Logit adjustments before sampling (logit_adjustments.h), greedy included. 1 = off; > 0.
+  float repetition_penalty = 1.0f;
+  // OpenAI's, over the generated tokens; 0 = off; in [-2, 2].
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  // Tokens whose probability is below min_p times the most likely token's are not drawn; 0 = off.
+  float min_p = 0.0f;
+  // Token id -> bias in [-100, 100] added to its logit.
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // Tokens never drawn; and, when not empty, the only tokens that may be drawn.
+  std::vector<int32_t> banned_token_ids;
+  std::vector<int32_t> allowed_token_ids;
+  // Token sequences never generated: the last token of each is not drawn where the generated
+  // tokens end with the ones before it (a one-token word: never).
+  std::vector<std::vector<int32_t>> bad_words;
 };
 
 struct EngineRequest {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -14,32 +15,45 @@ float LogProbability(const float* logits, int64_t vocab_size, int32_t token) {
   return static_cast<float>(logits[token] - max_logit - std::log(sum));
 }
 
-SampledToken SampleToken(const float* logits, int64_t vocab_size, const SamplingOptions& options,
-                         std::mt19937_64& generator) {
+SampledToken SampleToken(const float* model_logits, int64_t vocab_size, const SamplingOptions& options,
+                         const TokenHistory& history, std::mt19937_64& generator) {
+  std::vector<float> adjusted;
+  const float* logits = model_logits;
+  if (AdjustsLogits(options)) {
+    adjusted.assign(model_logits, model_logits + vocab_size);
+    AdjustLogits(options, history, adjusted.data(), vocab_size);
+    logits = adjusted.data();
+  }
   SampledToken result;
   if (options.temperature <= 0.0f) {
     result.token_id = static_cast<int32_t>(std::max_element(logits, logits + vocab_size) - logits);
   } else {
-    std::vector<int32_t> candidates(vocab_size);
-    std::iota(candidates.begin(), candidates.end(), 0);
+    const float highest = *std::max_element(logits, logits + vocab_size);
+    // Candidates: every token that can be drawn (banned ones are -infinity), above min_p's floor.
+    const float floor = options.min_p > 0.0f ? highest + options.temperature * std::log(options.min_p)
+                                             : -std::numeric_limits<float>::infinity();
+    std::vector<int32_t> candidates;
+    candidates.reserve(vocab_size);
+    for (int64_t id = 0; id < vocab_size; ++id) {
+      if (logits[id] >= floor && logits[id] > -std::numeric_limits<float>::infinity()) {
+        candidates.push_back(static_cast<int32_t>(id));
+      }
+    }
     auto by_logit = [logits](int32_t a, int32_t b) {
       return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     };
-    int64_t keep = vocab_size;
-    if (options.top_k > 0 && options.top_k < vocab_size) {
-      keep = options.top_k;
-      std::partial_sort(candidates.begin(), candidates.begin() + keep, candidates.end(), by_logit);
-      candidates.resize(keep);
+    const int64_t available = static_cast<int64_t>(candidates.size());
+    if (options.top_k > 0 && options.top_k < available) {
+      std::partial_sort(candidates.begin(), candidates.begin() + options.top_k, candidates.end(), by_logit);
+      candidates.resize(options.top_k);
     } else if (options.top_p > 0.0f && options.top_p < 1.0f) {
       std::sort(candidates.begin(), candidates.end(), by_logit);
     }
     const double inverse_temperature = 1.0 / options.temperature;
-    float max_logit = logits[candidates[0]];
-    for (int32_t id : candidates) max_logit = std::max(max_logit, logits[id]);
     std::vector<double> weights(candidates.size());
     double total = 0;
     for (size_t i = 0; i < candidates.size(); ++i) {
-      weights[i] = std::exp((logits[candidates[i]] - max_logit) * inverse_temperature);
+      weights[i] = std::exp((logits[candidates[i]] - highest) * inverse_temperature);
       total += weights[i];
     }
     size_t count = candidates.size();
@@ -58,7 +72,9 @@ SampledToken SampleToken(const float* logits, int64_t vocab_size, const Sampling
     }
     std::uniform_real_distribution<double> uniform(0.0, total);
     double draw = uniform(generator);
+    // Rounding can leave the draw just short of the end: then the last candidate with weight.
     size_t chosen = count - 1;
+    while (chosen > 0 && weights[chosen] == 0) --chosen;
     for (size_t i = 0; i < count; ++i) {
       draw -= weights[i];
       if (draw < 0) {
@@ -68,7 +84,7 @@ SampledToken SampleToken(const float* logits, int64_t vocab_size, const Sampling
     }
     result.token_id = candidates[chosen];
   }
-  if (options.logprobs) result.logprob = LogProbability(logits, vocab_size, result.token_id);
+  if (options.logprobs) result.logprob = LogProbability(model_logits, vocab_size, result.token_id);
   return result;
 }
 

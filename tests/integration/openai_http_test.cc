@@ -94,6 +94,105 @@ TEST_F(OpenAiHttpTest, CompletionGivesTheSameTokensAsGrpcForASeed) {
   }
 }
 
+// Penalties, min_p and logit_bias act inside the engine alike through both APIs: the same seeded
+// request gives the same text over gRPC and HTTP, and a different one without them; a bias of 100
+// makes greedy decoding pick its token every time, and a banned token never comes.
+TEST_F(OpenAiHttpTest, PenaltiesAndLogitBiasActAlikeOverGrpcAndHttp) {
+  v1::GenerateRequest request = Sampled("the cat reads", 12, "demo-001", 7);
+  v1::SamplingParams* sampling = request.mutable_sampling();
+  sampling->set_presence_penalty(0.8f);
+  sampling->set_frequency_penalty(0.6f);
+  sampling->set_repetition_penalty(1.2f);
+  sampling->set_min_p(0.02f);
+  (*sampling->mutable_logit_bias())[9] = 3.0f;
+  Stream grpc_stream = RunStream(*client_, request);
+  ASSERT_TRUE(grpc_stream.status.ok()) << grpc_stream.status.error_message();
+  const Json body = {{"prompt", "the cat reads"}, {"max_tokens", 12}, {"temperature", 0.9}, {"top_p", 0.95},
+                     {"seed", 7}, {"ignore_eos", true}, {"model", "demo-001"}, {"presence_penalty", 0.8},
+                     {"frequency_penalty", 0.6}, {"repetition_penalty", 1.2}, {"min_p", 0.02},
+                     {"logit_bias", {{"9", 3.0}}}};
+  HttpReply reply = Post(port(), "/v1/completions", body);
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(reply.Json()["choices"][0]["text"], grpc_stream.text);
+  Stream plain = RunStream(*client_, Sampled("the cat reads", 12, "demo-001", 7));
+  ASSERT_TRUE(plain.status.ok());
+  EXPECT_NE(plain.text, grpc_stream.text);
+
+  v1::GenerateRequest forced;
+  forced.set_prompt("the cat reads");
+  forced.mutable_sampling()->set_max_tokens(6);
+  forced.mutable_sampling()->set_ignore_eos(true);
+  (*forced.mutable_sampling()->mutable_logit_bias())[9] = 100.0f;
+  Stream forced_stream = RunStream(*client_, forced);
+  ASSERT_TRUE(forced_stream.status.ok()) << forced_stream.status.error_message();
+  std::vector<int32_t> tokens;
+  for (const v1::GenerateResponse& response : forced_stream.responses) {
+    tokens.insert(tokens.end(), response.token_ids().begin(), response.token_ids().end());
+  }
+  EXPECT_EQ(tokens, std::vector<int32_t>(6, 9));
+  forced.mutable_sampling()->add_banned_token_ids(9);
+  Stream banned_stream = RunStream(*client_, forced);
+  ASSERT_TRUE(banned_stream.status.ok()) << banned_stream.status.error_message();
+  for (const v1::GenerateResponse& response : banned_stream.responses) {
+    for (int32_t token : response.token_ids()) EXPECT_NE(token, 9);
+  }
+  // A bad word: two adjacent tokens of a greedy output, given as text that the server encodes to
+  // exactly those two; the same request with it never generates the pair.
+  v1::GenerateRequest greedy;
+  greedy.set_prompt("the cat reads");
+  greedy.mutable_sampling()->set_max_tokens(16);
+  greedy.mutable_sampling()->set_ignore_eos(true);
+  auto ids_of = [](const Stream& stream) {
+    std::vector<int32_t> ids;
+    for (const v1::GenerateResponse& response : stream.responses) {
+      ids.insert(ids.end(), response.token_ids().begin(), response.token_ids().end());
+    }
+    return ids;
+  };
+  auto contains_pair = [](const std::vector<int32_t>& ids, int32_t a, int32_t b) {
+    for (size_t i = 0; i + 1 < ids.size(); ++i) {
+      if (ids[i] == a && ids[i + 1] == b) return true;
+    }
+    return false;
+  };
+  const Stream plain_greedy = RunStream(*client_, greedy);
+  ASSERT_TRUE(plain_greedy.status.ok());
+  const std::vector<int32_t> greedy_ids = ids_of(plain_greedy);
+  v1::TokenizeRequest whole;
+  whole.set_text(plain_greedy.text);
+  v1::TokenizeResponse pieces;
+  ASSERT_TRUE(client_->Tokenize(whole, &pieces).ok());
+  std::string word;
+  int32_t first = -1, second = -1;
+  for (int i = 0; i + 1 < pieces.token_ids_size() && word.empty(); ++i) {
+    if (!contains_pair(greedy_ids, pieces.token_ids(i), pieces.token_ids(i + 1))) continue;
+    v1::TokenizeRequest candidate;
+    candidate.set_text(pieces.tokens(i) + pieces.tokens(i + 1));
+    v1::TokenizeResponse encoded;
+    ASSERT_TRUE(client_->Tokenize(candidate, &encoded).ok());
+    if (encoded.token_ids_size() == 2 && encoded.token_ids(0) == pieces.token_ids(i) &&
+        encoded.token_ids(1) == pieces.token_ids(i + 1)) {
+      word = candidate.text();
+      first = pieces.token_ids(i);
+      second = pieces.token_ids(i + 1);
+    }
+  }
+  ASSERT_FALSE(word.empty()) << "no pair of the greedy output re-encodes to itself: " << plain_greedy.text;
+  greedy.mutable_sampling()->add_bad_words(word);
+  const Stream without_word = RunStream(*client_, greedy);
+  ASSERT_TRUE(without_word.status.ok()) << without_word.status.error_message();
+  EXPECT_FALSE(contains_pair(ids_of(without_word), first, second)) << "\"" << word << "\": " << without_word.text;
+  for (int i = 0; i < 300; ++i) forced.mutable_sampling()->add_bad_words("x");
+  Stream too_many_words = RunStream(*client_, forced);
+  EXPECT_EQ(too_many_words.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(too_many_words.status.error_message().find("bad_words"), std::string::npos);
+  forced.mutable_sampling()->clear_bad_words();
+  forced.mutable_sampling()->set_presence_penalty(5.0f);
+  Stream refused = RunStream(*client_, forced);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("presence_penalty"), std::string::npos);
+}
+
 TEST_F(OpenAiHttpTest, StreamedCompletionAddsUpToTheWholeOne) {
   const Json body = {{"prompt", "a distant star"}, {"max_tokens", 16}, {"seed", 7}, {"ignore_eos", true},
                      {"model", "demo-000"}};

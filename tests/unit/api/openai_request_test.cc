@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "server/api/http_server.h"
 #include "server/api/openai_api.h"
 
@@ -39,6 +41,29 @@ TEST(OpenAiRequestTest, CompletionFields) {
   EXPECT_EQ(ParseCompletionRequest(R"({"prompt": ["one"]})")->prompt, "one");
 }
 
+TEST(OpenAiRequestTest, PenaltiesMinPAndLogitBias) {
+  absl::StatusOr<OpenAiRequest> request = ParseChatRequest(
+      R"({"messages": [{"role": "user", "content": "x"}], "presence_penalty": -0.5, "frequency_penalty": 1.25,
+          "repetition_penalty": 1.1, "min_p": 0.05, "logit_bias": {"5": -100, "17": 2.5},
+          "bad_words": [" cat", "dog"]})");
+  ASSERT_TRUE(request.ok()) << request.status();
+  const engine::SamplingOptions& sampling = request->sampling;
+  EXPECT_FLOAT_EQ(sampling.presence_penalty, -0.5f);
+  EXPECT_FLOAT_EQ(sampling.frequency_penalty, 1.25f);
+  EXPECT_FLOAT_EQ(sampling.repetition_penalty, 1.1f);
+  EXPECT_FLOAT_EQ(sampling.min_p, 0.05f);
+  std::vector<std::pair<int32_t, float>> biases = sampling.logit_bias;
+  std::sort(biases.begin(), biases.end());
+  EXPECT_EQ(biases, (std::vector<std::pair<int32_t, float>>{{5, -100.0f}, {17, 2.5f}}));
+  EXPECT_EQ(request->bad_words, (std::vector<std::string>{" cat", "dog"}));
+  // Left out: off.
+  absl::StatusOr<OpenAiRequest> plain = ParseCompletionRequest(R"({"prompt": "x", "logit_bias": {}})");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->sampling.repetition_penalty, 1.0f);
+  EXPECT_EQ(plain->sampling.presence_penalty, 0.0f);
+  EXPECT_TRUE(plain->sampling.logit_bias.empty());
+}
+
 TEST(OpenAiRequestTest, RefusalsNameTheField) {
   struct Case {
     const char* body;
@@ -50,8 +75,15 @@ TEST(OpenAiRequestTest, RefusalsNameTheField) {
                                          {R"({"prompt": [-1]})", "non-negative"},
                                          {R"({"prompt": "x", "best_of": 3})", "best_of"},
                                          {R"({"prompt": "x", "echo": true})", "echo"},
-                                         {R"({"prompt": "x", "presence_penalty": 0.5})", "presence_penalty"},
-                                         {R"({"prompt": "x", "logit_bias": {"5": 1}})", "logit_bias"},
+                                         {R"({"prompt": "x", "presence_penalty": 2.5})", "presence_penalty"},
+                                         {R"({"prompt": "x", "frequency_penalty": "1"})", "frequency_penalty"},
+                                         {R"({"prompt": "x", "repetition_penalty": 0})", "repetition_penalty"},
+                                         {R"({"prompt": "x", "min_p": 1.5})", "min_p"},
+                                         {R"({"prompt": "x", "logit_bias": {"five": 1}})", "token ids"},
+                                         {R"({"prompt": "x", "logit_bias": {"5": 101}})", "between -100 and 100"},
+                                         {R"({"prompt": "x", "logit_bias": [5]})", "logit_bias"},
+                                         {R"({"prompt": "x", "bad_words": "cat"})", "bad_words"},
+                                         {R"({"prompt": "x", "bad_words": [1]})", "bad_words"},
                                          {R"({"prompt": "x", "temperature": 3})", "between 0 and 2"},
                                          {R"({"prompt": "x", "top_p": 0})", "above 0"},
                                          {R"({"prompt": "x", "max_tokens": 0})", "max_tokens"},

@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
+#include <set>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -22,9 +24,21 @@ namespace deltaserve::engine {
 namespace {
 
 std::vector<EngineRequest> MixedRequests() {
+  // Two with logit adjustments: seeded with penalties, min-p and a bias; greedy with a repetition
+  // penalty and a banned token.
+  EngineRequest penalised = EngineTest::Request("the cat reads the", 14, 21);
+  penalised.sampling.repetition_penalty = 1.3f;
+  penalised.sampling.frequency_penalty = 0.5f;
+  penalised.sampling.presence_penalty = 0.3f;
+  penalised.sampling.min_p = 0.05f;
+  penalised.sampling.logit_bias = {{5, 2.0f}};
+  EngineRequest banned = EngineTest::Request("seven apples and", 10);
+  banned.sampling.repetition_penalty = 1.2f;
+  banned.sampling.banned_token_ids = {5};
   return {EngineTest::Request("the cat reads", 12), EngineTest::Request("a", 20, 11),
           EngineTest::Request("the old river follows the mountain path near the harbour", 9),
-          EngineTest::Request("seven apples", 15, 12), EngineTest::Request("our team builds", 18, 13)};
+          EngineTest::Request("seven apples", 15, 12), EngineTest::Request("our team builds", 18, 13),
+          std::move(penalised), std::move(banned)};
 }
 
 // Runs every request alone, then all at once under `options`, and compares token by token.
@@ -51,6 +65,53 @@ TEST_F(EngineTest, OutputIsIndependentOfTheBatch) {
   options.max_batch_tokens = 7;  // forces chunked prefill interleaved with decoding
   auto batched = MakeEngine(options);
   ExpectBatchInvariance(*alone, *batched);
+}
+
+// The logit adjustments see each request's own prompt and generated tokens: greedy decoding with
+// penalties and a bias equals the same rules applied here, token by token, to the model's own
+// logits of the whole sequence; a banned token never comes; an allowed list bounds the output.
+TEST_F(EngineTest, LogitAdjustmentsActOnEachRequestsOwnTokens) {
+  auto engine = MakeEngine();
+  EngineRequest penalised = Request("the cat reads", 16);
+  penalised.sampling.repetition_penalty = 1.4f;
+  penalised.sampling.frequency_penalty = 0.7f;
+  penalised.sampling.presence_penalty = 0.5f;
+  penalised.sampling.logit_bias = {{7, 1.5f}};
+  std::vector<int32_t> expected = penalised.prompt_token_ids;
+  const size_t prompt_length = expected.size();
+  {
+    c10::InferenceMode inference;
+    for (int step = 0; step < 16; ++step) {
+      model::ForwardBatch batch;
+      batch.token_ids.assign(expected.begin(), expected.end());
+      const int64_t n = static_cast<int64_t>(expected.size());
+      batch.sequences.push_back({0, n, nullptr});
+      batch.logit_rows = {n - 1};
+      const at::Tensor row = model_->Forward(batch)[0];
+      std::vector<double> logits(row.data_ptr<float>(), row.data_ptr<float>() + row.numel());
+      std::map<int32_t, int> generated;
+      for (size_t i = prompt_length; i < expected.size(); ++i) ++generated[expected[i]];
+      std::set<int32_t> seen(expected.begin(), expected.end());
+      for (int32_t token : seen) logits[token] = logits[token] > 0 ? logits[token] / 1.4 : logits[token] * 1.4;
+      for (const auto& [token, count] : generated) logits[token] -= count * 0.7 + 0.5;
+      logits[7] += 1.5;
+      expected.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    }
+  }
+  const std::vector<int32_t> plain = RunRequest(*engine, Request("the cat reads", 16))->tokens;
+  const std::vector<int32_t> actual = RunRequest(*engine, std::move(penalised))->tokens;
+  EXPECT_EQ(actual, std::vector<int32_t>(expected.begin() + static_cast<int64_t>(prompt_length), expected.end()));
+  EXPECT_NE(actual, plain);
+  EngineRequest banned = Request("the cat reads", 16);
+  banned.sampling.banned_token_ids = {plain[0], plain[3]};
+  const std::vector<int32_t> without = RunRequest(*engine, std::move(banned))->tokens;
+  ASSERT_EQ(without.size(), 16u);
+  for (int32_t token : without) EXPECT_TRUE(token != plain[0] && token != plain[3]) << token;
+  EngineRequest allowed = Request("the cat reads", 16, 5);
+  allowed.sampling.allowed_token_ids = {plain[0], plain[1], 7};
+  const std::vector<int32_t> within = RunRequest(*engine, std::move(allowed))->tokens;
+  ASSERT_EQ(within.size(), 16u);
+  for (int32_t token : within) EXPECT_TRUE(token == plain[0] || token == plain[1] || token == 7) << token;
 }
 
 TEST_F(EngineTest, PreemptionAndRecomputeKeepOutputsIdentical) {
@@ -509,6 +570,12 @@ TEST_F(EngineTest, InvalidRequestsAreExplained) {
   EngineRequest bad_stop = Request("x", 5);
   bad_stop.sampling.stop = {""};
   expect_invalid(bad_stop, "stop string");
+  EngineRequest bad_penalty = Request("x", 5);
+  bad_penalty.sampling.presence_penalty = 3.0f;
+  expect_invalid(bad_penalty, "presence_penalty");
+  EngineRequest bad_bias = Request("x", 5);
+  bad_bias.sampling.logit_bias = {{static_cast<int32_t>(model_->config().vocab_size), 1.0f}};
+  expect_invalid(bad_bias, "logit_bias");
 }
 
 TEST_F(EngineTest, ContextLimitEndsWithLength) {
