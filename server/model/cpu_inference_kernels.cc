@@ -35,6 +35,24 @@ void SiluTimesRow(const float* gate, const float* up, float* out, int64_t width)
   for (; i < width; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// out = row(x, y) row by row for x and y [rows, width] (rows may be strided, elements
+// contiguous), into a new contiguous tensor; rows split over the worker team.
+at::Tensor CombineRows(const char* name, const at::Tensor& x, const at::Tensor& y,
+                       void (*row)(const float*, const float*, float*, int64_t)) {
+  TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1 && Applies({&x, &y}),
+              name, ": both operands must be float32 CPU [rows, width] with contiguous elements, under inference mode");
+  const int64_t width = x.size(1);
+  at::Tensor output = at::empty(x.sizes(), x.options());
+  const float* a = x.data_ptr<float>();
+  const float* b = y.data_ptr<float>();
+  float* out = output.data_ptr<float>();
+  const int64_t a_stride = x.stride(0), b_stride = y.stride(0);
+  ParallelFor(0, x.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row(a + r * a_stride, b + r * b_stride, out + r * width, width);
+  });
+  return output;
+}
+
 }  // namespace
 
 bool Applies(std::initializer_list<const at::Tensor*> tensors) {
@@ -95,37 +113,10 @@ void RotateInPlace(at::Tensor& x, int64_t heads, int64_t head_dim, const at::Ten
   });
 }
 
-at::Tensor Add(const at::Tensor& x, const at::Tensor& y) {
-  TORCH_CHECK(x.dim() == 2 && x.sizes() == y.sizes() && x.stride(1) == 1 && y.stride(1) == 1 && Applies({&x, &y}),
-              "Add: x and y must be float32 CPU [rows, width] with contiguous elements, under inference mode");
-  const int64_t width = x.size(1);
-  at::Tensor output = at::empty(x.sizes(), x.options());
-  const float* a = x.data_ptr<float>();
-  const float* b = y.data_ptr<float>();
-  float* out = output.data_ptr<float>();
-  const int64_t a_stride = x.stride(0), b_stride = y.stride(0);
-  ParallelFor(0, x.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) AddRows(a + row * a_stride, b + row * b_stride, out + row * width, width);
-  });
-  return output;
-}
+at::Tensor Add(const at::Tensor& x, const at::Tensor& y) { return CombineRows("Add", x, y, &AddRows); }
 
 at::Tensor SiluTimes(const at::Tensor& gate, const at::Tensor& up) {
-  TORCH_CHECK(gate.dim() == 2 && gate.sizes() == up.sizes() && gate.stride(1) == 1 && up.stride(1) == 1 &&
-                  Applies({&gate, &up}),
-              "SiluTimes: gate and up must be float32 CPU [rows, width] with contiguous elements, under inference mode");
-  const int64_t width = gate.size(1);
-  at::Tensor output = at::empty(gate.sizes(), gate.options());
-  const float* g = gate.data_ptr<float>();
-  const float* u = up.data_ptr<float>();
-  float* out = output.data_ptr<float>();
-  const int64_t gate_stride = gate.stride(0), up_stride = up.stride(0);
-  ParallelFor(0, gate.size(0), GrainRows(width), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      SiluTimesRow(g + row * gate_stride, u + row * up_stride, out + row * width, width);
-    }
-  });
-  return output;
+  return CombineRows("SiluTimes", gate, up, &SiluTimesRow);
 }
 
 }  // namespace deltaserve::model::cpu_kernels

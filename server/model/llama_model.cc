@@ -39,8 +39,8 @@ bool UsesCpuKernel(const at::Tensor& input, const WeightMatrix& weight, const at
          weight.values.device().is_cpu() && weight.values.is_contiguous();
 }
 
-// Linear is y = x W^T + b for x [rows, in], through cpu_kernels::CpuLinear where it applies; elsewhere at::linear
-// over the weights widened to the input's dtype (no copy when they already are).
+// Linear is y = x W^T + b for x [rows, in], through cpu_kernels::CpuLinear where it applies;
+// elsewhere at::linear over the weights widened to the input's dtype (no copy when they already are).
 at::Tensor Linear(const at::Tensor& input, const WeightMatrix& weight, const at::Tensor& bias) {
   if (UsesCpuKernel(input, weight, bias)) {
     return cpu_kernels::CpuLinear(input, weight, bias);
@@ -233,8 +233,8 @@ at::Tensor LlamaModel::AttendAll(const ForwardBatch& batch, int64_t layer, const
   const at::Tensor kv = batch.kv_arena != nullptr ? batch.kv_arena->Layer(layer) : at::Tensor();
   const bool paged_kernel = kv.defined() && cpu_kernels::Applies({&query, &kv});
   // On the CPU every slice with blocks attends in one kernel call straight from the arena, as one
-  // run of query rows (causal: each sees the positions up to its own; cpu_attention.h). Otherwise (other
-  // devices, training, slices without blocks) sequence by sequence through libtorch, over
+  // run of query rows (causal: each sees the positions up to its own; cpu_attention.h). Otherwise
+  // (other devices, training, slices without blocks) sequence by sequence through libtorch, over
   // gathered copies of the keys and values when earlier positions are in the arena: there a
   // 1,500-token prompt chunk of the medium demo model spent 1 s per layer in the score matrix,
   // its causal mask and softmax.
